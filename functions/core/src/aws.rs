@@ -1,0 +1,218 @@
+//! The ports implemented on SQS and SNS, and the functions' configuration from the
+//! environment. Clients are built once per process and shared by every invocation.
+
+use crate::messages::Notification;
+use crate::ports::{MessageQueue, OutgoingMessage, PortError, Topic};
+use crate::record::to_json;
+use async_trait::async_trait;
+use aws_config::{timeout::TimeoutConfig, BehaviorVersion, SdkConfig};
+use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
+use std::time::Duration;
+
+/// Loads the SDK configuration once. `AWS_ENDPOINT_URL` (set by emulators) is honoured.
+/// Timeouts keep one slow call from eating the whole invocation.
+pub async fn sdk_config() -> SdkConfig {
+    let timeouts = TimeoutConfig::builder()
+        .connect_timeout(Duration::from_secs(3))
+        .operation_attempt_timeout(Duration::from_secs(5))
+        .operation_timeout(Duration::from_secs(15))
+        .build();
+    aws_config::defaults(BehaviorVersion::latest())
+        .timeout_config(timeouts)
+        .load()
+        .await
+}
+
+/// A configuration problem, naming the variable at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("environment variable {0} is required but not set")]
+    Missing(&'static str),
+    #[error("environment variable {name} must be {expected}, got {value:?}")]
+    Invalid {
+        name: &'static str,
+        expected: &'static str,
+        value: String,
+    },
+}
+
+/// Reads a required environment variable.
+pub fn required(name: &'static str) -> Result<String, ConfigError> {
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => Ok(v),
+        _ => Err(ConfigError::Missing(name)),
+    }
+}
+
+/// Reads an optional whole-number environment variable.
+pub fn number_or(name: &'static str, default: u64) -> Result<u64, ConfigError> {
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => v.trim().parse().map_err(|_| ConfigError::Invalid {
+            name,
+            expected: "a whole number",
+            value: v,
+        }),
+        _ => Ok(default),
+    }
+}
+
+/// An SQS queue, addressed by URL.
+#[derive(Debug, Clone)]
+pub struct SqsQueue {
+    client: aws_sdk_sqs::Client,
+    url: String,
+}
+
+impl SqsQueue {
+    pub fn new(sdk: &SdkConfig, url: String) -> SqsQueue {
+        SqsQueue {
+            client: aws_sdk_sqs::Client::new(sdk),
+            url,
+        }
+    }
+}
+
+fn sdk_failure<E, R>(operation: &'static str, e: aws_sdk_sqs::error::SdkError<E, R>) -> PortError
+where
+    E: std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    use aws_sdk_sqs::error::{DisplayErrorContext, SdkError};
+    let unreachable = matches!(e, SdkError::DispatchFailure(_) | SdkError::TimeoutError(_));
+    let message = DisplayErrorContext(&e).to_string();
+    if unreachable {
+        PortError::Unreachable { operation, message }
+    } else {
+        PortError::Refused { operation, message }
+    }
+}
+
+#[async_trait]
+impl MessageQueue for SqsQueue {
+    async fn send_batch(&self, messages: &[OutgoingMessage]) -> Vec<Result<(), PortError>> {
+        const OP: &str = "SendMessageBatch";
+        let refused = |message: String| {
+            Err(PortError::Refused {
+                operation: OP,
+                message,
+            })
+        };
+        // An entry is sent only once SQS acknowledges it: anything not listed as
+        // successful counts as failed.
+        let mut results: Vec<Result<(), PortError>> = messages
+            .iter()
+            .map(|_| refused("not acknowledged by SQS".into()))
+            .collect();
+        let mut entries = Vec::with_capacity(messages.len());
+        for (i, m) in messages.iter().enumerate() {
+            let mut entry = SendMessageBatchRequestEntry::builder()
+                .id(i.to_string())
+                .message_body(&m.body);
+            for (name, value) in &m.attributes {
+                let attr = MessageAttributeValue::builder()
+                    .data_type("String")
+                    .string_value(value)
+                    .build();
+                match attr {
+                    Ok(attr) => entry = entry.message_attributes(*name, attr),
+                    Err(e) => results[i] = refused(e.to_string()),
+                }
+            }
+            match entry.build() {
+                Ok(entry) => entries.push(entry),
+                Err(e) => results[i] = refused(e.to_string()),
+            }
+        }
+        if entries.is_empty() {
+            return results;
+        }
+        match self
+            .client
+            .send_message_batch()
+            .queue_url(&self.url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+        {
+            Ok(out) => {
+                let count = results.len();
+                let slot = |id: &str| id.parse::<usize>().ok().filter(|i| *i < count);
+                for ok in out.successful() {
+                    if let Some(i) = slot(ok.id()) {
+                        results[i] = Ok(());
+                    }
+                }
+                for failed in out.failed() {
+                    if let Some(i) = slot(failed.id()) {
+                        let why = failed.message().unwrap_or("no reason given");
+                        results[i] = refused(format!("{}: {why}", failed.code()));
+                    }
+                }
+                results
+            }
+            Err(e) => {
+                let err = sdk_failure(OP, e);
+                messages.iter().map(|_| Err(err.clone())).collect()
+            }
+        }
+    }
+}
+
+/// The SNS end-state topic, addressed by ARN.
+#[derive(Debug, Clone)]
+pub struct SnsTopic {
+    client: aws_sdk_sns::Client,
+    arn: String,
+}
+
+impl SnsTopic {
+    pub fn new(sdk: &SdkConfig, arn: String) -> SnsTopic {
+        SnsTopic {
+            client: aws_sdk_sns::Client::new(sdk),
+            arn,
+        }
+    }
+}
+
+#[async_trait]
+impl Topic for SnsTopic {
+    async fn publish(&self, notification: &Notification) -> Result<(), PortError> {
+        use aws_sdk_sns::error::{DisplayErrorContext, SdkError};
+        use aws_sdk_sns::types::MessageAttributeValue;
+        const OP: &str = "Publish";
+        let attr = |v: &str| {
+            MessageAttributeValue::builder()
+                .data_type("String")
+                .string_value(v)
+                .build()
+                .map_err(|e| PortError::Refused {
+                    operation: OP,
+                    message: e.to_string(),
+                })
+        };
+        self.client
+            .publish()
+            .topic_arn(&self.arn)
+            .message(to_json(notification))
+            .message_attributes("status", attr(notification.status.as_str())?)
+            .message_attributes("job_type", attr(notification.job_type_attribute())?)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                let message = DisplayErrorContext(&e).to_string();
+                match e {
+                    SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
+                        PortError::Unreachable {
+                            operation: OP,
+                            message,
+                        }
+                    }
+                    _ => PortError::Refused {
+                        operation: OP,
+                        message,
+                    },
+                }
+            })
+    }
+}

@@ -1,0 +1,285 @@
+//! Wire formats between the pipeline's hops: the EventBridge envelope the ingester
+//! reads, the enriched job on `jobs-todo`, the dead letter and the end-state
+//! notification. Each has exactly one shape, whichever stage produced it.
+
+use crate::job::{JobType, MAX_DETAIL_BYTES};
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::fmt;
+
+/// The pipeline stage that produced an error, a dead letter or a notification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    Ingester,
+    Processor,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Ingester => "ingester",
+            Stage::Processor => "processor",
+        }
+    }
+}
+
+/// A job's status. `NEW` while in flight; the other three are terminal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum JobStatus {
+    New,
+    Completed,
+    Failed,
+    Rejected,
+}
+
+impl JobStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::New => "NEW",
+            JobStatus::Completed => "COMPLETED",
+            JobStatus::Failed => "FAILED",
+            JobStatus::Rejected => "REJECTED",
+        }
+    }
+}
+
+impl fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Timestamps travel as RFC 3339 with millisecond precision, always in UTC.
+pub mod rfc3339 {
+    use super::*;
+    use serde::{Deserializer, Serializer};
+
+    pub fn format(t: &DateTime<Utc>) -> String {
+        t.to_rfc3339_opts(SecondsFormat::Millis, true)
+    }
+
+    pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format(t))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+        let s = String::deserialize(d)?;
+        DateTime::parse_from_rfc3339(&s)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// One failed attempt, appended to the job's history (the error-history pattern):
+/// the history travels with the job, so a dead letter explains itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorEntry {
+    pub stage: Stage,
+    pub code: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    pub attempt: u32,
+    #[serde(with = "rfc3339")]
+    pub timestamp: DateTime<Utc>,
+}
+
+/// W3C trace context carried with the job across hops that drop transport headers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceContext {
+    pub traceparent: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracestate: Option<String>,
+}
+
+/// The message the ingester puts on `jobs-todo`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnrichedJob {
+    pub job_id: String,
+    pub job_type: JobType,
+    pub status: JobStatus,
+    #[serde(with = "rfc3339")]
+    pub received_at: DateTime<Utc>,
+    /// When the event entered EventBridge, for end-to-end latency.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event_time: Option<String>,
+    /// 1 on first delivery to the processor; raised when a job is sent back for retry.
+    pub attempt: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_context: Option<TraceContext>,
+    #[serde(default)]
+    pub errors: Vec<ErrorEntry>,
+    /// The job detail exactly as it was sent.
+    pub job: Value,
+}
+
+/// Reasons a `jobs-todo` body cannot be read back as an [`EnrichedJob`].
+#[derive(Debug, thiserror::Error)]
+pub enum EnrichedJobError {
+    #[error("the message is {0} bytes, over the {max} byte limit", max = MAX_ENRICHED_BYTES)]
+    TooLarge(usize),
+    #[error("the message is not a valid enriched job: {0}")]
+    Invalid(#[from] serde_json::Error),
+}
+
+/// Largest enriched message the processor reads: the detail limit plus room for the
+/// envelope and a long error history.
+pub const MAX_ENRICHED_BYTES: usize = MAX_DETAIL_BYTES + 64 * 1024;
+
+impl EnrichedJob {
+    pub fn from_body(body: &str) -> Result<EnrichedJob, EnrichedJobError> {
+        if body.len() > MAX_ENRICHED_BYTES {
+            return Err(EnrichedJobError::TooLarge(body.len()));
+        }
+        Ok(serde_json::from_str(body)?)
+    }
+}
+
+/// What goes to `dead-letter-queue`: the original job and its full error history,
+/// the same shape for rejections (ingester) and failures (processor).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub job_id: String,
+    pub job_type: Option<String>,
+    pub status: JobStatus,
+    pub stage: Stage,
+    pub attempts: u32,
+    pub errors: Vec<ErrorEntry>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_context: Option<TraceContext>,
+    /// The job detail as sent; the raw SQS body (a string) when even that was unreadable.
+    pub job: Value,
+}
+
+impl DeadLetter {
+    /// The most recent error: what the DLQ's `error_code` attribute reports.
+    pub fn last_error_code(&self) -> &str {
+        self.errors.last().map_or("unknown", |e| e.code.as_str())
+    }
+}
+
+/// The end-state announcement on `job-end-state-topic`: exactly one per job id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Notification {
+    pub job_id: String,
+    pub job_type: Option<String>,
+    pub status: JobStatus,
+    pub stage: Stage,
+    pub attempts: u32,
+    pub errors: Vec<ErrorEntry>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    #[serde(with = "rfc3339")]
+    pub timestamp: DateTime<Utc>,
+}
+
+impl Notification {
+    /// The notification that announces a dead letter.
+    pub fn for_dead_letter(dl: &DeadLetter, timestamp: DateTime<Utc>) -> Notification {
+        Notification {
+            job_id: dl.job_id.clone(),
+            job_type: dl.job_type.clone(),
+            status: dl.status,
+            stage: dl.stage,
+            attempts: dl.attempts,
+            errors: dl.errors.clone(),
+            result: None,
+            timestamp,
+        }
+    }
+
+    /// The `job_type` message attribute: subscribers filter on it, so it is always set.
+    pub fn job_type_attribute(&self) -> &str {
+        job_type_attribute(self.job_type.as_deref())
+    }
+}
+
+/// Attribute value for a job type that may be absent or not a string.
+pub fn job_type_attribute(job_type: Option<&str>) -> &str {
+    match job_type {
+        Some(t) if !t.is_empty() => t,
+        _ => "unknown",
+    }
+}
+
+/// The fields of the EventBridge event the rule delivers as the SQS body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventEnvelope {
+    pub id: Option<String>,
+    pub time: Option<String>,
+    pub detail: Value,
+}
+
+impl EventEnvelope {
+    /// Reads an SQS body as an EventBridge event. `None` when it is not one.
+    pub fn from_body(body: &str) -> Option<EventEnvelope> {
+        let Ok(Value::Object(mut obj)) = serde_json::from_str::<Value>(body) else {
+            return None;
+        };
+        let detail = obj.remove("detail")?;
+        let text = |v: Option<Value>| match v {
+            Some(Value::String(s)) => Some(s),
+            _ => None,
+        };
+        Some(EventEnvelope {
+            id: text(obj.remove("id")),
+            time: text(obj.remove("time")),
+            detail,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn enriched_job_round_trips() {
+        let job = EnrichedJob {
+            job_id: "j-1".into(),
+            job_type: JobType::DataCleanup,
+            status: JobStatus::New,
+            received_at: DateTime::parse_from_rfc3339("2026-11-22T10:00:00.250Z")
+                .expect("valid")
+                .with_timezone(&Utc),
+            event_time: Some("2026-11-22T09:59:59Z".into()),
+            attempt: 1,
+            trace_context: None,
+            errors: vec![],
+            job: json!({"job_type":"data_cleanup","message":{"target_table":"t","retention":1}}),
+        };
+        let body = serde_json::to_string(&job).expect("serializes");
+        assert!(
+            body.contains(r#""received_at":"2026-11-22T10:00:00.250Z""#),
+            "{body}"
+        );
+        assert!(body.contains(r#""status":"NEW""#), "{body}");
+        assert_eq!(EnrichedJob::from_body(&body).expect("parses"), job);
+    }
+
+    #[test]
+    fn enriched_job_rejects_garbage_and_oversize() {
+        assert!(matches!(
+            EnrichedJob::from_body("{"),
+            Err(EnrichedJobError::Invalid(_))
+        ));
+        let huge = " ".repeat(MAX_ENRICHED_BYTES + 1);
+        assert!(matches!(
+            EnrichedJob::from_body(&huge),
+            Err(EnrichedJobError::TooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn envelope_needs_a_detail() {
+        let env = EventEnvelope::from_body(r#"{"id":"e1","source":"jobs","detail":"text"}"#)
+            .expect("envelope");
+        assert_eq!((env.id.as_deref(), env.detail), (Some("e1"), json!("text")));
+        assert_eq!(EventEnvelope::from_body(r#"{"job_type":"x"}"#), None);
+        assert_eq!(EventEnvelope::from_body("not json"), None);
+    }
+}

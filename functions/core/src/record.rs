@@ -1,0 +1,129 @@
+//! Per-record plumbing shared by both handlers: reading an SQS record's metadata,
+//! turning jobs and dead letters into queue messages, and delivering dead letters
+//! with their notifications so that a failure leaves the record in SQS for a retry.
+
+use crate::job::MAX_DETAIL_BYTES;
+use crate::messages::{DeadLetter, EnrichedJob, Notification};
+use crate::ports::{send_all, MessageQueue, OutgoingMessage, Topic};
+use aws_lambda_events::sqs::SqsMessage;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use tracing::warn;
+
+/// What the handlers need to know about an SQS record besides its body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordMeta {
+    pub message_id: String,
+    /// `ApproximateReceiveCount`: 1 on first delivery.
+    pub receive_count: u32,
+}
+
+impl RecordMeta {
+    pub fn of(record: &SqsMessage) -> RecordMeta {
+        let receive_count = record
+            .attributes
+            .get("ApproximateReceiveCount")
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(1);
+        RecordMeta {
+            message_id: record.message_id.clone().unwrap_or_default(),
+            receive_count,
+        }
+    }
+}
+
+/// Serializes a wire type. These types hold only strings, numbers and JSON values
+/// keyed by strings, which always serialize.
+pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("wire types always serialize to JSON")
+}
+
+/// The `jobs-todo` message for an enriched job.
+pub fn enriched_message(job: &EnrichedJob) -> OutgoingMessage {
+    let mut attributes = vec![
+        ("job_id", job.job_id.clone()),
+        ("job_type", job.job_type.as_str().to_owned()),
+    ];
+    if let Some(tc) = &job.trace_context {
+        attributes.push(("traceparent", tc.traceparent.clone()));
+    }
+    OutgoingMessage {
+        body: to_json(job),
+        attributes,
+    }
+}
+
+/// The `dead-letter-queue` message for a dead letter.
+pub fn dead_letter_message(dl: &DeadLetter) -> OutgoingMessage {
+    OutgoingMessage {
+        body: to_json(dl),
+        attributes: vec![
+            ("stage", dl.stage.as_str().to_owned()),
+            ("error_code", dl.last_error_code().to_owned()),
+            ("job_id", dl.job_id.clone()),
+            (
+                "job_type",
+                crate::messages::job_type_attribute(dl.job_type.as_deref()).to_owned(),
+            ),
+        ],
+    }
+}
+
+/// Sends each dead letter, then announces it. Returns the message ids of records to
+/// report as failures: the dead letter was not stored, or its notification not sent.
+pub async fn deliver_dead_letters<Q: MessageQueue, T: Topic>(
+    dead_letters: &Q,
+    topic: &T,
+    letters: Vec<(RecordMeta, DeadLetter)>,
+    now: DateTime<Utc>,
+) -> Vec<String> {
+    let outgoing: Vec<_> = letters
+        .iter()
+        .map(|(_, dl)| dead_letter_message(dl))
+        .collect();
+    let stored = send_all(dead_letters, &outgoing).await;
+    let mut failed = Vec::new();
+    let mut announcements = Vec::new();
+    for ((meta, dl), result) in letters.into_iter().zip(stored) {
+        match result {
+            Ok(()) => announcements.push((meta, Notification::for_dead_letter(&dl, now))),
+            Err(e) => {
+                warn!(job_id = %dl.job_id, error = %e, "could not store the dead letter; SQS will retry");
+                failed.push(meta.message_id);
+            }
+        }
+    }
+    failed.extend(publish_all(topic, announcements).await);
+    failed
+}
+
+/// Publishes notifications concurrently; returns the message ids whose publish failed.
+pub async fn publish_all<T: Topic>(
+    topic: &T,
+    notifications: Vec<(RecordMeta, Notification)>,
+) -> Vec<String> {
+    let results =
+        futures_util::future::join_all(notifications.iter().map(|(_, n)| topic.publish(n))).await;
+    notifications
+        .into_iter()
+        .zip(results)
+        .filter_map(|((meta, n), result)| {
+            let e = result.err()?;
+            warn!(job_id = %n.job_id, error = %e, "could not publish the end state; SQS will retry");
+            Some(meta.message_id)
+        })
+        .collect()
+}
+
+/// The longest raw body kept in a dead letter when the job itself could not be read.
+pub const MAX_KEPT_BODY_BYTES: usize = 2 * MAX_DETAIL_BYTES;
+
+/// An unreadable body, kept as a string so the dead letter still shows what came;
+/// cut on a character boundary if huge, to stay within the queue's message size.
+pub fn raw_body(body: &str) -> Value {
+    let mut end = body.len().min(MAX_KEPT_BODY_BYTES);
+    while !body.is_char_boundary(end) {
+        end -= 1;
+    }
+    Value::String(body[..end].to_owned())
+}

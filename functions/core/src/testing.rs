@@ -1,0 +1,115 @@
+//! In-memory ports: they record what was sent and can refuse chosen messages, so
+//! handler tests cover partial failures without an emulator.
+
+use crate::messages::{DeadLetter, EnrichedJob, Notification};
+use crate::ports::{MessageQueue, OutgoingMessage, PortError, Topic, MAX_BATCH};
+use async_trait::async_trait;
+use std::sync::Mutex;
+
+fn refused(operation: &'static str) -> PortError {
+    PortError::Refused {
+        operation,
+        message: "refused by the test".into(),
+    }
+}
+
+/// A queue in memory. Messages whose body contains one of `refuse` are refused.
+#[derive(Debug, Default)]
+pub struct MemoryQueue {
+    pub sent: Mutex<Vec<OutgoingMessage>>,
+    pub refuse: Mutex<Vec<String>>,
+    pub batches: Mutex<Vec<usize>>,
+}
+
+impl MemoryQueue {
+    pub fn refusing(pattern: &str) -> MemoryQueue {
+        let q = MemoryQueue::default();
+        q.refuse.lock().expect("lock").push(pattern.to_owned());
+        q
+    }
+
+    pub fn bodies(&self) -> Vec<String> {
+        self.sent
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|m| m.body.clone())
+            .collect()
+    }
+
+    pub fn jobs(&self) -> Vec<EnrichedJob> {
+        self.bodies()
+            .iter()
+            .map(|b| serde_json::from_str(b).expect("an enriched job"))
+            .collect()
+    }
+
+    pub fn dead_letters(&self) -> Vec<DeadLetter> {
+        self.bodies()
+            .iter()
+            .map(|b| serde_json::from_str(b).expect("a dead letter"))
+            .collect()
+    }
+}
+
+#[async_trait]
+impl MessageQueue for MemoryQueue {
+    async fn send_batch(&self, messages: &[OutgoingMessage]) -> Vec<Result<(), PortError>> {
+        assert!(
+            messages.len() <= MAX_BATCH,
+            "batch of {} exceeds {MAX_BATCH}",
+            messages.len()
+        );
+        self.batches.lock().expect("lock").push(messages.len());
+        let refuse = self.refuse.lock().expect("lock").clone();
+        messages
+            .iter()
+            .map(|m| {
+                if refuse.iter().any(|p| m.body.contains(p.as_str())) {
+                    Err(refused("SendMessageBatch"))
+                } else {
+                    self.sent.lock().expect("lock").push(m.clone());
+                    Ok(())
+                }
+            })
+            .collect()
+    }
+}
+
+/// A topic in memory. Notifications for a job id in `refuse` are refused.
+#[derive(Debug, Default)]
+pub struct MemoryTopic {
+    pub published: Mutex<Vec<Notification>>,
+    pub refuse: Mutex<Vec<String>>,
+}
+
+impl MemoryTopic {
+    pub fn refusing(job_id: &str) -> MemoryTopic {
+        let t = MemoryTopic::default();
+        t.refuse.lock().expect("lock").push(job_id.to_owned());
+        t
+    }
+
+    pub fn notifications(&self) -> Vec<Notification> {
+        self.published.lock().expect("lock").clone()
+    }
+}
+
+#[async_trait]
+impl Topic for MemoryTopic {
+    async fn publish(&self, notification: &Notification) -> Result<(), PortError> {
+        if self
+            .refuse
+            .lock()
+            .expect("lock")
+            .contains(&notification.job_id)
+        {
+            return Err(refused("Publish"));
+        }
+        self.published
+            .lock()
+            .expect("lock")
+            .push(notification.clone());
+        Ok(())
+    }
+}

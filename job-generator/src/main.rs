@@ -1,0 +1,423 @@
+//! `job-generator`: puts realistic job traffic, some of it malformed, on EventBridge
+//! (source `jobs`, detail type `JobEvent`), or sends the jobs of a file.
+
+mod catalog;
+mod send;
+
+use aws_sdk_eventbridge::types::PutEventsRequestEntry;
+use catalog::{next_job, CatalogConfig, Planned};
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use send::{send, EntryOutcome, EventSink, RetryPolicy, MAX_ENTRIES};
+use serde_json::{json, Value};
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Put job events on EventBridge: generated traffic (bursts with pauses, or a steady
+/// rate) or the jobs of a file. Stops on time and reports what EventBridge accepted.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+struct Args {
+    /// Run for this many minutes (fractions allowed). Default: 1, unless --count or --file is given.
+    #[arg(long, value_name = "N")]
+    minutes: Option<f64>,
+    /// Stop after this many jobs.
+    #[arg(long, value_name = "N")]
+    count: Option<u64>,
+    /// Send at this steady rate (jobs per second) instead of bursts with random pauses.
+    #[arg(long, value_name = "JOBS_PER_SEC")]
+    rate: Option<f64>,
+    /// Share of generated jobs drawn from the malformed catalogue (0 to 1).
+    #[arg(long, default_value_t = 0.2, value_name = "RATIO")]
+    malformed_ratio: f64,
+    /// Seed for a reproducible run (same jobs, same ids, same pauses).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Send the jobs in this file instead: one JSON job per line, or one JSON job.
+    #[arg(long, value_name = "PATH")]
+    file: Option<PathBuf>,
+    /// Longest `timeout` of a generated long_running_job, in seconds.
+    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    max_job_seconds: u64,
+    /// Pause between bursts, in seconds, as MIN..MAX.
+    #[arg(long, default_value = "2..10", value_name = "MIN..MAX", value_parser = parse_range)]
+    pause: (f64, f64),
+    /// Jobs per burst, as MIN..MAX.
+    #[arg(long, default_value = "1..5", value_name = "MIN..MAX", value_parser = parse_range)]
+    burst: (f64, f64),
+    /// EventBridge endpoint, e.g. http://127.0.0.1:4566 for an emulator.
+    #[arg(long, env = "AWS_ENDPOINT_URL", value_name = "URL")]
+    endpoint_url: Option<String>,
+    /// AWS region.
+    #[arg(long, env = "AWS_REGION", default_value = "us-east-1")]
+    region: String,
+    /// Event bus name.
+    #[arg(long, default_value = "default")]
+    bus: String,
+    /// Write one JSON line per job to this file: its id, event id and expected verdict.
+    #[arg(long, value_name = "PATH")]
+    manifest: Option<PathBuf>,
+}
+
+fn parse_range(s: &str) -> Result<(f64, f64), String> {
+    let (a, b) = s
+        .split_once("..")
+        .ok_or_else(|| format!("expected MIN..MAX, got {s:?}"))?;
+    let a: f64 = a
+        .trim()
+        .parse()
+        .map_err(|_| format!("MIN in {s:?} is not a number"))?;
+    let b: f64 = b
+        .trim()
+        .parse()
+        .map_err(|_| format!("MAX in {s:?} is not a number"))?;
+    if a < 0.0 || b < a {
+        return Err(format!("expected 0 <= MIN <= MAX, got {s:?}"));
+    }
+    Ok((a, b))
+}
+
+/// A run that cannot go on: a message for the user (exit code 2).
+#[derive(Debug)]
+struct Failure(String);
+
+fn fail<T>(msg: impl Into<String>) -> Result<T, Failure> {
+    Err(Failure(msg.into()))
+}
+
+struct EventBridge {
+    client: aws_sdk_eventbridge::Client,
+    bus: String,
+}
+
+impl EventSink for EventBridge {
+    async fn put(&self, details: &[String]) -> Result<Vec<EntryOutcome>, String> {
+        let entries = details
+            .iter()
+            .map(|d| {
+                PutEventsRequestEntry::builder()
+                    .source("jobs")
+                    .detail_type("JobEvent")
+                    .event_bus_name(&self.bus)
+                    .detail(d)
+                    .build()
+            })
+            .collect();
+        let out = self
+            .client
+            .put_events()
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .map_err(|e| aws_sdk_eventbridge::error::DisplayErrorContext(&e).to_string())?;
+        Ok(out
+            .entries()
+            .iter()
+            .map(|e| match (e.event_id(), e.error_code()) {
+                (Some(id), None) => EntryOutcome::Accepted {
+                    event_id: id.to_owned(),
+                },
+                (_, code) => EntryOutcome::Refused {
+                    code: code.unwrap_or("Unknown").to_owned(),
+                    message: e.error_message().unwrap_or_default().to_owned(),
+                },
+            })
+            .collect())
+    }
+}
+
+/// Counters for the summary.
+#[derive(Debug, Default)]
+struct Totals {
+    sent: u64,
+    malformed: u64,
+    refused: u64,
+    retried: u64,
+    unsent: u64,
+}
+
+/// Where jobs come from.
+enum Source {
+    Generated { rng: Box<StdRng>, config: CatalogConfig },
+    File(std::vec::IntoIter<Planned>),
+}
+
+impl Source {
+    fn next(&mut self) -> Option<Planned> {
+        match self {
+            Source::Generated { rng, config } => Some(next_job(rng, config)),
+            Source::File(jobs) => jobs.next(),
+        }
+    }
+}
+
+fn read_jobs(path: &PathBuf) -> Result<Vec<Planned>, Failure> {
+    let text = std::fs::read_to_string(path)
+        .or_else(|e| fail(format!("cannot read {}: {e}", path.display())))?;
+    // A whole-file JSON value is one job (the original demo's files); otherwise JSON lines.
+    if let Ok(v) = serde_json::from_str::<Value>(&text) {
+        return Ok(vec![Planned {
+            detail: v,
+            expected_rejection: None,
+        }]);
+    }
+    let mut jobs = Vec::new();
+    for (n, line) in std::io::Cursor::new(text).lines().enumerate() {
+        let line = line.or_else(|e| fail(format!("{}: {e}", path.display())))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let detail = serde_json::from_str(&line).or_else(|e| {
+            fail(format!(
+                "{} line {}: not valid JSON: {e}",
+                path.display(),
+                n + 1
+            ))
+        })?;
+        jobs.push(Planned {
+            detail,
+            expected_rejection: None,
+        });
+    }
+    Ok(jobs)
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let args = Args::parse();
+    match run(args).await {
+        Ok(totals) if totals.unsent > 0 => std::process::exit(1),
+        Ok(_) => {}
+        Err(Failure(msg)) => {
+            eprintln!("job-generator: {msg}");
+            std::process::exit(2);
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<Totals, Failure> {
+    if !(0.0..=1.0).contains(&args.malformed_ratio) {
+        return fail(format!(
+            "--malformed-ratio must be between 0 and 1, got {}",
+            args.malformed_ratio
+        ));
+    }
+    if args.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+        return fail("--rate must be a positive number of jobs per second");
+    }
+    if args.minutes.is_some_and(|m| !(m > 0.0 && m.is_finite())) {
+        return fail("--minutes must be a positive number");
+    }
+    let seed = args.seed.unwrap_or_else(|| rand::rng().random());
+    let mut source = match &args.file {
+        Some(path) => Source::File(read_jobs(path)?.into_iter()),
+        None => Source::Generated {
+            rng: Box::new(StdRng::seed_from_u64(seed)),
+            config: CatalogConfig {
+                malformed_ratio: args.malformed_ratio,
+                max_job_seconds: args.max_job_seconds,
+            },
+        },
+    };
+    let minutes = args
+        .minutes
+        .or((args.count.is_none() && args.file.is_none()).then_some(1.0));
+    let started = Instant::now();
+    let deadline = minutes.map(|m| started + Duration::from_secs_f64(m * 60.0));
+
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(args.region.clone()));
+    if let Some(url) = &args.endpoint_url {
+        loader = loader.endpoint_url(url);
+        if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
+            loader = loader.test_credentials();
+        }
+    }
+    let sink = EventBridge {
+        client: aws_sdk_eventbridge::Client::new(&loader.load().await),
+        bus: args.bus.clone(),
+    };
+    let mut manifest = match &args.manifest {
+        Some(p) => Some(std::io::BufWriter::new(
+            std::fs::File::create(p)
+                .or_else(|e| fail(format!("cannot create {}: {e}", p.display())))?,
+        )),
+        None => None,
+    };
+
+    let progress = Progress::new(args.count, minutes);
+    let mut pacing_rng = StdRng::seed_from_u64(seed ^ 0x5eed);
+    let policy = RetryPolicy::default();
+    let mut totals = Totals::default();
+    let stop = tokio::signal::ctrl_c();
+    tokio::pin!(stop);
+
+    'run: loop {
+        let due = match args.rate {
+            Some(rate) => {
+                let owed = (started.elapsed().as_secs_f64() * rate).floor() as u64 + 1;
+                owed.saturating_sub(totals.sent + totals.refused + totals.unsent)
+                    .clamp(1, 5 * MAX_ENTRIES as u64)
+            }
+            None if args.file.is_some() => MAX_ENTRIES as u64,
+            None => pacing_rng
+                .random_range(args.burst.0..=args.burst.1)
+                .round()
+                .max(1.0) as u64,
+        };
+        let room = args.count.map_or(due, |c| {
+            c.saturating_sub(totals.sent + totals.refused + totals.unsent)
+        });
+        let batch: Vec<Planned> = (0..due.min(room)).map_while(|_| source.next()).collect();
+        if batch.is_empty() {
+            break;
+        }
+        let details: Vec<String> = batch.iter().map(|p| p.detail.to_string()).collect();
+        let report = send(&sink, &details, &policy, deadline, &mut pacing_rng).await;
+        totals.retried += report.retried;
+        for (i, event_id) in &report.accepted {
+            totals.sent += 1;
+            totals.malformed += u64::from(batch[*i].expected_rejection.is_some());
+            record(&mut manifest, &batch[*i], Some(event_id), "sent")?;
+        }
+        for (i, why) in &report.refused {
+            totals.refused += 1;
+            progress.println(format!("refused by EventBridge: {why}"));
+            record(&mut manifest, &batch[*i], None, "refused")?;
+        }
+        for (i, why) in &report.unsent {
+            totals.unsent += 1;
+            progress.println(format!("not sent: {why}"));
+            record(&mut manifest, &batch[*i], None, "unsent")?;
+        }
+        progress.update(&totals, started);
+
+        let pause = match args.rate {
+            Some(rate) => {
+                let next_due = (totals.sent + totals.refused + totals.unsent) as f64 / rate;
+                Duration::from_secs_f64((next_due - started.elapsed().as_secs_f64()).max(0.0))
+            }
+            None if args.file.is_some() => Duration::ZERO,
+            None => Duration::from_secs_f64(pacing_rng.random_range(args.pause.0..=args.pause.1)),
+        };
+        let wake = deadline.map_or(Instant::now() + pause, |d| d.min(Instant::now() + pause));
+        tokio::select! {
+            _ = tokio::time::sleep_until(wake) => {}
+            _ = &mut stop => { progress.println("interrupted".into()); break 'run; }
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+    }
+    if let Some(m) = manifest.as_mut() {
+        m.flush()
+            .or_else(|e| fail(format!("cannot write the manifest: {e}")))?;
+    }
+    progress.finish();
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "sent {} jobs in {:.1} s ({:.2} jobs/s): {} valid, {} malformed; refused by EventBridge: {}; \
+         entries retried: {}; unsent: {}",
+        totals.sent,
+        secs,
+        totals.sent as f64 / secs.max(0.001),
+        totals.sent - totals.malformed,
+        totals.malformed,
+        totals.refused,
+        totals.retried,
+        totals.unsent
+    );
+    Ok(totals)
+}
+
+fn record(
+    manifest: &mut Option<std::io::BufWriter<std::fs::File>>,
+    planned: &Planned,
+    event_id: Option<&String>,
+    outcome: &str,
+) -> Result<(), Failure> {
+    let Some(m) = manifest else { return Ok(()) };
+    let line = json!({
+        "job_id": planned.job_id().map(str::to_owned).or_else(|| event_id.cloned()),
+        "event_id": event_id,
+        "job_type": planned.detail.get("job_type"),
+        "expected_rejection": planned.expected_rejection,
+        "outcome": outcome,
+        "detail": planned.detail,
+    });
+    writeln!(m, "{line}").or_else(|e| fail(format!("cannot write the manifest: {e}")))
+}
+
+/// A progress bar on a terminal; a plain line every ten seconds otherwise.
+struct Progress {
+    bar: Option<ProgressBar>,
+    /// The bar counts jobs (with --count), else seconds of the run.
+    by_jobs: bool,
+    last_line: std::cell::Cell<Instant>,
+}
+
+impl Progress {
+    fn new(count: Option<u64>, minutes: Option<f64>) -> Progress {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = match (count, minutes) {
+                (Some(n), _) => ProgressBar::new(n),
+                (None, Some(m)) => ProgressBar::new((m * 60.0).ceil() as u64),
+                (None, None) => ProgressBar::no_length(),
+            };
+            let template = if count.is_some() {
+                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} jobs {msg}"
+            } else {
+                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} s {msg}"
+            };
+            bar.set_style(
+                ProgressStyle::with_template(template)
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            bar
+        });
+        Progress {
+            bar,
+            by_jobs: count.is_some(),
+            last_line: std::cell::Cell::new(Instant::now()),
+        }
+    }
+
+    fn update(&self, t: &Totals, started: Instant) {
+        let msg = format!(
+            "sent {} ({} malformed), refused {}, retried {}",
+            t.sent, t.malformed, t.refused, t.retried
+        );
+        match &self.bar {
+            Some(bar) => {
+                bar.set_position(if self.by_jobs {
+                    t.sent + t.refused + t.unsent
+                } else {
+                    started.elapsed().as_secs()
+                });
+                bar.set_message(msg);
+            }
+            None if self.last_line.get().elapsed() >= Duration::from_secs(10) => {
+                self.last_line.set(Instant::now());
+                eprintln!("[{:>5.0} s] {msg}", started.elapsed().as_secs_f64());
+            }
+            None => {}
+        }
+    }
+
+    fn println(&self, line: String) {
+        match &self.bar {
+            Some(bar) => bar.println(line),
+            None => eprintln!("{line}"),
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
