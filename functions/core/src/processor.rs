@@ -49,25 +49,19 @@ impl<Q: MessageQueue, T: Topic> Processor<Q, T> {
             .to_std()
             .unwrap_or_default()
             .saturating_sub(self.config.deadline_margin);
+        // Each record announces its own outcome as soon as it is known, so a quick
+        // job is not held back by a long one in the same batch.
         let runs = event.records.iter().map(|record| async move {
             let meta = RecordMeta::of(record);
-            let outcome = process(record, &meta, budget, now).await;
-            (meta, outcome)
-        });
-        let mut completed = Vec::new();
-        let mut failed = Vec::new();
-        for (meta, outcome) in futures_util::future::join_all(runs).await {
-            match outcome {
-                Outcome::Completed(n) => completed.push((meta, n)),
-                Outcome::Failed(dl) => failed.push((meta, dl)),
+            match process(record, &meta, budget, now).await {
+                Outcome::Completed(n) => publish_all(&self.topic, vec![(meta, n)]).await,
+                Outcome::Failed(dl) => {
+                    deliver_dead_letters(&self.dead_letters, &self.topic, vec![(meta, dl)], Utc::now()).await
+                }
             }
-        }
-
+        });
         let mut response = SqsBatchResponse::default();
-        for id in publish_all(&self.topic, completed).await {
-            response.add_failure(id);
-        }
-        for id in deliver_dead_letters(&self.dead_letters, &self.topic, failed, Utc::now()).await {
+        for id in futures_util::future::join_all(runs).await.into_iter().flatten() {
             response.add_failure(id);
         }
         response
@@ -255,6 +249,21 @@ mod tests {
         assert_eq!(long.result.expect("result")["ran_for_secs"], 300);
         // Records run concurrently: the batch takes as long as its longest job.
         assert_eq!(started.elapsed().as_secs(), 300);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quick_job_is_announced_without_waiting_for_the_batch() {
+        let p = processor(MemoryTopic::default());
+        let handling = p.handle(batch(), at(900), at(0));
+        tokio::pin!(handling);
+        tokio::select! {
+            _ = &mut handling => panic!("the 300 s job cannot be done yet"),
+            _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+        }
+        let announced: Vec<_> = p.topic.notifications().into_iter().map(|n| n.job_id).collect();
+        assert!(announced.contains(&"job-report".to_owned()), "{announced:?}");
+        assert!(!announced.contains(&"job-long".to_owned()), "{announced:?}");
+        handling.await;
     }
 
     #[tokio::test(start_paused = true)]
