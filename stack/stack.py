@@ -147,10 +147,11 @@ def ministack_binary() -> Path:
     return exe
 
 
-def start_emulator(state_dir: Path, port: int) -> tuple[str, bool]:
-    """Returns (endpoint, started_here). Reuses a healthy emulator at AWS_ENDPOINT_URL or
-    at our own pid file; otherwise starts MiniStack on 127.0.0.1:port."""
-    external = os.environ.get("AWS_ENDPOINT_URL")
+def start_emulator(state_dir: Path, port: int, use_existing: bool = True) -> tuple[str, bool]:
+    """Returns (endpoint, started_here). Reuses a healthy emulator at AWS_ENDPOINT_URL
+    (unless use_existing is False) or at our own pid file; otherwise starts MiniStack
+    on 127.0.0.1:port."""
+    external = os.environ.get("AWS_ENDPOINT_URL") if use_existing else None
     if external and healthy(external):
         log(f"using the emulator already running at {external}")
         return external, False
@@ -209,13 +210,12 @@ def read_pid(state_dir: Path) -> int | None:
 
 
 def alive(pid: int) -> bool:
+    """True while the process runs; a zombie (killed, not yet reaped) counts as gone."""
     try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
         return False
-    except PermissionError:
-        return True
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def marked_pids(marker: str) -> list[int]:
@@ -408,10 +408,11 @@ def up(
     state_dir: Path = DEFAULT_STATE_DIR,
     binaries: Path = ROOT / "target" / "release",
     otlp_endpoint: str | None = None,
+    use_existing: bool = True,
 ) -> Stack:
     settings = load_settings()
     zips = {name: package(binaries / name) for name in FUNCTIONS}
-    endpoint, started = start_emulator(state_dir, port)
+    endpoint, started = start_emulator(state_dir, port, use_existing)
     stack = Stack(endpoint=endpoint, state_dir=state_dir, settings=settings, region=settings["region"], started_here=started)
     marker_file = state_dir / "stack-id"
     if not marker_file.exists():
@@ -527,6 +528,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("status", help="say whether the stack runs and how full its queues are")
     p_out = sub.add_parser("outcomes", help="wait for in-flight jobs, then print end states")
     p_out.add_argument("--settle", type=float, default=120, help="seconds to wait for in-flight jobs")
+    p_demo = sub.add_parser("demo", help="run the generator against the running stack, then print end states")
+    p_demo.add_argument("--minutes", type=float, default=1.0)
     sub.add_parser("env", help="print shell exports pointing tools at the running stack")
     args = parser.parse_args(argv)
     try:
@@ -543,6 +546,15 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {name:<22} {queue_depth(sqs, url):>6} messages")
         elif args.command == "outcomes":
             print_outcomes(outcomes(attach(args.state_dir), settle=args.settle))
+        elif args.command == "demo":
+            stack = attach(args.state_dir)
+            generator = ROOT / "target" / "release" / "job-generator"
+            cmd = [str(generator), "--minutes", str(args.minutes)]
+            log("running " + " ".join(cmd[-3:]))
+            rc = subprocess.call(cmd, env={**os.environ, **stack.env()})
+            if rc not in (0, 1):
+                raise StackError(f"job-generator exited with {rc}")
+            print_outcomes(outcomes(stack))
         elif args.command == "env":
             for k, v in attach(args.state_dir).env().items():
                 print(f"export {k}={v}")

@@ -1,0 +1,51 @@
+# The two commands a fresh machine needs: `make up` (or `make demo`) and `make test`.
+# Everything else they need (virtualenv, MiniStack, release binaries) is set up here.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+STATE   := .stack
+VENV    := $(STATE)/venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+MINUTES ?= 1
+CARGO   ?= cargo
+
+.PHONY: help venv build up demo down status test test-rust test-stack lint
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+venv: $(STAMP) ## Create the git-ignored virtualenv with the pinned MiniStack
+$(STAMP): stack/requirements.txt
+	@command -v python3 >/dev/null || { echo "python3 is required (3.10 or newer)"; exit 1; }
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r stack/requirements.txt
+	@touch $@
+
+build: ## Build both Lambdas and the generator in release
+	$(CARGO) build --release --locked -p ingester -p processor -p job-generator
+
+up: venv build ## Start MiniStack on 127.0.0.1:4566 and deploy the pipeline
+	$(PY) stack/stack.py up
+
+demo: up ## up, then MINUTES (default 1) of generated traffic, then a summary of end states
+	$(PY) stack/stack.py demo --minutes $(MINUTES)
+
+down: ## Stop only what `make up` started
+	@if [ -x $(PY) ]; then $(PY) stack/stack.py down; else echo "nothing to stop"; fi
+
+status: venv ## Show whether the stack runs and how full its queues are
+	$(PY) stack/stack.py status
+
+lint: ## rustfmt and clippy, warnings as errors
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
+
+test-rust: ## Unit tests of the library, the functions and the generator
+	$(CARGO) test --locked --workspace
+
+test-stack: venv build ## Tests against the embedded stack (each starts its own MiniStack)
+	$(PY) -m pytest -q tests
+
+test: lint test-rust test-stack ## Every test

@@ -1,0 +1,55 @@
+"""The embedded stack's settings checks and packaging, without an emulator."""
+
+import copy
+import json
+import zipfile
+import io
+
+import pytest
+
+import stack as stk
+
+
+def write(tmp_path, settings):
+    path = tmp_path / "pipeline.json"
+    path.write_text(json.dumps(settings))
+    return path
+
+
+def test_the_shipped_settings_follow_the_aws_rules():
+    s = stk.load_settings()
+    for fn in s["functions"].values():
+        q = s["queues"][fn["source_queue"]]
+        assert q["visibility_timeout_seconds"] >= 6 * fn["timeout_seconds"]
+        assert q["max_receive_count"] == 5
+
+
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        (lambda s: s["queues"]["jobs-todo"].update(visibility_timeout_seconds=30), "queues.jobs-todo.visibility_timeout_seconds"),
+        (lambda s: s["functions"]["ingester"].update(batch_size=11), "functions.ingester.batch_size"),
+        (lambda s: s["functions"]["processor"].update(maximum_concurrency=1), "functions.processor.maximum_concurrency"),
+        (lambda s: s["queues"]["ingester-queue"].update(max_receive_count=2), "queues.ingester-queue.max_receive_count"),
+        (lambda s: s["functions"]["processor"].update(source_queue="nope"), "functions.processor.source_queue"),
+    ],
+)
+def test_a_broken_setting_is_refused_by_name(tmp_path, change, named):
+    s = copy.deepcopy(stk.load_settings())
+    change(s)
+    with pytest.raises(stk.StackError, match=named.replace(".", r"\.")):
+        stk.load_settings(write(tmp_path, s))
+
+
+def test_package_makes_an_executable_bootstrap(tmp_path):
+    binary = tmp_path / "fn"
+    binary.write_bytes(b"\x7fELF fake")
+    with zipfile.ZipFile(io.BytesIO(stk.package(binary))) as z:
+        info = z.getinfo("bootstrap")
+        assert (info.external_attr >> 16) & 0o111, "bootstrap must be executable"
+        assert z.read("bootstrap") == b"\x7fELF fake"
+
+
+def test_package_names_a_missing_binary(tmp_path):
+    with pytest.raises(stk.StackError, match="cargo build --release"):
+        stk.package(tmp_path / "missing")
