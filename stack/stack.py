@@ -327,6 +327,8 @@ def provision(stack: Stack, zips: dict[str, bytes], marker: str, otlp_endpoint: 
         # MiniStack's provided.al2023 workers get no endpoint of their own (1.5.33);
         # without it the SDK would call real AWS.
         "AWS_ENDPOINT_URL": stack.endpoint,
+        # On AWS this comes from LoggingConfig (the variable is reserved there).
+        "AWS_LAMBDA_LOG_FORMAT": "JSON",
     }
     if otlp_endpoint:
         common["OTEL_EXPORTER_OTLP_ENDPOINT"] = otlp_endpoint
@@ -361,6 +363,7 @@ def deploy_function(lam, name: str, fn: dict, zip_bytes: bytes, role_arn: str, e
         "Timeout": fn["timeout_seconds"],
         "MemorySize": fn["memory_mb"],
         "Environment": {"Variables": env},
+        "LoggingConfig": {"LogFormat": "JSON"},
     }
     try:
         lam.get_function(FunctionName=name)

@@ -142,7 +142,10 @@ struct Totals {
 
 /// Where jobs come from.
 enum Source {
-    Generated { rng: Box<StdRng>, config: CatalogConfig },
+    Generated {
+        rng: Box<StdRng>,
+        config: CatalogConfig,
+    },
     File(std::vec::IntoIter<Planned>),
 }
 
