@@ -56,12 +56,22 @@ impl<Q: MessageQueue, T: Topic> Processor<Q, T> {
             match process(record, &meta, budget, now).await {
                 Outcome::Completed(n) => publish_all(&self.topic, vec![(meta, n)]).await,
                 Outcome::Failed(dl) => {
-                    deliver_dead_letters(&self.dead_letters, &self.topic, vec![(meta, dl)], Utc::now()).await
+                    deliver_dead_letters(
+                        &self.dead_letters,
+                        &self.topic,
+                        vec![(meta, dl)],
+                        Utc::now(),
+                    )
+                    .await
                 }
             }
         });
         let mut response = SqsBatchResponse::default();
-        for id in futures_util::future::join_all(runs).await.into_iter().flatten() {
+        for id in futures_util::future::join_all(runs)
+            .await
+            .into_iter()
+            .flatten()
+        {
             response.add_failure(id);
         }
         response
@@ -260,8 +270,16 @@ mod tests {
             _ = &mut handling => panic!("the 300 s job cannot be done yet"),
             _ = tokio::time::sleep(Duration::from_secs(10)) => {}
         }
-        let announced: Vec<_> = p.topic.notifications().into_iter().map(|n| n.job_id).collect();
-        assert!(announced.contains(&"job-report".to_owned()), "{announced:?}");
+        let announced: Vec<_> = p
+            .topic
+            .notifications()
+            .into_iter()
+            .map(|n| n.job_id)
+            .collect();
+        assert!(
+            announced.contains(&"job-report".to_owned()),
+            "{announced:?}"
+        );
         assert!(!announced.contains(&"job-long".to_owned()), "{announced:?}");
         handling.await;
     }
