@@ -1,0 +1,113 @@
+//! Property tests: no input makes parsing or the ingester panic, and every rejection
+//! explains itself. Arbitrary JSON values and arbitrary SQS bodies are tried.
+
+use jobs_core::ingester::{Ingester, IngesterConfig};
+use jobs_core::job::{parse_job, JobType};
+use jobs_core::messages::{EnrichedJob, EventEnvelope};
+use jobs_core::testing::{MemoryQueue, MemoryTopic};
+use proptest::prelude::*;
+use serde_json::{json, Map, Value};
+
+fn any_json() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(|n| json!(n)),
+        any::<u64>().prop_map(|n| json!(n)),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(|f| json!(f)),
+        ".{0,12}".prop_map(Value::String),
+    ];
+    leaf.prop_recursive(4, 48, 6, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            prop::collection::vec((".{0,8}", inner), 0..6)
+                .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+        ]
+    })
+}
+
+/// Details shaped like jobs, with arbitrary field values: these reach the deep checks.
+fn job_like() -> impl Strategy<Value = Value> {
+    let job_type = prop_oneof![
+        prop::sample::select(JobType::ALL.to_vec()).prop_map(|t| json!(t.as_str())),
+        any_json(),
+    ];
+    let fields = [
+        "report_name",
+        "filters",
+        "target_table",
+        "retention",
+        "user_id",
+        "user_name",
+        "task_name",
+        "timeout",
+    ];
+    let message = prop::collection::vec((prop::sample::select(fields.to_vec()), any_json()), 0..6)
+        .prop_map(|kv| {
+            Value::Object(
+                kv.into_iter()
+                    .map(|(k, v)| (k.to_owned(), v))
+                    .collect::<Map<_, _>>(),
+            )
+        });
+    (
+        job_type,
+        prop::option::of(message),
+        prop::option::of(any_json()),
+    )
+        .prop_map(|(t, m, id)| {
+            let mut o = Map::new();
+            o.insert("job_type".into(), t);
+            if let Some(m) = m {
+                o.insert("message".into(), m);
+            }
+            if let Some(id) = id {
+                o.insert("id".into(), id);
+            }
+            Value::Object(o)
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+    #[test]
+    fn parsing_any_detail_gives_a_job_or_a_reason(detail in prop_oneof![any_json(), job_like()]) {
+        if let Err(r) = parse_job(&detail, None) {
+            prop_assert!(!r.message.is_empty());
+        }
+    }
+
+    #[test]
+    fn any_body_is_read_or_refused_without_panicking(body in ".{0,200}") {
+        let _ = EventEnvelope::from_body(&body);
+        let _ = EnrichedJob::from_body(&body);
+    }
+
+    #[test]
+    fn the_ingester_ends_every_record_somewhere(details in prop::collection::vec(prop_oneof![any_json(), job_like()], 1..12)) {
+        let records: Vec<Value> = details
+            .iter()
+            .enumerate()
+            .map(|(i, d)| json!({"messageId": format!("m{i}"), "body": json!({"id": format!("e{i}"), "detail": d}).to_string()}))
+            .collect();
+        let event = serde_json::from_value(json!({"Records": records})).expect("event");
+        let ingester = Ingester {
+            jobs_todo: MemoryQueue::default(),
+            dead_letters: MemoryQueue::default(),
+            topic: MemoryTopic::default(),
+            config: IngesterConfig { max_receive_count: 5 },
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        let response = runtime.block_on(ingester.handle(event, chrono::Utc::now()));
+        prop_assert!(response.batch_item_failures.is_empty());
+        // Conservation: each record is forwarded or dead-lettered (and announced), never both.
+        let forwarded = ingester.jobs_todo.jobs().len();
+        let dead = ingester.dead_letters.dead_letters();
+        prop_assert_eq!(forwarded + dead.len(), details.len());
+        prop_assert_eq!(ingester.topic.notifications().len(), dead.len());
+        prop_assert!(dead.iter().all(|d| !d.errors.is_empty() && !d.errors[0].message.is_empty()));
+    }
+}
