@@ -15,6 +15,7 @@ import argparse
 import io
 import json
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -33,6 +34,7 @@ DEFAULT_STATE_DIR = ROOT / ".stack"
 DEFAULT_PORT = 4566
 ACCOUNT = "000000000000"
 FUNCTIONS = ("ingester", "processor")
+TOPIC_KMS_KEY = "alias/aws/sns"  # terraform: var.topic_kms_key_id
 
 
 class StackError(Exception):
@@ -285,6 +287,7 @@ def provision(stack: Stack, zips: dict[str, bytes], marker: str, otlp_endpoint: 
         attrs = {
             "VisibilityTimeout": str(q["visibility_timeout_seconds"]),
             "MessageRetentionPeriod": str(q["message_retention_seconds"]),
+            "SqsManagedSseEnabled": "true",
         }
         if "max_receive_count" in q:
             attrs["RedrivePolicy"] = json.dumps(
@@ -294,7 +297,13 @@ def provision(stack: Stack, zips: dict[str, bytes], marker: str, otlp_endpoint: 
         sqs.set_queue_attributes(QueueUrl=url, Attributes=attrs)
         urls[name] = url
 
-    topic_arn = sns.create_topic(Name=s["topic"])["TopicArn"]
+    work_queues = [queue_arn(stack, n) for n, q in s["queues"].items() if "max_receive_count" in q]
+    sqs.set_queue_attributes(
+        QueueUrl=urls[dlq_name],
+        Attributes={"RedriveAllowPolicy": json.dumps({"redrivePermission": "byQueue", "sourceQueueArns": work_queues})},
+    )
+
+    topic_arn = sns.create_topic(Name=s["topic"], Attributes={"KmsMasterKeyId": TOPIC_KMS_KEY})["TopicArn"]
     watch = s["demo_subscriber_queue"]
     watch_url = sqs.create_queue(QueueName=watch, Attributes={"MessageRetentionPeriod": "1209600"})["QueueUrl"]
     urls[watch] = watch_url
@@ -316,6 +325,13 @@ def provision(stack: Stack, zips: dict[str, bytes], marker: str, otlp_endpoint: 
         Rule=rule["name"],
         EventBusName=s["event_bus"],
         Targets=[{"Id": target_queue, "Arn": queue_arn(stack, target_queue)}],
+    )
+
+    # The same grant the Terraform gives: only this rule may send to the ingester's queue.
+    rule_arn = events.describe_rule(Name=rule["name"], EventBusName=s["event_bus"])["Arn"]
+    sqs.set_queue_attributes(
+        QueueUrl=urls[target_queue],
+        Attributes={"Policy": json.dumps(event_queue_policy(queue_arn(stack, target_queue), rule_arn))},
     )
 
     role_arn = ensure_role(iam)
@@ -343,6 +359,22 @@ def provision(stack: Stack, zips: dict[str, bytes], marker: str, otlp_endpoint: 
     return {"queues": urls, "topic_arn": topic_arn, "role_arn": role_arn}
 
 
+def event_queue_policy(queue: str, rule_arn: str) -> dict:
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "EventBridgeSendsJobs",
+                "Effect": "Allow",
+                "Principal": {"Service": "events.amazonaws.com"},
+                "Action": "sqs:SendMessage",
+                "Resource": queue,
+                "Condition": {"ArnEquals": {"aws:SourceArn": rule_arn}},
+            }
+        ],
+    }
+
+
 def ensure_role(iam) -> str:
     name = "job-pipeline-local"
     try:
@@ -368,13 +400,18 @@ def deploy_function(lam, name: str, fn: dict, zip_bytes: bytes, role_arn: str, e
     try:
         lam.get_function(FunctionName=name)
     except lam.exceptions.ResourceNotFoundException:
-        lam.create_function(FunctionName=name, Code={"ZipFile": zip_bytes}, Architectures=["x86_64"], **config)
+        lam.create_function(FunctionName=name, Code={"ZipFile": zip_bytes}, Architectures=[host_architecture()], **config)
         wait_active(lam, name)
         return
     lam.update_function_code(FunctionName=name, ZipFile=zip_bytes)
     wait_active(lam, name)
     lam.update_function_configuration(FunctionName=name, **config)
     wait_active(lam, name)
+
+
+def host_architecture() -> str:
+    """MiniStack runs the binary as a local process, so it must be the host's instruction set."""
+    return "arm64" if platform.machine() in ("aarch64", "arm64") else "x86_64"
 
 
 def wait_active(lam, name: str, timeout: float = 60) -> None:

@@ -1,0 +1,41 @@
+# EventBridge delivers every `jobs` event to the ingester's queue, as the whole envelope.
+
+resource "aws_cloudwatch_event_rule" "ingester" {
+  name           = local.pipeline.rule.name
+  description    = "Routes job events to the ingester queue"
+  event_bus_name = local.pipeline.event_bus
+  event_pattern  = jsonencode(local.pipeline.rule.event_pattern)
+}
+
+resource "aws_cloudwatch_event_target" "ingester" {
+  rule           = aws_cloudwatch_event_rule.ingester.name
+  event_bus_name = local.pipeline.event_bus
+  target_id      = local.ingester.source_queue
+  arn            = aws_sqs_queue.ingester.arn
+}
+
+# Without this EventBridge's deliveries are refused silently on real AWS.
+resource "aws_sqs_queue_policy" "ingester" {
+  queue_url = aws_sqs_queue.ingester.id
+  policy    = data.aws_iam_policy_document.ingester_queue.json
+}
+
+data "aws_iam_policy_document" "ingester_queue" {
+  statement {
+    sid       = "EventBridgeSendsJobs"
+    effect    = "Allow"
+    actions   = ["sqs:SendMessage"]
+    resources = [aws_sqs_queue.ingester.arn]
+
+    principals {
+      type        = "Service"
+      identifiers = ["events.amazonaws.com"]
+    }
+
+    condition {
+      test     = "ArnEquals"
+      variable = "aws:SourceArn"
+      values   = [aws_cloudwatch_event_rule.ingester.arn]
+    }
+  }
+}

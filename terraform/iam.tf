@@ -1,0 +1,89 @@
+# Least privilege: each function may touch only its own queues, the dead-letter queue, the
+# topic and its own log group. (The original demo's roles could not publish to SNS or send
+# to the DLQ at all.)
+
+data "aws_iam_policy_document" "lambda_assume" {
+  statement {
+    effect  = "Allow"
+    actions = ["sts:AssumeRole"]
+
+    principals {
+      type        = "Service"
+      identifiers = ["lambda.amazonaws.com"]
+    }
+  }
+}
+
+resource "aws_iam_role" "ingester" {
+  name               = "ingester"
+  assume_role_policy = data.aws_iam_policy_document.lambda_assume.json
+}
+
+resource "aws_iam_role" "processor" {
+  name               = "processor"
+  assume_role_policy = data.aws_iam_policy_document.lambda_assume.json
+}
+
+data "aws_iam_policy_document" "ingester" {
+  statement {
+    sid       = "ConsumeIngesterQueue"
+    actions   = ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:ChangeMessageVisibility"]
+    resources = [aws_sqs_queue.ingester.arn]
+  }
+
+  statement {
+    sid       = "ForwardAndDeadLetter"
+    actions   = ["sqs:SendMessage"]
+    resources = [aws_sqs_queue.jobs_todo.arn, aws_sqs_queue.dead_letter.arn]
+  }
+
+  statement {
+    sid       = "AnnounceEndStates"
+    actions   = ["sns:Publish"]
+    resources = [aws_sns_topic.job_end_state.arn]
+  }
+
+  statement {
+    sid       = "WriteOwnLogs"
+    actions   = ["logs:CreateLogStream", "logs:PutLogEvents"]
+    resources = ["${aws_cloudwatch_log_group.ingester.arn}:*"]
+  }
+}
+
+data "aws_iam_policy_document" "processor" {
+  statement {
+    sid       = "ConsumeJobsTodo"
+    actions   = ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:ChangeMessageVisibility"]
+    resources = [aws_sqs_queue.jobs_todo.arn]
+  }
+
+  statement {
+    sid       = "DeadLetter"
+    actions   = ["sqs:SendMessage"]
+    resources = [aws_sqs_queue.dead_letter.arn]
+  }
+
+  statement {
+    sid       = "AnnounceEndStates"
+    actions   = ["sns:Publish"]
+    resources = [aws_sns_topic.job_end_state.arn]
+  }
+
+  statement {
+    sid       = "WriteOwnLogs"
+    actions   = ["logs:CreateLogStream", "logs:PutLogEvents"]
+    resources = ["${aws_cloudwatch_log_group.processor.arn}:*"]
+  }
+}
+
+resource "aws_iam_role_policy" "ingester" {
+  name   = "ingester"
+  role   = aws_iam_role.ingester.id
+  policy = data.aws_iam_policy_document.ingester.json
+}
+
+resource "aws_iam_role_policy" "processor" {
+  name   = "processor"
+  role   = aws_iam_role.processor.id
+  policy = data.aws_iam_policy_document.processor.json
+}

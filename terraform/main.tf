@@ -1,0 +1,30 @@
+# pipeline.json holds every name and setting the pipeline depends on. The embedded stack
+# (stack/stack.py, `make up`) reads the same file, and tests/test_drift.py compares what
+# each side really declares, so local runs and real deployments cannot disagree silently.
+locals {
+  pipeline = jsondecode(file("${path.module}/pipeline.json"))
+
+  endpoint    = var.endpoint == "" ? null : var.endpoint
+  emulated    = var.endpoint != ""
+  region      = var.region == "" ? local.pipeline.region : var.region
+  package_dir = var.package_dir == "" ? "${path.module}/../dist" : var.package_dir
+
+  queues    = local.pipeline.queues
+  ingester  = local.pipeline.functions.ingester
+  processor = local.pipeline.functions.processor
+
+  ingester_queue    = local.queues[local.ingester.source_queue]
+  jobs_todo_queue   = local.queues[local.processor.source_queue]
+  dead_letter_queue = local.queues[local.pipeline.dead_letter_queue]
+
+  # Settings both functions read. Functions on an emulator need its endpoint; on AWS the
+  # SDK finds the regional one itself.
+  common_environment = merge(
+    {
+      DEAD_LETTER_QUEUE_URL   = aws_sqs_queue.dead_letter.url
+      JOB_END_STATE_TOPIC_ARN = aws_sns_topic.job_end_state.arn
+    },
+    var.endpoint == "" ? {} : { AWS_ENDPOINT_URL = var.endpoint },
+    var.otlp_endpoint == "" ? {} : { OTEL_EXPORTER_OTLP_ENDPOINT = var.otlp_endpoint },
+  )
+}

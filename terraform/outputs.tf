@@ -1,0 +1,29 @@
+output "ingester_queue_url" {
+  description = "Where EventBridge delivers job events"
+  value       = aws_sqs_queue.ingester.url
+}
+
+output "jobs_todo_queue_url" {
+  description = "Validated jobs waiting for the processor"
+  value       = aws_sqs_queue.jobs_todo.url
+}
+
+output "dead_letter_queue_url" {
+  description = "Rejected and failed jobs, each with its error history"
+  value       = aws_sqs_queue.dead_letter.url
+}
+
+output "job_end_state_topic_arn" {
+  description = "Topic announcing each job's end state"
+  value       = aws_sns_topic.job_end_state.arn
+}
+
+output "event_rule_arn" {
+  description = "The rule routing `jobs` events to the ingester queue"
+  value       = aws_cloudwatch_event_rule.ingester.arn
+}
+
+output "function_names" {
+  description = "The deployed Lambda functions"
+  value       = [aws_lambda_function.ingester.function_name, aws_lambda_function.processor.function_name]
+}

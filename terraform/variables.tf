@@ -1,0 +1,68 @@
+variable "endpoint" {
+  type        = string
+  description = "Emulator endpoint (for example http://localstack:4566). Empty deploys to real AWS."
+  default     = ""
+}
+
+variable "region" {
+  type        = string
+  description = "AWS region. Empty uses the region in pipeline.json."
+  default     = ""
+}
+
+variable "lambda_architecture" {
+  type        = string
+  description = "Instruction set of the built bootstrap binaries: x86_64 or arm64. Must match the build (LAMBDA_ARCH in .env)."
+  default     = "x86_64"
+
+  validation {
+    condition     = contains(["x86_64", "arm64"], var.lambda_architecture)
+    error_message = "lambda_architecture must be x86_64 or arm64."
+  }
+}
+
+variable "package_dir" {
+  type        = string
+  description = "Directory holding ingester.zip and processor.zip (each a `bootstrap` binary). Empty means ../dist beside this module."
+  default     = ""
+}
+
+variable "otlp_endpoint" {
+  type        = string
+  description = "OTLP/HTTP endpoint the functions export traces and metrics to (for example http://otel-collector:4318). Empty disables export."
+  default     = ""
+}
+
+variable "subscribers" {
+  type = list(object({
+    protocol             = string
+    endpoint             = string
+    raw_message_delivery = optional(bool, false)
+    filter_policy        = optional(string)
+  }))
+  description = "Subscribers of job-end-state-topic: protocol email, https or sqs, and its endpoint. A filter_policy (JSON) may select on the `status` and `job_type` message attributes."
+  default     = []
+
+  validation {
+    condition     = alltrue([for s in var.subscribers : contains(["email", "https", "sqs"], s.protocol)])
+    error_message = "Each subscriber's protocol must be email, https or sqs."
+  }
+}
+
+variable "log_retention_days" {
+  type        = number
+  description = "How long the functions' CloudWatch log groups keep logs, in days."
+  default     = 14
+}
+
+variable "topic_kms_key_id" {
+  type        = string
+  description = "KMS key (id, ARN or alias) encrypting job-end-state-topic at rest."
+  default     = "alias/aws/sns"
+}
+
+variable "tags" {
+  type        = map(string)
+  description = "Tags added to every resource."
+  default     = {}
+}

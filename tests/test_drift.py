@@ -1,0 +1,250 @@
+"""The embedded stack and the Terraform must describe the same pipeline.
+
+`make up` provisions MiniStack with stack/stack.py; real deployments and docker-compose use
+terraform/. Both read terraform/pipeline.json, but each also states things of its own (SSE,
+policies, environment, mapping options), and either could hard-code a value. This test
+starts the embedded stack, reads back what it really created, evaluates what the Terraform
+declares (tests/hcl_eval.py), and compares the two in one normalised shape.
+
+Deliberate differences, all local plumbing, are listed in LOCAL_ONLY_ENV and explained in
+the README: the emulator endpoint, the stack's process marker and the log format variable
+that AWS sets from LoggingConfig. IAM roles and log groups are not compared: MiniStack does
+not enforce IAM, so the least-privilege policies are checked statically in test_terraform.py.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import stack as stk
+from hcl_eval import JsonDoc, Module, Ref
+
+LOCAL_ONLY_ENV = {"JOBS_STACK_ID", "AWS_ENDPOINT_URL", "AWS_LAMBDA_LOG_FORMAT", "OTEL_EXPORTER_OTLP_ENDPOINT"}
+FUNCTIONS = {"ingester": "aws_lambda_function.ingester", "processor": "aws_lambda_function.processor"}
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory, free_port):
+    state = tmp_path_factory.mktemp("drift")
+    stack = stk.up(port=free_port(), state_dir=state, use_existing=False)
+    try:
+        yield described(stack)
+    finally:
+        stk.down(state)
+
+
+@pytest.fixture(scope="module")
+def declared():
+    return Declared(Module(stk.ROOT / "terraform")).pipeline()
+
+
+# --------------------------------------------------------------------------- live side
+
+
+def last(arn_or_url: str) -> str:
+    """The name at the end of a queue URL, queue/topic ARN or rule ARN."""
+    return arn_or_url.rstrip("/").rsplit("/", 1)[-1].rsplit(":", 1)[-1]
+
+
+def described(stack: stk.Stack) -> dict:
+    """What the embedded stack really provisioned, read back from the emulator."""
+    s = stack.settings
+    sqs, sns, events, lam = (stack.client(n) for n in ("sqs", "sns", "events", "lambda"))
+    out = {"queues": {}, "functions": {}, "mappings": {}}
+    for name in s["queues"]:
+        url = sqs.get_queue_url(QueueName=name)["QueueUrl"]
+        a = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+        redrive = json.loads(a["RedrivePolicy"]) if "RedrivePolicy" in a else None
+        out["queues"][name] = {
+            "visibility_timeout_seconds": int(a["VisibilityTimeout"]),
+            "message_retention_seconds": int(a["MessageRetentionPeriod"]),
+            "sse": a.get("SqsManagedSseEnabled") == "true",
+            "redrive": redrive and {"target": last(redrive["deadLetterTargetArn"]), "max_receive_count": int(redrive["maxReceiveCount"])},
+            "redrive_allow": redrive_allow(json.loads(a["RedriveAllowPolicy"])) if "RedriveAllowPolicy" in a else None,
+            "policy": queue_policy(json.loads(a["Policy"])) if "Policy" in a else None,
+        }
+    rule = events.describe_rule(Name=s["rule"]["name"], EventBusName=s["event_bus"])
+    targets = events.list_targets_by_rule(Rule=rule["Name"], EventBusName=s["event_bus"])["Targets"]
+    out["rule"] = {
+        "name": rule["Name"],
+        "bus": rule.get("EventBusName", "default"),
+        "pattern": json.loads(rule["EventPattern"]),
+        "targets": sorted((t["Id"], last(t["Arn"])) for t in targets),
+    }
+    topic_arn = sns.create_topic(Name=s["topic"])["TopicArn"]  # idempotent lookup by name
+    topic = sns.get_topic_attributes(TopicArn=topic_arn)["Attributes"]
+    out["topic"] = {"name": last(topic_arn), "kms_master_key_id": topic.get("KmsMasterKeyId")}
+    for name in FUNCTIONS:
+        c = lam.get_function_configuration(FunctionName=name)
+        env = c.get("Environment", {}).get("Variables", {})
+        out["functions"][name] = {
+            "runtime": c["Runtime"],
+            "handler": c["Handler"],
+            "timeout": c["Timeout"],
+            "memory": c["MemorySize"],
+            "log_format": c.get("LoggingConfig", {}).get("LogFormat"),
+            "environment": {k: env_value(v) for k, v in env.items() if k not in LOCAL_ONLY_ENV},
+        }
+        for m in lam.list_event_source_mappings(FunctionName=name)["EventSourceMappings"]:
+            out["mappings"][name] = {
+                "source": last(m["EventSourceArn"]),
+                "batch_size": m["BatchSize"],
+                "window": m.get("MaximumBatchingWindowInSeconds", 0),
+                "response_types": m.get("FunctionResponseTypes", []),
+                "max_concurrency": m.get("ScalingConfig", {}).get("MaximumConcurrency"),
+                "enabled": m.get("State", "Enabled") in ("Enabled", "Enabling", "Updating"),
+            }
+    return out
+
+
+def env_value(v: str) -> str:
+    """Queue URLs and topic ARNs differ by account and host; compare what they name."""
+    return f"->{last(v)}" if v.startswith(("http://", "https://", "arn:")) else v
+
+
+def redrive_allow(doc: dict) -> dict:
+    return {"permission": doc["redrivePermission"], "sources": sorted(last(a) for a in doc.get("sourceQueueArns", []))}
+
+
+def queue_policy(doc: dict) -> list:
+    out = []
+    for st in doc["Statement"]:
+        actions = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
+        (test, cond), = st.get("Condition", {}).items()
+        (variable, values), = cond.items()
+        values = values if isinstance(values, list) else [values]
+        out.append(
+            {
+                "effect": st["Effect"],
+                "principals": sorted(st["Principal"]["Service"] if isinstance(st["Principal"]["Service"], list) else [st["Principal"]["Service"]]),
+                "actions": sorted(actions),
+                "resources": [last(st["Resource"])],
+                "condition": [test, variable, sorted(last(v) for v in values)],
+            }
+        )
+    return out
+
+
+# --------------------------------------------------------------------------- declared side
+
+
+class Declared:
+    """What the Terraform declares, in the same shape as `described`."""
+
+    def __init__(self, module: Module):
+        self.m = module
+
+    def name_of(self, ref) -> str:
+        """The name a reference points at: aws_sqs_queue.x.arn -> x's `name`."""
+        if not isinstance(ref, Ref):
+            return ref
+        attr = {"aws_lambda_function": "function_name"}.get(ref.path.split(".")[0], "name")
+        return self.m.attribute(ref.resource, attr)
+
+    def one(self, resource: str, block: str) -> dict:
+        return self.m.attribute(resource, block)[0]
+
+    def pipeline(self) -> dict:
+        m = self.m
+        queues = {}
+        redrive_allows = {
+            self.name_of(m.attribute(r, "queue_url")): m.attribute(r, "redrive_allow_policy").value
+            for r in m.resources()
+            if r.startswith("aws_sqs_queue_redrive_allow_policy.")
+        }
+        policies = {
+            self.name_of(m.attribute(r, "queue_url")): m.attribute(r, "policy")
+            for r in m.resources()
+            if r.startswith("aws_sqs_queue_policy.")
+        }
+        for r, body in m.resources().items():
+            if not r.startswith("aws_sqs_queue."):
+                continue
+            name = m.attribute(r, "name")
+            redrive = m.attribute(r, "redrive_policy").value if "redrive_policy" in body else None
+            allow = redrive_allows.get(name)
+            policy = policies.get(name)
+            queues[name] = {
+                "visibility_timeout_seconds": m.attribute(r, "visibility_timeout_seconds"),
+                "message_retention_seconds": m.attribute(r, "message_retention_seconds"),
+                "sse": m.attribute(r, "sqs_managed_sse_enabled") if "sqs_managed_sse_enabled" in body else False,
+                "redrive": redrive and {"target": self.name_of(redrive["deadLetterTargetArn"]), "max_receive_count": redrive["maxReceiveCount"]},
+                "redrive_allow": allow and {"permission": allow["redrivePermission"], "sources": sorted(self.name_of(a) for a in allow["sourceQueueArns"])},
+                "policy": policy and self.policy_document(policy),
+            }
+        rule = "aws_cloudwatch_event_rule.ingester"
+        pattern = m.attribute(rule, "event_pattern")
+        targets = [r for r in m.resources() if r.startswith("aws_cloudwatch_event_target.")]
+        out = {
+            "queues": queues,
+            "rule": {
+                "name": m.attribute(rule, "name"),
+                "bus": m.attribute(rule, "event_bus_name"),
+                "pattern": pattern.value if isinstance(pattern, JsonDoc) else json.loads(pattern),
+                "targets": sorted((m.attribute(t, "target_id"), self.name_of(m.attribute(t, "arn"))) for t in targets),
+            },
+            "topic": {
+                "name": m.attribute("aws_sns_topic.job_end_state", "name"),
+                "kms_master_key_id": m.attribute("aws_sns_topic.job_end_state", "kms_master_key_id"),
+            },
+            "functions": {},
+            "mappings": {},
+        }
+        for name, fn in FUNCTIONS.items():
+            env = self.one(fn, "environment")["variables"]
+            out["functions"][name] = {
+                "runtime": m.attribute(fn, "runtime"),
+                "handler": m.attribute(fn, "handler"),
+                "timeout": m.attribute(fn, "timeout"),
+                "memory": m.attribute(fn, "memory_size"),
+                "log_format": self.one(fn, "logging_config")["log_format"],
+                "environment": {k: f"->{self.name_of(v)}" if isinstance(v, Ref) else v for k, v in env.items()},
+            }
+        for r in m.resources():
+            if not r.startswith("aws_lambda_event_source_mapping."):
+                continue
+            fn = self.name_of(m.attribute(r, "function_name"))
+            out["mappings"][fn] = {
+                "source": self.name_of(m.attribute(r, "event_source_arn")),
+                "batch_size": m.attribute(r, "batch_size"),
+                "window": m.attribute(r, "maximum_batching_window_in_seconds"),
+                "response_types": m.attribute(r, "function_response_types"),
+                "max_concurrency": self.one(r, "scaling_config")["maximum_concurrency"],
+                "enabled": m.attribute(r, "enabled"),
+            }
+        return out
+
+    def policy_document(self, ref: Ref) -> list:
+        """An aws_iam_policy_document data source, in queue_policy's shape."""
+        out = []
+        for st in self.m.attribute(ref.resource, "statement"):
+            (principal,) = st["principals"]
+            (cond,) = st["condition"]
+            out.append(
+                {
+                    "effect": st.get("effect", "Allow"),
+                    "principals": sorted(principal["identifiers"]),
+                    "actions": sorted(st["actions"]),
+                    "resources": [self.name_of(r) for r in st["resources"]],
+                    "condition": [cond["test"], cond["variable"], sorted(self.name_of(v) for v in cond["values"])],
+                }
+            )
+        return out
+
+
+# --------------------------------------------------------------------------- tests
+
+
+@pytest.mark.parametrize("part", ["queues", "rule", "topic", "functions", "mappings"])
+def test_the_embedded_stack_provisions_what_terraform_declares(live, declared, part):
+    assert live[part] == declared[part], f"{part} differ between `make up` (left) and terraform/ (right)"
+
+
+def test_the_comparison_sees_every_resource(live, declared):
+    """An empty or partial read on both sides would compare equal; it must not."""
+    assert set(declared["queues"]) == {"ingester-queue", "jobs-todo", "dead-letter-queue"}
+    assert set(declared["functions"]) == set(declared["mappings"]) == {"ingester", "processor"}
+    assert declared["rule"]["targets"] and declared["queues"]["ingester-queue"]["policy"]
+    assert all(f["environment"] for f in live["functions"].values())

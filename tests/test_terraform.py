@@ -1,0 +1,127 @@
+"""Static checks of terraform/: it parses, its variables are documented, its IAM grants are
+exactly least privilege, its queues outlast their consumers, and checkov finds nothing.
+
+No Terraform binary is needed: tests/hcl_eval.py evaluates the expressions."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+import stack as stk
+from hcl_eval import Module, Ref
+
+TF = stk.ROOT / "terraform"
+CHECKOV = stk.ROOT / ".stack" / "checkov-venv" / "bin" / "checkov"
+RECEIVE = ["sqs:ChangeMessageVisibility", "sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:ReceiveMessage"]
+LOGS = ["logs:CreateLogStream", "logs:PutLogEvents"]
+
+
+@pytest.fixture(scope="module")
+def module():
+    return Module(TF)
+
+
+def test_every_variable_has_a_type_and_a_description(module):
+    assert module.variables, "no variables found: did the parse fail silently?"
+    for name, body in module.variables.items():
+        assert "type" in body, f"variable {name} has no type"
+        assert module.value(body.get("description", '""')).strip(), f"variable {name} has no description"
+
+
+def test_the_main_resources_have_plain_names(module):
+    expected = {
+        "aws_sqs_queue.ingester", "aws_sqs_queue.jobs_todo", "aws_sqs_queue.dead_letter",
+        "aws_lambda_function.ingester", "aws_lambda_function.processor",
+        "aws_lambda_event_source_mapping.ingester", "aws_lambda_event_source_mapping.processor",
+        "aws_cloudwatch_log_group.ingester", "aws_cloudwatch_log_group.processor",
+        "aws_sns_topic.job_end_state", "aws_cloudwatch_event_rule.ingester", "aws_cloudwatch_event_target.ingester",
+        "aws_iam_role.ingester", "aws_iam_role.processor",
+    }
+    assert expected <= set(module.resources())
+
+
+def grants(module: Module, function: str) -> set[tuple[str, str]]:
+    """(action, resource name) pairs of every policy attached to the function's role."""
+    role = module.attribute(f"aws_lambda_function.{function}", "role")
+    out = set()
+    for r in module.resources():
+        if r.startswith("aws_iam_role_policy.") and module.attribute(r, "role").resource == role.resource:
+            doc = module.attribute(r, "policy")
+            for st in module.attribute(doc.resource, "statement"):
+                assert st.get("effect", "Allow") == "Allow"
+                for action in st["actions"]:
+                    for res in st["resources"]:
+                        out.add((action, describe(module, res)))
+    return out
+
+
+def describe(module: Module, res) -> str:
+    """A granted resource as `kind:name`, e.g. `sqs:jobs-todo`, `logs:/aws/lambda/ingester:*`."""
+    if not isinstance(res, Ref):
+        return f"literal:{res}"
+    suffix = res.path.split(".arn", 1)[1] if ".arn" in res.path else ""
+    kind = res.resource.split(".")[0]
+    name = module.attribute(res.resource, "name")
+    return f"{kind}:{name}{suffix}"
+
+
+def expected_grants(source: str, sends: list[str], log_group: str) -> set[tuple[str, str]]:
+    out = {(a, f"aws_sqs_queue:{source}") for a in RECEIVE}
+    out |= {("sqs:SendMessage", f"aws_sqs_queue:{q}") for q in sends}
+    out.add(("sns:Publish", "aws_sns_topic:job-end-state-topic"))
+    out |= {(a, f"aws_cloudwatch_log_group:{log_group}:*") for a in LOGS}
+    return out
+
+
+def test_each_function_may_touch_only_its_own_resources(module):
+    assert grants(module, "ingester") == expected_grants(
+        "ingester-queue", ["jobs-todo", "dead-letter-queue"], "/aws/lambda/ingester"
+    )
+    assert grants(module, "processor") == expected_grants("jobs-todo", ["dead-letter-queue"], "/aws/lambda/processor")
+
+
+def test_queues_outlast_their_consumers_six_times(module):
+    for r in module.resources():
+        if not r.startswith("aws_lambda_event_source_mapping."):
+            continue
+        queue = module.attribute(r, "event_source_arn").resource
+        fn = module.attribute(r, "function_name").resource
+        visibility = module.attribute(queue, "visibility_timeout_seconds")
+        timeout = module.attribute(fn, "timeout")
+        assert visibility >= 6 * timeout, f"{queue} visibility {visibility} < 6 x {fn} timeout {timeout}"
+        assert module.attribute(r, "function_response_types") == ["ReportBatchItemFailures"]
+        redrive = module.attribute(queue, "redrive_policy").value
+        assert redrive["maxReceiveCount"] >= 5
+
+
+@pytest.mark.parametrize("endpoint", ["", "http://localstack:4566"])
+def test_the_endpoint_variable_alone_switches_every_service(endpoint):
+    m = Module(TF, variables={"endpoint": endpoint})
+    (provider,) = [b['"aws"'] for b in m.blocks["provider"]]
+    endpoints = m.value(provider["endpoints"])[0]
+    expected = endpoint or None
+    assert endpoints and all(v == expected for v in endpoints.values()), endpoints
+    assert m.value(provider["skip_credentials_validation"]) is bool(endpoint)
+    env = m.attribute("aws_lambda_function.processor", "environment")[0]["variables"]
+    assert ("AWS_ENDPOINT_URL" in env) is bool(endpoint)
+
+
+def test_checkov_finds_no_failed_check_and_every_skip_says_why():
+    assert CHECKOV.exists(), f"{CHECKOV} is missing: run `make checkov`"
+    out = subprocess.run(
+        [str(CHECKOV), "-d", str(TF), "--framework", "terraform", "--skip-download", "-o", "json"],
+        capture_output=True, text=True, timeout=300,
+    )
+    report = json.loads(out.stdout)
+    summary = report["summary"]
+    failed = [f"{c['check_id']} {c['resource']}" for c in report["results"]["failed_checks"]]
+    assert summary["parsing_errors"] == 0, report["results"]["parsing_errors"]
+    assert summary["failed"] == 0 and not failed, f"checkov failed checks: {failed}"
+    assert summary["passed"] > 50, "checkov evaluated almost nothing: did it read terraform/?"
+    for c in report["results"]["skipped_checks"]:
+        reason = (c.get("check_result") or {}).get("suppress_comment", "")
+        assert len(reason) > 20, f"{c['check_id']} on {c['resource']} is skipped without a reason"
+    assert out.returncode == 0, out.stderr[-2000:]
