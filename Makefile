@@ -8,10 +8,11 @@ STATE   := .stack
 VENV    := $(STATE)/venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
+CHECKOV := $(STATE)/checkov-venv
 MINUTES ?= 1
 CARGO   ?= cargo
 
-.PHONY: help venv build up demo down status test test-rust test-stack lint
+.PHONY: help venv checkov tools build up demo down status test test-rust test-stack lint
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -22,6 +23,21 @@ $(STAMP): stack/requirements.txt
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r stack/requirements.txt
 	@touch $@
+
+checkov: $(CHECKOV)/.installed ## checkov in its own virtualenv (its HCL parser clashes with the stack's)
+$(CHECKOV)/.installed: stack/checkov-requirements.txt
+	python3 -m venv $(CHECKOV)
+	$(CHECKOV)/bin/pip install --quiet --disable-pip-version-check -r stack/checkov-requirements.txt
+	@touch $@
+
+tools: ## docker-compose (Debian package) for the compose checks; installed when run as root
+	@command -v docker-compose >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian's docker-compose (for \`docker-compose config\` only; no engine needed)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null; \
+	  else \
+	    echo "docker-compose is missing: sudo apt-get install docker-compose"; exit 1; \
+	  fi; }
 
 build: ## Build both Lambdas and the generator in release
 	$(CARGO) build --release --locked -p ingester -p processor -p job-generator
@@ -45,7 +61,7 @@ lint: ## rustfmt and clippy, warnings as errors
 test-rust: ## Unit tests of the library, the functions and the generator
 	$(CARGO) test --locked --workspace
 
-test-stack: venv build ## Tests against the embedded stack (each starts its own MiniStack)
+test-stack: venv checkov tools build ## Stack, Terraform and compose tests (each stack test starts its own MiniStack)
 	$(PY) -m pytest -q tests
 
 test: lint test-rust test-stack ## Every test
