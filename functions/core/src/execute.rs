@@ -114,7 +114,7 @@ fn slug(name: &str) -> String {
     out.trim_end_matches('.').to_owned()
 }
 
-fn fnv1a(parts: &[&[u8]]) -> u64 {
+pub(crate) fn fnv1a(parts: &[&[u8]]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in parts.iter().flat_map(|p| p.iter()) {
         h ^= u64::from(*byte);

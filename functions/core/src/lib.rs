@@ -8,13 +8,17 @@
 pub type Timestamp = chrono::DateTime<chrono::Utc>;
 
 pub mod aws;
+pub mod dynamo;
 pub mod execute;
+pub mod guard;
 pub mod ingester;
 pub mod job;
 pub mod messages;
 pub mod ports;
 pub mod processor;
 pub mod record;
+pub mod retry;
+pub mod state;
 
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

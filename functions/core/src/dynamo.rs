@@ -1,0 +1,269 @@
+//! The job state table on DynamoDB (`jobs`).
+//!
+//! One item per stage and job, keyed `pk = "<stage>#<job_id>"`. A claim is a conditional
+//! `PutItem` that succeeds only for a new job, an expired lease, or the next attempt of a
+//! job waiting for a retry; when the condition fails, the current item is read back and
+//! judged by [`crate::state::decide`], the same rules the in-memory store follows.
+//! `expires_at` (epoch seconds) is the table's TTL attribute.
+
+use crate::messages::Stage;
+use crate::ports::PortError;
+use crate::state::{
+    decide, lost_claim, Claim, ClaimOutcome, JobState, JobStore, Progress, RETENTION,
+};
+use crate::Timestamp;
+use async_trait::async_trait;
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_dynamodb::Client;
+use chrono::{TimeZone, Utc};
+use std::collections::HashMap;
+
+/// The table, addressed by name.
+#[derive(Debug, Clone)]
+pub struct DynamoStore {
+    client: Client,
+    table: String,
+}
+
+type Item = HashMap<String, AttributeValue>;
+
+impl DynamoStore {
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        Self {
+            client,
+            table: table.into(),
+        }
+    }
+
+    async fn read(&self, job_id: &str, stage: Stage) -> Result<Option<JobState>, PortError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(key(stage, job_id)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| port_error("GetItem", e))?;
+        Ok(out.item.as_ref().and_then(from_item))
+    }
+}
+
+fn key(stage: Stage, job_id: &str) -> String {
+    format!("{}#{job_id}", stage.as_str())
+}
+
+fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+
+fn n(v: impl ToString) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+fn port_error<E: ProvideErrorMetadata, R>(operation: &'static str, e: SdkError<E, R>) -> PortError {
+    match &e {
+        SdkError::ServiceError(service) => PortError::Refused {
+            operation,
+            message: service
+                .err()
+                .message()
+                .or(service.err().code())
+                .unwrap_or("refused")
+                .to_owned(),
+        },
+        _ => PortError::Unreachable {
+            operation,
+            message: e.to_string(),
+        },
+    }
+}
+
+fn is_condition_failure<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> bool {
+    e.as_service_error()
+        .and_then(ProvideErrorMetadata::code)
+        .is_some_and(|c| c == "ConditionalCheckFailedException")
+}
+
+fn from_item(item: &Item) -> Option<JobState> {
+    let text = |k: &str| item.get(k).and_then(|v| v.as_s().ok());
+    let number = |k: &str| {
+        item.get(k)
+            .and_then(|v| v.as_n().ok())
+            .and_then(|v| v.parse::<i64>().ok())
+    };
+    let stage = match text("stage")?.as_str() {
+        "ingester" => Stage::Ingester,
+        "processor" => Stage::Processor,
+        _ => return None,
+    };
+    Some(JobState {
+        job_id: text("job_id")?.clone(),
+        stage,
+        progress: Progress::parse(text("progress")?)?,
+        fingerprint: text("fingerprint")?.clone(),
+        attempt: u32::try_from(number("attempt")?).ok()?,
+        lease_until: Utc.timestamp_millis_opt(number("lease_until")?).single()?,
+        announced: item
+            .get("announced")
+            .and_then(|v| v.as_bool().ok())
+            .copied()
+            .unwrap_or(false),
+        detail: text("detail").and_then(|d| serde_json::from_str(d).ok()),
+        updated_at: Utc.timestamp_millis_opt(number("updated_ms")?).single()?,
+        expires_at: Utc.timestamp_opt(number("expires_at")?, 0).single()?,
+    })
+}
+
+#[async_trait]
+impl JobStore for DynamoStore {
+    async fn claim(&self, claim: &Claim<'_>, now: Timestamp) -> Result<ClaimOutcome, PortError> {
+        let item: Item = [
+            ("pk", s(key(claim.stage, claim.job_id))),
+            ("job_id", s(claim.job_id)),
+            ("stage", s(claim.stage.as_str())),
+            ("progress", s(Progress::InProgress.as_str())),
+            ("fingerprint", s(claim.fingerprint)),
+            ("attempt", n(claim.attempt)),
+            ("lease_until", n(claim.lease_until.timestamp_millis())),
+            ("announced", AttributeValue::Bool(false)),
+            ("updated_ms", n(now.timestamp_millis())),
+            ("expires_at", n((now + RETENTION).timestamp())),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression(
+                "attribute_not_exists(pk) OR (fingerprint = :fp AND \
+                 ((progress = :in_progress AND lease_until <= :now) OR \
+                  (progress = :retrying AND attempt < :attempt)))",
+            )
+            .expression_attribute_values(":fp", s(claim.fingerprint))
+            .expression_attribute_values(":in_progress", s(Progress::InProgress.as_str()))
+            .expression_attribute_values(":retrying", s(Progress::Retrying.as_str()))
+            .expression_attribute_values(":now", n(now.timestamp_millis()))
+            .expression_attribute_values(":attempt", n(claim.attempt))
+            .send()
+            .await;
+        match put {
+            Ok(_) => Ok(ClaimOutcome::Claimed),
+            Err(e) if is_condition_failure(&e) => {
+                let current = self.read(claim.job_id, claim.stage).await?;
+                Ok(match decide(current.as_ref(), claim, now) {
+                    // The item changed between the write and the read: let SQS retry.
+                    ClaimOutcome::Claimed => ClaimOutcome::Busy { until: now },
+                    other => other,
+                })
+            }
+            Err(e) => Err(port_error("PutItem", e)),
+        }
+    }
+
+    async fn finish(
+        &self,
+        job_id: &str,
+        stage: Stage,
+        attempt: u32,
+        progress: Progress,
+        detail: Option<serde_json::Value>,
+        now: Timestamp,
+    ) -> Result<(), PortError> {
+        let detail = detail.map_or_else(|| "null".to_owned(), |d| d.to_string());
+        let update = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(key(stage, job_id)))
+            .update_expression("SET progress = :p, detail = :d, updated_ms = :u")
+            .condition_expression("attempt = :attempt AND progress = :in_progress")
+            .expression_attribute_values(":p", s(progress.as_str()))
+            .expression_attribute_values(":d", s(detail))
+            .expression_attribute_values(":u", n(now.timestamp_millis()))
+            .expression_attribute_values(":attempt", n(attempt))
+            .expression_attribute_values(":in_progress", s(Progress::InProgress.as_str()))
+            .send()
+            .await;
+        match update {
+            Ok(_) => Ok(()),
+            Err(e) if is_condition_failure(&e) => Err(lost_claim("UpdateItem", job_id)),
+            Err(e) => Err(port_error("UpdateItem", e)),
+        }
+    }
+
+    async fn announce(&self, job_id: &str, stage: Stage, now: Timestamp) -> Result<(), PortError> {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(key(stage, job_id)))
+            .update_expression("SET announced = :t, updated_ms = :u")
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_values(":t", AttributeValue::Bool(true))
+            .expression_attribute_values(":u", n(now.timestamp_millis()))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| port_error("UpdateItem", e))
+    }
+
+    async fn get(&self, job_id: &str) -> Result<Vec<JobState>, PortError> {
+        let mut found = Vec::new();
+        for stage in [Stage::Ingester, Stage::Processor] {
+            found.extend(self.read(job_id, stage).await?);
+        }
+        Ok(found)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_item_reads_back_into_the_state_it_was_written_from() {
+        let now = Utc
+            .timestamp_millis_opt(1_790_000_000_123)
+            .single()
+            .expect("time");
+        let item: Item = [
+            ("pk", s("processor#job-1")),
+            ("job_id", s("job-1")),
+            ("stage", s("processor")),
+            ("progress", s("COMPLETED")),
+            ("fingerprint", s("abc")),
+            ("attempt", n(2)),
+            ("lease_until", n(now.timestamp_millis())),
+            ("announced", AttributeValue::Bool(true)),
+            ("detail", s(r#"{"rows":3}"#)),
+            ("updated_ms", n(now.timestamp_millis())),
+            ("expires_at", n((now + RETENTION).timestamp())),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let state = from_item(&item).expect("a state");
+        assert_eq!(
+            state.progress,
+            Progress::Done(Some(crate::messages::JobStatus::Completed))
+        );
+        assert_eq!(
+            (state.attempt, state.announced, state.lease_until),
+            (2, true, now)
+        );
+        assert_eq!(state.detail, Some(serde_json::json!({"rows": 3})));
+    }
+
+    #[test]
+    fn an_item_missing_a_field_is_not_a_state() {
+        let item: Item = [("pk", s("processor#job-1")), ("stage", s("processor"))]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        assert!(from_item(&item).is_none());
+    }
+}

@@ -1,0 +1,405 @@
+//! Job state: what makes each stage's effects happen once over at-least-once delivery.
+//!
+//! Before a stage acts on a job it *claims* it with a conditional write keyed by stage
+//! and job id. A claim holds a lease that ends shortly before the invocation's deadline,
+//! so an attempt that crashed can be taken over once its lease ran out. The stage then
+//! records the job's end (`finish`) and, once the end state is announced, marks it
+//! (`announce`), so a re-delivery neither repeats the work nor the notification, and a
+//! crash between the two only repeats the notification step.
+//!
+//! The claim also carries a fingerprint of the job's content: a job id reused for
+//! different content is a [`ClaimOutcome::Conflict`], not a silent skip.
+
+use crate::messages::{JobStatus, Stage};
+use crate::Timestamp;
+use async_trait::async_trait;
+use chrono::TimeDelta;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use crate::ports::PortError;
+
+/// Where a stage stands with a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// An attempt holds the claim until its lease ends.
+    InProgress,
+    /// An attempt failed and the job was sent back for attempt `attempt + 1`.
+    Retrying,
+    /// The stage is done with the job: forwarded, or ended as this status.
+    Done(Option<JobStatus>),
+}
+
+impl Progress {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Progress::InProgress => "IN_PROGRESS",
+            Progress::Retrying => "RETRYING",
+            Progress::Done(None) => "FORWARDED",
+            Progress::Done(Some(s)) => s.as_str(),
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Progress> {
+        Some(match s {
+            "IN_PROGRESS" => Progress::InProgress,
+            "RETRYING" => Progress::Retrying,
+            "FORWARDED" => Progress::Done(None),
+            "COMPLETED" => Progress::Done(Some(JobStatus::Completed)),
+            "FAILED" => Progress::Done(Some(JobStatus::Failed)),
+            "REJECTED" => Progress::Done(Some(JobStatus::Rejected)),
+            _ => return None,
+        })
+    }
+}
+
+/// One stage's record of one job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobState {
+    pub job_id: String,
+    pub stage: Stage,
+    pub progress: Progress,
+    pub fingerprint: String,
+    pub attempt: u32,
+    pub lease_until: Timestamp,
+    pub announced: bool,
+    /// The result or the last error, for people looking at a job.
+    pub detail: Option<Value>,
+    pub updated_at: Timestamp,
+    /// When the record may be deleted (DynamoDB TTL).
+    pub expires_at: Timestamp,
+}
+
+/// A request to act on a job.
+#[derive(Debug, Clone)]
+pub struct Claim<'a> {
+    pub job_id: &'a str,
+    pub stage: Stage,
+    pub fingerprint: &'a str,
+    pub attempt: u32,
+    pub lease_until: Timestamp,
+}
+
+/// The answer to a claim.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClaimOutcome {
+    /// Go ahead.
+    Claimed,
+    /// The stage already finished this job; `announced` says whether its end state
+    /// went out (if not, announce it now, without doing the work again).
+    Duplicate { progress: Progress, announced: bool },
+    /// Another attempt holds a live lease, or this is an older attempt's re-delivery
+    /// while a newer one is pending.
+    Busy { until: Timestamp },
+    /// The id was seen with different content.
+    Conflict { fingerprint: String },
+}
+
+/// How long finished records are kept. Long enough to catch any re-delivery: SQS keeps
+/// messages 14 days at most.
+pub const RETENTION: TimeDelta = TimeDelta::days(15);
+
+/// The job state table.
+#[async_trait]
+pub trait JobStore: Send + Sync {
+    async fn claim(&self, claim: &Claim<'_>, now: Timestamp) -> Result<ClaimOutcome, PortError>;
+
+    /// Records the stage's end with the job, or that it goes back for another attempt
+    /// (`Progress::Retrying`). Only the holder of attempt `attempt` may do so.
+    async fn finish(
+        &self,
+        job_id: &str,
+        stage: Stage,
+        attempt: u32,
+        progress: Progress,
+        detail: Option<Value>,
+        now: Timestamp,
+    ) -> Result<(), PortError>;
+
+    /// Records that the end state was announced.
+    async fn announce(&self, job_id: &str, stage: Stage, now: Timestamp) -> Result<(), PortError>;
+
+    /// Every stage's record of a job, for operators.
+    async fn get(&self, job_id: &str) -> Result<Vec<JobState>, PortError>;
+}
+
+/// Decides a claim against the current record. Shared by every store so the rules
+/// live in one place: the DynamoDB store uses it after its conditional write failed.
+pub fn decide(current: Option<&JobState>, claim: &Claim<'_>, now: Timestamp) -> ClaimOutcome {
+    let Some(cur) = current else {
+        return ClaimOutcome::Claimed;
+    };
+    if cur.fingerprint != claim.fingerprint {
+        return ClaimOutcome::Conflict {
+            fingerprint: cur.fingerprint.clone(),
+        };
+    }
+    match cur.progress {
+        Progress::Done(_) => ClaimOutcome::Duplicate {
+            progress: cur.progress,
+            announced: cur.announced,
+        },
+        Progress::InProgress if cur.lease_until <= now => ClaimOutcome::Claimed,
+        Progress::InProgress => ClaimOutcome::Busy {
+            until: cur.lease_until,
+        },
+        Progress::Retrying if claim.attempt > cur.attempt => ClaimOutcome::Claimed,
+        Progress::Retrying => ClaimOutcome::Busy {
+            until: cur.lease_until,
+        },
+    }
+}
+
+/// A content fingerprint: FNV-1a over the job's canonical JSON (keys sorted).
+pub fn fingerprint(job: &Value) -> String {
+    let canonical = serde_json::to_vec(job).unwrap_or_default();
+    format!("{:016x}", crate::execute::fnv1a(&[&canonical]))
+}
+
+/// The table in memory, for tests.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    pub records: Mutex<HashMap<(String, &'static str), JobState>>,
+}
+
+impl MemoryStore {
+    fn with<R>(&self, f: impl FnOnce(&mut HashMap<(String, &'static str), JobState>) -> R) -> R {
+        f(&mut self.records.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+#[async_trait]
+impl JobStore for MemoryStore {
+    async fn claim(&self, claim: &Claim<'_>, now: Timestamp) -> Result<ClaimOutcome, PortError> {
+        self.with(|records| {
+            let key = (claim.job_id.to_owned(), claim.stage.as_str());
+            let outcome = decide(records.get(&key), claim, now);
+            if outcome == ClaimOutcome::Claimed {
+                records.insert(
+                    key,
+                    JobState {
+                        job_id: claim.job_id.to_owned(),
+                        stage: claim.stage,
+                        progress: Progress::InProgress,
+                        fingerprint: claim.fingerprint.to_owned(),
+                        attempt: claim.attempt,
+                        lease_until: claim.lease_until,
+                        announced: false,
+                        detail: None,
+                        updated_at: now,
+                        expires_at: now + RETENTION,
+                    },
+                );
+            }
+            Ok(outcome)
+        })
+    }
+
+    async fn finish(
+        &self,
+        job_id: &str,
+        stage: Stage,
+        attempt: u32,
+        progress: Progress,
+        detail: Option<Value>,
+        now: Timestamp,
+    ) -> Result<(), PortError> {
+        self.with(
+            |records| match records.get_mut(&(job_id.to_owned(), stage.as_str())) {
+                Some(r) if r.attempt == attempt && r.progress == Progress::InProgress => {
+                    r.progress = progress;
+                    r.detail = detail;
+                    r.updated_at = now;
+                    Ok(())
+                }
+                _ => Err(lost_claim("finish", job_id)),
+            },
+        )
+    }
+
+    async fn announce(&self, job_id: &str, stage: Stage, now: Timestamp) -> Result<(), PortError> {
+        self.with(
+            |records| match records.get_mut(&(job_id.to_owned(), stage.as_str())) {
+                Some(r) => {
+                    r.announced = true;
+                    r.updated_at = now;
+                    Ok(())
+                }
+                None => Err(lost_claim("announce", job_id)),
+            },
+        )
+    }
+
+    async fn get(&self, job_id: &str) -> Result<Vec<JobState>, PortError> {
+        self.with(|records| {
+            let mut found: Vec<JobState> = records
+                .values()
+                .filter(|r| r.job_id == job_id)
+                .cloned()
+                .collect();
+            found.sort_by_key(|r| r.stage.as_str());
+            Ok(found)
+        })
+    }
+}
+
+pub(crate) fn lost_claim(operation: &'static str, job_id: &str) -> PortError {
+    PortError::Refused {
+        operation,
+        message: format!("job {job_id} is no longer held by this attempt"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{TimeZone, Utc};
+    use serde_json::json;
+
+    fn at(secs: i64) -> Timestamp {
+        Utc.timestamp_opt(1_790_000_000 + secs, 0)
+            .single()
+            .expect("time")
+    }
+
+    fn claim<'a>(fp: &'a str, attempt: u32, lease: i64) -> Claim<'a> {
+        Claim {
+            job_id: "job-1",
+            stage: Stage::Processor,
+            fingerprint: fp,
+            attempt,
+            lease_until: at(lease),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_second_claim_of_a_finished_job_is_a_duplicate() {
+        let store = MemoryStore::default();
+        assert_eq!(
+            store.claim(&claim("a", 1, 60), at(0)).await.expect("store"),
+            ClaimOutcome::Claimed
+        );
+        let done = Progress::Done(Some(JobStatus::Completed));
+        store
+            .finish("job-1", Stage::Processor, 1, done, None, at(1))
+            .await
+            .expect("store");
+        assert_eq!(
+            store.claim(&claim("a", 1, 60), at(2)).await.expect("store"),
+            ClaimOutcome::Duplicate {
+                progress: done,
+                announced: false
+            }
+        );
+        store
+            .announce("job-1", Stage::Processor, at(3))
+            .await
+            .expect("store");
+        assert_eq!(
+            store.claim(&claim("a", 1, 60), at(4)).await.expect("store"),
+            ClaimOutcome::Duplicate {
+                progress: done,
+                announced: true
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn a_live_lease_keeps_others_out_and_an_expired_one_lets_them_in() {
+        let store = MemoryStore::default();
+        store.claim(&claim("a", 1, 60), at(0)).await.expect("store");
+        assert_eq!(
+            store
+                .claim(&claim("a", 1, 120), at(30))
+                .await
+                .expect("store"),
+            ClaimOutcome::Busy { until: at(60) }
+        );
+        assert_eq!(
+            store
+                .claim(&claim("a", 1, 120), at(61))
+                .await
+                .expect("store"),
+            ClaimOutcome::Claimed
+        );
+    }
+
+    #[tokio::test]
+    async fn a_retry_is_claimed_by_the_next_attempt_only() {
+        let store = MemoryStore::default();
+        store.claim(&claim("a", 1, 60), at(0)).await.expect("store");
+        store
+            .finish(
+                "job-1",
+                Stage::Processor,
+                1,
+                Progress::Retrying,
+                None,
+                at(1),
+            )
+            .await
+            .expect("store");
+        assert!(matches!(
+            store.claim(&claim("a", 1, 60), at(2)).await.expect("store"),
+            ClaimOutcome::Busy { .. }
+        ));
+        assert_eq!(
+            store.claim(&claim("a", 2, 60), at(3)).await.expect("store"),
+            ClaimOutcome::Claimed
+        );
+    }
+
+    #[tokio::test]
+    async fn reused_ids_with_other_content_conflict() {
+        let store = MemoryStore::default();
+        store.claim(&claim("a", 1, 60), at(0)).await.expect("store");
+        assert_eq!(
+            store
+                .claim(&claim("b", 1, 60), at(100))
+                .await
+                .expect("store"),
+            ClaimOutcome::Conflict {
+                fingerprint: "a".into()
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn only_the_holder_may_finish() {
+        let store = MemoryStore::default();
+        store.claim(&claim("a", 1, 60), at(0)).await.expect("store");
+        let failed = Progress::Done(Some(JobStatus::Failed));
+        assert!(store
+            .finish("job-1", Stage::Processor, 2, failed, None, at(1))
+            .await
+            .is_err());
+        assert!(store
+            .finish("job-2", Stage::Processor, 1, failed, None, at(1))
+            .await
+            .is_err());
+    }
+
+    #[test]
+    fn the_fingerprint_ignores_key_order_and_sees_content() {
+        let a = fingerprint(&json!({"job_type": "x", "message": {"a": 1, "b": 2}}));
+        let b = fingerprint(&json!({"message": {"b": 2, "a": 1}, "job_type": "x"}));
+        let c = fingerprint(&json!({"job_type": "x", "message": {"a": 1, "b": 3}}));
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+    }
+
+    #[test]
+    fn progress_round_trips_through_its_name() {
+        for p in [
+            Progress::InProgress,
+            Progress::Retrying,
+            Progress::Done(None),
+            Progress::Done(Some(JobStatus::Completed)),
+            Progress::Done(Some(JobStatus::Failed)),
+            Progress::Done(Some(JobStatus::Rejected)),
+        ] {
+            assert_eq!(Progress::parse(p.as_str()), Some(p));
+        }
+    }
+}
