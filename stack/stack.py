@@ -73,6 +73,8 @@ def load_settings(path: Path = SETTINGS_FILE) -> dict:
             problems.append(f"functions.{name}.maximum_concurrency must be 2..1000")
         if queues[src].get("max_receive_count", 5) < 5:
             problems.append(f"queues.{src}.max_receive_count must be at least 5 with Lambda")
+    if not isinstance(settings.get("state_table"), str) or not settings["state_table"]:
+        problems.append("state_table must name the job state table")
     if settings.get("dead_letter_queue") not in queues:
         problems.append("dead_letter_queue must name one of queues")
     if problems:
@@ -334,11 +336,14 @@ def provision(stack: Stack, zips: dict[str, bytes], marker: str, otlp_endpoint: 
         Attributes={"Policy": json.dumps(event_queue_policy(queue_arn(stack, target_queue), rule_arn))},
     )
 
+    ensure_table(stack.client("dynamodb"), s["state_table"])
+
     role_arn = ensure_role(iam)
     receive = {name: q.get("max_receive_count", 5) for name, q in s["queues"].items()}
     common = {
         "DEAD_LETTER_QUEUE_URL": urls[dlq_name],
         "JOB_END_STATE_TOPIC_ARN": topic_arn,
+        "JOBS_TABLE": s["state_table"],
         "JOBS_STACK_ID": marker,
         # MiniStack's provided.al2023 workers get no endpoint of their own (1.5.33);
         # without it the SDK would call real AWS.
@@ -373,6 +378,29 @@ def event_queue_policy(queue: str, rule_arn: str) -> dict:
             }
         ],
     }
+
+
+def ensure_table(ddb, name: str) -> None:
+    """The job state table, as terraform/state.tf declares it."""
+    try:
+        ddb.describe_table(TableName=name)
+    except ddb.exceptions.ResourceNotFoundException:
+        ddb.create_table(
+            TableName=name,
+            BillingMode="PAY_PER_REQUEST",
+            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+            SSESpecification={"Enabled": True},
+        )
+        ddb.get_waiter("table_exists").wait(TableName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 30})
+    ttl = ddb.describe_time_to_live(TableName=name).get("TimeToLiveDescription", {})
+    if ttl.get("TimeToLiveStatus") not in ("ENABLED", "ENABLING"):  # AWS refuses enabling it twice
+        ddb.update_time_to_live(TableName=name, TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires_at"})
+    backups = ddb.describe_continuous_backups(TableName=name)["ContinuousBackupsDescription"]
+    if backups.get("PointInTimeRecoveryDescription", {}).get("PointInTimeRecoveryStatus") != "ENABLED":
+        ddb.update_continuous_backups(
+            TableName=name, PointInTimeRecoverySpecification={"PointInTimeRecoveryEnabled": True}
+        )
 
 
 def ensure_role(iam) -> str:

@@ -1,6 +1,6 @@
 # Least privilege: each function may touch only its own queues, the dead-letter queue, the
-# topic and its own log group. (The original demo's roles could not publish to SNS or send
-# to the DLQ at all.)
+# topic, the job state table and its own log group. (The original demo's roles could not
+# publish to SNS or send to the DLQ at all.)
 
 data "aws_iam_policy_document" "lambda_assume" {
   statement {
@@ -44,6 +44,12 @@ data "aws_iam_policy_document" "ingester" {
   }
 
   statement {
+    sid       = "ClaimAndRecordJobs"
+    actions   = ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"]
+    resources = [aws_dynamodb_table.jobs.arn]
+  }
+
+  statement {
     sid       = "WriteOwnLogs"
     actions   = ["logs:CreateLogStream", "logs:PutLogEvents"]
     resources = ["${aws_cloudwatch_log_group.ingester.arn}:*"]
@@ -67,6 +73,12 @@ data "aws_iam_policy_document" "processor" {
     sid       = "AnnounceEndStates"
     actions   = ["sns:Publish"]
     resources = [aws_sns_topic.job_end_state.arn]
+  }
+
+  statement {
+    sid       = "ClaimAndRecordJobs"
+    actions   = ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"]
+    resources = [aws_dynamodb_table.jobs.arn]
   }
 
   statement {

@@ -23,6 +23,7 @@ locals {
     {
       DEAD_LETTER_QUEUE_URL   = aws_sqs_queue.dead_letter.url
       JOB_END_STATE_TOPIC_ARN = aws_sns_topic.job_end_state.arn
+      JOBS_TABLE              = aws_dynamodb_table.jobs.name
     },
     var.endpoint == "" ? {} : { AWS_ENDPOINT_URL = var.endpoint },
     var.otlp_endpoint == "" ? {} : { OTEL_EXPORTER_OTLP_ENDPOINT = var.otlp_endpoint },

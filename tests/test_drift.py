@@ -76,6 +76,18 @@ def described(stack: stk.Stack) -> dict:
     topic_arn = sns.create_topic(Name=s["topic"])["TopicArn"]  # idempotent lookup by name
     topic = sns.get_topic_attributes(TopicArn=topic_arn)["Attributes"]
     out["topic"] = {"name": last(topic_arn), "kms_master_key_id": topic.get("KmsMasterKeyId")}
+    table = stack.client("dynamodb").describe_table(TableName=s["state_table"])["Table"]
+    ddb = stack.client("dynamodb")
+    ttl = ddb.describe_time_to_live(TableName=s["state_table"])["TimeToLiveDescription"]
+    pitr = ddb.describe_continuous_backups(TableName=s["state_table"])["ContinuousBackupsDescription"]
+    out["table"] = {
+        "name": table["TableName"],
+        "billing": table.get("BillingModeSummary", {}).get("BillingMode", "PROVISIONED"),
+        "key": sorted((k["AttributeName"], k["KeyType"]) for k in table["KeySchema"]),
+        "attributes": sorted((a["AttributeName"], a["AttributeType"]) for a in table["AttributeDefinitions"]),
+        "ttl": ttl.get("AttributeName") if ttl.get("TimeToLiveStatus") in ("ENABLED", "ENABLING") else None,
+        "point_in_time_recovery": pitr["PointInTimeRecoveryDescription"]["PointInTimeRecoveryStatus"] == "ENABLED",
+    }
     for name in FUNCTIONS:
         c = lam.get_function_configuration(FunctionName=name)
         env = c.get("Environment", {}).get("Variables", {})
@@ -192,6 +204,16 @@ class Declared:
             "functions": {},
             "mappings": {},
         }
+        t = "aws_dynamodb_table.jobs"
+        ttl = self.one(t, "ttl")
+        out["table"] = {
+            "name": m.attribute(t, "name"),
+            "billing": m.attribute(t, "billing_mode"),
+            "key": [(m.attribute(t, "hash_key"), "HASH")],
+            "attributes": sorted((a["name"], a["type"]) for a in m.attribute(t, "attribute")),
+            "ttl": ttl["attribute_name"] if ttl["enabled"] else None,
+            "point_in_time_recovery": self.one(t, "point_in_time_recovery")["enabled"],
+        }
         for name, fn in FUNCTIONS.items():
             env = self.one(fn, "environment")["variables"]
             out["functions"][name] = {
@@ -200,7 +222,7 @@ class Declared:
                 "timeout": m.attribute(fn, "timeout"),
                 "memory": m.attribute(fn, "memory_size"),
                 "log_format": self.one(fn, "logging_config")["log_format"],
-                "environment": {k: f"->{self.name_of(v)}" if isinstance(v, Ref) else v for k, v in env.items()},
+                "environment": {k: self.env_value(v) for k, v in env.items()},
             }
         for r in m.resources():
             if not r.startswith("aws_lambda_event_source_mapping."):
@@ -215,6 +237,12 @@ class Declared:
                 "enabled": m.attribute(r, "enabled"),
             }
         return out
+
+    def env_value(self, v) -> str:
+        """In env_value's shape: a name as itself, a URL or ARN as `->name`."""
+        if not isinstance(v, Ref):
+            return v
+        return self.name_of(v) if v.path.endswith(".name") else f"->{self.name_of(v)}"
 
     def policy_document(self, ref: Ref) -> list:
         """An aws_iam_policy_document data source, in queue_policy's shape."""
@@ -237,7 +265,7 @@ class Declared:
 # --------------------------------------------------------------------------- tests
 
 
-@pytest.mark.parametrize("part", ["queues", "rule", "topic", "functions", "mappings"])
+@pytest.mark.parametrize("part", ["queues", "rule", "topic", "table", "functions", "mappings"])
 def test_the_embedded_stack_provisions_what_terraform_declares(live, declared, part):
     assert live[part] == declared[part], f"{part} differ between `make up` (left) and terraform/ (right)"
 

@@ -17,6 +17,7 @@ TF = stk.ROOT / "terraform"
 CHECKOV = stk.ROOT / ".stack" / "checkov-venv" / "bin" / "checkov"
 RECEIVE = ["sqs:ChangeMessageVisibility", "sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:ReceiveMessage"]
 LOGS = ["logs:CreateLogStream", "logs:PutLogEvents"]
+STATE = ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"]
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,7 @@ def test_the_main_resources_have_plain_names(module):
         "aws_lambda_event_source_mapping.ingester", "aws_lambda_event_source_mapping.processor",
         "aws_cloudwatch_log_group.ingester", "aws_cloudwatch_log_group.processor",
         "aws_sns_topic.job_end_state", "aws_cloudwatch_event_rule.ingester", "aws_cloudwatch_event_target.ingester",
-        "aws_iam_role.ingester", "aws_iam_role.processor",
+        "aws_iam_role.ingester", "aws_iam_role.processor", "aws_dynamodb_table.jobs",
     }
     assert expected <= set(module.resources())
 
@@ -73,6 +74,7 @@ def expected_grants(source: str, sends: list[str], log_group: str) -> set[tuple[
     out |= {("sqs:SendMessage", f"aws_sqs_queue:{q}") for q in sends}
     out.add(("sns:Publish", "aws_sns_topic:job-end-state-topic"))
     out |= {(a, f"aws_cloudwatch_log_group:{log_group}:*") for a in LOGS}
+    out |= {(a, "aws_dynamodb_table:jobs") for a in STATE}
     return out
 
 
