@@ -26,7 +26,13 @@ pub struct CatalogConfig {
     pub malformed_ratio: f64,
     /// Longest `timeout` a generated `long_running_job` asks for, in seconds.
     pub max_job_seconds: u64,
+    /// Share of valid jobs that ask to fail their first [`FLAKY_FAILURES`] attempts
+    /// (honoured only where the processor enables fault injection).
+    pub flaky_ratio: f64,
 }
+
+/// Attempts a flaky job fails before it succeeds.
+pub const FLAKY_FAILURES: u32 = 2;
 
 const REPORTS: &[&str] = &[
     "Sales Report",
@@ -67,8 +73,12 @@ pub fn next_job<R: Rng>(rng: &mut R, config: &CatalogConfig) -> Planned {
     let mut planned = if rng.random_bool(config.malformed_ratio.clamp(0.0, 1.0)) {
         malformed(rng)
     } else {
+        let mut detail = good(rng, config);
+        if rng.random_bool(config.flaky_ratio.clamp(0.0, 1.0)) {
+            detail["fault"] = json!({ "fail_attempts": FLAKY_FAILURES });
+        }
         Planned {
-            detail: good(rng, config),
+            detail,
             expected_rejection: None,
         }
     };
@@ -167,6 +177,7 @@ mod tests {
         let config = CatalogConfig {
             malformed_ratio: 0.5,
             max_job_seconds: 5,
+            flaky_ratio: 0.3,
         };
         let (mut good, mut bad) = (0, 0);
         for _ in 0..2_000 {
@@ -186,10 +197,37 @@ mod tests {
     }
 
     #[test]
+    fn flaky_jobs_are_valid_jobs_asking_for_a_fault() {
+        let mut rng = StdRng::seed_from_u64(9);
+        let config = CatalogConfig {
+            malformed_ratio: 0.0,
+            max_job_seconds: 5,
+            flaky_ratio: 0.5,
+        };
+        let jobs: Vec<Planned> = (0..400).map(|_| next_job(&mut rng, &config)).collect();
+        let flaky = jobs
+            .iter()
+            .filter(|p| p.detail.get("fault").is_some())
+            .count();
+        assert!((120..280).contains(&flaky), "{flaky} of 400 flaky");
+        for p in &jobs {
+            assert!(parse_job(&p.detail, None).is_ok(), "{}", p.detail);
+            if p.detail.get("fault").is_some() {
+                let fault = jobs_core::fault::Fault::of(&p.detail);
+                assert_eq!(
+                    fault,
+                    Some(jobs_core::fault::Fault::FailFirst(FLAKY_FAILURES))
+                );
+            }
+        }
+    }
+
+    #[test]
     fn a_seed_reproduces_the_run_and_ratio_zero_is_all_good() {
         let config = CatalogConfig {
             malformed_ratio: 0.0,
             max_job_seconds: 5,
+            flaky_ratio: 0.0,
         };
         let run = |seed| {
             let mut rng = StdRng::seed_from_u64(seed);

@@ -34,6 +34,14 @@ struct Args {
     /// Share of generated jobs drawn from the malformed catalogue (0 to 1).
     #[arg(long, default_value_t = 0.2, value_name = "RATIO")]
     malformed_ratio: f64,
+    /// Share of valid jobs that fail their first two attempts (0 to 1). Needs
+    /// FAULT_INJECTION=on in the processor; elsewhere they are ordinary jobs.
+    #[arg(long, default_value_t = 0.0, value_name = "RATIO")]
+    flaky_ratio: f64,
+    /// Share of jobs sent a second time with the same id (0 to 1), as an at-least-once
+    /// producer would; the pipeline must end each id once.
+    #[arg(long, default_value_t = 0.0, value_name = "RATIO")]
+    duplicate_ratio: f64,
     /// Seed for a reproducible run (same jobs, same ids, same pauses).
     #[arg(long)]
     seed: Option<u64>,
@@ -145,6 +153,9 @@ enum Source {
     Generated {
         rng: Box<StdRng>,
         config: CatalogConfig,
+        duplicate_ratio: f64,
+        /// A job to send once more, right after itself.
+        repeat: Option<Planned>,
     },
     File(std::vec::IntoIter<Planned>),
 }
@@ -152,7 +163,21 @@ enum Source {
 impl Source {
     fn next(&mut self) -> Option<Planned> {
         match self {
-            Source::Generated { rng, config } => Some(next_job(rng, config)),
+            Source::Generated {
+                rng,
+                config,
+                duplicate_ratio,
+                repeat,
+            } => {
+                if let Some(again) = repeat.take() {
+                    return Some(again);
+                }
+                let job = next_job(rng, config);
+                if rng.random_bool(*duplicate_ratio) {
+                    *repeat = Some(job.clone());
+                }
+                Some(job)
+            }
             Source::File(jobs) => jobs.next(),
         }
     }
@@ -203,11 +228,14 @@ async fn main() {
 }
 
 async fn run(args: Args) -> Result<Totals, Failure> {
-    if !(0.0..=1.0).contains(&args.malformed_ratio) {
-        return fail(format!(
-            "--malformed-ratio must be between 0 and 1, got {}",
-            args.malformed_ratio
-        ));
+    for (flag, ratio) in [
+        ("--malformed-ratio", args.malformed_ratio),
+        ("--flaky-ratio", args.flaky_ratio),
+        ("--duplicate-ratio", args.duplicate_ratio),
+    ] {
+        if !(0.0..=1.0).contains(&ratio) {
+            return fail(format!("{flag} must be between 0 and 1, got {ratio}"));
+        }
     }
     if args.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
         return fail("--rate must be a positive number of jobs per second");
@@ -223,7 +251,10 @@ async fn run(args: Args) -> Result<Totals, Failure> {
             config: CatalogConfig {
                 malformed_ratio: args.malformed_ratio,
                 max_job_seconds: args.max_job_seconds,
+                flaky_ratio: args.flaky_ratio,
             },
+            duplicate_ratio: args.duplicate_ratio,
+            repeat: None,
         },
     };
     let minutes = args

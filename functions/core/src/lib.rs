@@ -10,6 +10,7 @@ pub type Timestamp = chrono::DateTime<chrono::Utc>;
 pub mod aws;
 pub mod dynamo;
 pub mod execute;
+pub mod fault;
 pub mod guard;
 pub mod ingester;
 pub mod job;
