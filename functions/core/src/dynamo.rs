@@ -211,6 +211,35 @@ impl JobStore for DynamoStore {
             .map_err(|e| port_error("UpdateItem", e))
     }
 
+    async fn reopen(
+        &self,
+        job_id: &str,
+        stage: Stage,
+        attempt: u32,
+        now: Timestamp,
+    ) -> Result<(), PortError> {
+        let update = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(key(stage, job_id)))
+            .update_expression(
+                "SET progress = :retrying, attempt = :a, announced = :f, updated_ms = :u",
+            )
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_values(":retrying", s(Progress::Retrying.as_str()))
+            .expression_attribute_values(":a", n(attempt))
+            .expression_attribute_values(":f", AttributeValue::Bool(false))
+            .expression_attribute_values(":u", n(now.timestamp_millis()))
+            .send()
+            .await;
+        match update {
+            Ok(_) => Ok(()),
+            Err(e) if is_condition_failure(&e) => Ok(()), // never claimed: nothing to reopen
+            Err(e) => Err(port_error("UpdateItem", e)),
+        }
+    }
+
     async fn get(&self, job_id: &str) -> Result<Vec<JobState>, PortError> {
         let mut found = Vec::new();
         for stage in [Stage::Ingester, Stage::Processor] {

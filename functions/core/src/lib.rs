@@ -18,6 +18,7 @@ pub mod messages;
 pub mod ports;
 pub mod processor;
 pub mod record;
+pub mod redrive;
 pub mod retry;
 pub mod state;
 

@@ -120,6 +120,16 @@ pub trait JobStore: Send + Sync {
     /// Records that the end state was announced.
     async fn announce(&self, job_id: &str, stage: Stage, now: Timestamp) -> Result<(), PortError>;
 
+    /// Lets a finished job be claimed again by any attempt above `attempt`: an operator
+    /// redriving it from the dead-letter queue. A job with no record needs nothing.
+    async fn reopen(
+        &self,
+        job_id: &str,
+        stage: Stage,
+        attempt: u32,
+        now: Timestamp,
+    ) -> Result<(), PortError>;
+
     /// Every stage's record of a job, for operators.
     async fn get(&self, job_id: &str) -> Result<Vec<JobState>, PortError>;
 }
@@ -229,6 +239,24 @@ impl JobStore for MemoryStore {
                 None => Err(lost_claim("announce", job_id)),
             },
         )
+    }
+
+    async fn reopen(
+        &self,
+        job_id: &str,
+        stage: Stage,
+        attempt: u32,
+        now: Timestamp,
+    ) -> Result<(), PortError> {
+        self.with(|records| {
+            if let Some(r) = records.get_mut(&(job_id.to_owned(), stage.as_str())) {
+                r.progress = Progress::Retrying;
+                r.attempt = attempt;
+                r.announced = false;
+                r.updated_at = now;
+            }
+            Ok(())
+        })
     }
 
     async fn get(&self, job_id: &str) -> Result<Vec<JobState>, PortError> {
@@ -346,6 +374,29 @@ mod tests {
         ));
         assert_eq!(
             store.claim(&claim("a", 2, 60), at(3)).await.expect("store"),
+            ClaimOutcome::Claimed
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reopened_job_is_claimed_by_a_later_attempt_only() {
+        let store = MemoryStore::default();
+        store.claim(&claim("a", 3, 60), at(0)).await.expect("store");
+        let failed = Progress::Done(Some(JobStatus::Failed));
+        store
+            .finish("job-1", Stage::Processor, 3, failed, None, at(1))
+            .await
+            .expect("store");
+        store
+            .reopen("job-1", Stage::Processor, 3, at(2))
+            .await
+            .expect("store");
+        assert!(matches!(
+            store.claim(&claim("a", 3, 60), at(3)).await.expect("store"),
+            ClaimOutcome::Busy { .. }
+        ));
+        assert_eq!(
+            store.claim(&claim("a", 4, 60), at(3)).await.expect("store"),
             ClaimOutcome::Claimed
         );
     }
