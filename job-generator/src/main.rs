@@ -2,6 +2,8 @@
 //! (source `jobs`, detail type `JobEvent`), or sends the jobs of a file.
 
 mod catalog;
+mod dlq;
+mod ops;
 mod send;
 
 use aws_sdk_eventbridge::types::PutEventsRequestEntry;
@@ -20,8 +22,10 @@ use tokio::time::Instant;
 /// Put job events on EventBridge: generated traffic (bursts with pauses, or a steady
 /// rate) or the jobs of a file. Stops on time and reports what EventBridge accepted.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about = None)]
+#[command(version, about, long_about = None, args_conflicts_with_subcommands = true)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<ops::Command>,
     /// Run for this many minutes (fractions allowed). Default: 1, unless --count or --file is given.
     #[arg(long, value_name = "N")]
     minutes: Option<f64>,
@@ -216,7 +220,10 @@ fn read_jobs(path: &PathBuf) -> Result<Vec<Planned>, Failure> {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    if let Some(command) = args.command.take() {
+        std::process::exit(ops::run(command).await);
+    }
     match run(args).await {
         Ok(totals) if totals.unsent > 0 => std::process::exit(1),
         Ok(_) => {}

@@ -1,0 +1,632 @@
+//! `job-generator dlq ...`: look into the dead-letter queue and send jobs back.
+//!
+//! MiniStack has no `StartMessageMoveTask`, and a redrive here must also reopen each
+//! job's state record, so messages are moved one by one: receive, reopen, send, and
+//! delete only once the copy was accepted. A message that is not moved is made visible
+//! again at the end of the run; a crash in between leaves it in the DLQ, where it
+//! reappears after its visibility timeout. Nothing is lost; at worst a job is sent
+//! twice, which its state record turns into one run.
+
+use async_trait::async_trait;
+use jobs_core::messages::{DeadLetter, Stage};
+use jobs_core::record::enriched_message;
+use jobs_core::redrive::{plan, Redrive};
+use jobs_core::state::JobStore;
+use std::collections::HashSet;
+use std::fmt::Write as _;
+
+/// A message held from the DLQ (invisible to others while we decide).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Held {
+    pub message_id: String,
+    pub receipt: String,
+    pub body: String,
+}
+
+/// Where a redriven message goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Destination {
+    JobsTodo,
+    Ingester,
+}
+
+/// A failed queue call, with what was being done.
+#[derive(Debug, thiserror::Error)]
+#[error("{operation}: {message}")]
+pub struct OpsError {
+    pub operation: &'static str,
+    pub message: String,
+}
+
+/// The queue calls the operations need.
+#[async_trait]
+pub trait Mailbox {
+    /// Receives up to 10 DLQ messages, hiding them for a while.
+    async fn receive(&self) -> Result<Vec<Held>, OpsError>;
+    /// Makes a held message visible again.
+    async fn release(&self, held: &Held) -> Result<(), OpsError>;
+    async fn delete(&self, held: &Held) -> Result<(), OpsError>;
+    async fn send(
+        &self,
+        to: Destination,
+        body: &str,
+        attributes: &[(&'static str, String)],
+    ) -> Result<(), OpsError>;
+}
+
+/// Which dead letters an operation acts on.
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    /// Only these job ids; all when empty.
+    pub job_ids: HashSet<String>,
+    /// Stop after this many matching messages.
+    pub max: usize,
+}
+
+impl Selection {
+    fn matches(&self, dl: &DeadLetter) -> bool {
+        self.job_ids.is_empty() || self.job_ids.contains(&dl.job_id)
+    }
+}
+
+/// What a redrive did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub moved: usize,
+    pub kept: usize,
+    pub failed: usize,
+    pub lines: Vec<String>,
+}
+
+/// Reads every DLQ message once (up to the selection's max matches), hands each match to
+/// `act`, and releases whatever `act` did not consume. Messages seen twice in one run
+/// (released ones can come back at once) are skipped by message id.
+async fn sweep<M, F>(mailbox: &M, selection: &Selection, mut act: F) -> Result<(), OpsError>
+where
+    M: Mailbox + Sync,
+    F: AsyncFnMut(&Held, Option<DeadLetter>) -> Result<bool, OpsError>,
+{
+    let mut seen = HashSet::new();
+    let mut to_release = Vec::new();
+    let mut matched = 0;
+    let outcome = async {
+        'receive: loop {
+            let batch = mailbox.receive().await?;
+            let fresh: Vec<Held> = batch
+                .into_iter()
+                .filter(|h| seen.insert(h.message_id.clone()))
+                .collect();
+            if fresh.is_empty() {
+                return Ok(());
+            }
+            for held in fresh {
+                let dl: Option<DeadLetter> = serde_json::from_str(&held.body).ok();
+                let wanted = dl.as_ref().is_some_and(|d| selection.matches(d))
+                    || (dl.is_none() && selection.job_ids.is_empty());
+                if !wanted || matched >= selection.max {
+                    to_release.push(held);
+                    continue;
+                }
+                matched += 1;
+                if !act(&held, dl).await? {
+                    to_release.push(held);
+                }
+                if matched >= selection.max {
+                    break 'receive Ok(());
+                }
+            }
+        }
+    }
+    .await;
+    for held in &to_release {
+        mailbox.release(held).await?;
+    }
+    outcome
+}
+
+/// One line per dead letter: id, status, stage, attempts and the error history.
+pub async fn list<M: Mailbox + Sync>(
+    mailbox: &M,
+    selection: &Selection,
+) -> Result<Vec<String>, OpsError> {
+    let mut lines = Vec::new();
+    sweep(
+        mailbox,
+        selection,
+        async |held: &Held, dl: Option<DeadLetter>| {
+            lines.push(match dl {
+                Some(dl) => describe(&dl),
+                None => format!(
+                    "{}  (not a dead letter of this pipeline: {} bytes)",
+                    held.message_id,
+                    held.body.len()
+                ),
+            });
+            Ok(false)
+        },
+    )
+    .await?;
+    Ok(lines)
+}
+
+fn describe(dl: &DeadLetter) -> String {
+    let mut line = format!(
+        "{}  {} at {}  {}  attempts {}",
+        dl.job_id,
+        dl.status.as_str(),
+        dl.stage.as_str(),
+        dl.job_type.as_deref().unwrap_or("-"),
+        dl.attempts
+    );
+    for e in &dl.errors {
+        let field = e
+            .field
+            .as_deref()
+            .map(|f| format!(" [{f}]"))
+            .unwrap_or_default();
+        let _ = write!(
+            line,
+            "\n    #{} {} {} {}{field}: {}",
+            e.attempt,
+            jobs_core::messages::rfc3339::format(&e.timestamp),
+            e.stage.as_str(),
+            e.code,
+            e.message
+        );
+    }
+    line
+}
+
+/// Sends the selected dead letters back; with `dry_run`, only says what it would do.
+pub async fn redrive<M, S>(
+    mailbox: &M,
+    store: &S,
+    selection: &Selection,
+    dry_run: bool,
+) -> Result<Report, OpsError>
+where
+    M: Mailbox + Sync,
+    S: JobStore + ?Sized,
+{
+    let mut report = Report::default();
+    let now = chrono::Utc::now();
+    sweep(
+        mailbox,
+        selection,
+        async |held: &Held, dl: Option<DeadLetter>| {
+            let Some(dl) = dl else {
+                report.kept += 1;
+                report.lines.push(format!(
+                    "{}: kept, not a dead letter of this pipeline",
+                    held.message_id
+                ));
+                return Ok(false);
+            };
+            let planned = plan(&dl, now);
+            let (to, message, reopen_below) = match &planned {
+                Redrive::JobsTodo(job) => (
+                    Destination::JobsTodo,
+                    enriched_message(job),
+                    job.attempt - 1,
+                ),
+                Redrive::Ingester(event) => (
+                    Destination::Ingester,
+                    jobs_core::ports::OutgoingMessage {
+                        body: event.to_string(),
+                        attributes: vec![],
+                    },
+                    0,
+                ),
+                Redrive::Keep(why) => {
+                    report.kept += 1;
+                    report.lines.push(format!("{}: kept, {why}", dl.job_id));
+                    return Ok(false);
+                }
+            };
+            let target = match to {
+                Destination::JobsTodo => "jobs-todo",
+                Destination::Ingester => "ingester-queue",
+            };
+            if dry_run {
+                report
+                    .lines
+                    .push(format!("{}: would go to {target}", dl.job_id));
+                report.moved += 1;
+                return Ok(false);
+            }
+            let stage = planned.stage().unwrap_or(Stage::Processor);
+            let sent = async {
+                store
+                    .reopen(&dl.job_id, stage, reopen_below, now)
+                    .await
+                    .map_err(|e| OpsError {
+                        operation: "reopen job state",
+                        message: e.to_string(),
+                    })?;
+                mailbox.send(to, &message.body, &message.attributes).await
+            }
+            .await;
+            match sent {
+                Ok(()) => {
+                    // Only now that the copy is accepted may the original go.
+                    mailbox.delete(held).await?;
+                    report.moved += 1;
+                    report
+                        .lines
+                        .push(format!("{}: sent to {target}", dl.job_id));
+                    Ok(true)
+                }
+                Err(e) => {
+                    report.failed += 1;
+                    report
+                        .lines
+                        .push(format!("{}: left in the DLQ, {e}", dl.job_id));
+                    Ok(false)
+                }
+            }
+        },
+    )
+    .await?;
+    Ok(report)
+}
+
+/// The mailbox on SQS: the DLQ and the two queues redrives go to, by URL.
+pub struct SqsMailbox {
+    pub client: aws_sdk_sqs::Client,
+    pub dead_letters: String,
+    pub jobs_todo: String,
+    pub ingester: String,
+}
+
+/// How long received DLQ messages stay hidden while a run decides about them.
+const HOLD_SECS: i32 = 120;
+
+fn sqs_error<E: std::error::Error + 'static, R: std::fmt::Debug>(
+    operation: &'static str,
+) -> impl Fn(aws_sdk_sqs::error::SdkError<E, R>) -> OpsError {
+    move |e| OpsError {
+        operation,
+        message: aws_sdk_sqs::error::DisplayErrorContext(&e).to_string(),
+    }
+}
+
+impl SqsMailbox {
+    /// Looks the queues up by name.
+    pub async fn connect(
+        client: aws_sdk_sqs::Client,
+        dead_letters: &str,
+        jobs_todo: &str,
+        ingester: &str,
+    ) -> Result<SqsMailbox, OpsError> {
+        let url = async |name: &str| {
+            client
+                .get_queue_url()
+                .queue_name(name)
+                .send()
+                .await
+                .map_err(sqs_error("GetQueueUrl"))?
+                .queue_url
+                .ok_or_else(|| OpsError {
+                    operation: "GetQueueUrl",
+                    message: format!("no URL for queue {name}"),
+                })
+        };
+        Ok(SqsMailbox {
+            dead_letters: url(dead_letters).await?,
+            jobs_todo: url(jobs_todo).await?,
+            ingester: url(ingester).await?,
+            client,
+        })
+    }
+}
+
+#[async_trait]
+impl Mailbox for SqsMailbox {
+    async fn receive(&self) -> Result<Vec<Held>, OpsError> {
+        let out = self
+            .client
+            .receive_message()
+            .queue_url(&self.dead_letters)
+            .max_number_of_messages(10)
+            .visibility_timeout(HOLD_SECS)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .map_err(sqs_error("ReceiveMessage"))?;
+        Ok(out
+            .messages
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|m| {
+                Some(Held {
+                    message_id: m.message_id?,
+                    receipt: m.receipt_handle?,
+                    body: m.body.unwrap_or_default(),
+                })
+            })
+            .collect())
+    }
+
+    async fn release(&self, held: &Held) -> Result<(), OpsError> {
+        self.client
+            .change_message_visibility()
+            .queue_url(&self.dead_letters)
+            .receipt_handle(&held.receipt)
+            .visibility_timeout(0)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(sqs_error("ChangeMessageVisibility"))
+    }
+
+    async fn delete(&self, held: &Held) -> Result<(), OpsError> {
+        self.client
+            .delete_message()
+            .queue_url(&self.dead_letters)
+            .receipt_handle(&held.receipt)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(sqs_error("DeleteMessage"))
+    }
+
+    async fn send(
+        &self,
+        to: Destination,
+        body: &str,
+        attributes: &[(&'static str, String)],
+    ) -> Result<(), OpsError> {
+        let url = match to {
+            Destination::JobsTodo => &self.jobs_todo,
+            Destination::Ingester => &self.ingester,
+        };
+        let mut send = self.client.send_message().queue_url(url).message_body(body);
+        for (name, value) in attributes {
+            let attr = aws_sdk_sqs::types::MessageAttributeValue::builder()
+                .data_type("String")
+                .string_value(value)
+                .build()
+                .map_err(|e| OpsError {
+                    operation: "SendMessage",
+                    message: e.to_string(),
+                })?;
+            send = send.message_attributes(*name, attr);
+        }
+        send.send()
+            .await
+            .map(|_| ())
+            .map_err(sqs_error("SendMessage"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jobs_core::messages::{EnrichedJob, ErrorEntry, JobStatus};
+    use jobs_core::record::dead_letter_message;
+    use jobs_core::state::MemoryStore;
+
+    fn body_of(dl: &DeadLetter) -> String {
+        dead_letter_message(dl).body
+    }
+    use serde_json::json;
+    use std::sync::Mutex;
+
+    /// A DLQ in memory that logs every call in order.
+    #[derive(Default)]
+    struct FakeQueues {
+        dlq: Mutex<Vec<Held>>,
+        hidden: Mutex<Vec<Held>>,
+        log: Mutex<Vec<String>>,
+        sent: Mutex<Vec<(Destination, String)>>,
+        refuse_sends: bool,
+    }
+
+    impl FakeQueues {
+        fn with(letters: &[DeadLetter]) -> Self {
+            let q = FakeQueues::default();
+            *q.dlq.lock().expect("lock") = letters
+                .iter()
+                .enumerate()
+                .map(|(i, dl)| Held {
+                    message_id: format!("m{i}"),
+                    receipt: format!("r{i}"),
+                    body: body_of(dl),
+                })
+                .collect();
+            q
+        }
+        fn log(&self) -> Vec<String> {
+            self.log.lock().expect("lock").clone()
+        }
+        fn depth(&self) -> usize {
+            self.dlq.lock().expect("lock").len() + self.hidden.lock().expect("lock").len()
+        }
+    }
+
+    #[async_trait]
+    impl Mailbox for FakeQueues {
+        async fn receive(&self) -> Result<Vec<Held>, OpsError> {
+            let mut dlq = self.dlq.lock().expect("lock");
+            let n = dlq.len().min(10);
+            let batch: Vec<Held> = dlq.drain(..n).collect();
+            self.hidden
+                .lock()
+                .expect("lock")
+                .extend(batch.iter().cloned());
+            Ok(batch)
+        }
+        async fn release(&self, held: &Held) -> Result<(), OpsError> {
+            self.log
+                .lock()
+                .expect("lock")
+                .push(format!("release {}", held.message_id));
+            let mut hidden = self.hidden.lock().expect("lock");
+            if let Some(pos) = hidden.iter().position(|h| h.receipt == held.receipt) {
+                let h = hidden.remove(pos);
+                self.dlq.lock().expect("lock").push(h);
+            }
+            Ok(())
+        }
+        async fn delete(&self, held: &Held) -> Result<(), OpsError> {
+            self.log
+                .lock()
+                .expect("lock")
+                .push(format!("delete {}", held.message_id));
+            self.hidden
+                .lock()
+                .expect("lock")
+                .retain(|h| h.receipt != held.receipt);
+            Ok(())
+        }
+        async fn send(
+            &self,
+            to: Destination,
+            body: &str,
+            _: &[(&'static str, String)],
+        ) -> Result<(), OpsError> {
+            self.log.lock().expect("lock").push(format!("send {to:?}"));
+            if self.refuse_sends {
+                return Err(OpsError {
+                    operation: "SendMessage",
+                    message: "refused".into(),
+                });
+            }
+            self.sent.lock().expect("lock").push((to, body.to_owned()));
+            Ok(())
+        }
+    }
+
+    fn letter(id: &str, stage: Stage) -> DeadLetter {
+        DeadLetter {
+            job_id: id.into(),
+            job_type: Some("user_onboarding".into()),
+            status: if stage == Stage::Processor {
+                JobStatus::Failed
+            } else {
+                JobStatus::Rejected
+            },
+            stage,
+            attempts: 3,
+            errors: vec![ErrorEntry {
+                stage,
+                code: "injected".into(),
+                message: "failed on purpose".into(),
+                field: None,
+                attempt: 3,
+                timestamp: chrono::Utc::now(),
+            }],
+            trace_context: None,
+            job: json!({"job_type": "user_onboarding", "message": {"user_id": "1", "user_name": "A"}}),
+        }
+    }
+
+    fn all() -> Selection {
+        Selection {
+            job_ids: HashSet::new(),
+            max: usize::MAX,
+        }
+    }
+
+    #[tokio::test]
+    async fn every_letter_goes_to_its_stage_and_is_deleted_only_after_the_copy_is_sent() {
+        let letters: Vec<DeadLetter> = (0..12)
+            .map(|i| {
+                letter(
+                    &format!("job-{i}"),
+                    if i % 3 == 0 {
+                        Stage::Ingester
+                    } else {
+                        Stage::Processor
+                    },
+                )
+            })
+            .collect();
+        let q = FakeQueues::with(&letters);
+        let report = redrive(&q, &MemoryStore::default(), &all(), false)
+            .await
+            .expect("redrive");
+        assert_eq!((report.moved, report.failed, q.depth()), (12, 0, 0));
+        let sent = q.sent.lock().expect("lock").clone();
+        assert_eq!(
+            sent.iter()
+                .filter(|(d, _)| *d == Destination::Ingester)
+                .count(),
+            4
+        );
+        let (_, body) = sent
+            .iter()
+            .find(|(d, _)| *d == Destination::JobsTodo)
+            .expect("one to jobs-todo");
+        let job = EnrichedJob::from_body(body).expect("an enriched job");
+        assert_eq!((job.attempt, job.errors.len()), (4, 1));
+        let log = q.log();
+        for (i, entry) in log.iter().enumerate() {
+            if entry.starts_with("delete") {
+                assert!(
+                    log[i - 1].starts_with("send"),
+                    "delete before send: {log:?}"
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_send_leaves_the_letter_in_the_dlq() {
+        let q = FakeQueues {
+            refuse_sends: true,
+            ..FakeQueues::with(&[letter("job-1", Stage::Processor)])
+        };
+        let report = redrive(&q, &MemoryStore::default(), &all(), false)
+            .await
+            .expect("redrive");
+        assert_eq!((report.moved, report.failed, q.depth()), (0, 1, 1));
+        assert!(!q.log().iter().any(|l| l.starts_with("delete")));
+    }
+
+    #[tokio::test]
+    async fn a_dry_run_moves_nothing_and_releases_everything() {
+        let q = FakeQueues::with(&[
+            letter("job-1", Stage::Processor),
+            letter("job-2", Stage::Ingester),
+        ]);
+        let report = redrive(&q, &MemoryStore::default(), &all(), true)
+            .await
+            .expect("redrive");
+        assert_eq!(report.moved, 2, "counts what it would move");
+        assert!(q.sent.lock().expect("lock").is_empty());
+        assert_eq!(q.dlq.lock().expect("lock").len(), 2, "all visible again");
+    }
+
+    #[tokio::test]
+    async fn only_the_selected_jobs_move() {
+        let q = FakeQueues::with(&[
+            letter("job-1", Stage::Processor),
+            letter("job-2", Stage::Processor),
+        ]);
+        let selection = Selection {
+            job_ids: ["job-2".to_owned()].into(),
+            max: usize::MAX,
+        };
+        let report = redrive(&q, &MemoryStore::default(), &selection, false)
+            .await
+            .expect("redrive");
+        assert_eq!(report.moved, 1);
+        let left = q.dlq.lock().expect("lock").clone();
+        assert_eq!(left.len(), 1);
+        assert!(left[0].body.contains("job-1"));
+    }
+
+    #[tokio::test]
+    async fn listing_shows_the_history_and_leaves_the_queue_as_it_was() {
+        let q = FakeQueues::with(&[letter("job-1", Stage::Processor)]);
+        let lines = list(&q, &all()).await.expect("list");
+        assert_eq!(lines.len(), 1);
+        assert!(
+            lines[0].contains("job-1  FAILED at processor") && lines[0].contains("injected"),
+            "{}",
+            lines[0]
+        );
+        assert_eq!(q.dlq.lock().expect("lock").len(), 1);
+    }
+}
