@@ -15,6 +15,7 @@ pub mod messages;
 pub mod ports;
 pub mod processor;
 pub mod record;
+pub mod telemetry;
 
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
