@@ -12,7 +12,7 @@ CHECKOV := $(STATE)/checkov-venv
 MINUTES ?= 1
 CARGO   ?= cargo
 
-.PHONY: help venv checkov tools build up demo down status test test-rust test-stack lint
+.PHONY: help venv checkov tools build up demo down status trace test test-rust test-stack lint
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -53,6 +53,10 @@ down: ## Stop only what `make up` started
 
 status: venv ## Show whether the stack runs and how full its queues are
 	$(PY) stack/stack.py status
+
+trace: venv ## Print job JOB's trace as a waterfall (spans from the local OTLP receiver)
+	@test -n "$(JOB)" || { echo "usage: make trace JOB=<job id>"; exit 2; }
+	$(PY) stack/stack.py trace '$(JOB)'
 
 lint: ## rustfmt and clippy, warnings as errors
 	$(CARGO) fmt --all -- --check

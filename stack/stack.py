@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# Release binaries: cargo's target dir, which CARGO_TARGET_DIR may move.
+RELEASE = Path(os.environ.get("CARGO_TARGET_DIR") or ROOT / "target").resolve() / "release"
 SETTINGS_FILE = ROOT / "terraform" / "pipeline.json"
 DEFAULT_STATE_DIR = ROOT / ".stack"
 DEFAULT_PORT = 4566
@@ -111,6 +113,7 @@ class Stack:
     region: str = "us-east-1"
     started_here: bool = False
     resources: dict = field(default_factory=dict)
+    otlp_endpoint: str | None = None
 
     def client(self, service: str):
         import boto3
@@ -133,6 +136,7 @@ class Stack:
             "AWS_DEFAULT_REGION": self.region,
             "AWS_ACCESS_KEY_ID": "test",
             "AWS_SECRET_ACCESS_KEY": "test",
+            **({"OTEL_EXPORTER_OTLP_ENDPOINT": self.otlp_endpoint} if self.otlp_endpoint else {}),
         }
 
 
@@ -474,10 +478,12 @@ def ensure_mapping(lam, name: str, fn: dict, source_arn: str) -> None:
 def up(
     port: int = DEFAULT_PORT,
     state_dir: Path = DEFAULT_STATE_DIR,
-    binaries: Path = ROOT / "target" / "release",
+    binaries: Path = RELEASE,
     otlp_endpoint: str | None = None,
     use_existing: bool = True,
+    receiver: bool = False,
 ) -> Stack:
+    """`receiver`: without an OTLP endpoint, run the local OTLP receiver (otlp_receiver.py)."""
     settings = load_settings()
     zips = {name: package(binaries / name) for name in FUNCTIONS}
     endpoint, started = start_emulator(state_dir, port, use_existing)
@@ -487,9 +493,16 @@ def up(
         state_dir.mkdir(parents=True, exist_ok=True)
         marker_file.write_text(uuid.uuid4().hex)
     otlp = otlp_endpoint or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or None
+    if otlp is None and receiver:
+        import otlp_receiver
+
+        otlp = otlp_receiver.start(state_dir)
+        log(f"OTLP receiver at {otlp}; spans in {state_dir / otlp_receiver.SPANS}")
+    stack.otlp_endpoint = otlp
     t0 = time.monotonic()
     stack.resources = provision(stack, zips, marker_file.read_text().strip(), otlp)
-    (state_dir / "resources.json").write_text(json.dumps({"endpoint": endpoint, **stack.resources}, indent=2))
+    saved = {"endpoint": endpoint, "otlp_endpoint": otlp, **stack.resources}
+    (state_dir / "resources.json").write_text(json.dumps(saved, indent=2))
     log(f"provisioned in {time.monotonic() - t0:.1f} s; zips: "
         + ", ".join(f"{n} {len(z) / 1e6:.1f} MB" for n, z in zips.items()))
     return stack
@@ -500,6 +513,9 @@ def down(state_dir: Path = DEFAULT_STATE_DIR) -> None:
         log("nothing to stop")
         return
     left = stop_processes(state_dir)
+    import otlp_receiver
+
+    otlp_receiver.stop(state_dir)
     (state_dir / "stack-id").unlink(missing_ok=True)
     if left:
         raise StackError(f"could not stop pids {left}")
@@ -554,10 +570,14 @@ def attach(state_dir: Path = DEFAULT_STATE_DIR) -> Stack:
     except (OSError, ValueError) as e:
         raise StackError("no running stack: run `make up` first") from e
     endpoint = saved.pop("endpoint")
+    otlp = saved.pop("otlp_endpoint", None)
     if not healthy(endpoint):
         raise StackError(f"the stack at {endpoint} does not answer: run `make up`")
     settings = load_settings()
-    return Stack(endpoint=endpoint, state_dir=state_dir, settings=settings, region=settings["region"], resources=saved)
+    return Stack(
+        endpoint=endpoint, state_dir=state_dir, settings=settings, region=settings["region"], resources=saved,
+        otlp_endpoint=otlp,
+    )
 
 
 def outcomes(stack: Stack, settle: float = 120) -> dict:
@@ -592,6 +612,10 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p_up = sub.add_parser("up", help="start MiniStack (unless one is reachable) and provision the pipeline")
     p_up.add_argument("--port", type=int, default=int(os.environ.get("GATEWAY_PORT", DEFAULT_PORT)))
+    p_up.add_argument(
+        "--no-receiver", action="store_true",
+        help="do not run the local OTLP receiver (it runs unless OTEL_EXPORTER_OTLP_ENDPOINT is set)",
+    )
     sub.add_parser("down", help="stop what `up` started, by pid")
     sub.add_parser("status", help="say whether the stack runs and how full its queues are")
     p_out = sub.add_parser("outcomes", help="wait for in-flight jobs, then print end states")
@@ -599,10 +623,12 @@ def main(argv: list[str] | None = None) -> int:
     p_demo = sub.add_parser("demo", help="run the generator against the running stack, then print end states")
     p_demo.add_argument("--minutes", type=float, default=1.0)
     sub.add_parser("env", help="print shell exports pointing tools at the running stack")
+    p_trace = sub.add_parser("trace", help="print a job's trace as a waterfall (from the local OTLP receiver)")
+    p_trace.add_argument("job_id")
     args = parser.parse_args(argv)
     try:
         if args.command == "up":
-            stack = up(port=args.port, state_dir=args.state_dir)
+            stack = up(port=args.port, state_dir=args.state_dir, receiver=not args.no_receiver)
             print(f"pipeline is up at {stack.endpoint}")
         elif args.command == "down":
             down(args.state_dir)
@@ -616,7 +642,7 @@ def main(argv: list[str] | None = None) -> int:
             print_outcomes(outcomes(attach(args.state_dir), settle=args.settle))
         elif args.command == "demo":
             stack = attach(args.state_dir)
-            generator = ROOT / "target" / "release" / "job-generator"
+            generator = RELEASE / "job-generator"
             cmd = [str(generator), "--minutes", str(args.minutes)]
             log("running " + " ".join(cmd[-3:]))
             rc = subprocess.call(cmd, env={**os.environ, **stack.env()})
@@ -626,6 +652,14 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "env":
             for k, v in attach(args.state_dir).env().items():
                 print(f"export {k}={v}")
+        elif args.command == "trace":
+            import otlp_receiver
+
+            traces = otlp_receiver.job_traces(otlp_receiver.read(args.state_dir), args.job_id)
+            if not traces:
+                raise StackError(f"no spans about job {args.job_id} in {args.state_dir / otlp_receiver.SPANS}")
+            for spans in traces.values():
+                print(otlp_receiver.waterfall(spans))
     except StackError as e:
         print(f"stack: {e}", file=sys.stderr)
         return 1

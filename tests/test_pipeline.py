@@ -9,15 +9,17 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+import uuid
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
+import otlp_receiver
 import stack as stk
 
 ROOT = stk.ROOT
-GENERATOR = ROOT / "target" / "release" / "job-generator"
+GENERATOR = stk.RELEASE / "job-generator"
 ORIGINAL_JOBS = sorted((ROOT / "functions" / "core" / "fixtures" / "original-jobs").glob("*/*.json"))
 GENERATED = 300
 ORIGINAL_LONG_JOB_SECS = 300  # the original demo's long_running_job runs that long
@@ -26,7 +28,8 @@ ORIGINAL_LONG_JOB_SECS = 300  # the original demo's long_running_job runs that l
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
     state = tmp_path_factory.mktemp("stack")
-    stack = stk.up(port=stk_free_port(), state_dir=state, use_existing=False)
+    # As `make up`: with the local OTLP receiver, so every job here is traced too.
+    stack = stk.up(port=stk_free_port(), state_dir=state, use_existing=False, receiver=True)
     try:
         yield stack
     finally:
@@ -162,3 +165,119 @@ def test_up_is_idempotent_and_down_stops_every_process(tmp_path):
     assert not stk.alive(pid)
     assert not [w for w in workers if stk.alive(w)], "function workers outlived down"
     assert not stk.healthy(stack.endpoint)
+
+
+def test_each_job_is_one_trace_from_generator_to_processor(pipeline, tmp_path):
+    """Valid, rejected and failing jobs: one trace each, parent/child across the three
+    processes, messaging span names, kinds and attributes, errors on the bad ones.
+    Runs on the module's stack after the conservation test (which drains every queue)."""
+    assert pipeline.otlp_endpoint, "the stack runs the local OTLP receiver"
+    run = uuid.uuid4().hex[:8]
+    jobs = {
+        f"ok-clean-{run}": ({"job_type": "data_cleanup", "message": {"target_table": "users", "retention": 30}}, "COMPLETED"),
+        f"ok-onboard-{run}": ({"job_type": "user_onboarding", "message": {"user_id": "u1", "user_name": "Ada"}}, "COMPLETED"),
+        f"rejected-{run}": ({"job_type": "report_generation", "message": {"filters": "a=1"}}, "REJECTED"),
+        # Longer than the processor's 900 s timeout: fails at once with deadline_exceeded.
+        f"failed-{run}": ({"job_type": "long_running_job", "message": {"task_name": "t", "timeout": 5000}}, "FAILED"),
+    }
+    path = tmp_path / "jobs.jsonl"
+    path.write_text("".join(json.dumps({**detail, "id": job_id}) + "\n" for job_id, (detail, _) in jobs.items()))
+    manifest = {m["job_id"]: m for m in generate(pipeline, tmp_path / "m.jsonl", "--file", str(path))}
+    assert set(manifest) == set(jobs) and all(m["outcome"] == "sent" for m in manifest.values())
+
+    notes = collect(pipeline.client("sqs"), pipeline.resources["queues"]["job-end-states"], set(jobs), timeout=90)
+    status = {n["job_id"]: n["status"] for n in notes if n["job_id"] in jobs}
+    assert status == {j: want for j, (_, want) in jobs.items()}
+
+    def expected_spans(job_id):
+        return 2 if jobs[job_id][1] == "REJECTED" else 5  # generator + ingester (+ send, process, execute)
+
+    deadline = time.monotonic() + 30
+    while True:
+        spans = otlp_receiver.read(pipeline.state_dir)
+        traces = {j: otlp_receiver.job_traces(spans, j) for j in jobs}
+        complete = all(
+            len(t) == 1 and len([s for s in next(iter(t.values())) if s["attributes"].get("job.id") == j]) >= expected_spans(j)
+            for j, t in traces.items()
+        )
+        if complete or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+
+    for job_id, (detail, want) in jobs.items():
+        assert len(traces[job_id]) == 1, f"{job_id}: spans in {len(traces[job_id])} traces, expected one"
+        trace_id, trace = next(iter(traces[job_id].items()))
+        assert trace_id == manifest[job_id]["trace_id"], "the generator's trace is the job's trace"
+        print(f"\n{job_id} ({want})\n" + otlp_receiver.waterfall(trace))
+        by_id = {s["span_id"]: s for s in trace}
+        orphans = [s["name"] for s in trace if s["parent_span_id"] and s["parent_span_id"] not in by_id]
+        assert not orphans, f"{job_id}: spans whose parent is not in the trace: {orphans}"
+
+        def one(name, service):
+            found = [s for s in trace if s["name"] == name and s["service"] == service]
+            assert len(found) == 1, f"{job_id}: expected one {name!r} from {service}, got {[(s['name'], s['service']) for s in trace]}"
+            return found[0]
+
+        def parent(span):
+            return by_id.get(span["parent_span_id"])
+
+        sent = one("send default", "job-generator")
+        assert sent["kind"] == "PRODUCER" and sent["parent_span_id"] is None
+        assert sent["attributes"]["messaging.destination.name"] == "default"
+        assert sent["attributes"]["messaging.message.id"] == manifest[job_id]["event_id"]
+
+        ingest = one("process ingester-queue", "ingester")
+        assert ingest["kind"] == "CONSUMER" and parent(ingest) is sent
+        attrs = ingest["attributes"]
+        assert attrs["messaging.system"] == "aws_sqs" and attrs["messaging.destination.name"] == "ingester-queue"
+        assert attrs["messaging.message.id"] and attrs["faas.invocation_id"] and "faas.coldstart" in attrs
+        assert attrs["job.id"] == job_id and attrs["job.type"] == detail["job_type"]
+        # The invocation's batch span links to the message it processed.
+        batch = [s for s in spans if s["name"] == "ingester" and any(ln["span_id"] == sent["span_id"] for ln in s["links"])]
+        assert len(batch) == 1 and batch[0]["attributes"]["messaging.batch.message_count"] >= 1, batch
+
+        if want == "REJECTED":
+            assert ingest["status"] == "ERROR" and attrs["error.type"] == "missing_field", ingest
+            assert attrs["job.status"] == "REJECTED"
+            assert not [s for s in trace if s["service"] == "processor"], "a rejected job never reaches the processor"
+            continue
+        assert ingest["status"] != "ERROR", ingest
+        forward = one("send jobs-todo", "ingester")
+        assert forward["kind"] == "PRODUCER" and parent(forward) is ingest
+        assert forward["attributes"]["messaging.system"] == "aws_sqs"
+        assert forward["attributes"]["messaging.destination.name"] == "jobs-todo"
+        process = one("process jobs-todo", "processor")
+        assert process["kind"] == "CONSUMER" and parent(process) is forward
+        assert process["attributes"]["messaging.message.id"] and process["attributes"]["job.type"] == detail["job_type"]
+        execute = one(f"execute {detail['job_type']}", "processor")
+        assert execute["kind"] == "INTERNAL" and parent(execute) is process
+        assert execute["attributes"]["job.id"] == job_id
+        assert process["attributes"]["job.status"] == want
+        if want == "FAILED":
+            assert process["status"] == "ERROR" and process["attributes"]["error.type"] == "deadline_exceeded"
+            assert execute["status"] == "ERROR"
+        else:
+            assert not [s["name"] for s in trace if s["status"] == "ERROR"]
+
+    # The functions' JSON log lines about these jobs name the job and its trace.
+    lines = []
+    for raw in (pipeline.state_dir / "ministack.log").read_text(errors="replace").splitlines():
+        if run in raw and raw.startswith("{"):
+            try:
+                lines.append(json.loads(raw))
+            except ValueError:
+                pass
+    about = [ln for ln in lines if "fields" in ln and ln.get("fields", {}).get("job_id") in jobs]
+    assert len(about) >= len(jobs), f"expected JSON log lines about each job, got {len(about)}"
+    for ln in about:
+        job_id = ln["fields"]["job_id"]
+        assert ln["span"]["job_id"] == job_id and ln["span"]["trace_id"] == manifest[job_id]["trace_id"], ln
+
+    # Metrics, flushed per invocation like the spans: the names the dashboard uses.
+    points = otlp_receiver.read(pipeline.state_dir, otlp_receiver.METRICS)
+    ends = {(p["attributes"].get("job.type"), p["attributes"].get("job.status")) for p in points if p["name"] == "job.end_states"}
+    for _, (detail, want) in jobs.items():
+        assert (detail["job_type"], want) in ends, (detail["job_type"], want, ends)
+    latency = [p for p in points if p["name"] == "job.latency"]
+    assert latency and all(p["unit"] == "s" and p["type"] == "histogram" for p in latency)
+    assert {p["service"] for p in latency} == {"ingester", "processor"}

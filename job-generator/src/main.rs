@@ -10,6 +10,7 @@ use aws_sdk_eventbridge::types::PutEventsRequestEntry;
 use catalog::{next_job, CatalogConfig, Planned};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
+use jobs_core::telemetry::{propagation, Instruments, JobSpan, Telemetry};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use send::{send, EntryOutcome, EventSink, RetryPolicy, MAX_ENTRIES};
@@ -290,6 +291,9 @@ async fn run(args: Args) -> Result<Totals, Failure> {
         None => None,
     };
 
+    let telemetry = Telemetry::from_env("job-generator")
+        .or_else(|e| fail(format!("cannot set up telemetry: {e}")))?;
+    let instruments = telemetry.instruments();
     let progress = Progress::new(args.count, minutes);
     let mut pacing_rng = StdRng::seed_from_u64(seed ^ 0x5eed);
     let policy = RetryPolicy::default();
@@ -313,28 +317,47 @@ async fn run(args: Args) -> Result<Totals, Failure> {
         let room = args.count.map_or(due, |c| {
             c.saturating_sub(totals.sent + totals.refused + totals.unsent)
         });
-        let batch: Vec<Planned> = (0..due.min(room)).map_while(|_| source.next()).collect();
+        let mut batch: Vec<Planned> = (0..due.min(room)).map_while(|_| source.next()).collect();
         if batch.is_empty() {
             break;
         }
+        // One PRODUCER span per job, each the root of the job's trace; its context
+        // travels in the detail (EventBridge keeps no headers).
+        let spans: Vec<JobSpan> = batch
+            .iter_mut()
+            .map(|p| producer_span(&instruments, &args.bus, p))
+            .collect();
         let details: Vec<String> = batch.iter().map(|p| p.detail.to_string()).collect();
         let report = send(&sink, &details, &policy, deadline, &mut pacing_rng).await;
         totals.retried += report.retried;
         for (i, event_id) in &report.accepted {
             totals.sent += 1;
             totals.malformed += u64::from(batch[*i].expected_rejection.is_some());
-            record(&mut manifest, &batch[*i], Some(event_id), "sent")?;
+            spans[*i].set_attribute("messaging.message.id", event_id.clone());
+            if batch[*i].job_id().is_none() {
+                spans[*i].set_job(event_id, None);
+            }
+            record(
+                &mut manifest,
+                &batch[*i],
+                Some(event_id),
+                "sent",
+                &spans[*i],
+            )?;
         }
         for (i, why) in &report.refused {
             totals.refused += 1;
+            spans[*i].fail("refused", why);
             progress.println(format!("refused by EventBridge: {why}"));
-            record(&mut manifest, &batch[*i], None, "refused")?;
+            record(&mut manifest, &batch[*i], None, "refused", &spans[*i])?;
         }
         for (i, why) in &report.unsent {
             totals.unsent += 1;
+            spans[*i].fail("unsent", why);
             progress.println(format!("not sent: {why}"));
-            record(&mut manifest, &batch[*i], None, "unsent")?;
+            record(&mut manifest, &batch[*i], None, "unsent", &spans[*i])?;
         }
+        spans.iter().for_each(JobSpan::end);
         progress.update(&totals, started);
 
         let pause = match args.rate {
@@ -359,6 +382,7 @@ async fn run(args: Args) -> Result<Totals, Failure> {
             .or_else(|e| fail(format!("cannot write the manifest: {e}")))?;
     }
     progress.finish();
+    telemetry.shutdown().await;
     let secs = started.elapsed().as_secs_f64();
     println!(
         "sent {} jobs in {:.1} s ({:.2} jobs/s): {} valid, {} malformed; refused by EventBridge: {}; \
@@ -375,14 +399,42 @@ async fn run(args: Args) -> Result<Totals, Failure> {
     Ok(totals)
 }
 
+/// Starts the `send <bus>` span for a job and writes its context into the detail as
+/// `trace_context` (only into a JSON object: other details cannot carry it). A
+/// detail that already carries a context continues that trace.
+fn producer_span(instruments: &Instruments, bus: &str, planned: &mut Planned) -> JobSpan {
+    let parent = propagation::detail_trace_context(&planned.detail)
+        .and_then(|tc| propagation::from_trace_context(&tc))
+        .unwrap_or_default();
+    let span = instruments.producer_span(EVENTBRIDGE, bus, &parent);
+    let job_type = planned.detail.get("job_type").and_then(Value::as_str);
+    match (planned.job_id(), job_type) {
+        (Some(id), _) => span.set_job(id, job_type),
+        (None, Some(t)) => span.set_attribute("job.type", t.to_owned()),
+        (None, None) => {}
+    }
+    if let (Some(tc), Value::Object(detail)) = (
+        propagation::to_trace_context(span.context()),
+        &mut planned.detail,
+    ) {
+        detail.insert("trace_context".into(), json!(tc));
+    }
+    span
+}
+
+/// `messaging.system` for EventBridge (the conventions name none).
+const EVENTBRIDGE: &str = "aws_eventbridge";
+
 fn record(
     manifest: &mut Option<std::io::BufWriter<std::fs::File>>,
     planned: &Planned,
     event_id: Option<&String>,
     outcome: &str,
+    span: &JobSpan,
 ) -> Result<(), Failure> {
     let Some(m) = manifest else { return Ok(()) };
     let line = json!({
+        "trace_id": span.trace_id(),
         "job_id": planned.job_id().map(str::to_owned).or_else(|| event_id.cloned()),
         "event_id": event_id,
         "job_type": planned.detail.get("job_type"),

@@ -89,6 +89,11 @@ where
 
 #[async_trait]
 impl MessageQueue for SqsQueue {
+    /// The last segment of the queue URL.
+    fn name(&self) -> &str {
+        self.url.rsplit('/').next().unwrap_or(&self.url)
+    }
+
     async fn send_batch(&self, messages: &[OutgoingMessage]) -> Vec<Result<(), PortError>> {
         const OP: &str = "SendMessageBatch";
         let refused = |message: String| {

@@ -7,15 +7,18 @@
 
 use crate::job::{parse_job, raw_job_type, Rejection, MAX_DETAIL_BYTES};
 use crate::messages::{
-    DeadLetter, EnrichedJob, ErrorEntry, EventEnvelope, JobStatus, Stage, TraceContext,
+    job_type_attribute, DeadLetter, EnrichedJob, ErrorEntry, EventEnvelope, JobStatus, Stage,
+    TraceContext,
 };
 use crate::ports::{send_all, MessageQueue, PortError, Topic};
 use crate::record::{
     deliver_dead_letters, enriched_message, raw_body, RecordMeta, MAX_KEPT_BODY_BYTES,
 };
+use crate::telemetry::instruments_prelude::*;
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
+use std::collections::HashMap;
 use tracing::{info, warn};
 
 /// Settings that change the ingester's decisions.
@@ -34,24 +37,96 @@ pub struct Ingester<Q, T> {
     pub dead_letters: Q,
     pub topic: T,
     pub config: IngesterConfig,
+    /// Spans and metrics (no-ops by default).
+    pub telemetry: Instruments,
 }
 
 /// What to do with one record.
+/// The event time rides along for the latency metric.
 enum Verdict {
-    Forward(EnrichedJob),
-    Reject(DeadLetter),
+    Forward(EnrichedJob, Option<String>),
+    Reject(DeadLetter, Option<String>),
 }
 
 impl<Q: MessageQueue, T: Topic> Ingester<Q, T> {
+    /// Handles a batch outside any Lambda invocation (tests, tools).
     pub async fn handle(&self, event: SqsEvent, now: DateTime<Utc>) -> SqsBatchResponse {
+        self.handle_invocation(event, now, &Invocation::default())
+            .await
+    }
+
+    /// Handles a batch: one `process <queue>` span per record, continuing the job's
+    /// trace, and a `send jobs-todo` span whose context the forwarded job carries.
+    pub async fn handle_invocation(
+        &self,
+        event: SqsEvent,
+        now: DateTime<Utc>,
+        invocation: &Invocation,
+    ) -> SqsBatchResponse {
+        let tel = &self.telemetry;
+        let queue = source_queue(&event);
+        let triaged: Vec<_> = event
+            .records
+            .iter()
+            .map(|record| {
+                let meta = RecordMeta::of(record);
+                let verdict = triage(record, &meta, now);
+                let carried = match &verdict {
+                    Verdict::Forward(job, _) => job.trace_context.as_ref(),
+                    Verdict::Reject(dl, _) => dl.trace_context.as_ref(),
+                };
+                let parent = carried
+                    .and_then(propagation::from_trace_context)
+                    .or_else(|| propagation::from_record(record));
+                (meta, verdict, parent)
+            })
+            .collect();
+        let links = triaged
+            .iter()
+            .filter_map(|(_, _, p)| p.as_ref().map(|cx| cx.span().span_context().clone()))
+            .collect();
+        let batch = tel.batch_span("ingester", &queue, invocation, links, triaged.len());
+
+        let mut spans: HashMap<String, (JobSpan, Option<String>)> = HashMap::new();
         let mut forwards = Vec::new();
         let mut dead = Vec::new();
-        for record in &event.records {
-            let meta = RecordMeta::of(record);
-            match triage(record, &meta, now) {
-                Verdict::Forward(job) => forwards.push((meta, job)),
-                Verdict::Reject(dl) => {
-                    info!(job_id = %dl.job_id, code = dl.last_error_code(), "job rejected");
+        for (meta, verdict, parent) in triaged {
+            let consumer = tel.consumer_span(
+                &queue,
+                &meta.message_id,
+                parent.as_ref(),
+                &batch,
+                invocation,
+            );
+            match verdict {
+                Verdict::Forward(mut job, event_time) => {
+                    consumer.set_job(&job.job_id, Some(job.job_type.as_str()));
+                    meta.identify(&job.job_id, consumer.trace_id().as_deref());
+                    let producer =
+                        tel.producer_span(AWS_SQS, self.jobs_todo.name(), consumer.context());
+                    producer.set_job(&job.job_id, Some(job.job_type.as_str()));
+                    if let Some(tc) = propagation::to_trace_context(producer.context()) {
+                        job.trace_context = Some(tc);
+                    }
+                    spans.insert(meta.message_id.clone(), (consumer, event_time));
+                    forwards.push((meta, job, producer));
+                }
+                Verdict::Reject(mut dl, event_time) => {
+                    consumer.set_job(&dl.job_id, dl.job_type.as_deref());
+                    meta.identify(&dl.job_id, consumer.trace_id().as_deref());
+                    let last = dl
+                        .errors
+                        .last()
+                        .map(|e| (e.code.as_str(), e.message.as_str()));
+                    consumer.fail(last.map_or("rejected", |l| l.0), last.map_or("", |l| l.1));
+                    consumer.set_status(JobStatus::Rejected);
+                    if let Some(tc) = propagation::to_trace_context(consumer.context()) {
+                        dl.trace_context = Some(tc);
+                    }
+                    meta.log.in_scope(
+                        || info!(job_id = %dl.job_id, code = dl.last_error_code(), "job rejected"),
+                    );
+                    spans.insert(meta.message_id.clone(), (consumer, event_time));
                     dead.push((meta, dl));
                 }
             }
@@ -60,29 +135,77 @@ impl<Q: MessageQueue, T: Topic> Ingester<Q, T> {
         let mut response = SqsBatchResponse::default();
         let outgoing: Vec<_> = forwards
             .iter()
-            .map(|(_, job)| enriched_message(job))
+            .map(|(_, job, _)| enriched_message(job))
             .collect();
         let sent = send_all(&self.jobs_todo, &outgoing).await;
-        for ((meta, job), result) in forwards.into_iter().zip(sent) {
+        for ((meta, job, producer), result) in forwards.into_iter().zip(sent) {
+            let _log = meta.log.clone().entered();
+            let consumer = spans.get(&meta.message_id).map(|s| &s.0);
             match result {
                 Ok(()) => info!(job_id = %job.job_id, job_type = %job.job_type, "job forwarded"),
                 Err(e) if meta.receive_count >= self.config.max_receive_count => {
                     warn!(job_id = %job.job_id, error = %e, "forwarding failed on the last attempt; dead-lettering");
+                    producer.fail("forward_failed", &e.to_string());
+                    if let Some(c) = consumer {
+                        c.fail("forward_failed", &e.to_string());
+                        c.set_status(JobStatus::Failed);
+                    }
                     let letter = forward_failed(job, &meta, &e, now);
+                    drop(_log);
                     dead.push((meta, letter));
                 }
                 Err(e) => {
                     warn!(job_id = %job.job_id, error = %e, "forwarding failed; SQS will retry");
+                    producer.fail("forward_failed", &e.to_string());
+                    if let Some(c) = consumer {
+                        c.fail("forward_failed", &format!("{e}; SQS will retry"));
+                    }
                     response.add_failure(meta.message_id);
                 }
             }
+            producer.end();
         }
 
-        for failed in deliver_dead_letters(&self.dead_letters, &self.topic, dead, now).await {
-            response.add_failure(failed);
+        let ended: Vec<_> = dead
+            .iter()
+            .map(|(meta, dl)| (meta.message_id.clone(), dl.job_type.clone(), dl.status))
+            .collect();
+        let failed = deliver_dead_letters(&self.dead_letters, &self.topic, dead, now).await;
+        for (message_id, job_type, status) in ended {
+            let Some((consumer, event_time)) = spans.get(&message_id) else {
+                continue;
+            };
+            if failed.contains(&message_id) {
+                consumer.set_attribute("job.end_state_pending", true);
+            } else {
+                tel.record_end_state(
+                    job_type_attribute(job_type.as_deref()),
+                    status,
+                    event_time.as_deref(),
+                    Utc::now(),
+                );
+            }
         }
+        for id in failed {
+            response.add_failure(id);
+        }
+        for (consumer, _) in spans.values() {
+            consumer.end();
+        }
+        batch.end();
         response
     }
+}
+
+/// The name of the queue a batch came from (the last part of its ARN).
+pub(crate) fn source_queue(event: &SqsEvent) -> String {
+    event
+        .records
+        .iter()
+        .find_map(|r| r.event_source_arn.as_deref())
+        .and_then(|arn| arn.rsplit(':').next())
+        .unwrap_or("unknown")
+        .to_owned()
 }
 
 fn triage(record: &SqsMessage, meta: &RecordMeta, now: DateTime<Utc>) -> Verdict {
@@ -93,14 +216,17 @@ fn triage(record: &SqsMessage, meta: &RecordMeta, now: DateTime<Utc>) -> Verdict
             None,
             "the message is not an EventBridge event with a detail",
         );
-        return Verdict::Reject(reject(
-            meta.message_id.clone(),
+        return Verdict::Reject(
+            reject(
+                meta.message_id.clone(),
+                None,
+                raw_body(body),
+                rejection,
+                meta,
+                now,
+            ),
             None,
-            raw_body(body),
-            rejection,
-            meta,
-            now,
-        ));
+        );
     };
     // The detail is no longer than the body that carried it.
     let size = (body.len() > MAX_DETAIL_BYTES)
@@ -110,17 +236,20 @@ fn triage(record: &SqsMessage, meta: &RecordMeta, now: DateTime<Utc>) -> Verdict
         .clone()
         .unwrap_or_else(|| meta.message_id.clone());
     match parse_job(&envelope.detail, Some(size.unwrap_or(body.len()))) {
-        Ok(job) => Verdict::Forward(EnrichedJob {
-            job_id: job.id.unwrap_or(fallback_id),
-            job_type: job.spec.job_type(),
-            status: JobStatus::New,
-            received_at: now,
-            event_time: envelope.time,
-            attempt: 1,
-            trace_context: trace_context_of(&envelope.detail),
-            errors: Vec::new(),
-            job: envelope.detail,
-        }),
+        Ok(job) => Verdict::Forward(
+            EnrichedJob {
+                job_id: job.id.unwrap_or(fallback_id),
+                job_type: job.spec.job_type(),
+                status: JobStatus::New,
+                received_at: now,
+                event_time: envelope.time.clone(),
+                attempt: 1,
+                trace_context: propagation::detail_trace_context(&envelope.detail),
+                errors: Vec::new(),
+                job: envelope.detail,
+            },
+            envelope.time,
+        ),
         Err(rejection) => {
             let job_id = valid_id(&envelope.detail).unwrap_or(fallback_id);
             let job = if size.is_some_and(|s| s > MAX_KEPT_BODY_BYTES) {
@@ -128,14 +257,17 @@ fn triage(record: &SqsMessage, meta: &RecordMeta, now: DateTime<Utc>) -> Verdict
             } else {
                 envelope.detail
             };
-            Verdict::Reject(reject(
-                job_id,
-                trace_context_of(&job),
-                job,
-                rejection,
-                meta,
-                now,
-            ))
+            Verdict::Reject(
+                reject(
+                    job_id,
+                    propagation::detail_trace_context(&job),
+                    job,
+                    rejection,
+                    meta,
+                    now,
+                ),
+                envelope.time,
+            )
         }
     }
 }
@@ -202,19 +334,6 @@ fn valid_id(detail: &Value) -> Option<String> {
     ok.then(|| id.to_owned())
 }
 
-/// Trace context the sender put in the detail (`trace_context.traceparent`).
-fn trace_context_of(detail: &Value) -> Option<TraceContext> {
-    let tc = detail.get("trace_context")?;
-    let traceparent = tc.get("traceparent")?.as_str()?;
-    Some(TraceContext {
-        traceparent: traceparent.to_owned(),
-        tracestate: tc
-            .get("tracestate")
-            .and_then(Value::as_str)
-            .map(str::to_owned),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -237,6 +356,7 @@ mod tests {
             config: IngesterConfig {
                 max_receive_count: 5,
             },
+            telemetry: Instruments::default(),
         }
     }
 

@@ -21,6 +21,7 @@ pub mod record;
 pub mod redrive;
 pub mod retry;
 pub mod state;
+pub mod telemetry;
 
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

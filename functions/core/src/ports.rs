@@ -34,6 +34,11 @@ pub trait MessageQueue: Send + Sync {
     /// Sends up to [`MAX_BATCH`] messages. Returns one result per message, in order:
     /// a batch call can succeed for some entries and fail for others.
     async fn send_batch(&self, messages: &[OutgoingMessage]) -> Vec<Result<(), PortError>>;
+
+    /// The queue's name, for telemetry (`messaging.destination.name`).
+    fn name(&self) -> &str {
+        "unknown"
+    }
 }
 
 /// The most messages one batch call takes (SQS `SendMessageBatch`).

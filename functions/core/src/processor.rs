@@ -7,14 +7,17 @@
 
 use crate::execute::execute;
 use crate::job::parse_job;
-use crate::messages::{DeadLetter, EnrichedJob, ErrorEntry, JobStatus, Notification, Stage};
+use crate::messages::{
+    job_type_attribute, DeadLetter, EnrichedJob, ErrorEntry, JobStatus, Notification, Stage,
+};
 use crate::ports::{MessageQueue, Topic};
 use crate::record::{deliver_dead_letters, publish_all, raw_body, RecordMeta};
+use crate::telemetry::instruments_prelude::*;
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use std::time::Duration;
-use tracing::{info, warn};
+use tracing::{info, warn, Instrument};
 
 /// Settings that change the processor's decisions.
 #[derive(Debug, Clone)]
@@ -30,6 +33,8 @@ pub struct Processor<Q, T> {
     pub dead_letters: Q,
     pub topic: T,
     pub config: ProcessorConfig,
+    /// Spans and metrics (no-ops by default).
+    pub telemetry: Instruments,
 }
 
 enum Outcome {
@@ -38,33 +43,97 @@ enum Outcome {
 }
 
 impl<Q: MessageQueue, T: Topic> Processor<Q, T> {
-    /// Handles a batch. `deadline` is when the invocation is cut off.
+    /// Handles a batch outside any Lambda invocation (tests, tools). `deadline` is
+    /// when the invocation is cut off.
     pub async fn handle(
         &self,
         event: SqsEvent,
         deadline: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> SqsBatchResponse {
+        self.handle_invocation(event, deadline, now, &Invocation::default())
+            .await
+    }
+
+    /// Handles a batch: per record a `process <queue>` span continuing the job's
+    /// trace, with an `execute <job_type>` child around the work.
+    pub async fn handle_invocation(
+        &self,
+        event: SqsEvent,
+        deadline: DateTime<Utc>,
+        now: DateTime<Utc>,
+        invocation: &Invocation,
+    ) -> SqsBatchResponse {
+        let tel = &self.telemetry;
         let budget = (deadline - now)
             .to_std()
             .unwrap_or_default()
             .saturating_sub(self.config.deadline_margin);
+        let queue = crate::ingester::source_queue(&event);
+        let parents: Vec<_> = event.records.iter().map(incoming_context).collect();
+        let links = parents
+            .iter()
+            .filter_map(|p| p.as_ref().map(|cx| cx.span().span_context().clone()))
+            .collect();
+        let batch = tel.batch_span("processor", &queue, invocation, links, parents.len());
         // Each record announces its own outcome as soon as it is known, so a quick
         // job is not held back by a long one in the same batch.
-        let runs = event.records.iter().map(|record| async move {
+        let runs = event.records.iter().zip(&parents).map(|(record, parent)| {
             let meta = RecordMeta::of(record);
-            match process(record, &meta, budget, now).await {
-                Outcome::Completed(n) => publish_all(&self.topic, vec![(meta, n)]).await,
-                Outcome::Failed(dl) => {
-                    deliver_dead_letters(
-                        &self.dead_letters,
-                        &self.topic,
-                        vec![(meta, dl)],
+            let log = meta.log.clone();
+            let consumer = tel.consumer_span(
+                &queue,
+                &meta.message_id,
+                parent.as_ref(),
+                &batch,
+                invocation,
+            );
+            async move {
+                let (outcome, event_time) =
+                    process(record, &meta, budget, now, tel, &consumer).await;
+                let (job_type, status, failed) = match outcome {
+                    Outcome::Completed(n) => {
+                        let job_type = n.job_type.clone();
+                        consumer.set_status(JobStatus::Completed);
+                        let failed = publish_all(&self.topic, vec![(meta, n)]).await;
+                        (job_type, JobStatus::Completed, failed)
+                    }
+                    Outcome::Failed(mut dl) => {
+                        let last = dl
+                            .errors
+                            .last()
+                            .map(|e| (e.code.clone(), e.message.clone()));
+                        let (code, message) = last.unwrap_or_default();
+                        consumer.fail(&code, &message);
+                        consumer.set_status(JobStatus::Failed);
+                        if let Some(tc) = propagation::to_trace_context(consumer.context()) {
+                            dl.trace_context = Some(tc);
+                        }
+                        let job_type = dl.job_type.clone();
+                        let failed = deliver_dead_letters(
+                            &self.dead_letters,
+                            &self.topic,
+                            vec![(meta, dl)],
+                            Utc::now(),
+                        )
+                        .await;
+                        (job_type, JobStatus::Failed, failed)
+                    }
+                };
+                if failed.is_empty() {
+                    tel.record_end_state(
+                        job_type_attribute(job_type.as_deref()),
+                        status,
+                        event_time.as_deref(),
                         Utc::now(),
-                    )
-                    .await
+                    );
+                } else {
+                    consumer.set_attribute("job.end_state_pending", true);
                 }
+                consumer.end();
+                failed
             }
+            .instrument(log)
         });
         let mut response = SqsBatchResponse::default();
         for id in futures_util::future::join_all(runs)
@@ -74,24 +143,57 @@ impl<Q: MessageQueue, T: Topic> Processor<Q, T> {
         {
             response.add_failure(id);
         }
+        batch.end();
         response
     }
 }
 
+/// The context a `jobs-todo` record continues: its `traceparent` attribute or X-Ray
+/// header, else the trace context in the enriched job itself.
+fn incoming_context(record: &SqsMessage) -> Option<opentelemetry::Context> {
+    propagation::from_record(record).or_else(|| {
+        let job = EnrichedJob::from_body(record.body.as_deref()?).ok()?;
+        propagation::from_trace_context(job.trace_context.as_ref()?)
+    })
+}
+
+/// Runs one record; returns its outcome and the job's event time (for latency).
 async fn process(
     record: &SqsMessage,
     meta: &RecordMeta,
     budget: Duration,
     now: DateTime<Utc>,
-) -> Outcome {
+    tel: &Instruments,
+    consumer: &JobSpan,
+) -> (Outcome, Option<String>) {
     let body = record.body.as_deref().unwrap_or_default();
     let job = match EnrichedJob::from_body(body) {
         Ok(job) => job,
         Err(e) => {
+            let dl = unreadable(body, meta, &e.to_string());
+            consumer.set_job(&dl.job_id, dl.job_type.as_deref());
+            meta.identify(&dl.job_id, consumer.trace_id().as_deref());
             warn!(message_id = %meta.message_id, error = %e, "unreadable message on jobs-todo");
-            return Outcome::Failed(unreadable(body, meta, &e.to_string()));
+            return (Outcome::Failed(dl), None);
         }
     };
+    consumer.set_job(&job.job_id, Some(job.job_type.as_str()));
+    meta.identify(&job.job_id, consumer.trace_id().as_deref());
+    let event_time = job.event_time.clone();
+    (
+        run(&job, meta, budget, now, tel, consumer).await,
+        event_time,
+    )
+}
+
+async fn run(
+    job: &EnrichedJob,
+    meta: &RecordMeta,
+    budget: Duration,
+    now: DateTime<Utc>,
+    tel: &Instruments,
+    consumer: &JobSpan,
+) -> Outcome {
     let attempts = job
         .attempt
         .saturating_add(meta.receive_count.saturating_sub(1));
@@ -132,7 +234,13 @@ async fn process(
         Err(r) => return Outcome::Failed(failure(r.code.as_str(), r.message, r.field)),
     };
 
-    match execute(&spec, budget, now).await {
+    let span = tel.execute_span(&job.job_id, job.job_type.as_str(), consumer);
+    let result = execute(&spec, budget, now).await;
+    if let Err(e) = &result {
+        span.fail(e.code(), &e.to_string());
+    }
+    span.end();
+    match result {
         Ok(result) => {
             info!(job_id = %job.job_id, job_type = %job.job_type, "job completed");
             Outcome::Completed(Notification {
@@ -194,6 +302,7 @@ mod tests {
             config: ProcessorConfig {
                 deadline_margin: Duration::from_secs(3),
             },
+            telemetry: Instruments::default(),
         }
     }
 

@@ -8,14 +8,18 @@ use crate::ports::{send_all, MessageQueue, OutgoingMessage, Topic};
 use aws_lambda_events::sqs::SqsMessage;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
+use tracing::field::Empty;
 use tracing::warn;
 
 /// What the handlers need to know about an SQS record besides its body.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct RecordMeta {
     pub message_id: String,
     /// `ApproximateReceiveCount`: 1 on first delivery.
     pub receive_count: u32,
+    /// The `job` log span: every log line about the record carries its `job_id` and
+    /// `trace_id` (filled in by [`RecordMeta::identify`]).
+    pub log: tracing::Span,
 }
 
 impl RecordMeta {
@@ -25,9 +29,19 @@ impl RecordMeta {
             .get("ApproximateReceiveCount")
             .and_then(|c| c.parse().ok())
             .unwrap_or(1);
+        let message_id = record.message_id.clone().unwrap_or_default();
         RecordMeta {
-            message_id: record.message_id.clone().unwrap_or_default(),
+            log: tracing::info_span!("job", job_id = Empty, trace_id = Empty, message_id = %message_id),
+            message_id,
             receive_count,
+        }
+    }
+
+    /// Names the record's job and trace in its log span.
+    pub fn identify(&self, job_id: &str, trace_id: Option<&str>) {
+        self.log.record("job_id", job_id);
+        if let Some(t) = trace_id {
+            self.log.record("trace_id", t);
         }
     }
 }
@@ -88,7 +102,7 @@ pub async fn deliver_dead_letters<Q: MessageQueue, T: Topic>(
         match result {
             Ok(()) => announcements.push((meta, Notification::for_dead_letter(&dl, now))),
             Err(e) => {
-                warn!(job_id = %dl.job_id, error = %e, "could not store the dead letter; SQS will retry");
+                meta.log.in_scope(|| warn!(job_id = %dl.job_id, error = %e, "could not store the dead letter; SQS will retry"));
                 failed.push(meta.message_id);
             }
         }
@@ -109,7 +123,7 @@ pub async fn publish_all<T: Topic>(
         .zip(results)
         .filter_map(|((meta, n), result)| {
             let e = result.err()?;
-            warn!(job_id = %n.job_id, error = %e, "could not publish the end state; SQS will retry");
+            meta.log.in_scope(|| warn!(job_id = %n.job_id, error = %e, "could not publish the end state; SQS will retry"));
             Some(meta.message_id)
         })
         .collect()

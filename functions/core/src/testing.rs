@@ -113,3 +113,64 @@ impl Topic for MemoryTopic {
         Ok(())
     }
 }
+
+/// Span and metric exporters that keep what they are given, to check what an
+/// invocation exported (and when).
+pub mod exporters {
+    use opentelemetry_sdk::error::OTelSdkResult;
+    use opentelemetry_sdk::metrics::data::ResourceMetrics;
+    use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
+    use opentelemetry_sdk::metrics::Temporality;
+    use opentelemetry_sdk::trace::{SpanData, SpanExporter};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    /// Keeps every exported span.
+    #[derive(Debug, Clone, Default)]
+    pub struct KeptSpans(pub Arc<Mutex<Vec<SpanData>>>);
+
+    impl KeptSpans {
+        pub fn spans(&self) -> Vec<SpanData> {
+            self.0.lock().expect("lock").clone()
+        }
+    }
+
+    impl SpanExporter for KeptSpans {
+        async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+            self.0.lock().expect("lock").extend(batch);
+            Ok(())
+        }
+    }
+
+    /// Keeps the names of exported metrics.
+    #[derive(Debug, Clone, Default)]
+    pub struct KeptMetrics(pub Arc<Mutex<Vec<String>>>);
+
+    impl KeptMetrics {
+        pub fn names(&self) -> Vec<String> {
+            self.0.lock().expect("lock").clone()
+        }
+    }
+
+    impl PushMetricExporter for KeptMetrics {
+        async fn export(&self, metrics: &ResourceMetrics) -> OTelSdkResult {
+            let mut kept = self.0.lock().expect("lock");
+            for scope in metrics.scope_metrics() {
+                kept.extend(scope.metrics().map(|m| m.name().to_owned()));
+            }
+            Ok(())
+        }
+
+        fn force_flush(&self) -> OTelSdkResult {
+            Ok(())
+        }
+
+        fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
+            Ok(())
+        }
+
+        fn temporality(&self) -> Temporality {
+            Temporality::Cumulative
+        }
+    }
+}

@@ -99,6 +99,7 @@ proptest! {
             dead_letters: MemoryQueue::default(),
             topic: MemoryTopic::default(),
             config: IngesterConfig { max_receive_count: 5 },
+            telemetry: Default::default(),
         };
         let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
         let response = runtime.block_on(ingester.handle(event, chrono::Utc::now()));

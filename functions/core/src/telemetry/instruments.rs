@@ -1,0 +1,277 @@
+//! The spans and metrics a job leaves behind, named after the OpenTelemetry
+//! messaging and FaaS semantic conventions: `process <queue>` (CONSUMER) and
+//! `send <queue>` (PRODUCER) per message, `execute <job_type>` for the work, one
+//! invocation span per batch linking to every message, and the `job.end_states`
+//! counter and `job.latency` histogram (seconds, event time to terminal state).
+
+use crate::messages::JobStatus;
+use crate::telemetry::propagation::trace_id_of;
+use chrono::{DateTime, Utc};
+use opentelemetry::global::BoxedTracer;
+use opentelemetry::metrics::{Counter, Histogram, Meter, MeterProvider};
+use opentelemetry::trace::{
+    Link, SpanContext, SpanKind, Status, TraceContextExt, Tracer, TracerProvider,
+};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_sdk::metrics::SdkMeterProvider;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use std::sync::Arc;
+
+/// Instrumentation scope of the pipeline's spans and metrics.
+const SCOPE: &str = "jobs-core";
+/// `messaging.system` for SQS.
+pub const AWS_SQS: &str = "aws_sqs";
+
+/// Facts about the current Lambda invocation, put on its spans.
+#[derive(Debug, Clone, Default)]
+pub struct Invocation {
+    /// The Lambda request id (`faas.invocation_id`).
+    pub request_id: String,
+    /// The first invocation of the process (`faas.coldstart`).
+    pub coldstart: bool,
+}
+
+/// Tracer and metric instruments; no-ops unless built from an enabled [`super::Telemetry`].
+#[derive(Debug, Clone)]
+pub struct Instruments {
+    tracer: Arc<BoxedTracer>,
+    end_states: Counter<u64>,
+    latency: Histogram<f64>,
+}
+
+impl Default for Instruments {
+    /// No-op instruments: nothing is recorded, but an incoming context still flows
+    /// through (a no-op span carries its parent's context).
+    fn default() -> Self {
+        Instruments::from_parts(
+            opentelemetry::global::tracer(SCOPE),
+            opentelemetry::global::meter(SCOPE),
+        )
+    }
+}
+
+impl Instruments {
+    pub(crate) fn new(tp: &SdkTracerProvider, mp: &SdkMeterProvider) -> Instruments {
+        Instruments::from_parts(
+            BoxedTracer::new(Box::new(tp.tracer(SCOPE))),
+            mp.meter(SCOPE),
+        )
+    }
+
+    fn from_parts(tracer: BoxedTracer, meter: Meter) -> Instruments {
+        Instruments {
+            tracer: Arc::new(tracer),
+            end_states: meter
+                .u64_counter("job.end_states")
+                .with_description(
+                    "Jobs that reached a terminal state (COMPLETED, FAILED, REJECTED)",
+                )
+                .build(),
+            latency: meter
+                .f64_histogram("job.latency")
+                .with_unit("s")
+                .with_description("Time from the job's event to its terminal state")
+                .with_boundaries(vec![
+                    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+                    900.0,
+                ])
+                .build(),
+        }
+    }
+
+    fn start(
+        &self,
+        name: String,
+        kind: SpanKind,
+        attrs: Vec<KeyValue>,
+        links: Vec<Link>,
+        parent: &Context,
+    ) -> JobSpan {
+        let span = self
+            .tracer
+            .span_builder(name)
+            .with_kind(kind)
+            .with_attributes(attrs)
+            .with_links(links)
+            .start_with_context(self.tracer.as_ref(), parent);
+        JobSpan {
+            cx: parent.with_span(span),
+        }
+    }
+
+    /// The invocation's span for a batch of SQS messages: a root CONSUMER span that
+    /// links to each message's context (a batch cannot have many parents).
+    pub fn batch_span(
+        &self,
+        function: &str,
+        queue: &str,
+        invocation: &Invocation,
+        messages: Vec<SpanContext>,
+        count: usize,
+    ) -> JobSpan {
+        let mut attrs = messaging(AWS_SQS, "process", queue);
+        attrs.extend(faas(invocation));
+        attrs.push(KeyValue::new("messaging.batch.message_count", count as i64));
+        let links = messages.into_iter().map(Link::with_context).collect();
+        self.start(
+            function.to_owned(),
+            SpanKind::Consumer,
+            attrs,
+            links,
+            &Context::new(),
+        )
+    }
+
+    /// `process <queue>` for one message: CONSUMER, a child of the message's context
+    /// (a new trace when it has none), linked to the invocation's batch span.
+    pub fn consumer_span(
+        &self,
+        queue: &str,
+        message_id: &str,
+        parent: Option<&Context>,
+        batch: &JobSpan,
+        invocation: &Invocation,
+    ) -> JobSpan {
+        let mut attrs = messaging(AWS_SQS, "process", queue);
+        attrs.push(KeyValue::new("messaging.message.id", message_id.to_owned()));
+        attrs.extend(faas(invocation));
+        let batch_sc = batch.cx.span().span_context().clone();
+        let links = if batch_sc.is_valid() {
+            vec![Link::with_context(batch_sc)]
+        } else {
+            Vec::new()
+        };
+        let root = Context::new();
+        self.start(
+            format!("process {queue}"),
+            SpanKind::Consumer,
+            attrs,
+            links,
+            parent.unwrap_or(&root),
+        )
+    }
+
+    /// `send <destination>`: PRODUCER, a child of `parent`. Its context is what the
+    /// message carries on.
+    pub fn producer_span(
+        &self,
+        system: &'static str,
+        destination: &str,
+        parent: &Context,
+    ) -> JobSpan {
+        self.start(
+            format!("send {destination}"),
+            SpanKind::Producer,
+            messaging(system, "send", destination),
+            Vec::new(),
+            parent,
+        )
+    }
+
+    /// `execute <job_type>`: the job's work, a child of its consumer span.
+    pub fn execute_span(&self, job_id: &str, job_type: &str, parent: &JobSpan) -> JobSpan {
+        let attrs = vec![
+            KeyValue::new("job.id", job_id.to_owned()),
+            KeyValue::new("job.type", job_type.to_owned()),
+        ];
+        self.start(
+            format!("execute {job_type}"),
+            SpanKind::Internal,
+            attrs,
+            Vec::new(),
+            &parent.cx,
+        )
+    }
+
+    /// Counts a terminal state and, when the event time is known, its latency.
+    pub fn record_end_state(
+        &self,
+        job_type: &str,
+        status: JobStatus,
+        event_time: Option<&str>,
+        now: DateTime<Utc>,
+    ) {
+        let attrs = [
+            KeyValue::new("job.type", job_type.to_owned()),
+            KeyValue::new("job.status", status.as_str()),
+        ];
+        self.end_states.add(1, &attrs);
+        let since = event_time
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| (now - t.with_timezone(&Utc)).num_milliseconds().max(0) as f64 / 1000.0);
+        if let Some(secs) = since {
+            self.latency.record(secs, &attrs);
+        }
+    }
+}
+
+fn messaging(system: &'static str, operation: &'static str, destination: &str) -> Vec<KeyValue> {
+    vec![
+        KeyValue::new("messaging.system", system),
+        KeyValue::new("messaging.operation.type", operation),
+        KeyValue::new("messaging.operation.name", operation),
+        KeyValue::new("messaging.destination.name", destination.to_owned()),
+    ]
+}
+
+fn faas(invocation: &Invocation) -> Vec<KeyValue> {
+    vec![
+        KeyValue::new("faas.trigger", "pubsub"),
+        KeyValue::new("faas.invocation_id", invocation.request_id.clone()),
+        KeyValue::new("faas.coldstart", invocation.coldstart),
+    ]
+}
+
+/// A started span, as the context it makes current for its children.
+#[derive(Debug, Clone)]
+pub struct JobSpan {
+    cx: Context,
+}
+
+impl JobSpan {
+    /// The context to parent children on and to propagate.
+    pub fn context(&self) -> &Context {
+        &self.cx
+    }
+
+    /// The span's trace id, when it has a valid context.
+    pub fn trace_id(&self) -> Option<String> {
+        trace_id_of(&self.cx)
+    }
+
+    /// The span's context, to link to.
+    pub fn span_context(&self) -> SpanContext {
+        self.cx.span().span_context().clone()
+    }
+
+    /// Names the job the span is about.
+    pub fn set_job(&self, job_id: &str, job_type: Option<&str>) {
+        let span = self.cx.span();
+        span.set_attribute(KeyValue::new("job.id", job_id.to_owned()));
+        if let Some(t) = job_type {
+            span.set_attribute(KeyValue::new("job.type", t.to_owned()));
+        }
+    }
+
+    /// Sets any attribute (e.g. `messaging.message.id` once known).
+    pub fn set_attribute(&self, key: &'static str, value: impl Into<opentelemetry::Value>) {
+        self.cx.span().set_attribute(KeyValue::new(key, value));
+    }
+
+    /// The job's terminal status, as `job.status`.
+    pub fn set_status(&self, status: JobStatus) {
+        self.set_attribute("job.status", status.as_str());
+    }
+
+    /// Marks the span failed: status error with the message, `error.type` = code.
+    pub fn fail(&self, code: &str, message: &str) {
+        let span = self.cx.span();
+        span.set_attribute(KeyValue::new("error.type", code.to_owned()));
+        span.set_status(Status::error(format!("{code}: {message}")));
+    }
+
+    /// Ends the span now.
+    pub fn end(&self) {
+        self.cx.span().end();
+    }
+}
