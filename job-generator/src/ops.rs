@@ -37,9 +37,10 @@ pub enum DlqAction {
     },
     /// Send dead letters back: processor failures to jobs-todo as their next attempt,
     /// rejections to the ingester queue to be validated again.
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["job_ids", "all"])))]
     Redrive {
         /// Only these job ids (repeatable).
-        #[arg(long = "job-id", value_name = "ID", required_unless_present = "all")]
+        #[arg(long = "job-id", value_name = "ID")]
         job_ids: Vec<String>,
         /// Every dead letter.
         #[arg(long, conflicts_with = "job_ids")]
