@@ -281,7 +281,9 @@ def queue_arn(stack: Stack, name: str) -> str:
     return f"arn:aws:sqs:{stack.region}:{ACCOUNT}:{name}"
 
 
-def provision(stack: Stack, zips: dict[str, bytes], marker: str, otlp_endpoint: str | None) -> dict:
+def provision(
+    stack: Stack, zips: dict[str, bytes], marker: str, otlp_endpoint: str | None, fault_injection: bool = False
+) -> dict:
     """Creates or updates every resource; returns their URLs and ARNs."""
     s = stack.settings
     sqs, sns, events, lam, iam = (stack.client(n) for n in ("sqs", "sns", "events", "lambda", "iam"))
@@ -361,8 +363,12 @@ def provision(stack: Stack, zips: dict[str, bytes], marker: str, otlp_endpoint: 
         fn = s["functions"][name]
         env = dict(fn.get("environment", {}), **common)
         env["MAX_RECEIVE_COUNT"] = str(receive[fn["source_queue"]])
+        # The ingester forwards to jobs-todo; the processor sends retries back to it.
+        env["JOBS_TODO_QUEUE_URL"] = urls[s["functions"]["processor"]["source_queue"]]
         if name == "ingester":
-            env["JOBS_TODO_QUEUE_URL"] = urls[s["functions"]["processor"]["source_queue"]]
+            env["INGESTER_QUEUE_URL"] = urls[fn["source_queue"]]
+        if name == "processor" and fault_injection:
+            env["FAULT_INJECTION"] = "true"
         deploy_function(lam, name, fn, zips[name], role_arn, env)
         ensure_mapping(lam, name, fn, queue_arn(stack, fn["source_queue"]))
     return {"queues": urls, "topic_arn": topic_arn, "role_arn": role_arn}
@@ -482,8 +488,10 @@ def up(
     otlp_endpoint: str | None = None,
     use_existing: bool = True,
     receiver: bool = False,
+    fault_injection: bool = False,
 ) -> Stack:
-    """`receiver`: without an OTLP endpoint, run the local OTLP receiver (otlp_receiver.py)."""
+    """`receiver`: without an OTLP endpoint, run the local OTLP receiver (otlp_receiver.py).
+    `fault_injection`: let jobs ask the processor to fail (demos and fault tests)."""
     settings = load_settings()
     zips = {name: package(binaries / name) for name in FUNCTIONS}
     endpoint, started = start_emulator(state_dir, port, use_existing)
@@ -500,7 +508,7 @@ def up(
         log(f"OTLP receiver at {otlp}; spans in {state_dir / otlp_receiver.SPANS}")
     stack.otlp_endpoint = otlp
     t0 = time.monotonic()
-    stack.resources = provision(stack, zips, marker_file.read_text().strip(), otlp)
+    stack.resources = provision(stack, zips, marker_file.read_text().strip(), otlp, fault_injection)
     saved = {"endpoint": endpoint, "otlp_endpoint": otlp, **stack.resources}
     (state_dir / "resources.json").write_text(json.dumps(saved, indent=2))
     log(f"provisioned in {time.monotonic() - t0:.1f} s; zips: "
@@ -549,6 +557,29 @@ def queue_depth(sqs, url: str) -> int:
         AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible", "ApproximateNumberOfMessagesDelayed"],
     )["Attributes"]
     return sum(int(v) for v in a.values())
+
+
+def await_end_states(stack: Stack, job_ids: set[str], timeout: float, linger: float = 5) -> list[dict]:
+    """Drains the demo subscriber queue until every job in `job_ids` has announced an end
+    state or `timeout` passes, then `linger` seconds more so that a late second
+    announcement is caught too. Returns the notifications about those jobs."""
+    sqs = stack.client("sqs")
+    url = stack.resources["queues"][stack.settings["demo_subscriber_queue"]]
+    seen: list[dict] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        seen += [n for m in drain(sqs, url, wait=1) if (n := json.loads(m["Body"]))["job_id"] in job_ids]
+        if job_ids <= {n["job_id"] for n in seen}:
+            break
+    seen += [n for m in drain(sqs, url, wait=linger) if (n := json.loads(m["Body"]))["job_id"] in job_ids]
+    return seen
+
+
+def parse_time(rfc3339: str) -> float:
+    """Seconds since the epoch of a timestamp as the functions write them."""
+    from datetime import datetime
+
+    return datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp()
 
 
 def wait_idle(stack: Stack, timeout: float) -> bool:
@@ -616,6 +647,10 @@ def main(argv: list[str] | None = None) -> int:
         "--no-receiver", action="store_true",
         help="do not run the local OTLP receiver (it runs unless OTEL_EXPORTER_OTLP_ENDPOINT is set)",
     )
+    p_up.add_argument(
+        "--fault-injection", action="store_true", default=os.environ.get("FAULT_INJECTION", "") in ("1", "true"),
+        help="let jobs ask the processor to fail (job-generator --flaky-ratio); also FAULT_INJECTION=1",
+    )
     sub.add_parser("down", help="stop what `up` started, by pid")
     sub.add_parser("status", help="say whether the stack runs and how full its queues are")
     p_out = sub.add_parser("outcomes", help="wait for in-flight jobs, then print end states")
@@ -628,7 +663,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "up":
-            stack = up(port=args.port, state_dir=args.state_dir, receiver=not args.no_receiver)
+            stack = up(
+                port=args.port, state_dir=args.state_dir, receiver=not args.no_receiver,
+                fault_injection=args.fault_injection,
+            )
             print(f"pipeline is up at {stack.endpoint}")
         elif args.command == "down":
             down(args.state_dir)

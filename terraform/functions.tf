@@ -20,6 +20,7 @@ resource "aws_lambda_function" "ingester" {
 
   environment {
     variables = merge(local.ingester.environment, local.common_environment, {
+      INGESTER_QUEUE_URL  = aws_sqs_queue.ingester.url
       JOBS_TODO_QUEUE_URL = aws_sqs_queue.jobs_todo.url
       MAX_RECEIVE_COUNT   = tostring(local.ingester_queue.max_receive_count)
     })
@@ -54,8 +55,9 @@ resource "aws_lambda_function" "processor" {
 
   environment {
     variables = merge(local.processor.environment, local.common_environment, {
-      MAX_RECEIVE_COUNT = tostring(local.jobs_todo_queue.max_receive_count)
-    })
+      JOBS_TODO_QUEUE_URL = aws_sqs_queue.jobs_todo.url
+      MAX_RECEIVE_COUNT   = tostring(local.jobs_todo_queue.max_receive_count)
+    }, var.fault_injection ? { FAULT_INJECTION = "true" } : {})
   }
 
   logging_config {

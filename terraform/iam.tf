@@ -63,6 +63,13 @@ data "aws_iam_policy_document" "processor" {
     resources = [aws_sqs_queue.jobs_todo.arn]
   }
 
+  # Failed attempts go back to jobs-todo, delayed, as the job's next attempt.
+  statement {
+    sid       = "RetryJobs"
+    actions   = ["sqs:SendMessage"]
+    resources = [aws_sqs_queue.jobs_todo.arn]
+  }
+
   statement {
     sid       = "DeadLetter"
     actions   = ["sqs:SendMessage"]

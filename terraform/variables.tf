@@ -66,3 +66,9 @@ variable "tags" {
   description = "Tags added to every resource."
   default     = {}
 }
+
+variable "fault_injection" {
+  type        = bool
+  description = "Let jobs ask the processor to fail their first attempts (a `fault` object in the job), for demos and fault tests. Keep false in real accounts."
+  default     = false
+}

@@ -214,6 +214,7 @@ where
                     jobs_core::ports::OutgoingMessage {
                         body: event.to_string(),
                         attributes: vec![],
+                        delay_seconds: 0,
                     },
                     0,
                 ),

@@ -1,9 +1,11 @@
 //! The ports implemented on SQS and SNS, and the functions' configuration from the
 //! environment. Clients are built once per process and shared by every invocation.
 
+use crate::guard::GuardConfig;
 use crate::messages::Notification;
-use crate::ports::{MessageQueue, OutgoingMessage, PortError, Topic};
+use crate::ports::{MessageQueue, OutgoingMessage, PortError, Receipt, Topic};
 use crate::record::to_json;
+use crate::retry::{RetryPolicy, SQS_MAX_DELAY};
 use async_trait::async_trait;
 use aws_config::{timeout::TimeoutConfig, BehaviorVersion, SdkConfig};
 use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
@@ -54,6 +56,73 @@ pub fn number_or(name: &'static str, default: u64) -> Result<u64, ConfigError> {
         }),
         _ => Ok(default),
     }
+}
+
+/// Reads an optional on/off environment variable (`true`/`false`, `1`/`0`, `on`/`off`).
+pub fn flag(name: &'static str) -> Result<bool, ConfigError> {
+    match std::env::var(name) {
+        Ok(v) => match v.trim().to_ascii_lowercase().as_str() {
+            "" | "0" | "false" | "off" | "no" => Ok(false),
+            "1" | "true" | "on" | "yes" => Ok(true),
+            _ => Err(ConfigError::Invalid {
+                name,
+                expected: "true or false",
+                value: v,
+            }),
+        },
+        Err(_) => Ok(false),
+    }
+}
+
+/// The retry policy from `MAX_ATTEMPTS` (default 3) and `RETRY_BASE_DELAY_SECONDS`
+/// (default 2).
+pub fn retry_policy() -> Result<RetryPolicy, ConfigError> {
+    let max_attempts = number_or("MAX_ATTEMPTS", 3)?;
+    let max_attempts = u32::try_from(max_attempts)
+        .ok()
+        .filter(|n| (1..=100).contains(n))
+        .ok_or(ConfigError::Invalid {
+            name: "MAX_ATTEMPTS",
+            expected: "a whole number from 1 to 100",
+            value: max_attempts.to_string(),
+        })?;
+    let base = number_or("RETRY_BASE_DELAY_SECONDS", 2)?;
+    if base > SQS_MAX_DELAY.as_secs() {
+        return Err(ConfigError::Invalid {
+            name: "RETRY_BASE_DELAY_SECONDS",
+            expected: "at most 900 (the longest SQS message delay)",
+            value: base.to_string(),
+        });
+    }
+    Ok(RetryPolicy {
+        max_attempts,
+        base_delay: Duration::from_secs(base),
+        max_delay: SQS_MAX_DELAY,
+    })
+}
+
+/// Timeouts and breaker settings for every downstream call, from `CALL_TIMEOUT_MS`
+/// (default 5000), `BREAKER_FAILURES` (default 5) and `BREAKER_OPEN_SECONDS` (default 10).
+pub fn guard_config() -> Result<GuardConfig, ConfigError> {
+    let defaults = GuardConfig::default();
+    let failures = number_or("BREAKER_FAILURES", u64::from(defaults.failure_threshold))?;
+    Ok(GuardConfig {
+        call_timeout: Duration::from_millis(number_or(
+            "CALL_TIMEOUT_MS",
+            defaults.call_timeout.as_millis() as u64,
+        )?),
+        failure_threshold: u32::try_from(failures).ok().filter(|n| *n >= 1).ok_or(
+            ConfigError::Invalid {
+                name: "BREAKER_FAILURES",
+                expected: "a whole number of at least 1",
+                value: failures.to_string(),
+            },
+        )?,
+        open_for: Duration::from_secs(number_or(
+            "BREAKER_OPEN_SECONDS",
+            defaults.open_for.as_secs(),
+        )?),
+    })
 }
 
 /// An SQS queue, addressed by URL.
@@ -113,6 +182,12 @@ impl MessageQueue for SqsQueue {
             let mut entry = SendMessageBatchRequestEntry::builder()
                 .id(i.to_string())
                 .message_body(&m.body);
+            if m.delay_seconds > 0 {
+                let delay = m
+                    .delay_seconds
+                    .min(crate::retry::SQS_MAX_DELAY.as_secs() as u32);
+                entry = entry.delay_seconds(i32::try_from(delay).unwrap_or(900));
+            }
             for (name, value) in &m.attributes {
                 let attr = MessageAttributeValue::builder()
                     .data_type("String")
@@ -160,6 +235,48 @@ impl MessageQueue for SqsQueue {
                 messages.iter().map(|_| Err(err.clone())).collect()
             }
         }
+    }
+
+    async fn retry_later(&self, receipts: &[Receipt]) -> Result<(), PortError> {
+        use aws_sdk_sqs::types::ChangeMessageVisibilityBatchRequestEntry as Entry;
+        const OP: &str = "ChangeMessageVisibilityBatch";
+        for chunk in receipts.chunks(crate::ports::MAX_BATCH) {
+            let entries = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    Entry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(&r.receipt_handle)
+                        .visibility_timeout(i32::try_from(r.delay_seconds).unwrap_or(900))
+                        .build()
+                        .map_err(|e| PortError::Refused {
+                            operation: OP,
+                            message: e.to_string(),
+                        })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let out = self
+                .client
+                .change_message_visibility_batch()
+                .queue_url(&self.url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map_err(|e| sdk_failure(OP, e))?;
+            if let Some(failed) = out.failed().first() {
+                return Err(PortError::Refused {
+                    operation: OP,
+                    message: format!(
+                        "{} of {} not changed: {}",
+                        out.failed().len(),
+                        chunk.len(),
+                        failed.message().unwrap_or(failed.code())
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 }
 

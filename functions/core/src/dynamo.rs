@@ -36,6 +36,11 @@ impl DynamoStore {
         }
     }
 
+    /// A store on the table named `table`, with a client built from the shared config.
+    pub fn from_sdk(sdk: &aws_config::SdkConfig, table: impl Into<String>) -> Self {
+        Self::new(Client::new(sdk), table)
+    }
+
     async fn read(&self, job_id: &str, stage: Stage) -> Result<Option<JobState>, PortError> {
         let out = self
             .client
@@ -105,6 +110,7 @@ fn from_item(item: &Item) -> Option<JobState> {
         fingerprint: text("fingerprint")?.clone(),
         attempt: u32::try_from(number("attempt")?).ok()?,
         lease_until: Utc.timestamp_millis_opt(number("lease_until")?).single()?,
+        holder: text("holder").cloned().unwrap_or_default(),
         announced: item
             .get("announced")
             .and_then(|v| v.as_bool().ok())
@@ -127,6 +133,7 @@ impl JobStore for DynamoStore {
             ("fingerprint", s(claim.fingerprint)),
             ("attempt", n(claim.attempt)),
             ("lease_until", n(claim.lease_until.timestamp_millis())),
+            ("holder", s(claim.holder)),
             ("announced", AttributeValue::Bool(false)),
             ("updated_ms", n(now.timestamp_millis())),
             ("expires_at", n((now + RETENTION).timestamp())),

@@ -17,12 +17,24 @@ pub enum JobError {
         needed: Duration,
         available: Duration,
     },
+    #[error("attempt {attempt} failed because the job asked it to (fault injection)")]
+    InjectedFault { attempt: u32 },
 }
 
 impl JobError {
     pub fn code(&self) -> &'static str {
         match self {
             JobError::DeadlineExceeded { .. } => "deadline_exceeded",
+            JobError::InjectedFault { .. } => "injected_fault",
+        }
+    }
+
+    /// Whether another attempt could succeed. A job too long for any invocation never
+    /// will; an injected fault stands for a transient failure.
+    pub fn retryable(&self) -> bool {
+        match self {
+            JobError::DeadlineExceeded { .. } => false,
+            JobError::InjectedFault { .. } => true,
         }
     }
 }

@@ -8,9 +8,12 @@
 //!
 //! The breaker lives as long as the wrapped client, across warm invocations.
 
-use crate::messages::Notification;
-use crate::ports::{MessageQueue, OutgoingMessage, PortError, Topic};
+use crate::messages::{Notification, Stage};
+use crate::ports::{MessageQueue, OutgoingMessage, PortError, Receipt, Topic};
+use crate::state::{Claim, ClaimOutcome, JobState, JobStore, Progress};
+use crate::Timestamp;
 use async_trait::async_trait;
+use serde_json::Value;
 use std::future::Future;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -177,6 +180,16 @@ impl<Q: MessageQueue> MessageQueue for Guarded<Q> {
         )
         .await
     }
+
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    async fn retry_later(&self, receipts: &[Receipt]) -> Result<(), PortError> {
+        let call = self.inner.retry_later(receipts);
+        self.call("ChangeMessageVisibilityBatch", call, Result::is_err, Err)
+            .await
+    }
 }
 
 #[async_trait]
@@ -189,6 +202,52 @@ impl<T: Topic> Topic for Guarded<T> {
             Err,
         )
         .await
+    }
+}
+
+#[async_trait]
+impl<S: JobStore> JobStore for Guarded<S> {
+    async fn claim(&self, claim: &Claim<'_>, now: Timestamp) -> Result<ClaimOutcome, PortError> {
+        let call = self.inner.claim(claim, now);
+        self.call("PutItem", call, Result::is_err, Err).await
+    }
+
+    async fn finish(
+        &self,
+        job_id: &str,
+        stage: Stage,
+        attempt: u32,
+        progress: Progress,
+        detail: Option<Value>,
+        now: Timestamp,
+    ) -> Result<(), PortError> {
+        let call = self
+            .inner
+            .finish(job_id, stage, attempt, progress, detail, now);
+        // A lost claim is an answer, not a sick table.
+        let sick = |r: &Result<(), PortError>| matches!(r, Err(PortError::Unreachable { .. }));
+        self.call("UpdateItem", call, sick, Err).await
+    }
+
+    async fn announce(&self, job_id: &str, stage: Stage, now: Timestamp) -> Result<(), PortError> {
+        let call = self.inner.announce(job_id, stage, now);
+        self.call("UpdateItem", call, Result::is_err, Err).await
+    }
+
+    async fn reopen(
+        &self,
+        job_id: &str,
+        stage: Stage,
+        attempt: u32,
+        now: Timestamp,
+    ) -> Result<(), PortError> {
+        let call = self.inner.reopen(job_id, stage, attempt, now);
+        self.call("UpdateItem", call, Result::is_err, Err).await
+    }
+
+    async fn get(&self, job_id: &str) -> Result<Vec<JobState>, PortError> {
+        let call = self.inner.get(job_id);
+        self.call("Query", call, Result::is_err, Err).await
     }
 }
 
@@ -209,6 +268,7 @@ mod tests {
         OutgoingMessage {
             body: "{}".into(),
             attributes: vec![],
+            delay_seconds: 0,
         }
     }
 

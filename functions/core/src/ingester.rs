@@ -2,21 +2,28 @@
 //! forwards valid ones to `jobs-todo` enriched for the processor, and dead-letters
 //! rejections with one `REJECTED` notification each.
 //!
+//! Each job is claimed in the job state table first, so an event delivered again (or
+//! published twice with the same job id) is forwarded or rejected once; a job id reused
+//! for different content is rejected as `job_id_reused`.
+//!
 //! Only records whose downstream calls failed are reported as batch item failures,
 //! so SQS retries them alone and the rest of the batch is neither lost nor repeated.
 
-use crate::job::{parse_job, raw_job_type, Rejection, MAX_DETAIL_BYTES};
+use crate::ending::{recorded, EndPorts, Ending, Tracking};
+use crate::job::{parse_job, raw_job_type, RejectCode, Rejection, MAX_DETAIL_BYTES};
 use crate::messages::{
-    job_type_attribute, DeadLetter, EnrichedJob, ErrorEntry, EventEnvelope, JobStatus, Stage,
-    TraceContext,
+    job_type_attribute, DeadLetter, EnrichedJob, ErrorEntry, EventEnvelope, JobStatus,
+    Notification, Stage, TraceContext,
 };
 use crate::ports::{send_all, MessageQueue, PortError, Topic};
 use crate::record::{
-    deliver_dead_letters, enriched_message, raw_body, RecordMeta, MAX_KEPT_BODY_BYTES,
+    enriched_message, raw_body, retry_failed_soon, RecordMeta, MAX_KEPT_BODY_BYTES,
 };
+use crate::state::{fingerprint, Claim, ClaimOutcome, JobStore, Progress};
 use crate::telemetry::instruments_prelude::*;
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
+use futures_util::future::join_all;
 use serde_json::Value;
 use std::collections::HashMap;
 use tracing::{info, warn};
@@ -32,53 +39,90 @@ pub struct IngesterConfig {
 
 /// The ingester's downstream resources.
 #[derive(Debug)]
-pub struct Ingester<Q, T> {
+pub struct Ingester<Q, T, S> {
+    /// `ingester-queue`, where failed records are made visible again early.
+    pub source: Q,
     pub jobs_todo: Q,
     pub dead_letters: Q,
     pub topic: T,
+    pub store: S,
     pub config: IngesterConfig,
     /// Spans and metrics (no-ops by default).
     pub telemetry: Instruments,
 }
 
-/// What to do with one record.
+/// What validation made of one record.
 /// The event time rides along for the latency metric.
 enum Verdict {
     Forward(EnrichedJob, Option<String>),
     Reject(DeadLetter, Option<String>),
 }
 
-impl<Q: MessageQueue, T: Topic> Ingester<Q, T> {
-    /// Handles a batch outside any Lambda invocation (tests, tools).
+/// What to do with one record, once its claim is known.
+enum Action {
+    Forward(EnrichedJob, Option<String>),
+    End(DeadLetter, Tracking, Option<String>),
+    /// An earlier delivery recorded the end but did not announce it.
+    Announce(Notification, Option<DeadLetter>),
+    /// Handled before, or being handled by another delivery.
+    Repeat(String, &'static str),
+    /// The claim could not be decided now; the record stays in SQS.
+    Later(String, String),
+}
+
+impl<Q: MessageQueue, T: Topic, S: JobStore> Ingester<Q, T, S> {
+    /// Handles a batch outside any Lambda invocation (tests, tools), as if the
+    /// invocation had the function's 30 s.
     pub async fn handle(&self, event: SqsEvent, now: DateTime<Utc>) -> SqsBatchResponse {
-        self.handle_invocation(event, now, &Invocation::default())
+        let deadline = now + TimeDelta::seconds(30);
+        self.handle_invocation(event, deadline, now, &Invocation::default())
             .await
     }
 
     /// Handles a batch: one `process <queue>` span per record, continuing the job's
     /// trace, and a `send jobs-todo` span whose context the forwarded job carries.
+    /// Claims taken now hold until `deadline`.
     pub async fn handle_invocation(
         &self,
         event: SqsEvent,
+        deadline: DateTime<Utc>,
         now: DateTime<Utc>,
         invocation: &Invocation,
     ) -> SqsBatchResponse {
         let tel = &self.telemetry;
         let queue = source_queue(&event);
-        let triaged: Vec<_> = event
+        let verdicts: Vec<_> = event
             .records
             .iter()
             .map(|record| {
                 let meta = RecordMeta::of(record);
                 let verdict = triage(record, &meta, now);
-                let carried = match &verdict {
-                    Verdict::Forward(job, _) => job.trace_context.as_ref(),
-                    Verdict::Reject(dl, _) => dl.trace_context.as_ref(),
+                (meta, verdict, record)
+            })
+            .collect();
+        let actions = join_all(
+            verdicts
+                .into_iter()
+                .map(|(meta, verdict, record)| async move {
+                    let action = self.claim(verdict, &meta.message_id, deadline, now).await;
+                    (meta, action, record)
+                }),
+        )
+        .await;
+        let triaged: Vec<_> = actions
+            .into_iter()
+            .map(|(meta, action, record)| {
+                let carried = match &action {
+                    Action::Forward(job, _) => job.trace_context.as_ref(),
+                    Action::End(dl, ..) | Action::Announce(_, Some(dl)) => {
+                        dl.trace_context.as_ref()
+                    }
+                    _ => None,
                 };
                 let parent = carried
                     .and_then(propagation::from_trace_context)
                     .or_else(|| propagation::from_record(record));
-                (meta, verdict, parent)
+                (meta, action, parent)
             })
             .collect();
         let links = triaged
@@ -87,10 +131,11 @@ impl<Q: MessageQueue, T: Topic> Ingester<Q, T> {
             .collect();
         let batch = tel.batch_span("ingester", &queue, invocation, links, triaged.len());
 
+        let mut response = SqsBatchResponse::default();
         let mut spans: HashMap<String, (JobSpan, Option<String>)> = HashMap::new();
         let mut forwards = Vec::new();
-        let mut dead = Vec::new();
-        for (meta, verdict, parent) in triaged {
+        let mut endings = Vec::new();
+        for (meta, action, parent) in triaged {
             let consumer = tel.consumer_span(
                 &queue,
                 &meta.message_id,
@@ -98,8 +143,8 @@ impl<Q: MessageQueue, T: Topic> Ingester<Q, T> {
                 &batch,
                 invocation,
             );
-            match verdict {
-                Verdict::Forward(mut job, event_time) => {
+            match action {
+                Action::Forward(mut job, event_time) => {
                     consumer.set_job(&job.job_id, Some(job.job_type.as_str()));
                     meta.identify(&job.job_id, consumer.trace_id().as_deref());
                     let producer =
@@ -111,7 +156,7 @@ impl<Q: MessageQueue, T: Topic> Ingester<Q, T> {
                     spans.insert(meta.message_id.clone(), (consumer, event_time));
                     forwards.push((meta, job, producer));
                 }
-                Verdict::Reject(mut dl, event_time) => {
+                Action::End(mut dl, tracking, event_time) => {
                     consumer.set_job(&dl.job_id, dl.job_type.as_deref());
                     meta.identify(&dl.job_id, consumer.trace_id().as_deref());
                     let last = dl
@@ -119,7 +164,7 @@ impl<Q: MessageQueue, T: Topic> Ingester<Q, T> {
                         .last()
                         .map(|e| (e.code.as_str(), e.message.as_str()));
                     consumer.fail(last.map_or("rejected", |l| l.0), last.map_or("", |l| l.1));
-                    consumer.set_status(JobStatus::Rejected);
+                    consumer.set_status(dl.status);
                     if let Some(tc) = propagation::to_trace_context(consumer.context()) {
                         dl.trace_context = Some(tc);
                     }
@@ -127,22 +172,60 @@ impl<Q: MessageQueue, T: Topic> Ingester<Q, T> {
                         || info!(job_id = %dl.job_id, code = dl.last_error_code(), "job rejected"),
                     );
                     spans.insert(meta.message_id.clone(), (consumer, event_time));
-                    dead.push((meta, dl));
+                    endings.push(Ending {
+                        notification: Notification::for_dead_letter(&dl, now),
+                        dead_letter: Some(dl),
+                        tracking,
+                        meta,
+                    });
+                }
+                Action::Announce(notification, dead_letter) => {
+                    consumer.set_job(&notification.job_id, notification.job_type.as_deref());
+                    consumer.set_status(notification.status);
+                    meta.identify(&notification.job_id, consumer.trace_id().as_deref());
+                    spans.insert(meta.message_id.clone(), (consumer, None));
+                    endings.push(Ending {
+                        meta,
+                        notification,
+                        dead_letter,
+                        tracking: Tracking::Recorded,
+                    });
+                }
+                Action::Repeat(job_id, reason) => {
+                    consumer.set_job(&job_id, None);
+                    consumer.set_attribute("job.repeat", reason);
+                    meta.identify(&job_id, consumer.trace_id().as_deref());
+                    tel.record_repeat("ingester", reason);
+                    meta.log
+                        .in_scope(|| info!(reason, "repeated delivery skipped"));
+                    consumer.end();
+                }
+                Action::Later(job_id, why) => {
+                    consumer.set_job(&job_id, None);
+                    meta.identify(&job_id, consumer.trace_id().as_deref());
+                    consumer.fail("state_unavailable", &why);
+                    meta.log
+                        .in_scope(|| warn!(error = %why, "job state unavailable; SQS will retry"));
+                    consumer.end();
+                    response.add_failure(meta.message_id);
                 }
             }
         }
 
-        let mut response = SqsBatchResponse::default();
         let outgoing: Vec<_> = forwards
             .iter()
             .map(|(_, job, _)| enriched_message(job))
             .collect();
         let sent = send_all(&self.jobs_todo, &outgoing).await;
+        let mut forwarded = Vec::new();
         for ((meta, job, producer), result) in forwards.into_iter().zip(sent) {
             let _log = meta.log.clone().entered();
             let consumer = spans.get(&meta.message_id).map(|s| &s.0);
             match result {
-                Ok(()) => info!(job_id = %job.job_id, job_type = %job.job_type, "job forwarded"),
+                Ok(()) => {
+                    info!(job_id = %job.job_id, job_type = %job.job_type, "job forwarded");
+                    forwarded.push(job.job_id);
+                }
                 Err(e) if meta.receive_count >= self.config.max_receive_count => {
                     warn!(job_id = %job.job_id, error = %e, "forwarding failed on the last attempt; dead-lettering");
                     producer.fail("forward_failed", &e.to_string());
@@ -152,7 +235,12 @@ impl<Q: MessageQueue, T: Topic> Ingester<Q, T> {
                     }
                     let letter = forward_failed(job, &meta, &e, now);
                     drop(_log);
-                    dead.push((meta, letter));
+                    endings.push(Ending {
+                        notification: Notification::for_dead_letter(&letter, now),
+                        dead_letter: Some(letter),
+                        tracking: Tracking::Finish { attempt: 1 },
+                        meta,
+                    });
                 }
                 Err(e) => {
                     warn!(job_id = %job.job_id, error = %e, "forwarding failed; SQS will retry");
@@ -165,12 +253,34 @@ impl<Q: MessageQueue, T: Topic> Ingester<Q, T> {
             }
             producer.end();
         }
+        // The job is on jobs-todo: if this mark is lost, a repeated event is forwarded
+        // again once the claim's lease ends, and the processor's own claim stops it.
+        let marks = forwarded.iter().map(|job_id| async move {
+            let done = Progress::Done(None);
+            let marked = self
+                .store
+                .finish(job_id, Stage::Ingester, 1, done, None, now)
+                .await;
+            if let Err(e) = marked {
+                warn!(job_id = %job_id, error = %e, "could not record the forward");
+            }
+        });
+        join_all(marks).await;
 
-        let ended: Vec<_> = dead
+        let ended: Vec<_> = endings
             .iter()
-            .map(|(meta, dl)| (meta.message_id.clone(), dl.job_type.clone(), dl.status))
+            .map(|e| {
+                let n = &e.notification;
+                (e.meta.message_id.clone(), n.job_type.clone(), n.status)
+            })
             .collect();
-        let failed = deliver_dead_letters(&self.dead_letters, &self.topic, dead, now).await;
+        let ports = EndPorts {
+            stage: Stage::Ingester,
+            dead_letters: &self.dead_letters,
+            topic: &self.topic,
+            store: &self.store,
+        };
+        let failed = ports.end(endings, now).await;
         for (message_id, job_type, status) in ended {
             let Some((consumer, event_time)) = spans.get(&message_id) else {
                 continue;
@@ -192,8 +302,89 @@ impl<Q: MessageQueue, T: Topic> Ingester<Q, T> {
         for (consumer, _) in spans.values() {
             consumer.end();
         }
+        retry_failed_soon(&self.source, &event, &response).await;
         batch.end();
         response
+    }
+
+    /// Claims the record's job and decides what to do with it.
+    async fn claim(
+        &self,
+        verdict: Verdict,
+        message_id: &str,
+        deadline: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Action {
+        let (job_id, content, trace_context) = match &verdict {
+            Verdict::Forward(job, _) => (&job.job_id, &job.job, job.trace_context.as_ref()),
+            Verdict::Reject(dl, _) => (&dl.job_id, &dl.job, dl.trace_context.as_ref()),
+        };
+        let fp = fingerprint(content);
+        let claim = Claim {
+            job_id,
+            stage: Stage::Ingester,
+            fingerprint: &fp,
+            attempt: 1,
+            lease_until: deadline,
+            holder: message_id,
+        };
+        let outcome = match self.store.claim(&claim, now).await {
+            Ok(outcome) => outcome,
+            Err(e) => return Action::Later(job_id.clone(), e.to_string()),
+        };
+        match outcome {
+            ClaimOutcome::Claimed => match verdict {
+                Verdict::Forward(job, t) => Action::Forward(job, t),
+                Verdict::Reject(dl, t) => Action::End(dl, Tracking::Finish { attempt: 1 }, t),
+            },
+            ClaimOutcome::Duplicate {
+                progress: Progress::Done(Some(_)),
+                announced: false,
+            } => match recorded(&self.store, Stage::Ingester, job_id, content, trace_context).await
+            {
+                Ok(Some((n, dl))) => Action::Announce(n, dl),
+                Ok(None) => Action::Repeat(job_id.clone(), "duplicate"),
+                Err(e) => Action::Later(job_id.clone(), e.to_string()),
+            },
+            ClaimOutcome::Duplicate { .. } => Action::Repeat(job_id.clone(), "duplicate"),
+            ClaimOutcome::Stale => Action::Repeat(job_id.clone(), "stale"),
+            ClaimOutcome::Busy { until } => Action::Later(
+                job_id.clone(),
+                format!("another delivery holds the job until {until}"),
+            ),
+            // Another job owns the id; this one is rejected without touching its record.
+            ClaimOutcome::Conflict { fingerprint } => match verdict {
+                Verdict::Forward(job, t) => {
+                    let rejection = Rejection::new(
+                        RejectCode::IdReused,
+                        Some("id"),
+                        format!(
+                            "id {} was already used for a job with different content (fingerprint {fingerprint}, this one {fp}); send it with a new id",
+                            job.job_id
+                        ),
+                    );
+                    let dl = DeadLetter {
+                        job_id: job.job_id,
+                        job_type: Some(job.job_type.as_str().to_owned()),
+                        status: JobStatus::Rejected,
+                        stage: Stage::Ingester,
+                        attempts: 1,
+                        errors: vec![ErrorEntry {
+                            stage: Stage::Ingester,
+                            code: rejection.code.as_str().to_owned(),
+                            message: rejection.message,
+                            field: rejection.field,
+                            attempt: 1,
+                            timestamp: now,
+                        }],
+                        trace_context: job.trace_context,
+                        job: job.job,
+                    };
+                    Action::End(dl, Tracking::Untracked, t)
+                }
+                Verdict::Reject(dl, t) => Action::End(dl, Tracking::Untracked, t),
+            },
+        }
     }
 }
 
@@ -338,6 +529,7 @@ fn valid_id(detail: &Value) -> Option<String> {
 mod tests {
     use super::*;
     use crate::job::JobType;
+    use crate::state::MemoryStore;
     use crate::testing::{MemoryQueue, MemoryTopic};
 
     fn batch() -> SqsEvent {
@@ -348,11 +540,13 @@ mod tests {
         jobs_todo: MemoryQueue,
         dead_letters: MemoryQueue,
         topic: MemoryTopic,
-    ) -> Ingester<MemoryQueue, MemoryTopic> {
+    ) -> Ingester<MemoryQueue, MemoryTopic, MemoryStore> {
         Ingester {
+            source: MemoryQueue::default(),
             jobs_todo,
             dead_letters,
             topic,
+            store: MemoryStore::default(),
             config: IngesterConfig {
                 max_receive_count: 5,
             },
@@ -487,6 +681,87 @@ mod tests {
             .notifications()
             .iter()
             .all(|n| n.job_id != "msg-0008"));
+
+        // SQS delivers the batch again once both are back: the two retried records end
+        // now, the rest are repeats, and every job has exactly one end state.
+        ing.dead_letters.refuse.lock().expect("lock").clear();
+        ing.topic.refuse.lock().expect("lock").clear();
+        let response = ing.handle(batch(), now()).await;
+        assert!(response.batch_item_failures.is_empty());
+        let mut announced: Vec<_> = ing
+            .topic
+            .notifications()
+            .into_iter()
+            .map(|n| n.job_id)
+            .collect();
+        announced.sort();
+        assert_eq!(
+            announced,
+            ["evt-0004", "evt-0005", "evt-0007", "evt-0009", "msg-0008"]
+        );
+        assert_eq!(ing.jobs_todo.jobs().len(), 5, "nothing forwarded twice");
+    }
+
+    #[tokio::test]
+    async fn an_event_delivered_again_is_forwarded_once() {
+        let ing = ingester(
+            MemoryQueue::default(),
+            MemoryQueue::default(),
+            MemoryTopic::default(),
+        );
+        ing.handle(batch(), now()).await;
+        let mut twice = batch();
+        twice.records.extend(batch().records);
+        let response = ing.handle(twice, now()).await;
+        assert!(response.batch_item_failures.is_empty());
+        assert_eq!(ing.jobs_todo.jobs().len(), 5);
+        assert_eq!(ing.dead_letters.dead_letters().len(), 5);
+        assert_eq!(ing.topic.notifications().len(), 5);
+    }
+
+    #[tokio::test]
+    async fn a_reused_id_with_other_content_is_rejected() {
+        let ing = ingester(
+            MemoryQueue::default(),
+            MemoryQueue::default(),
+            MemoryTopic::default(),
+        );
+        let event = |user: &str| -> SqsEvent {
+            let detail = serde_json::json!({"id": "job-42", "job_type": "user_onboarding",
+                "message": {"user_id": "1", "user_name": user}});
+            serde_json::from_value(serde_json::json!({"Records": [{"messageId": user,
+                "body": serde_json::json!({"id": "e", "detail": detail}).to_string()}]}))
+            .expect("event")
+        };
+        ing.handle(event("Ada"), now()).await;
+        ing.handle(event("Bob"), now()).await;
+        assert_eq!(ing.jobs_todo.jobs().len(), 1);
+        let dead = ing.dead_letters.dead_letters();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(
+            (
+                dead[0].last_error_code(),
+                dead[0].errors[0].field.as_deref()
+            ),
+            ("job_id_reused", Some("id"))
+        );
+        assert_eq!(dead[0].job["message"]["user_name"], "Bob");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_state_table_leaves_every_record_in_sqs() {
+        let ing = ingester(
+            MemoryQueue::default(),
+            MemoryQueue::default(),
+            MemoryTopic::default(),
+        );
+        ing.store
+            .down
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let response = ing.handle(batch(), now()).await;
+        assert_eq!(response.batch_item_failures.len(), 10);
+        assert!(ing.jobs_todo.jobs().is_empty());
+        assert!(ing.topic.notifications().is_empty());
     }
 
     #[tokio::test]

@@ -109,6 +109,8 @@ pub enum RejectCode {
     OutOfRange,
     UnknownJobType,
     InvalidId,
+    /// The job's id was already used for a job with different content.
+    IdReused,
 }
 
 impl RejectCode {
@@ -123,6 +125,7 @@ impl RejectCode {
             RejectCode::OutOfRange => "out_of_range",
             RejectCode::UnknownJobType => "unknown_job_type",
             RejectCode::InvalidId => "invalid_id",
+            RejectCode::IdReused => "job_id_reused",
         }
     }
 }

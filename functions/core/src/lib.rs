@@ -9,6 +9,7 @@ pub type Timestamp = chrono::DateTime<chrono::Utc>;
 
 pub mod aws;
 pub mod dynamo;
+pub mod ending;
 pub mod execute;
 pub mod fault;
 pub mod guard;

@@ -1,17 +1,26 @@
-//! The processor: reads enriched jobs from `jobs-todo`, executes each one within the
-//! invocation's deadline, announces `COMPLETED` jobs and dead-letters `FAILED` ones
-//! with the error appended to their history.
+//! The processor: reads enriched jobs from `jobs-todo`, claims each in the job state
+//! table, executes it within the invocation's deadline, and ends it once: `COMPLETED`
+//! announced, or `FAILED` dead-lettered with the error appended to its history.
+//!
+//! A retryable failure goes back to `jobs-todo` as the next attempt, delayed by the
+//! retry policy's backoff, until the attempts are used up. A repeated delivery of a
+//! job already handled is skipped (or only announced, if an earlier delivery recorded
+//! the end but could not announce it).
 //!
 //! The records of a batch run concurrently, so a long job does not eat the deadline of
 //! the others; each gets the whole remaining budget.
 
-use crate::execute::execute;
+use crate::ending::{recorded, EndPorts, Ending, Tracking};
+use crate::execute::{execute, JobError};
+use crate::fault::Fault;
 use crate::job::parse_job;
 use crate::messages::{
     job_type_attribute, DeadLetter, EnrichedJob, ErrorEntry, JobStatus, Notification, Stage,
 };
-use crate::ports::{MessageQueue, Topic};
-use crate::record::{deliver_dead_letters, publish_all, raw_body, RecordMeta};
+use crate::ports::{send_all, MessageQueue, OutgoingMessage, PortError, Topic};
+use crate::record::{enriched_message, raw_body, retry_failed_soon, RecordMeta};
+use crate::retry::{Decision, RetryPolicy};
+use crate::state::{fingerprint, Claim, ClaimOutcome, JobStore, Progress};
 use crate::telemetry::instruments_prelude::*;
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use chrono::{DateTime, Utc};
@@ -25,24 +34,48 @@ pub struct ProcessorConfig {
     /// Time kept back from the Lambda deadline to dead-letter and announce a job that
     /// could not finish.
     pub deadline_margin: Duration,
+    /// How failed attempts are retried.
+    pub retry: RetryPolicy,
+    /// Honour the `fault` a job asks for (demos and tests only).
+    pub fault_injection: bool,
 }
+
+/// The longest wait before looking again at a job whose previous attempt has not yet
+/// handed over: that hand-over takes milliseconds unless the attempt crashed.
+const HAND_OVER_WAIT: Duration = Duration::from_secs(5);
 
 /// The processor's downstream resources.
 #[derive(Debug)]
-pub struct Processor<Q, T> {
+pub struct Processor<Q, T, S> {
+    /// The source queue, where retries go.
+    pub jobs_todo: Q,
     pub dead_letters: Q,
     pub topic: T,
+    pub store: S,
     pub config: ProcessorConfig,
     /// Spans and metrics (no-ops by default).
     pub telemetry: Instruments,
 }
 
+/// What became of one record.
 enum Outcome {
-    Completed(Notification),
-    Failed(DeadLetter),
+    /// The job ended (or its recorded end still needs announcing).
+    End(Ending),
+    /// The attempt failed and the job goes back to the queue as its next attempt.
+    Retry {
+        next: EnrichedJob,
+        delay: Duration,
+        code: String,
+    },
+    /// The previous attempt has not handed over yet: look again after `delay`.
+    Defer(Duration),
+    /// Nothing to do: the delivery repeats work done or under way elsewhere.
+    Repeat(&'static str),
+    /// The state table could not be reached; the record stays in SQS.
+    Unavailable(PortError),
 }
 
-impl<Q: MessageQueue, T: Topic> Processor<Q, T> {
+impl<Q: MessageQueue, T: Topic, S: JobStore> Processor<Q, T, S> {
     /// Handles a batch outside any Lambda invocation (tests, tools). `deadline` is
     /// when the invocation is cut off.
     pub async fn handle(
@@ -65,10 +98,6 @@ impl<Q: MessageQueue, T: Topic> Processor<Q, T> {
         invocation: &Invocation,
     ) -> SqsBatchResponse {
         let tel = &self.telemetry;
-        let budget = (deadline - now)
-            .to_std()
-            .unwrap_or_default()
-            .saturating_sub(self.config.deadline_margin);
         let queue = crate::ingester::source_queue(&event);
         let parents: Vec<_> = event.records.iter().map(incoming_context).collect();
         let links = parents
@@ -76,8 +105,8 @@ impl<Q: MessageQueue, T: Topic> Processor<Q, T> {
             .filter_map(|p| p.as_ref().map(|cx| cx.span().span_context().clone()))
             .collect();
         let batch = tel.batch_span("processor", &queue, invocation, links, parents.len());
-        // Each record announces its own outcome as soon as it is known, so a quick
-        // job is not held back by a long one in the same batch.
+        // Each record ends its job as soon as it can, so a quick job is not held back
+        // by a long one in the same batch.
         let runs = event.records.iter().zip(&parents).map(|(record, parent)| {
             let meta = RecordMeta::of(record);
             let log = meta.log.clone();
@@ -90,46 +119,10 @@ impl<Q: MessageQueue, T: Topic> Processor<Q, T> {
             );
             async move {
                 let (outcome, event_time) =
-                    process(record, &meta, budget, now, tel, &consumer).await;
-                let (job_type, status, failed) = match outcome {
-                    Outcome::Completed(n) => {
-                        let job_type = n.job_type.clone();
-                        consumer.set_status(JobStatus::Completed);
-                        let failed = publish_all(&self.topic, vec![(meta, n)]).await;
-                        (job_type, JobStatus::Completed, failed)
-                    }
-                    Outcome::Failed(mut dl) => {
-                        let last = dl
-                            .errors
-                            .last()
-                            .map(|e| (e.code.clone(), e.message.clone()));
-                        let (code, message) = last.unwrap_or_default();
-                        consumer.fail(&code, &message);
-                        consumer.set_status(JobStatus::Failed);
-                        if let Some(tc) = propagation::to_trace_context(consumer.context()) {
-                            dl.trace_context = Some(tc);
-                        }
-                        let job_type = dl.job_type.clone();
-                        let failed = deliver_dead_letters(
-                            &self.dead_letters,
-                            &self.topic,
-                            vec![(meta, dl)],
-                            Utc::now(),
-                        )
-                        .await;
-                        (job_type, JobStatus::Failed, failed)
-                    }
-                };
-                if failed.is_empty() {
-                    tel.record_end_state(
-                        job_type_attribute(job_type.as_deref()),
-                        status,
-                        event_time.as_deref(),
-                        Utc::now(),
-                    );
-                } else {
-                    consumer.set_attribute("job.end_state_pending", true);
-                }
+                    self.process(record, &meta, deadline, now, &consumer).await;
+                let failed = self
+                    .settle(outcome, record, meta, event_time, &consumer)
+                    .await;
                 consumer.end();
                 failed
             }
@@ -143,9 +136,343 @@ impl<Q: MessageQueue, T: Topic> Processor<Q, T> {
         {
             response.add_failure(id);
         }
+        retry_failed_soon(&self.jobs_todo, &event, &response).await;
         batch.end();
         response
     }
+
+    /// Carries out an outcome; returns the record's message id if it must stay in SQS.
+    async fn settle(
+        &self,
+        outcome: Outcome,
+        record: &SqsMessage,
+        meta: RecordMeta,
+        event_time: Option<String>,
+        consumer: &JobSpan,
+    ) -> Option<String> {
+        let tel = &self.telemetry;
+        let message_id = meta.message_id.clone();
+        match outcome {
+            Outcome::End(mut ending) => {
+                let n = &ending.notification;
+                let (job_type, status) = (n.job_type.clone(), n.status);
+                if let Some(last) = n.errors.last().filter(|_| status != JobStatus::Completed) {
+                    consumer.fail(&last.code, &last.message);
+                }
+                consumer.set_status(status);
+                if let Some(dl) = ending.dead_letter.as_mut() {
+                    if let Some(tc) = propagation::to_trace_context(consumer.context()) {
+                        dl.trace_context = Some(tc);
+                    }
+                }
+                let ports = EndPorts {
+                    stage: Stage::Processor,
+                    dead_letters: &self.dead_letters,
+                    topic: &self.topic,
+                    store: &self.store,
+                };
+                let failed = ports.end(vec![ending], Utc::now()).await;
+                if failed.is_empty() {
+                    tel.record_end_state(
+                        job_type_attribute(job_type.as_deref()),
+                        status,
+                        event_time.as_deref(),
+                        Utc::now(),
+                    );
+                    None
+                } else {
+                    consumer.set_attribute("job.end_state_pending", true);
+                    Some(message_id)
+                }
+            }
+            Outcome::Retry { next, delay, code } => {
+                let mut message = enriched_message(&next);
+                message.delay_seconds = u32::try_from(delay.as_secs()).unwrap_or(u32::MAX);
+                consumer.fail(&code, "attempt failed; retrying");
+                consumer.set_attribute("job.retry_delay_s", delay.as_secs() as i64);
+                if let Some(Err(e)) = send_all(&self.jobs_todo, &[message]).await.pop() {
+                    warn!(job_id = %next.job_id, error = %e, "could not send the next attempt; SQS will retry");
+                    return Some(message_id);
+                }
+                tel.record_retry(next.job_type.as_str(), &code);
+                info!(job_id = %next.job_id, next_attempt = next.attempt, delay_s = delay.as_secs(), "attempt failed; retrying");
+                let handed_over = self
+                    .store
+                    .finish(
+                        &next.job_id,
+                        Stage::Processor,
+                        next.attempt - 1,
+                        Progress::Retrying,
+                        next.errors
+                            .last()
+                            .and_then(|e| serde_json::to_value(e).ok()),
+                        Utc::now(),
+                    )
+                    .await;
+                // The next attempt is queued either way; if the hand-over was not
+                // recorded it waits for this attempt's lease to end.
+                if let Err(e) = handed_over {
+                    warn!(job_id = %next.job_id, error = %e, "could not record the hand-over to the next attempt");
+                }
+                None
+            }
+            Outcome::Defer(delay) => {
+                let again = OutgoingMessage {
+                    body: record.body.clone().unwrap_or_default(),
+                    attributes: forwarded_attributes(record),
+                    delay_seconds: u32::try_from(delay.as_secs()).unwrap_or(1).max(1),
+                };
+                match send_all(&self.jobs_todo, &[again]).await.pop() {
+                    Some(Ok(())) => {
+                        info!(
+                            delay_s = delay.as_secs(),
+                            "previous attempt still holds the job; looking again later"
+                        );
+                        None
+                    }
+                    _ => Some(message_id),
+                }
+            }
+            Outcome::Repeat(reason) => {
+                consumer.set_attribute("job.repeat", reason);
+                tel.record_repeat("processor", reason);
+                info!(reason, "repeated delivery skipped");
+                None
+            }
+            Outcome::Unavailable(e) => {
+                warn!(error = %e, "job state unavailable; SQS will retry");
+                consumer.fail("state_unavailable", &e.to_string());
+                Some(message_id)
+            }
+        }
+    }
+
+    /// Decides one record; returns its outcome and the job's event time (for latency).
+    async fn process(
+        &self,
+        record: &SqsMessage,
+        meta: &RecordMeta,
+        deadline: DateTime<Utc>,
+        now: DateTime<Utc>,
+        consumer: &JobSpan,
+    ) -> (Outcome, Option<String>) {
+        let body = record.body.as_deref().unwrap_or_default();
+        let job = match EnrichedJob::from_body(body) {
+            Ok(job) => job,
+            Err(e) => {
+                let dl = unreadable(body, meta, &e.to_string());
+                consumer.set_job(&dl.job_id, dl.job_type.as_deref());
+                meta.identify(&dl.job_id, consumer.trace_id().as_deref());
+                warn!(message_id = %meta.message_id, error = %e, "unreadable message on jobs-todo");
+                return (end_untracked(meta, dl), None);
+            }
+        };
+        consumer.set_job(&job.job_id, Some(job.job_type.as_str()));
+        consumer.set_attribute("job.attempt", i64::from(job.attempt));
+        meta.identify(&job.job_id, consumer.trace_id().as_deref());
+        let event_time = job.event_time.clone();
+
+        let fp = fingerprint(&job.job);
+        let claim = Claim {
+            job_id: &job.job_id,
+            stage: Stage::Processor,
+            fingerprint: &fp,
+            attempt: job.attempt,
+            lease_until: deadline,
+            holder: &meta.message_id,
+        };
+        let outcome = match self.store.claim(&claim, now).await {
+            Err(e) => Outcome::Unavailable(e),
+            Ok(ClaimOutcome::Claimed) => self.run(&job, meta, deadline, now, consumer).await,
+            Ok(ClaimOutcome::Duplicate {
+                announced: true, ..
+            }) => Outcome::Repeat("duplicate"),
+            Ok(ClaimOutcome::Duplicate { .. }) => {
+                let tc = job.trace_context.as_ref();
+                match recorded(&self.store, Stage::Processor, &job.job_id, &job.job, tc).await {
+                    Ok(Some((notification, dead_letter))) => Outcome::End(Ending {
+                        meta: meta.clone(),
+                        notification,
+                        dead_letter,
+                        tracking: Tracking::Recorded,
+                    }),
+                    Ok(None) => Outcome::Repeat("duplicate"),
+                    Err(e) => Outcome::Unavailable(e),
+                }
+            }
+            Ok(ClaimOutcome::Stale) => Outcome::Repeat("stale"),
+            Ok(ClaimOutcome::Busy { until }) => {
+                let left = (until - now).to_std().unwrap_or_default();
+                Outcome::Defer(left.clamp(Duration::from_secs(1), HAND_OVER_WAIT))
+            }
+            Ok(ClaimOutcome::Conflict { fingerprint }) => {
+                let message = format!(
+                    "job_id {} was already used for a job with different content (fingerprint {fingerprint}, this one {fp}); send it with a new id",
+                    job.job_id
+                );
+                warn!(job_id = %job.job_id, "job id reused for different content");
+                end_untracked(
+                    meta,
+                    failure(&job, "job_id_reused", message, Some("id".into())),
+                )
+            }
+        };
+        (outcome, event_time)
+    }
+
+    /// Runs a claimed job.
+    async fn run(
+        &self,
+        job: &EnrichedJob,
+        meta: &RecordMeta,
+        deadline: DateTime<Utc>,
+        now: DateTime<Utc>,
+        consumer: &JobSpan,
+    ) -> Outcome {
+        let tracking = Tracking::Finish {
+            attempt: job.attempt,
+        };
+        let give_up = |dl: DeadLetter| {
+            Outcome::End(Ending {
+                meta: meta.clone(),
+                notification: Notification::for_dead_letter(&dl, Utc::now()),
+                dead_letter: Some(dl),
+                tracking,
+            })
+        };
+        // The ingester validated the job; validating again guards against a message that
+        // was altered or hand-written onto the queue.
+        let spec = match parse_job(&job.job, None) {
+            Ok(valid) if valid.spec.job_type() == job.job_type => valid.spec,
+            Ok(valid) => {
+                let msg = format!(
+                    "job_type is {} but the envelope says {}",
+                    valid.spec.job_type(),
+                    job.job_type
+                );
+                return give_up(failure(
+                    job,
+                    "invalid_message",
+                    msg,
+                    Some("job_type".into()),
+                ));
+            }
+            Err(r) => return give_up(failure(job, r.code.as_str(), r.message, r.field)),
+        };
+
+        let budget = (deadline - now)
+            .to_std()
+            .unwrap_or_default()
+            .saturating_sub(self.config.deadline_margin);
+        let span = self
+            .telemetry
+            .execute_span(&job.job_id, job.job_type.as_str(), consumer);
+        let injected = Fault::of(&job.job)
+            .filter(|f| self.config.fault_injection && f.fails(job.attempt))
+            .map(|_| JobError::InjectedFault {
+                attempt: job.attempt,
+            });
+        let result = match injected {
+            Some(e) => Err(e),
+            None => execute(&spec, budget, now).await,
+        };
+        if let Err(e) = &result {
+            span.fail(e.code(), &e.to_string());
+        }
+        span.end();
+        match result {
+            Ok(result) => {
+                info!(job_id = %job.job_id, job_type = %job.job_type, attempt = job.attempt, "job completed");
+                Outcome::End(Ending {
+                    meta: meta.clone(),
+                    notification: Notification {
+                        job_id: job.job_id.clone(),
+                        job_type: Some(job.job_type.as_str().to_owned()),
+                        status: JobStatus::Completed,
+                        stage: Stage::Processor,
+                        attempts: job.attempt,
+                        errors: job.errors.clone(),
+                        result: Some(result),
+                        timestamp: Utc::now(),
+                    },
+                    dead_letter: None,
+                    tracking,
+                })
+            }
+            Err(e) => {
+                let dl = failure(job, e.code(), e.to_string(), None);
+                let unit = jitter_unit(&job.job_id, job.attempt);
+                match self.config.retry.decide(job.attempt, e.retryable(), unit) {
+                    Decision::Retry {
+                        delay,
+                        next_attempt,
+                    } => Outcome::Retry {
+                        next: EnrichedJob {
+                            attempt: next_attempt,
+                            errors: dl.errors,
+                            ..job.clone()
+                        },
+                        delay,
+                        code: e.code().to_owned(),
+                    },
+                    Decision::GiveUp => {
+                        warn!(job_id = %job.job_id, code = e.code(), attempt = job.attempt, error = %e, "job failed");
+                        give_up(dl)
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The job as a `FAILED` dead letter, with this attempt's error appended to its history.
+fn failure(job: &EnrichedJob, code: &str, message: String, field: Option<String>) -> DeadLetter {
+    let mut errors = job.errors.clone();
+    errors.push(ErrorEntry {
+        stage: Stage::Processor,
+        code: code.to_owned(),
+        message,
+        field,
+        attempt: job.attempt,
+        timestamp: Utc::now(),
+    });
+    DeadLetter {
+        job_id: job.job_id.clone(),
+        job_type: Some(job.job_type.as_str().to_owned()),
+        status: JobStatus::Failed,
+        stage: Stage::Processor,
+        attempts: job.attempt,
+        errors,
+        trace_context: job.trace_context.clone(),
+        job: job.job.clone(),
+    }
+}
+
+fn end_untracked(meta: &RecordMeta, dl: DeadLetter) -> Outcome {
+    Outcome::End(Ending {
+        meta: meta.clone(),
+        notification: Notification::for_dead_letter(&dl, Utc::now()),
+        dead_letter: Some(dl),
+        tracking: Tracking::Untracked,
+    })
+}
+
+/// A reproducible stand-in for a random number in `[0, 1)`: jobs that failed together
+/// still spread out (their ids differ), and a test can predict the delay.
+fn jitter_unit(job_id: &str, attempt: u32) -> f64 {
+    let h = crate::execute::fnv1a(&[job_id.as_bytes(), &attempt.to_le_bytes()]);
+    (h >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// The string attributes of a record, to keep when it is sent again unchanged.
+fn forwarded_attributes(record: &SqsMessage) -> Vec<(&'static str, String)> {
+    ["job_id", "job_type", "traceparent"]
+        .into_iter()
+        .filter_map(|name| {
+            let value = record.message_attributes.get(name)?.string_value.clone()?;
+            Some((name, value))
+        })
+        .collect()
 }
 
 /// The context a `jobs-todo` record continues: its `traceparent` attribute or X-Ray
@@ -155,110 +482,6 @@ fn incoming_context(record: &SqsMessage) -> Option<opentelemetry::Context> {
         let job = EnrichedJob::from_body(record.body.as_deref()?).ok()?;
         propagation::from_trace_context(job.trace_context.as_ref()?)
     })
-}
-
-/// Runs one record; returns its outcome and the job's event time (for latency).
-async fn process(
-    record: &SqsMessage,
-    meta: &RecordMeta,
-    budget: Duration,
-    now: DateTime<Utc>,
-    tel: &Instruments,
-    consumer: &JobSpan,
-) -> (Outcome, Option<String>) {
-    let body = record.body.as_deref().unwrap_or_default();
-    let job = match EnrichedJob::from_body(body) {
-        Ok(job) => job,
-        Err(e) => {
-            let dl = unreadable(body, meta, &e.to_string());
-            consumer.set_job(&dl.job_id, dl.job_type.as_deref());
-            meta.identify(&dl.job_id, consumer.trace_id().as_deref());
-            warn!(message_id = %meta.message_id, error = %e, "unreadable message on jobs-todo");
-            return (Outcome::Failed(dl), None);
-        }
-    };
-    consumer.set_job(&job.job_id, Some(job.job_type.as_str()));
-    meta.identify(&job.job_id, consumer.trace_id().as_deref());
-    let event_time = job.event_time.clone();
-    (
-        run(&job, meta, budget, now, tel, consumer).await,
-        event_time,
-    )
-}
-
-async fn run(
-    job: &EnrichedJob,
-    meta: &RecordMeta,
-    budget: Duration,
-    now: DateTime<Utc>,
-    tel: &Instruments,
-    consumer: &JobSpan,
-) -> Outcome {
-    let attempts = job
-        .attempt
-        .saturating_add(meta.receive_count.saturating_sub(1));
-    let failure = |code: &str, message: String, field: Option<String>| {
-        let mut errors = job.errors.clone();
-        errors.push(ErrorEntry {
-            stage: Stage::Processor,
-            code: code.to_owned(),
-            message,
-            field,
-            attempt: attempts,
-            timestamp: Utc::now(),
-        });
-        DeadLetter {
-            job_id: job.job_id.clone(),
-            job_type: Some(job.job_type.as_str().to_owned()),
-            status: JobStatus::Failed,
-            stage: Stage::Processor,
-            attempts,
-            errors,
-            trace_context: job.trace_context.clone(),
-            job: job.job.clone(),
-        }
-    };
-
-    // The ingester validated the job; validating again guards against a message that
-    // was altered or hand-written onto the queue.
-    let spec = match parse_job(&job.job, None) {
-        Ok(valid) if valid.spec.job_type() == job.job_type => valid.spec,
-        Ok(valid) => {
-            let msg = format!(
-                "job_type is {} but the envelope says {}",
-                valid.spec.job_type(),
-                job.job_type
-            );
-            return Outcome::Failed(failure("invalid_message", msg, Some("job_type".into())));
-        }
-        Err(r) => return Outcome::Failed(failure(r.code.as_str(), r.message, r.field)),
-    };
-
-    let span = tel.execute_span(&job.job_id, job.job_type.as_str(), consumer);
-    let result = execute(&spec, budget, now).await;
-    if let Err(e) = &result {
-        span.fail(e.code(), &e.to_string());
-    }
-    span.end();
-    match result {
-        Ok(result) => {
-            info!(job_id = %job.job_id, job_type = %job.job_type, "job completed");
-            Outcome::Completed(Notification {
-                job_id: job.job_id.clone(),
-                job_type: Some(job.job_type.as_str().to_owned()),
-                status: JobStatus::Completed,
-                stage: Stage::Processor,
-                attempts,
-                errors: job.errors.clone(),
-                result: Some(result),
-                timestamp: Utc::now(),
-            })
-        }
-        Err(e) => {
-            warn!(job_id = %job.job_id, code = e.code(), error = %e, "job failed");
-            Outcome::Failed(failure(e.code(), e.to_string(), None))
-        }
-    }
 }
 
 /// A `jobs-todo` body that is not an enriched job: dead-letter it as it came.
@@ -289,18 +512,28 @@ fn unreadable(body: &str, meta: &RecordMeta, reason: &str) -> DeadLetter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::retry::SQS_MAX_DELAY;
+    use crate::state::MemoryStore;
     use crate::testing::{MemoryQueue, MemoryTopic};
+    use serde_json::json;
+    use std::sync::atomic::Ordering;
+
+    type TestProcessor = Processor<MemoryQueue, MemoryTopic, MemoryStore>;
 
     fn batch() -> SqsEvent {
         serde_json::from_str(include_str!("../fixtures/processor-batch.json")).expect("fixture")
     }
 
-    fn processor(topic: MemoryTopic) -> Processor<MemoryQueue, MemoryTopic> {
+    fn processor(topic: MemoryTopic) -> TestProcessor {
         Processor {
+            jobs_todo: MemoryQueue::default(),
             dead_letters: MemoryQueue::default(),
             topic,
+            store: MemoryStore::default(),
             config: ProcessorConfig {
                 deadline_margin: Duration::from_secs(3),
+                retry: RetryPolicy::default(),
+                fault_injection: true,
             },
             telemetry: Instruments::default(),
         }
@@ -308,6 +541,56 @@ mod tests {
 
     fn at(secs: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(1_795_000_000 + secs, 0).expect("valid")
+    }
+
+    /// An SQS event carrying the given `jobs-todo` messages.
+    fn event(messages: &[(String, String)]) -> SqsEvent {
+        let records: Vec<_> = messages
+            .iter()
+            .map(|(id, body)| {
+                json!({"messageId": id, "receiptHandle": format!("rh-{id}"), "body": body,
+                "attributes": {"ApproximateReceiveCount": "1"},
+                "eventSourceARN": "arn:aws:sqs:us-east-1:000000000000:jobs-todo"})
+            })
+            .collect();
+        serde_json::from_value(json!({ "Records": records })).expect("event")
+    }
+
+    fn job(id: &str, attempt: u32, detail: Value) -> (String, String) {
+        let body = json!({"job_id": id, "job_type": detail["job_type"], "status": "NEW",
+            "received_at": "2026-11-22T10:00:00Z", "attempt": attempt, "errors": [],
+            "job": detail});
+        (format!("m-{id}-{attempt}"), body.to_string())
+    }
+
+    fn report(fault: Option<Value>) -> Value {
+        let mut d = json!({"job_type": "report_generation",
+            "message": {"report_name": "Sales", "filters": "region=US"}});
+        if let Some(f) = fault {
+            d["fault"] = f;
+        }
+        d
+    }
+
+    /// Feeds whatever the processor sent back to `jobs-todo` since `seen` to it again,
+    /// as SQS would once the delay passed; returns the delays asked for.
+    async fn drain_retries(p: &TestProcessor, mut seen: usize, now: i64) -> Vec<u32> {
+        let mut delays = Vec::new();
+        loop {
+            let sent: Vec<OutgoingMessage> =
+                p.jobs_todo.sent.lock().expect("lock")[seen..].to_vec();
+            if sent.is_empty() {
+                return delays;
+            }
+            seen += sent.len();
+            delays.extend(sent.iter().map(|m| m.delay_seconds));
+            let messages: Vec<_> = sent
+                .iter()
+                .enumerate()
+                .map(|(i, m)| (format!("retry-{seen}-{i}"), m.body.clone()))
+                .collect();
+            p.handle(event(&messages), at(now + 900), at(now)).await;
+        }
     }
 
     #[tokio::test(start_paused = true)]
@@ -346,6 +629,7 @@ mod tests {
             long.job["message"]["timeout"], 300,
             "the original job travels unchanged"
         );
+        assert!(p.jobs_todo.bodies().is_empty(), "a deadline is not retried");
         let broken = dead
             .iter()
             .find(|d| d.job_id == "job-broken")
@@ -394,27 +678,206 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn an_unannounced_completion_is_retried() {
-        let p = processor(MemoryTopic::refusing("job-report"));
+    async fn an_unannounced_completion_is_announced_on_redelivery_without_running_again() {
+        let p = processor(MemoryTopic::refusing("job-short"));
         let response = p.handle(batch(), at(60), at(0)).await;
         let failed: Vec<_> = response
             .batch_item_failures
             .iter()
             .map(|f| f.item_identifier.as_str())
             .collect();
-        assert_eq!(failed, ["msg-0000"]);
+        assert_eq!(failed, ["msg-0002"]);
+
+        p.topic.refuse.lock().expect("lock").clear();
+        let started = tokio::time::Instant::now();
+        let response = p.handle(batch(), at(60), at(1)).await;
+        assert!(response.batch_item_failures.is_empty());
+        assert_eq!(
+            started.elapsed(),
+            Duration::ZERO,
+            "the 2 s job did not run again"
+        );
+        let short: Vec<_> = p
+            .topic
+            .notifications()
+            .into_iter()
+            .filter(|n| n.job_id == "job-short")
+            .collect();
+        assert_eq!(short.len(), 1);
+        assert_eq!(short[0].result.as_ref().expect("result")["ran_for_secs"], 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_repeated_delivery_is_executed_and_announced_once() {
+        let p = processor(MemoryTopic::default());
+        p.handle(batch(), at(60), at(0)).await;
+        let once = p.topic.notifications().len();
+        let dead_once = p.dead_letters.bodies().len();
+        // The same messages again, and once more in one batch with themselves.
+        let response = p.handle(batch(), at(60), at(1)).await;
+        assert!(response.batch_item_failures.is_empty());
+        let mut twice = batch();
+        twice.records.extend(batch().records);
+        p.handle(twice, at(60), at(2)).await;
+        // job-broken is unreadable: it has no id to remember, so each copy ends anew.
+        let tracked = |n: &Notification| n.job_id != "job-broken";
+        assert_eq!(
+            p.topic
+                .notifications()
+                .iter()
+                .filter(|n| tracked(n))
+                .count(),
+            once - 1
+        );
+        assert_eq!(
+            p.dead_letters.bodies().len() - dead_once,
+            3,
+            "only the three copies of the unreadable message"
+        );
+    }
+
+    #[tokio::test]
+    async fn concurrent_copies_of_one_job_run_once() {
+        let p = processor(MemoryTopic::default());
+        // Copies of one message have message ids of their own.
+        let body = job("job-1", 1, report(None)).1;
+        let copies: Vec<_> = (0..3).map(|i| (format!("copy-{i}"), body.clone())).collect();
+        let response = p.handle(event(&copies), at(60), at(0)).await;
+        assert!(response.batch_item_failures.is_empty());
+        assert_eq!(p.topic.notifications().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_flaky_job_completes_on_its_third_attempt_with_two_errors() {
+        let p = processor(MemoryTopic::default());
+        let flaky = job("job-f", 1, report(Some(json!({"fail_attempts": 2}))));
+        p.handle(event(&[flaky]), at(60), at(0)).await;
+        assert!(p.topic.notifications().is_empty(), "no end state yet");
+        let delays = drain_retries(&p, 0, 10).await;
+        assert_eq!(delays.len(), 2);
+        let policy = RetryPolicy::default();
+        for (i, d) in delays.iter().enumerate() {
+            let ceiling = policy.ceiling(i as u32 + 1).as_secs() as u32;
+            assert!((1..=ceiling).contains(d), "delay {d} of retry {i}");
+        }
+        let notes = p.topic.notifications();
+        assert_eq!(notes.len(), 1);
+        assert_eq!(
+            (notes[0].status, notes[0].attempts, notes[0].errors.len()),
+            (JobStatus::Completed, 3, 2)
+        );
+        assert_eq!(
+            notes[0]
+                .errors
+                .iter()
+                .map(|e| (e.code.as_str(), e.attempt))
+                .collect::<Vec<_>>(),
+            [("injected_fault", 1), ("injected_fault", 2)]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_job_failing_always_ends_failed_after_the_last_attempt() {
+        let mut p = processor(MemoryTopic::default());
+        p.config.retry = RetryPolicy {
+            max_attempts: 4,
+            base_delay: Duration::from_secs(100),
+            max_delay: SQS_MAX_DELAY,
+        };
+        let bad = job("job-b", 1, report(Some(json!({"fail_always": true}))));
+        p.handle(event(&[bad]), at(60), at(0)).await;
+        let delays = drain_retries(&p, 0, 10).await;
+        assert_eq!(delays.len(), 3, "attempts 2, 3 and 4");
+        // Ceilings of 100, 200 and 400 s: each delay lies within its own.
+        for (i, d) in delays.iter().enumerate() {
+            assert!(*d <= 100 << i, "{delays:?}");
+        }
+        let dead = p.dead_letters.dead_letters();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(
+            (dead[0].status, dead[0].attempts, dead[0].errors.len()),
+            (JobStatus::Failed, 4, 4)
+        );
+        assert_eq!(p.topic.notifications().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn without_fault_injection_a_fault_request_is_ignored() {
+        let mut p = processor(MemoryTopic::default());
+        p.config.fault_injection = false;
+        let bad = job("job-b", 1, report(Some(json!({"fail_always": true}))));
+        p.handle(event(&[bad]), at(60), at(0)).await;
+        assert_eq!(p.topic.notifications()[0].status, JobStatus::Completed);
+    }
+
+    #[tokio::test]
+    async fn a_reused_id_with_other_content_is_dead_lettered_with_a_clear_error() {
+        let p = processor(MemoryTopic::default());
+        p.handle(event(&[job("job-1", 1, report(None))]), at(60), at(0))
+            .await;
+        let other =
+            json!({"job_type": "user_onboarding", "message": {"user_id": "7", "user_name": "Ann"}});
+        p.handle(event(&[job("job-1", 1, other)]), at(60), at(1))
+            .await;
+        let dead = p.dead_letters.dead_letters();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].last_error_code(), "job_id_reused");
+        assert!(dead[0].errors[0].message.contains("different content"));
+        assert_eq!(dead[0].job["job_type"], "user_onboarding");
+    }
+
+    #[tokio::test]
+    async fn a_retry_racing_its_hand_over_is_deferred_not_dropped() {
+        let p = processor(MemoryTopic::default());
+        let fp = fingerprint(&report(None));
+        let claim = Claim {
+            job_id: "job-1",
+            stage: Stage::Processor,
+            fingerprint: &fp,
+            attempt: 1,
+            lease_until: at(600),
+            holder: "m0",
+        };
+        p.store.claim(&claim, at(0)).await.expect("store");
+        let response = p
+            .handle(event(&[job("job-1", 2, report(None))]), at(60), at(1))
+            .await;
+        assert!(response.batch_item_failures.is_empty());
+        let sent = p.jobs_todo.sent.lock().expect("lock").clone();
+        assert_eq!(sent.len(), 1, "sent back to look again");
+        assert_eq!(sent[0].delay_seconds, HAND_OVER_WAIT.as_secs() as u32);
+        assert!(p.topic.notifications().is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_state_table_leaves_the_record_in_sqs() {
+        let p = processor(MemoryTopic::default());
+        p.store.down.store(true, Ordering::SeqCst);
+        let response = p
+            .handle(event(&[job("job-1", 1, report(None))]), at(60), at(0))
+            .await;
+        assert_eq!(response.batch_item_failures.len(), 1);
+        assert!(p.topic.notifications().is_empty());
+        assert!(p.dead_letters.bodies().is_empty());
+        // It comes back in 15 s, not after the queue's 90-minute visibility timeout.
+        let released = p.jobs_todo.released.lock().expect("lock").clone();
+        assert_eq!(
+            released,
+            [crate::ports::Receipt {
+                receipt_handle: "rh-m-job-1-1".into(),
+                delay_seconds: 15
+            }]
+        );
     }
 
     #[tokio::test]
     async fn a_job_whose_envelope_disagrees_is_not_executed() {
         let body = serde_json::json!({"job_id":"j","job_type":"data_cleanup","status":"NEW",
-            "received_at":"2026-11-22T10:00:00Z","attempt":1,
+            "received_at":"2026-11-22T10:00:00Z","attempt":2,
             "job":{"job_type":"user_onboarding","message":{"user_id":"1","user_name":"A"}}});
-        let event: SqsEvent = serde_json::from_value(serde_json::json!({"Records":[
-            {"messageId":"m","body":body.to_string(),"attributes":{"ApproximateReceiveCount":"2"}}]}))
-        .expect("event");
         let p = processor(MemoryTopic::default());
-        p.handle(event, at(60), at(0)).await;
+        p.handle(event(&[("m".into(), body.to_string())]), at(60), at(0))
+            .await;
         let dead = p.dead_letters.dead_letters();
         assert_eq!(
             (dead[0].last_error_code(), dead[0].attempts),

@@ -4,8 +4,8 @@
 
 use crate::job::MAX_DETAIL_BYTES;
 use crate::messages::{DeadLetter, EnrichedJob, Notification};
-use crate::ports::{send_all, MessageQueue, OutgoingMessage, Topic};
-use aws_lambda_events::sqs::SqsMessage;
+use crate::ports::{retry_later_delay, send_all, MessageQueue, OutgoingMessage, Receipt, Topic};
+use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use tracing::field::Empty;
@@ -64,6 +64,7 @@ pub fn enriched_message(job: &EnrichedJob) -> OutgoingMessage {
     OutgoingMessage {
         body: to_json(job),
         attributes,
+        delay_seconds: 0,
     }
 }
 
@@ -80,6 +81,7 @@ pub fn dead_letter_message(dl: &DeadLetter) -> OutgoingMessage {
                 crate::messages::job_type_attribute(dl.job_type.as_deref()).to_owned(),
             ),
         ],
+        delay_seconds: 0,
     }
 }
 
@@ -140,4 +142,40 @@ pub fn raw_body(body: &str) -> Value {
         end -= 1;
     }
     Value::String(body[..end].to_owned())
+}
+
+/// Asks the source queue to offer the batch's failed records again soon, each after a
+/// delay that grows with its receive count, rather than after the whole visibility
+/// timeout (which must cover the function's longest run).
+pub async fn retry_failed_soon<Q: MessageQueue>(
+    source: &Q,
+    event: &SqsEvent,
+    response: &SqsBatchResponse,
+) {
+    let failed: Vec<&str> = response
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.as_str())
+        .collect();
+    let receipts: Vec<Receipt> = event
+        .records
+        .iter()
+        .filter(|r| {
+            r.message_id
+                .as_deref()
+                .is_some_and(|id| failed.contains(&id))
+        })
+        .filter_map(|r| {
+            Some(Receipt {
+                receipt_handle: r.receipt_handle.clone()?,
+                delay_seconds: retry_later_delay(RecordMeta::of(r).receive_count),
+            })
+        })
+        .collect();
+    if receipts.is_empty() {
+        return;
+    }
+    if let Err(e) = source.retry_later(&receipts).await {
+        warn!(error = %e, records = receipts.len(), "could not bring failed records back early; the visibility timeout will");
+    }
 }

@@ -63,6 +63,9 @@ pub struct JobState {
     pub fingerprint: String,
     pub attempt: u32,
     pub lease_until: Timestamp,
+    /// The SQS message id of the delivery holding the claim: its own re-delivery may
+    /// resume an unannounced end while the lease lasts, a copy may not.
+    pub holder: String,
     pub announced: bool,
     /// The result or the last error, for people looking at a job.
     pub detail: Option<Value>,
@@ -79,6 +82,8 @@ pub struct Claim<'a> {
     pub fingerprint: &'a str,
     pub attempt: u32,
     pub lease_until: Timestamp,
+    /// The SQS message id of this delivery.
+    pub holder: &'a str,
 }
 
 /// The answer to a claim.
@@ -89,9 +94,13 @@ pub enum ClaimOutcome {
     /// The stage already finished this job; `announced` says whether its end state
     /// went out (if not, announce it now, without doing the work again).
     Duplicate { progress: Progress, announced: bool },
-    /// Another attempt holds a live lease, or this is an older attempt's re-delivery
-    /// while a newer one is pending.
+    /// An earlier attempt still holds a live lease (it has not yet recorded that it
+    /// handed over to this one): try again shortly.
     Busy { until: Timestamp },
+    /// This delivery repeats an attempt that runs elsewhere, or one that a newer attempt
+    /// superseded. The running attempt's own message stays queued until it ends, so this
+    /// copy can be dropped without losing the job.
+    Stale,
     /// The id was seen with different content.
     Conflict { fingerprint: String },
 }
@@ -146,18 +155,24 @@ pub fn decide(current: Option<&JobState>, claim: &Claim<'_>, now: Timestamp) -> 
         };
     }
     match cur.progress {
+        // The holder may be announcing right now; if it fails, its own message comes
+        // back and resumes, and if it crashed, its lease runs out.
+        Progress::Done(_)
+            if !cur.announced && cur.lease_until > now && cur.holder != claim.holder =>
+        {
+            ClaimOutcome::Stale
+        }
         Progress::Done(_) => ClaimOutcome::Duplicate {
             progress: cur.progress,
             announced: cur.announced,
         },
         Progress::InProgress if cur.lease_until <= now => ClaimOutcome::Claimed,
-        Progress::InProgress => ClaimOutcome::Busy {
+        Progress::InProgress if claim.attempt > cur.attempt => ClaimOutcome::Busy {
             until: cur.lease_until,
         },
+        Progress::InProgress => ClaimOutcome::Stale,
         Progress::Retrying if claim.attempt > cur.attempt => ClaimOutcome::Claimed,
-        Progress::Retrying => ClaimOutcome::Busy {
-            until: cur.lease_until,
-        },
+        Progress::Retrying => ClaimOutcome::Stale,
     }
 }
 
@@ -171,10 +186,23 @@ pub fn fingerprint(job: &Value) -> String {
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     pub records: Mutex<HashMap<(String, &'static str), JobState>>,
+    /// While set, every call fails as if the table could not be reached.
+    pub down: std::sync::atomic::AtomicBool,
 }
 
+type Records = HashMap<(String, &'static str), JobState>;
+
 impl MemoryStore {
-    fn with<R>(&self, f: impl FnOnce(&mut HashMap<(String, &'static str), JobState>) -> R) -> R {
+    fn with<R>(
+        &self,
+        f: impl FnOnce(&mut Records) -> Result<R, PortError>,
+    ) -> Result<R, PortError> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(PortError::Unreachable {
+                operation: "job state",
+                message: "the table is down (test)".into(),
+            });
+        }
         f(&mut self.records.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }
@@ -195,6 +223,7 @@ impl JobStore for MemoryStore {
                         fingerprint: claim.fingerprint.to_owned(),
                         attempt: claim.attempt,
                         lease_until: claim.lease_until,
+                        holder: claim.holder.to_owned(),
                         announced: false,
                         detail: None,
                         updated_at: now,
@@ -298,6 +327,7 @@ mod tests {
             fingerprint: fp,
             attempt,
             lease_until: at(lease),
+            holder: "m1",
         }
     }
 
@@ -334,6 +364,43 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_unannounced_end_is_resumed_by_its_holder_or_after_the_lease() {
+        let store = MemoryStore::default();
+        store.claim(&claim("a", 1, 60), at(0)).await.expect("store");
+        let done = Progress::Done(Some(JobStatus::Completed));
+        store
+            .finish("job-1", Stage::Processor, 1, done, None, at(1))
+            .await
+            .expect("store");
+        let copy = Claim {
+            holder: "m2",
+            ..claim("a", 1, 120)
+        };
+        assert_eq!(
+            store.claim(&copy, at(2)).await.expect("store"),
+            ClaimOutcome::Stale,
+            "a copy must not announce while the holder may be announcing"
+        );
+        let resumed = ClaimOutcome::Duplicate {
+            progress: done,
+            announced: false,
+        };
+        assert_eq!(
+            store
+                .claim(&claim("a", 1, 120), at(2))
+                .await
+                .expect("store"),
+            resumed,
+            "the holder's own re-delivery resumes"
+        );
+        assert_eq!(
+            store.claim(&copy, at(61)).await.expect("store"),
+            resumed,
+            "anyone resumes once the holder's lease ran out"
+        );
+    }
+
+    #[tokio::test]
     async fn a_live_lease_keeps_others_out_and_an_expired_one_lets_them_in() {
         let store = MemoryStore::default();
         store.claim(&claim("a", 1, 60), at(0)).await.expect("store");
@@ -342,7 +409,16 @@ mod tests {
                 .claim(&claim("a", 1, 120), at(30))
                 .await
                 .expect("store"),
-            ClaimOutcome::Busy { until: at(60) }
+            ClaimOutcome::Stale,
+            "a second delivery of the running attempt"
+        );
+        assert_eq!(
+            store
+                .claim(&claim("a", 2, 120), at(30))
+                .await
+                .expect("store"),
+            ClaimOutcome::Busy { until: at(60) },
+            "the next attempt waits for the running one to hand over"
         );
         assert_eq!(
             store
@@ -368,10 +444,10 @@ mod tests {
             )
             .await
             .expect("store");
-        assert!(matches!(
+        assert_eq!(
             store.claim(&claim("a", 1, 60), at(2)).await.expect("store"),
-            ClaimOutcome::Busy { .. }
-        ));
+            ClaimOutcome::Stale
+        );
         assert_eq!(
             store.claim(&claim("a", 2, 60), at(3)).await.expect("store"),
             ClaimOutcome::Claimed
@@ -391,10 +467,10 @@ mod tests {
             .reopen("job-1", Stage::Processor, 3, at(2))
             .await
             .expect("store");
-        assert!(matches!(
+        assert_eq!(
             store.claim(&claim("a", 3, 60), at(3)).await.expect("store"),
-            ClaimOutcome::Busy { .. }
-        ));
+            ClaimOutcome::Stale
+        );
         assert_eq!(
             store.claim(&claim("a", 4, 60), at(3)).await.expect("store"),
             ClaimOutcome::Claimed

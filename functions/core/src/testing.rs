@@ -2,7 +2,7 @@
 //! handler tests cover partial failures without an emulator.
 
 use crate::messages::{DeadLetter, EnrichedJob, Notification};
-use crate::ports::{MessageQueue, OutgoingMessage, PortError, Topic, MAX_BATCH};
+use crate::ports::{MessageQueue, OutgoingMessage, PortError, Receipt, Topic, MAX_BATCH};
 use async_trait::async_trait;
 use std::sync::Mutex;
 
@@ -17,6 +17,8 @@ fn refused(operation: &'static str) -> PortError {
 #[derive(Debug, Default)]
 pub struct MemoryQueue {
     pub sent: Mutex<Vec<OutgoingMessage>>,
+    /// Records made visible again early, as the handler asked.
+    pub released: Mutex<Vec<Receipt>>,
     pub refuse: Mutex<Vec<String>>,
     pub batches: Mutex<Vec<usize>>,
 }
@@ -73,6 +75,14 @@ impl MessageQueue for MemoryQueue {
                 }
             })
             .collect()
+    }
+
+    async fn retry_later(&self, receipts: &[Receipt]) -> Result<(), PortError> {
+        self.released
+            .lock()
+            .expect("lock")
+            .extend_from_slice(receipts);
+        Ok(())
     }
 }
 

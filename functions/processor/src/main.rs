@@ -1,7 +1,12 @@
 //! The `processor` Lambda: wires configuration, AWS clients, logging and telemetry
-//! to [`jobs_core::processor`]. Clients are built once, before the first invocation.
+//! to [`jobs_core::processor`]. Clients are built once, before the first invocation,
+//! each behind a timeout and a circuit breaker that outlive single invocations.
 
-use jobs_core::aws::{number_or, required, sdk_config, SnsTopic, SqsQueue};
+use jobs_core::aws::{
+    flag, guard_config, number_or, required, retry_policy, sdk_config, SnsTopic, SqsQueue,
+};
+use jobs_core::dynamo::DynamoStore;
+use jobs_core::guard::Guarded;
 use jobs_core::processor::{Processor, ProcessorConfig};
 use jobs_core::telemetry::Telemetry;
 use jobs_core::Timestamp;
@@ -11,16 +16,33 @@ use std::time::{Duration, SystemTime};
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     lambda_runtime::tracing::init_default_subscriber();
+    let jobs_todo_url = required("JOBS_TODO_QUEUE_URL")?;
     let dead_letter_url = required("DEAD_LETTER_QUEUE_URL")?;
     let topic_arn = required("JOB_END_STATE_TOPIC_ARN")?;
-    let deadline_margin = Duration::from_millis(number_or("DEADLINE_MARGIN_MS", 3000)?);
+    let table = required("JOBS_TABLE")?;
+    let config = ProcessorConfig {
+        deadline_margin: Duration::from_millis(number_or("DEADLINE_MARGIN_MS", 3000)?),
+        retry: retry_policy()?,
+        fault_injection: flag("FAULT_INJECTION")?,
+    };
+    let guard = guard_config()?;
     let telemetry = Telemetry::from_env("processor")?;
+    if config.fault_injection {
+        lambda_runtime::tracing::warn!("FAULT_INJECTION is on: jobs may ask to fail");
+    }
 
     let sdk = sdk_config().await;
+    let store = DynamoStore::from_sdk(&sdk, table);
     let processor = Processor {
-        dead_letters: SqsQueue::new(&sdk, dead_letter_url),
-        topic: SnsTopic::new(&sdk, topic_arn),
-        config: ProcessorConfig { deadline_margin },
+        jobs_todo: Guarded::new(SqsQueue::new(&sdk, jobs_todo_url), "jobs-todo", guard),
+        dead_letters: Guarded::new(
+            SqsQueue::new(&sdk, dead_letter_url),
+            "dead-letter-queue",
+            guard,
+        ),
+        topic: Guarded::new(SnsTopic::new(&sdk, topic_arn), "job-end-state-topic", guard),
+        store: Guarded::new(store, "job state table", guard),
+        config,
         telemetry: telemetry.instruments(),
     };
     let (processor, telemetry) = (&processor, &telemetry);

@@ -37,6 +37,8 @@ pub struct Instruments {
     tracer: Arc<BoxedTracer>,
     end_states: Counter<u64>,
     latency: Histogram<f64>,
+    repeats: Counter<u64>,
+    retries: Counter<u64>,
 }
 
 impl Default for Instruments {
@@ -76,7 +78,35 @@ impl Instruments {
                     900.0,
                 ])
                 .build(),
+            repeats: meter
+                .u64_counter("job.repeated_deliveries")
+                .with_description(
+                    "Deliveries of a job that a stage had already handled or was handling",
+                )
+                .build(),
+            retries: meter
+                .u64_counter("job.retries")
+                .with_description("Failed attempts sent back to jobs-todo for another try")
+                .build(),
         }
+    }
+
+    /// Counts a delivery skipped because it repeated work already done or under way.
+    pub fn record_repeat(&self, stage: &'static str, reason: &'static str) {
+        let attrs = [
+            KeyValue::new("job.stage", stage),
+            KeyValue::new("job.repeat", reason),
+        ];
+        self.repeats.add(1, &attrs);
+    }
+
+    /// Counts a failed attempt that will be tried again.
+    pub fn record_retry(&self, job_type: &str, code: &str) {
+        let attrs = [
+            KeyValue::new("job.type", job_type.to_owned()),
+            KeyValue::new("error.type", code.to_owned()),
+        ];
+        self.retries.add(1, &attrs);
     }
 
     fn start(

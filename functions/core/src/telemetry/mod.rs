@@ -371,9 +371,11 @@ mod tests {
     async fn an_invocation_is_exported_before_it_returns() {
         let (telemetry, spans, metrics) = kept();
         let ingester = Ingester {
+            source: MemoryQueue::default(),
             jobs_todo: MemoryQueue::default(),
             dead_letters: MemoryQueue::default(),
             topic: MemoryTopic::default(),
+            store: crate::state::MemoryStore::default(),
             config: IngesterConfig {
                 max_receive_count: 5,
             },
@@ -384,7 +386,16 @@ mod tests {
         let response = telemetry
             .invoke("req-1", |inv| {
                 let ingester = &ingester;
-                async move { ingester.handle_invocation(event, now(), &inv).await }
+                async move {
+                    ingester
+                        .handle_invocation(
+                            event,
+                            now() + chrono::Duration::seconds(30),
+                            now(),
+                            &inv,
+                        )
+                        .await
+                }
             })
             .await;
         assert!(response.batch_item_failures.is_empty());
@@ -445,10 +456,14 @@ mod tests {
     async fn a_failed_job_keeps_its_trace_with_an_error() {
         let (telemetry, spans, _) = kept();
         let processor = Processor {
+            jobs_todo: MemoryQueue::default(),
             dead_letters: MemoryQueue::default(),
             topic: MemoryTopic::default(),
+            store: crate::state::MemoryStore::default(),
             config: ProcessorConfig {
                 deadline_margin: std::time::Duration::from_secs(3),
+                retry: crate::retry::RetryPolicy::default(),
+                fault_injection: false,
             },
             telemetry: telemetry.instruments(),
         };

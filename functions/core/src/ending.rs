@@ -1,0 +1,275 @@
+//! Ending a job once: both stages end jobs the same way, in an order that makes a
+//! re-delivery repeat at most the announcement, never the work.
+//!
+//! 1. record the end state in the job state table (with the notification as detail),
+//! 2. store the dead letter, if the job did not complete,
+//! 3. publish the notification,
+//! 4. mark the record announced.
+//!
+//! A failure in 1 to 3 leaves the SQS record for a retry; the retry finds the recorded
+//! end state (a [`crate::state::ClaimOutcome::Duplicate`] not yet announced) and resumes
+//! at step 2 from the stored notification, without running the job again.
+
+use crate::messages::{DeadLetter, JobStatus, Notification, Stage, TraceContext};
+use crate::ports::{MessageQueue, PortError, Topic};
+use crate::record::{deliver_dead_letters, publish_all, RecordMeta};
+use crate::state::{JobStore, Progress};
+use crate::Timestamp;
+use futures_util::future::join_all;
+use serde_json::Value;
+use tracing::warn;
+
+/// What the state table knows of a job being ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tracking {
+    /// This attempt holds the claim: record the end state first.
+    Finish { attempt: u32 },
+    /// The end state was recorded by an earlier delivery that did not announce it.
+    Recorded,
+    /// The job has no record of its own (unreadable, or its id belongs to other content).
+    Untracked,
+}
+
+/// A job to end.
+#[derive(Debug)]
+pub struct Ending {
+    pub meta: RecordMeta,
+    pub notification: Notification,
+    /// Stored before the announcement; `None` for a completed job.
+    pub dead_letter: Option<DeadLetter>,
+    pub tracking: Tracking,
+}
+
+/// Where endings go.
+#[derive(Debug, Clone, Copy)]
+pub struct EndPorts<'a, Q, T, S> {
+    pub stage: Stage,
+    pub dead_letters: &'a Q,
+    pub topic: &'a T,
+    pub store: &'a S,
+}
+
+impl<Q: MessageQueue, T: Topic, S: JobStore> EndPorts<'_, Q, T, S> {
+    /// Ends the jobs; returns the message ids of records that must stay in SQS.
+    pub async fn end(&self, endings: Vec<Ending>, now: Timestamp) -> Vec<String> {
+        let recorded = join_all(endings.iter().map(|e| self.record(e, now))).await;
+        let mut failed = Vec::new();
+        let mut letters = Vec::new();
+        let mut completions = Vec::new();
+        let mut announced = Vec::new();
+        for (ending, result) in endings.into_iter().zip(recorded) {
+            if let Err(e) = result {
+                ending.meta.log.in_scope(|| {
+                    warn!(job_id = %ending.notification.job_id, error = %e, "could not record the end state; SQS will retry");
+                });
+                failed.push(ending.meta.message_id);
+                continue;
+            }
+            if ending.tracking != Tracking::Untracked {
+                announced.push((
+                    ending.meta.message_id.clone(),
+                    ending.notification.job_id.clone(),
+                ));
+            }
+            match ending.dead_letter {
+                Some(dl) => letters.push((ending.meta, dl)),
+                None => completions.push((ending.meta, ending.notification)),
+            }
+        }
+        failed.extend(deliver_dead_letters(self.dead_letters, self.topic, letters, now).await);
+        failed.extend(publish_all(self.topic, completions).await);
+        // A lost mark only means a later duplicate announces once more; failing the
+        // record for it would make that certain.
+        let marks = announced
+            .iter()
+            .filter(|(message_id, _)| !failed.contains(message_id))
+            .map(|(_, job_id)| async move {
+                if let Err(e) = self.store.announce(job_id, self.stage, now).await {
+                    warn!(job_id = %job_id, error = %e, "could not mark the end state announced");
+                }
+            });
+        join_all(marks).await;
+        failed
+    }
+
+    async fn record(&self, ending: &Ending, now: Timestamp) -> Result<(), PortError> {
+        let Tracking::Finish { attempt } = ending.tracking else {
+            return Ok(());
+        };
+        let n = &ending.notification;
+        let detail = serde_json::to_value(n).ok();
+        self.store
+            .finish(
+                &n.job_id,
+                self.stage,
+                attempt,
+                Progress::Done(Some(n.status)),
+                detail,
+                now,
+            )
+            .await
+    }
+}
+
+/// Rebuilds the ending an earlier delivery recorded but did not announce, from the
+/// notification stored as the record's detail. `job` and `trace_context` come from the
+/// message at hand, which carries the same content (the fingerprints matched).
+pub async fn recorded<S: JobStore>(
+    store: &S,
+    stage: Stage,
+    job_id: &str,
+    job: &Value,
+    trace_context: Option<&TraceContext>,
+) -> Result<Option<(Notification, Option<DeadLetter>)>, PortError> {
+    let records = store.get(job_id).await?;
+    let Some(stored) = records
+        .into_iter()
+        .find(|r| r.stage == stage)
+        .and_then(|r| r.detail)
+        .and_then(|d| serde_json::from_value::<Notification>(d).ok())
+    else {
+        return Ok(None);
+    };
+    let dead_letter = (stored.status != JobStatus::Completed).then(|| DeadLetter {
+        job_id: stored.job_id.clone(),
+        job_type: stored.job_type.clone(),
+        status: stored.status,
+        stage: stored.stage,
+        attempts: stored.attempts,
+        errors: stored.errors.clone(),
+        trace_context: trace_context.cloned(),
+        job: job.clone(),
+    });
+    Ok(Some((stored, dead_letter)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::messages::ErrorEntry;
+    use crate::state::{Claim, ClaimOutcome, MemoryStore};
+    use crate::testing::{MemoryQueue, MemoryTopic};
+    use aws_lambda_events::sqs::SqsMessage;
+    use chrono::DateTime;
+
+    fn at(secs: i64) -> Timestamp {
+        DateTime::from_timestamp(1_795_000_000 + secs, 0).expect("valid")
+    }
+
+    fn meta(id: &str) -> RecordMeta {
+        let record: SqsMessage =
+            serde_json::from_value(serde_json::json!({ "messageId": id })).expect("record");
+        RecordMeta::of(&record)
+    }
+
+    fn failed_note(job_id: &str) -> Notification {
+        Notification {
+            job_id: job_id.into(),
+            job_type: Some("report_generation".into()),
+            status: JobStatus::Failed,
+            stage: Stage::Processor,
+            attempts: 3,
+            errors: vec![ErrorEntry {
+                stage: Stage::Processor,
+                code: "injected_fault".into(),
+                message: "asked to fail".into(),
+                field: None,
+                attempt: 3,
+                timestamp: at(0),
+            }],
+            result: None,
+            timestamp: at(0),
+        }
+    }
+
+    async fn claimed(store: &MemoryStore, job_id: &str) {
+        let claim = Claim {
+            job_id,
+            stage: Stage::Processor,
+            fingerprint: "fp",
+            attempt: 3,
+            lease_until: at(60),
+            holder: "m1",
+        };
+        assert_eq!(
+            store.claim(&claim, at(0)).await.expect("store"),
+            ClaimOutcome::Claimed
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unannounced_end_is_resumed_from_the_record_without_the_work() {
+        let store = MemoryStore::default();
+        claimed(&store, "job-1").await;
+        let note = failed_note("job-1");
+        let dl = DeadLetter {
+            job_id: "job-1".into(),
+            job_type: note.job_type.clone(),
+            status: note.status,
+            stage: note.stage,
+            attempts: 3,
+            errors: note.errors.clone(),
+            trace_context: None,
+            job: serde_json::json!({"job_type": "report_generation"}),
+        };
+        // The topic is down: the end is recorded, the record stays in SQS.
+        let (dlq, down) = (MemoryQueue::default(), MemoryTopic::refusing("job-1"));
+        let ports = EndPorts {
+            stage: Stage::Processor,
+            dead_letters: &dlq,
+            topic: &down,
+            store: &store,
+        };
+        let ending = Ending {
+            meta: meta("m1"),
+            notification: note.clone(),
+            dead_letter: Some(dl.clone()),
+            tracking: Tracking::Finish { attempt: 3 },
+        };
+        assert_eq!(ports.end(vec![ending], at(1)).await, ["m1"]);
+        let state = store.get("job-1").await.expect("store");
+        assert!(!state[0].announced);
+
+        // The re-delivery finds the end recorded and announces it from the record.
+        let again = recorded(&store, Stage::Processor, "job-1", &dl.job, None)
+            .await
+            .expect("store")
+            .expect("recorded");
+        assert_eq!(again.0.errors, note.errors);
+        assert_eq!(again.1.as_ref().map(|d| d.attempts), Some(3));
+        let up = MemoryTopic::default();
+        let ports = EndPorts {
+            topic: &up,
+            ..ports
+        };
+        let ending = Ending {
+            meta: meta("m1"),
+            notification: again.0,
+            dead_letter: again.1,
+            tracking: Tracking::Recorded,
+        };
+        assert!(ports.end(vec![ending], at(2)).await.is_empty());
+        assert_eq!(up.notifications().len(), 1);
+        assert!(store.get("job-1").await.expect("store")[0].announced);
+    }
+
+    #[tokio::test]
+    async fn an_end_that_cannot_be_recorded_is_not_announced() {
+        let store = MemoryStore::default(); // never claimed: finish is refused
+        let (dlq, topic) = (MemoryQueue::default(), MemoryTopic::default());
+        let ports = EndPorts {
+            stage: Stage::Processor,
+            dead_letters: &dlq,
+            topic: &topic,
+            store: &store,
+        };
+        let ending = Ending {
+            meta: meta("m1"),
+            notification: failed_note("job-9"),
+            dead_letter: None,
+            tracking: Tracking::Finish { attempt: 1 },
+        };
+        assert_eq!(ports.end(vec![ending], at(1)).await, ["m1"]);
+        assert!(topic.notifications().is_empty());
+    }
+}
