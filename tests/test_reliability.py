@@ -1,0 +1,218 @@
+"""Fault tests on the embedded stack: duplicates end once, a consumer that was down
+loses nothing, flaky jobs retry with growing delays and keep their error history,
+and under mixed load every job id has exactly one end state.
+
+One MiniStack with fault injection on serves the module, started through `stack.up()`
+as `make up` does. Every wait is bounded; nothing here depends on a running stack.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections import Counter
+from statistics import mean
+
+import pytest
+
+import stack as stk
+
+GENERATOR = stk.RELEASE / "job-generator"
+BASE_DELAY = 2  # RETRY_BASE_DELAY_SECONDS in terraform/pipeline.json
+MAX_ATTEMPTS = 3  # MAX_ATTEMPTS there
+SLACK = 4  # seconds of polling and processing around a retry's delay
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory, free_port):
+    state = tmp_path_factory.mktemp("reliability")
+    stack = stk.up(port=free_port(), state_dir=state, use_existing=False, fault_injection=True)
+    try:
+        yield stack
+    finally:
+        stk.down(state)
+
+
+def put_jobs(stack: stk.Stack, details: list[dict]) -> None:
+    events = stack.client("events")
+    for i in range(0, len(details), 10):
+        entries = [
+            {"Source": "jobs", "DetailType": "JobEvent", "Detail": json.dumps(d), "EventBusName": "default"}
+            for d in details[i : i + 10]
+        ]
+        out = events.put_events(Entries=entries)
+        assert out["FailedEntryCount"] == 0, out
+
+
+def end_states(stack: stk.Stack, ids: set[str], timeout: float) -> list[dict]:
+    return stk.await_end_states(stack, ids, timeout)
+
+
+def onboarding(job_id: str, **extra) -> dict:
+    return {"id": job_id, "job_type": "user_onboarding", "message": {"user_id": job_id, "user_name": "Ada"}, **extra}
+
+
+def processor_log_lines(stack: stk.Stack, job_id: str, text: str) -> int:
+    """How many of the processor's log lines about `job_id` contain `text`."""
+    count = 0
+    for line in (stack.state_dir / "ministack.log").read_text(errors="replace").splitlines():
+        if job_id in line and text in line:
+            count += 1
+    return count
+
+
+def test_duplicates_run_once_and_end_once(pipeline):
+    """The same job published three times, and one jobs-todo message delivered three
+    times: two copies at once (racing each other), a third after the job ended."""
+    enriched = {
+        "job_id": "dup-messages", "job_type": "user_onboarding", "status": "NEW",
+        "received_at": "2026-11-23T10:00:00.000Z", "attempt": 1, "errors": [],
+        "job": onboarding("dup-messages"),
+    }
+    sqs = pipeline.client("sqs")
+    todo = pipeline.resources["queues"]["jobs-todo"]
+
+    def send_copies(n: int) -> None:
+        put_jobs(pipeline, [onboarding("dup-events")] * n)
+        for _ in range(n):
+            sqs.send_message(QueueUrl=todo, MessageBody=json.dumps(enriched))
+
+    send_copies(2)
+    notes = end_states(pipeline, {"dup-events", "dup-messages"}, timeout=90)
+    send_copies(1)
+    notes += stk.await_end_states(pipeline, {"dup-events", "dup-messages"}, timeout=15, linger=0)
+    per_job = Counter(n["job_id"] for n in notes)
+    assert per_job == {"dup-events": 1, "dup-messages": 1}, per_job
+    assert all(n["status"] == "COMPLETED" for n in notes), notes
+    assert processor_log_lines(pipeline, "dup-events", "job completed") == 1
+    assert processor_log_lines(pipeline, "dup-messages", "job completed") == 1
+
+
+def test_a_reused_id_with_other_content_is_rejected_by_name(pipeline):
+    put_jobs(pipeline, [onboarding("reused-1")])
+    first = end_states(pipeline, {"reused-1"}, timeout=60)
+    assert [n["status"] for n in first] == ["COMPLETED"]
+    other = {"id": "reused-1", "job_type": "report_generation", "message": {"report_name": "R", "filters": "a=b"}}
+    put_jobs(pipeline, [other])
+    second = end_states(pipeline, {"reused-1"}, timeout=60)
+    assert [(n["status"], n["errors"][-1]["code"]) for n in second] == [("REJECTED", "job_id_reused")]
+
+
+def test_flaky_jobs_retry_with_growing_delays_and_keep_their_history(pipeline):
+    flaky = [onboarding(f"flaky-{i}", fault={"fail_attempts": 2}) for i in range(5)]
+    doomed = [onboarding(f"doomed-{i:02}", fault={"fail_always": True}) for i in range(20)]
+    put_jobs(pipeline, flaky + doomed)
+    ids = {d["id"] for d in flaky + doomed}
+    notes = {n["job_id"]: n for n in end_states(pipeline, ids, timeout=180)}
+    assert set(notes) == ids
+
+    for d in flaky:
+        n = notes[d["id"]]
+        assert (n["status"], n["attempts"]) == ("COMPLETED", 3), n
+        assert [(e["code"], e["attempt"]) for e in n["errors"]] == [("injected_fault", 1), ("injected_fault", 2)]
+
+    gaps: list[list[float]] = [[], []]
+    for d in doomed:
+        n = notes[d["id"]]
+        assert (n["status"], n["attempts"], len(n["errors"])) == ("FAILED", MAX_ATTEMPTS, MAX_ATTEMPTS), n
+        times = [stk.parse_time(e["timestamp"]) for e in n["errors"]]
+        for k in range(MAX_ATTEMPTS - 1):
+            gap = times[k + 1] - times[k]
+            # Full jitter: each wait lies within its doubling ceiling (plus polling).
+            assert 0 <= gap <= BASE_DELAY * 2**k + SLACK, (d["id"], k, gap)
+            gaps[k].append(gap)
+    print(f"\nmean wait before attempt 2: {mean(gaps[0]):.2f} s, before attempt 3: {mean(gaps[1]):.2f} s")
+    assert mean(gaps[1]) > mean(gaps[0]), gaps
+
+    sqs = pipeline.client("sqs")
+    dead = [json.loads(m["Body"]) for m in stk.drain(sqs, pipeline.resources["queues"]["dead-letter-queue"], wait=2)]
+    doomed_dead = Counter(d["job_id"] for d in dead if d["job_id"].startswith("doomed-"))
+    assert doomed_dead == {d["id"]: 1 for d in doomed}, doomed_dead
+    assert all(len(d["errors"]) == MAX_ATTEMPTS for d in dead if d["job_id"].startswith("doomed-"))
+
+
+def test_jobs_sent_while_the_processor_is_down_all_complete(pipeline, tmp_path):
+    """The original demo's recovery scenario: the processor's mapping disabled while
+    200 jobs arrive, then enabled again."""
+    lam, sqs = pipeline.client("lambda"), pipeline.client("sqs")
+    (mapping,) = lam.list_event_source_mappings(FunctionName="processor")["EventSourceMappings"]
+    lam.update_event_source_mapping(UUID=mapping["UUID"], Enabled=False)
+    try:
+        sent = generate(pipeline, tmp_path / "down.jsonl", "--count", "200", "--rate", "100", "--seed", "7",
+                        "--max-job-seconds", "1", "--malformed-ratio", "0")
+        ids = {s["job_id"] for s in sent if s["outcome"] == "sent"}
+        assert len(ids) == 200
+        todo = pipeline.resources["queues"]["jobs-todo"]
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and stk.queue_depth(sqs, todo) < 200:
+            time.sleep(1)
+        assert stk.queue_depth(sqs, todo) == 200, "the ingester forwards while the processor is down"
+        early = stk.await_end_states(pipeline, ids, timeout=3)
+        assert not early, f"{len(early)} jobs ended while the processor was down"
+    finally:
+        lam.update_event_source_mapping(UUID=mapping["UUID"], Enabled=True)
+    notes = end_states(pipeline, ids, timeout=180)
+    per_job = Counter(n["job_id"] for n in notes)
+    assert set(per_job) == ids and max(per_job.values()) == 1
+    assert all(n["status"] == "COMPLETED" for n in notes)
+
+
+def test_every_job_has_exactly_one_end_state_under_mixed_load(pipeline, tmp_path):
+    """2,000 jobs: 20% malformed, 10% flaky, 5% sent twice."""
+    sent = generate(
+        pipeline, tmp_path / "load.jsonl",
+        *("--count", "2000", "--rate", "200", "--seed", "2026", "--max-job-seconds", "1"),
+        *("--malformed-ratio", "0.2", "--flaky-ratio", "0.1", "--duplicate-ratio", "0.05"),
+    )
+    delivered = [s for s in sent if s["outcome"] == "sent"]
+    ids = {s["job_id"] for s in delivered}
+    repeats = len(delivered) - len(ids)
+    flaky = {s["job_id"] for s in delivered if "fault" in s["detail"]}
+    notes = end_states(pipeline, ids, timeout=600)
+
+    per_job = Counter(n["job_id"] for n in notes)
+    missing = ids - set(per_job)
+    twice = {j: c for j, c in per_job.items() if c > 1}
+    counts = Counter(n["status"] for n in notes if n["job_id"] in ids)
+    retried = sum(1 for n in notes if n["job_id"] in flaky and len(n["errors"]) == 2)
+    print(f"\nmixed load: {len(sent)} sent ({repeats} repeats), {len(ids)} job ids, end states {dict(counts)}, "
+          f"{retried} flaky jobs completed on their third attempt")
+    assert not missing, f"{len(missing)} jobs never ended: {sorted(missing)[:5]}"
+    assert not twice, f"jobs with more than one end state: {list(twice.items())[:5]}"
+    assert repeats > 0 and flaky, "the load must contain repeats and flaky jobs"
+    assert all(n["status"] == "COMPLETED" and len(n["errors"]) == 2 for n in notes if n["job_id"] in flaky)
+    sqs = pipeline.client("sqs")
+    for name in ("ingester-queue", "jobs-todo"):
+        assert stk.queue_depth(sqs, pipeline.resources["queues"][name]) == 0, f"{name} still holds messages"
+
+
+def generate(stack: stk.Stack, manifest, *args: str) -> list[dict]:
+    env = {**stack.env(), "PATH": "/usr/bin:/bin"}
+    out = subprocess.run(
+        [str(GENERATOR), "--manifest", str(manifest), *args], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    return [json.loads(line) for line in manifest.read_text().splitlines()]
+
+
+def test_records_wait_in_sqs_while_a_dependency_is_down(pipeline):
+    """The job state table deleted: nothing can be claimed, so every record is reported
+    as a batch failure and waits in SQS; once the table is back, each job ends once."""
+    ddb, sqs = pipeline.client("dynamodb"), pipeline.client("sqs")
+    table = pipeline.settings["state_table"]
+    ddb.delete_table(TableName=table)
+    try:
+        jobs = [onboarding(f"outage-{i}") for i in range(20)]
+        put_jobs(pipeline, jobs)
+        ids = {j["id"] for j in jobs}
+        early = stk.await_end_states(pipeline, ids, timeout=10, linger=0)
+        assert not early, f"{len(early)} jobs ended without their state table"
+        held = stk.queue_depth(sqs, pipeline.resources["queues"]["ingester-queue"])
+        assert held == 20, f"the records must wait in ingester-queue, found {held}"
+    finally:
+        stk.ensure_table(ddb, table)
+    notes = end_states(pipeline, ids, timeout=150)
+    per_job = Counter(n["job_id"] for n in notes)
+    assert per_job == {i: 1 for i in ids}, per_job
+    assert all(n["status"] == "COMPLETED" for n in notes)
