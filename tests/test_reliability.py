@@ -9,6 +9,8 @@ as `make up` does. Every wait is bounded; nothing here depends on a running stac
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import time
 from collections import Counter
@@ -54,12 +56,10 @@ def onboarding(job_id: str, **extra) -> dict:
 
 
 def processor_log_lines(stack: stk.Stack, job_id: str, text: str) -> int:
-    """How many of the processor's log lines about `job_id` contain `text`."""
-    count = 0
-    for line in (stack.state_dir / "ministack.log").read_text(errors="replace").splitlines():
-        if job_id in line and text in line:
-            count += 1
-    return count
+    """How many of the functions' log lines about exactly `job_id` contain `text`."""
+    needle = f'"job_id":"{job_id}"'
+    lines = (stack.state_dir / "ministack.log").read_text(errors="replace").splitlines()
+    return sum(1 for line in lines if needle in line and text in line)
 
 
 def test_duplicates_run_once_and_end_once(pipeline):
@@ -87,6 +87,42 @@ def test_duplicates_run_once_and_end_once(pipeline):
     assert all(n["status"] == "COMPLETED" for n in notes), notes
     assert processor_log_lines(pipeline, "dup-events", "job completed") == 1
     assert processor_log_lines(pipeline, "dup-messages", "job completed") == 1
+
+
+def test_after_a_restart_completed_jobs_are_not_run_again(pipeline):
+    """Idempotency lives in the state table, not in a process: the function workers are
+    killed between deliveries, then every job is delivered again (as an event and as a
+    jobs-todo message), beside new jobs that show the fresh workers do work."""
+    before = [onboarding(f"restart-{i}") for i in range(10)]
+    put_jobs(pipeline, before)
+    first = end_states(pipeline, {j["id"] for j in before}, timeout=90)
+    assert sorted(n["job_id"] for n in first) == sorted(j["id"] for j in before)
+
+    marker = (pipeline.state_dir / "stack-id").read_text().strip()
+    workers = stk.marked_pids(marker)
+    assert workers, "the functions' worker processes should be running"
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(stk.alive(p) for p in workers):
+        time.sleep(0.2)
+    assert not any(stk.alive(p) for p in workers)
+
+    sqs = pipeline.client("sqs")
+    todo = pipeline.resources["queues"]["jobs-todo"]
+    for j in before:
+        enriched = {"job_id": j["id"], "job_type": j["job_type"], "status": "NEW",
+                    "received_at": "2026-11-23T10:00:00.000Z", "attempt": 1, "errors": [], "job": j}
+        sqs.send_message(QueueUrl=todo, MessageBody=json.dumps(enriched))
+    after = [onboarding(f"fresh-{i}") for i in range(3)]
+    put_jobs(pipeline, before + after)
+
+    notes = end_states(pipeline, {j["id"] for j in before + after}, timeout=90)
+    assert sorted(n["job_id"] for n in notes) == sorted(j["id"] for j in after), "only the new jobs end now"
+    fresh = set(stk.marked_pids(marker))
+    assert fresh and not fresh & set(workers), "new workers did the work"
+    for j in before:
+        assert processor_log_lines(pipeline, j["id"], "job completed") == 1, j["id"]
 
 
 def test_a_reused_id_with_other_content_is_rejected_by_name(pipeline):

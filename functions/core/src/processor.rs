@@ -741,7 +741,9 @@ mod tests {
         let p = processor(MemoryTopic::default());
         // Copies of one message have message ids of their own.
         let body = job("job-1", 1, report(None)).1;
-        let copies: Vec<_> = (0..3).map(|i| (format!("copy-{i}"), body.clone())).collect();
+        let copies: Vec<_> = (0..3)
+            .map(|i| (format!("copy-{i}"), body.clone()))
+            .collect();
         let response = p.handle(event(&copies), at(60), at(0)).await;
         assert!(response.batch_item_failures.is_empty());
         assert_eq!(p.topic.notifications().len(), 1);
