@@ -4,11 +4,14 @@
 use jobs_core::ingester::{Ingester, IngesterConfig};
 use jobs_core::job::{parse_job, JobType};
 use jobs_core::messages::{EnrichedJob, EventEnvelope};
+use jobs_core::processor::{Processor, ProcessorConfig};
+use jobs_core::retry::RetryPolicy;
 use jobs_core::state::MemoryStore;
 use jobs_core::testing::{MemoryQueue, MemoryTopic};
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 use std::collections::HashSet;
+use std::time::Duration;
 
 fn any_json() -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![
@@ -101,7 +104,9 @@ proptest! {
     #[test]
     fn any_body_is_read_or_refused_without_panicking(body in ".{0,200}") {
         let _ = EventEnvelope::from_body(&body);
-        let _ = EnrichedJob::from_body(&body);
+        if let Err(e) = EnrichedJob::from_body(&body) {
+            prop_assert!(!e.to_string().is_empty());
+        }
     }
 
     #[test]
@@ -131,4 +136,67 @@ proptest! {
         prop_assert_eq!(ingester.topic.notifications().len(), dead.len());
         prop_assert!(dead.iter().all(|d| !d.errors.is_empty() && !d.errors[0].message.is_empty()));
     }
+
+    #[test]
+    fn the_processor_ends_every_record_once(jobs in prop::collection::vec(enriched_like(), 1..12)) {
+        let records: Vec<Value> = jobs
+            .iter()
+            .enumerate()
+            .map(|(i, j)| {
+                let mut body = j.clone();
+                body["job_id"] = json!(format!("j{i}"));
+                json!({"messageId": format!("m{i}"), "body": body.to_string()})
+            })
+            .collect();
+        let event = serde_json::from_value(json!({"Records": records})).expect("event");
+        let processor = Processor {
+            jobs_todo: MemoryQueue::default(),
+            dead_letters: MemoryQueue::default(),
+            topic: MemoryTopic::default(),
+            store: MemoryStore::default(),
+            config: ProcessorConfig {
+                deadline_margin: Duration::from_secs(3),
+                retry: RetryPolicy::default(),
+                fault_injection: false,
+            },
+            telemetry: Default::default(),
+        };
+        // Paused time: a long job's sleep passes at once.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .expect("runtime");
+        let now = chrono::Utc::now();
+        let deadline = now + chrono::Duration::seconds(60);
+        let response = runtime.block_on(processor.handle(event, deadline, now));
+        prop_assert!(response.batch_item_failures.is_empty());
+        // Without fault injection nothing is retried: each record ends once, announced.
+        prop_assert!(processor.jobs_todo.bodies().is_empty());
+        let mut ended: Vec<String> = processor.topic.notifications().into_iter().map(|n| n.job_id).collect();
+        ended.sort();
+        let mut expected: Vec<String> = (0..jobs.len()).map(|i| format!("j{i}")).collect();
+        expected.sort();
+        prop_assert_eq!(ended, expected);
+        let dead = processor.dead_letters.dead_letters();
+        prop_assert!(dead.iter().all(|d| d.errors.last().is_some_and(|e| !e.code.is_empty() && !e.message.is_empty())));
+    }
+}
+
+/// Bodies shaped like enriched jobs, with arbitrary values where the processor reads.
+fn enriched_like() -> impl Strategy<Value = Value> {
+    let attempt = prop_oneof![(1u32..6).prop_map(|a| json!(a)), any_json()];
+    let errors = prop_oneof![Just(json!([])), any_json()];
+    (
+        prop_oneof![job_like(), any_json()],
+        attempt,
+        errors,
+        prop::option::of(any_json()),
+    )
+        .prop_map(|(job, attempt, errors, job_type)| {
+            let job_type =
+                job_type.unwrap_or_else(|| job.get("job_type").cloned().unwrap_or(Value::Null));
+            json!({"job_type": job_type, "status": "NEW", "received_at": "2026-11-22T10:00:00Z",
+                "attempt": attempt, "errors": errors, "job": job})
+        })
 }
