@@ -1,0 +1,73 @@
+//! Per-job CPU cost of the pure code on each hop, for `make bench`: what the ingester
+//! and the processor spend on one job besides waiting for AWS.
+//!
+//! `cargo bench -p jobs-core --bench per_job`; `bench/run.py` reads the estimates.
+
+use chrono::Utc;
+use criterion::{criterion_group, criterion_main, Criterion};
+use jobs_core::job::parse_job;
+use jobs_core::messages::{EnrichedJob, EventEnvelope, JobStatus, Notification, Stage};
+use jobs_core::record::enriched_message;
+use jobs_core::state::fingerprint;
+use std::hint::black_box;
+
+/// An SQS body as the rule delivers it: an EventBridge event around a typical job.
+const BODY: &str = r#"{"version":"0","id":"6a7e8feb-b491-4cf7-a9f1-bf3703467718","detail-type":"JobEvent","source":"jobs","account":"000000000000","time":"2026-11-23T10:00:00Z","region":"us-east-1","resources":[],"detail":{"id":"job-5f0c2a9e41d7b3c8","job_type":"report_generation","message":{"report_name":"Quarterly Sales","filters":"region=EU, tier=gold, year=2026"},"traceparent":"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}}"#;
+
+fn enriched() -> EnrichedJob {
+    let envelope = EventEnvelope::from_body(BODY).expect("a valid body");
+    let job = parse_job(&envelope.detail, Some(BODY.len())).expect("a valid job");
+    EnrichedJob {
+        job_id: job.id.unwrap_or_default(),
+        job_type: job.spec.job_type(),
+        status: JobStatus::New,
+        received_at: Utc::now(),
+        event_time: envelope.time,
+        attempt: 1,
+        trace_context: None,
+        errors: Vec::new(),
+        job: envelope.detail,
+    }
+}
+
+fn per_job(c: &mut Criterion) {
+    c.bench_function("ingester: read and validate a job", |b| {
+        b.iter(|| {
+            let envelope = EventEnvelope::from_body(black_box(BODY)).expect("valid");
+            black_box(parse_job(&envelope.detail, Some(BODY.len())).expect("valid"))
+        })
+    });
+    let job = enriched();
+    c.bench_function("ingester: fingerprint for the claim", |b| {
+        b.iter(|| black_box(fingerprint(black_box(&job.job))))
+    });
+    c.bench_function("ingester: build the enriched message", |b| {
+        b.iter(|| black_box(enriched_message(black_box(&job))))
+    });
+    let body = enriched_message(&job).body;
+    c.bench_function("processor: read and re-validate it", |b| {
+        b.iter(|| {
+            let job = EnrichedJob::from_body(black_box(&body)).expect("valid");
+            black_box(parse_job(&job.job, None).expect("valid"))
+        })
+    });
+    let result = serde_json::json!({"report": "Quarterly Sales", "rows": 4711, "checksum": "00f067aa0ba902b7"});
+    c.bench_function("processor: build the notification", |b| {
+        b.iter(|| {
+            let n = Notification {
+                job_id: job.job_id.clone(),
+                job_type: Some(job.job_type.as_str().to_owned()),
+                status: JobStatus::Completed,
+                stage: Stage::Processor,
+                attempts: job.attempt,
+                errors: job.errors.clone(),
+                result: Some(result.clone()),
+                timestamp: Utc::now(),
+            };
+            black_box(serde_json::to_string(&n).expect("serializes"))
+        })
+    });
+}
+
+criterion_group!(benches, per_job);
+criterion_main!(benches);
