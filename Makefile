@@ -12,7 +12,7 @@ CHECKOV := $(STATE)/checkov-venv
 MINUTES ?= 1
 CARGO   ?= cargo
 
-.PHONY: help venv checkov tools build up demo down status trace test test-rust test-stack lint
+.PHONY: help venv checkov tools build up demo down status trace test test-rust test-stack lint bench
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -69,3 +69,8 @@ test-stack: venv checkov tools build ## Stack, Terraform and compose tests (each
 	$(PY) -m pytest -q tests
 
 test: lint test-rust test-stack ## Every test
+
+bench: venv ## Cold start, per-job CPU and size next to their references (a few minutes; not in make test)
+	$(CARGO) build --release --locked -p ingester -p processor -p job-generator -p hello
+	$(CARGO) bench --locked -p jobs-core --bench per_job
+	$(PY) bench/run.py

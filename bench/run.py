@@ -1,0 +1,418 @@
+"""`make bench`: cold start, per-job CPU and size of the pipeline's functions, each
+figure next to its reference and as a ratio, printed as one table.
+
+Cold start: each binary is executed against a small fake Lambda Runtime API (below)
+and timed from exec to its first poll of `/runtime/invocation/next` (init), and to its
+first response for a representative one-record event (first invocation; the pipeline's
+functions make their real AWS calls against a MiniStack started here through
+`stack.up()`, like `make up`). The reference is a hello-world `lambda_runtime` function
+(`bench/hello`) built with the same release profile. Peak RSS is the process's VmHWM
+after that first response.
+
+Per-job CPU: the criterion estimates of `functions/core/benches/per_job.rs`, which
+`make bench` runs first.
+
+Throughput: 2,000 jobs put on EventBridge as fast as possible, through the pipeline and
+then through no-op functions (`bench/noop`) deployed the same way on a fresh MiniStack:
+jobs per second, p50/p99 latency, and each function's peak RSS under the run.
+
+Cost: GB-seconds and dollars per million jobs at 128 MB from the measured warm
+durations, for batch sizes 10, 5 and 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.server
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "stack"))
+
+import stack as stk  # noqa: E402
+
+RELEASE = ROOT / "target" / "release"
+CRITERION = ROOT / "target" / "criterion"
+API = "/2018-06-01/runtime"
+PER_JOB_TARGET_NS = 10_000
+COLD_START_TARGET = 1.5
+
+
+class FakeRuntime:
+    """A Lambda Runtime API that hands out one event and records when things happen."""
+
+    def __init__(self, events: list[dict]):
+        self.events = [json.dumps(e).encode() for e in events]
+        self.served: list[float] = []  # when each event was handed out
+        self.responded: list[float] = []  # when each response came back
+        self.error: bytes | None = None
+        self.done = threading.Event()
+        self.release = threading.Event()
+        runtime = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):  # quiet
+                pass
+
+            def do_GET(self):
+                if not self.path.startswith(f"{API}/invocation/next"):
+                    self.send_error(404)
+                    return
+                if len(runtime.served) == len(runtime.events):
+                    # Out of events: the poll waits until the process is killed, and
+                    # nobody reads the answer.
+                    runtime.release.wait(60)
+                    self.close_connection = True
+                    return
+                event = runtime.events[len(runtime.served)]
+                runtime.served.append(time.perf_counter())
+                self.send_response(200)
+                deadline_ms = int((time.time() + 30) * 1000)
+                for k, v in {
+                    "Lambda-Runtime-Aws-Request-Id": str(uuid.uuid4()),
+                    "Lambda-Runtime-Deadline-Ms": str(deadline_ms),
+                    "Lambda-Runtime-Invoked-Function-Arn": "arn:aws:lambda:us-east-1:000000000000:function:bench",
+                    "Lambda-Runtime-Trace-Id": "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=0",
+                    "Content-Type": "application/json",
+                    "Content-Length": str(len(event)),
+                }.items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(event)
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if self.path.endswith("/response"):
+                    runtime.responded.append(time.perf_counter())
+                else:
+                    runtime.error = body
+                self.send_response(202)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                if runtime.error is not None or len(runtime.responded) == len(runtime.events):
+                    runtime.done.set()
+
+        class Server(http.server.ThreadingHTTPServer):
+            def handle_error(self, request, client_address):  # a killed client is expected
+                pass
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def peak_rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
+@dataclass
+class Run:
+    init_ms: float  # exec to the first poll
+    first_ms: float  # exec to the first response
+    warm_ms: list[float]  # each later event, from hand-out to response
+    rss_kib: int  # VmHWM once every event was answered
+
+
+def cold_start(binary: Path, env: dict, events: list[dict]) -> Run:
+    """One exec, fed `events` one after another."""
+    runtime = FakeRuntime(events)
+    full_env = {
+        **env,
+        "AWS_LAMBDA_RUNTIME_API": runtime.address,
+        "AWS_LAMBDA_FUNCTION_NAME": binary.name,
+        "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "128",
+        "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{binary.name}",
+        "AWS_LAMBDA_LOG_STREAM_NAME": "bench",
+        "PATH": "/usr/bin:/bin",
+    }
+    try:
+        start = time.perf_counter()
+        proc = subprocess.Popen([str(binary)], env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            if not runtime.done.wait(60):
+                raise RuntimeError(f"{binary.name} answered {len(runtime.responded)} of {len(events)} events in 60 s")
+            if runtime.error is not None:
+                raise RuntimeError(f"{binary.name} reported an error: {runtime.error[:300]!r}")
+            rss = peak_rss_kib(proc.pid)
+        finally:
+            proc.kill()
+            proc.wait()
+    finally:
+        runtime.close()
+    served, responded = runtime.served, runtime.responded
+    return Run(
+        init_ms=(served[0] - start) * 1000,
+        first_ms=(responded[0] - start) * 1000,
+        warm_ms=[(r - s) * 1000 for s, r in zip(served[1:], responded[1:])],
+        rss_kib=rss,
+    )
+
+
+def a_job() -> dict:
+    job_id = f"bench-{uuid.uuid4().hex[:12]}"
+    return {"id": job_id, "job_type": "user_onboarding", "message": {"user_id": "42", "user_name": "Ada"}}
+
+
+def ingester_body(stack: stk.Stack) -> str:
+    return json.dumps({
+        "version": "0", "id": str(uuid.uuid4()), "detail-type": "JobEvent", "source": "jobs",
+        "time": "2026-11-23T10:00:00Z", "region": stack.region, "detail": a_job(),
+    })
+
+
+def processor_body(stack: stk.Stack) -> str:
+    job = a_job()
+    return json.dumps({"job_id": job["id"], "job_type": job["job_type"], "status": "NEW",
+                       "received_at": "2026-11-23T10:00:00.000Z", "attempt": 1, "errors": [], "job": job})
+
+
+def sqs_event(stack: stk.Stack, queue: str, bodies: list[str]) -> dict:
+    return {"Records": [{
+        "messageId": str(uuid.uuid4()), "receiptHandle": "bench", "body": body,
+        "attributes": {"ApproximateReceiveCount": "1"}, "messageAttributes": {},
+        "eventSource": "aws:sqs", "eventSourceARN": f"arn:aws:sqs:{stack.region}:000000000000:{queue}",
+        "awsRegion": stack.region,
+    } for body in bodies]}
+
+
+def function_env(stack: stk.Stack, name: str) -> dict:
+    lam = stack.client("lambda")
+    env = lam.get_function_configuration(FunctionName=name).get("Environment", {}).get("Variables", {})
+    return {**env, **stack.env()}
+
+
+def criterion_estimates() -> dict[str, float]:
+    """Mean time per iteration in ns, by benchmark name."""
+    out = {}
+    for est in sorted(CRITERION.glob("*/new/estimates.json")):
+        bench = json.loads((est.parent / "benchmark.json").read_text())
+        out[bench["title"]] = json.loads(est.read_text())["mean"]["point_estimate"]
+    return out
+
+
+def row(cells: list[str], widths: list[int]) -> str:
+    return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+
+def table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = [row(rows[0], widths), "  ".join("-" * w for w in widths)]
+    return "\n".join(lines + [row(r, widths) for r in rows[1:]])
+
+
+def throughput(binaries: Path, jobs: int, label: str) -> dict:
+    """Puts `jobs` onboarding jobs on EventBridge as fast as 8 senders go and waits for
+    every end state: jobs per second from the first put to the last end, per-job latency
+    (put to the processor's notification timestamp), and each function's peak RSS."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with tempfile.TemporaryDirectory(prefix=f"bench-{label}-") as state:
+        state_dir = Path(state)
+        stack = stk.up(port=free_port(), state_dir=state_dir, binaries=binaries, use_existing=False, receiver=False)
+        try:
+            events = stack.client("events")
+            details = [a_job() for _ in range(jobs)]
+            put_at: dict[str, float] = {}
+
+            def put(batch: list[dict]) -> None:
+                t = time.time()
+                entries = [{"Source": "jobs", "DetailType": "JobEvent", "Detail": json.dumps(d)} for d in batch]
+                out = events.put_events(Entries=entries)
+                if out["FailedEntryCount"]:
+                    raise RuntimeError(f"PutEvents refused {out['FailedEntryCount']} entries")
+                for d in batch:
+                    put_at[d["id"]] = t
+
+            with ThreadPoolExecutor(8) as pool:
+                list(pool.map(put, [details[i : i + 10] for i in range(0, jobs, 10)]))
+            notes = stk.await_end_states(stack, set(put_at), timeout=900, linger=0)
+            ended = {n["job_id"]: stk.parse_time(n["timestamp"]) for n in notes}
+            if len(ended) < jobs:
+                raise RuntimeError(f"{label}: only {len(ended)} of {jobs} jobs ended")
+            marker = (state_dir / "stack-id").read_text().strip()
+            rss: dict[str, int] = {}
+            for pid in stk.marked_pids(marker):
+                try:
+                    name = dict(
+                        kv.split(b"=", 1) for kv in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if b"=" in kv
+                    ).get(b"AWS_LAMBDA_FUNCTION_NAME", b"?").decode()
+                    rss[name] = max(rss.get(name, 0), peak_rss_kib(pid))
+                except OSError:
+                    continue
+        finally:
+            stk.down(state_dir)
+    latencies = sorted((ended[j] - put_at[j]) * 1000 for j in ended)
+    span = max(ended.values()) - min(put_at.values())
+    return {
+        "rate": jobs / span,
+        "p50": latencies[len(latencies) // 2],
+        "p99": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
+        "rss": rss,
+    }
+
+
+# Lambda list prices (us-east-1), per GB-second and per request.
+GB_SECOND = {"arm64": 0.0000133334, "x86_64": 0.0000166667}
+PER_REQUEST = 0.20 / 1_000_000
+
+
+def cost_per_million(durations_ms: dict[str, float], batch: int, memory_mb: int = 128) -> dict[str, float]:
+    """Dollars per million jobs for both functions, when each invocation carries `batch`
+    jobs and takes the measured warm duration for a batch of that size."""
+    invocations = 1_000_000 / batch
+    out = {}
+    for arch, price in GB_SECOND.items():
+        gb_s = sum(invocations * (ms / 1000) * memory_mb / 1024 for ms in durations_ms.values())
+        out[arch] = gb_s * price + len(durations_ms) * invocations * PER_REQUEST
+    out["gb_s"] = sum(invocations * (ms / 1000) * memory_mb / 1024 for ms in durations_ms.values())
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=15, help="cold starts per binary (median reported)")
+    parser.add_argument("--warm", type=int, default=10, help="warm 10-record batches after each cold start")
+    parser.add_argument("--jobs", type=int, default=2000, help="jobs in each throughput run")
+    args = parser.parse_args(argv)
+
+    rows = [["measure", "value", "reference", "ratio", "target", "met"]]
+
+    def add(measure: str, value: float, unit: str, ref: float | None, target: str = "", met: bool | None = None,
+            ratio_of: float | None = None) -> None:
+        base = ratio_of if ratio_of is not None else ref
+        rows.append([
+            measure, f"{value:.1f} {unit}", f"{ref:.1f} {unit}" if ref is not None else "",
+            f"{value / base:.2f}x" if base else "", target, "" if met is None else ("yes" if met else "NO"),
+        ])
+
+    for name in ("hello", "noop", "ingester", "processor"):
+        if not (RELEASE / name).exists():
+            print(f"{RELEASE / name} is missing: run `make bench`, which builds it", file=sys.stderr)
+            return 2
+
+    with tempfile.TemporaryDirectory(prefix="bench-") as state:
+        state_dir = Path(state)
+        port = free_port()
+        print(f"starting MiniStack on 127.0.0.1:{port} for the cold starts ...", file=sys.stderr)
+        stack = stk.up(port=port, state_dir=state_dir, use_existing=False, receiver=False)
+        try:
+            results: dict[str, list[Run]] = {}
+            plans = {
+                "hello": (RELEASE / "hello", dict(stack.env()), lambda n: [{"hello": "world"}] * n),
+                "ingester": (RELEASE / "ingester", function_env(stack, "ingester"),
+                             lambda n: [sqs_event(stack, "ingester-queue", [ingester_body(stack) for _ in range(n)])]),
+                "processor": (RELEASE / "processor", function_env(stack, "processor"),
+                              lambda n: [sqs_event(stack, "jobs-todo", [processor_body(stack) for _ in range(n)])]),
+            }
+            for name, (binary, env, make) in plans.items():
+                def events() -> list[dict]:
+                    first = make(1)[:1]
+                    return first + [e for _ in range(args.warm) for e in make(10)[:1]]
+
+                cold_start(binary, env, events())  # warms the page cache, so every run reads the same
+                runs = []
+                for i in range(args.runs):
+                    runs.append(cold_start(binary, env, events()))
+                    print(f"\r{name}: {i + 1}/{args.runs} cold starts", end="", file=sys.stderr)
+                print(file=sys.stderr)
+                results[name] = runs
+            zips = {name: len(stk.package(RELEASE / name)) for name in ("ingester", "processor")}
+        finally:
+            stk.down(state_dir)
+
+    def median(name: str, pick) -> float:
+        return statistics.median(pick(r) for r in results[name])
+
+    hello_init = median("hello", lambda r: r.init_ms)
+    hello_first = median("hello", lambda r: r.first_ms)
+    hello_rss = median("hello", lambda r: r.rss_kib) / 1024
+    warm: dict[str, float] = {}
+    for name in ("ingester", "processor"):
+        init = median(name, lambda r: r.init_ms)
+        add(f"{name}: cold start, exec to first poll (median of {args.runs})", init, "ms", hello_init,
+            f"<= {COLD_START_TARGET}x", init <= COLD_START_TARGET * hello_init)
+        add(f"{name}: cold, exec to first response (1 record)", median(name, lambda r: r.first_ms), "ms", hello_first)
+        warm[name] = median(name, lambda r: statistics.median(r.warm_ms))
+        add(f"{name}: warm invocation, 10 records", warm[name], "ms", None)
+        add(f"{name}: zip", zips[name] / 1e6, "MB", None, "< 6 MB", zips[name] < 6e6)
+        add(f"{name}: peak RSS after {args.warm + 1} invocations", median(name, lambda r: r.rss_kib) / 1024, "MiB",
+            hello_rss, "< 30 MiB", median(name, lambda r: r.rss_kib) < 30 * 1024)
+
+    estimates = criterion_estimates()
+    if not estimates:
+        print(f"no criterion results in {CRITERION}: run `make bench`", file=sys.stderr)
+    for title, ns in estimates.items():
+        add(f"per job: {title}", ns / 1000, "us", None, "< 10 us", ns < PER_JOB_TARGET_NS)
+
+    if args.jobs:
+        with tempfile.TemporaryDirectory(prefix="bench-noop-bin-") as d:
+            noop_dir = Path(d)
+            for name in ("ingester", "processor"):
+                (noop_dir / name).write_bytes((RELEASE / "noop").read_bytes())
+                (noop_dir / name).chmod(0o755)
+            print(f"throughput: {args.jobs} jobs through no-op functions ...", file=sys.stderr)
+            floor = throughput(noop_dir, args.jobs, "noop")
+        print(f"throughput: {args.jobs} jobs through the pipeline ...", file=sys.stderr)
+        real = throughput(RELEASE, args.jobs, "pipeline")
+        add(f"end to end: jobs per second ({args.jobs} jobs)", real["rate"], "/s", floor["rate"], ">= 0.90x",
+            real["rate"] >= 0.9 * floor["rate"])
+        add("end to end: p50 latency, put to end state", real["p50"], "ms", floor["p50"])
+        add("end to end: p99 latency", real["p99"], "ms", floor["p99"], "<= 1.2x", real["p99"] <= 1.2 * floor["p99"])
+        for name in ("ingester", "processor"):
+            kib = real["rss"].get(name, 0)
+            add(f"{name}: peak RSS under the run", kib / 1024, "MiB", floor["rss"].get(name, 0) / 1024, "< 30 MiB",
+                kib < 30 * 1024)
+
+    print()
+    print(table(rows))
+    print(f"\nmachine: {os.cpu_count()} cores, {platform_line()}; references built with the same release profile")
+    if warm:
+        print("\nCost per million jobs at 128 MB, from the warm durations above (emulator latencies, not AWS's):")
+        for batch in (10, 5, 1):
+            # A smaller batch is modelled with the same per-invocation time: the calls of
+            # a batch run concurrently, so the time is dominated by round trips, not count.
+            c = cost_per_million(warm, batch)
+            print(f"  batch {batch:>2}: {c['gb_s']:8.1f} GB-s, ${c['arm64']:.2f} on arm64, ${c['x86_64']:.2f} on x86_64")
+    return 0
+
+
+def platform_line() -> str:
+    import platform
+
+    return f"{platform.machine()} {platform.system()} {platform.release()}, Python {platform.python_version()}"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
