@@ -10,7 +10,7 @@
 use async_trait::async_trait;
 use jobs_core::messages::{DeadLetter, Stage};
 use jobs_core::record::enriched_message;
-use jobs_core::redrive::{plan, Redrive};
+use jobs_core::redrive::{plan, Redrive, Stranded};
 use jobs_core::state::JobStore;
 use std::collections::HashSet;
 use std::fmt::Write as _;
@@ -64,8 +64,36 @@ pub struct Selection {
 }
 
 impl Selection {
-    fn matches(&self, dl: &DeadLetter) -> bool {
-        self.job_ids.is_empty() || self.job_ids.contains(&dl.job_id)
+    fn matches(&self, letter: &Letter) -> bool {
+        self.job_ids.is_empty() || letter.job_id().is_some_and(|id| self.job_ids.contains(id))
+    }
+}
+
+/// A DLQ message as the operations see it.
+#[derive(Debug)]
+pub enum Letter {
+    /// A dead letter a function wrote, with the job's error history.
+    Dead(DeadLetter),
+    /// A record SQS moved here after too many failed receives, as it was.
+    Stranded(Stranded),
+    /// Something else; left alone.
+    Unknown,
+}
+
+impl Letter {
+    pub fn of(body: &str) -> Letter {
+        if let Ok(dl) = serde_json::from_str::<DeadLetter>(body) {
+            return Letter::Dead(dl);
+        }
+        Stranded::of(body).map_or(Letter::Unknown, Letter::Stranded)
+    }
+
+    pub fn job_id(&self) -> Option<&str> {
+        match self {
+            Letter::Dead(dl) => Some(&dl.job_id),
+            Letter::Stranded(s) => s.job_id(),
+            Letter::Unknown => None,
+        }
     }
 }
 
@@ -84,7 +112,7 @@ pub struct Report {
 async fn sweep<M, F>(mailbox: &M, selection: &Selection, mut act: F) -> Result<(), OpsError>
 where
     M: Mailbox + Sync,
-    F: AsyncFnMut(&Held, Option<DeadLetter>) -> Result<bool, OpsError>,
+    F: AsyncFnMut(&Held, Letter) -> Result<bool, OpsError>,
 {
     let mut seen = HashSet::new();
     let mut to_release = Vec::new();
@@ -100,15 +128,13 @@ where
                 return Ok(());
             }
             for held in fresh {
-                let dl: Option<DeadLetter> = serde_json::from_str(&held.body).ok();
-                let wanted = dl.as_ref().is_some_and(|d| selection.matches(d))
-                    || (dl.is_none() && selection.job_ids.is_empty());
-                if !wanted || matched >= selection.max {
+                let letter = Letter::of(&held.body);
+                if !selection.matches(&letter) || matched >= selection.max {
                     to_release.push(held);
                     continue;
                 }
                 matched += 1;
-                if !act(&held, dl).await? {
+                if !act(&held, letter).await? {
                     to_release.push(held);
                 }
                 if matched >= selection.max {
@@ -133,10 +159,18 @@ pub async fn list<M: Mailbox + Sync>(
     sweep(
         mailbox,
         selection,
-        async |held: &Held, dl: Option<DeadLetter>| {
-            lines.push(match dl {
-                Some(dl) => describe(&dl),
-                None => format!(
+        async |held: &Held, letter: Letter| {
+            lines.push(match letter {
+                Letter::Dead(dl) => describe(&dl),
+                Letter::Stranded(Stranded::Job(job)) => format!(
+                    "{}  STRANDED in jobs-todo  {}  attempt {}  (moved here by SQS after repeated failed receives; a redrive sends it back as it is)",
+                    job.job_id, job.job_type, job.attempt
+                ),
+                Letter::Stranded(Stranded::Event { job_id }) => format!(
+                    "{}  STRANDED in ingester-queue  (an event moved here by SQS before it was validated; a redrive sends it back as it is)",
+                    job_id.as_deref().unwrap_or(&held.message_id)
+                ),
+                Letter::Unknown => format!(
                     "{}  (not a dead letter of this pipeline: {} bytes)",
                     held.message_id,
                     held.body.len()
@@ -190,83 +224,93 @@ where
 {
     let mut report = Report::default();
     let now = chrono::Utc::now();
-    sweep(
-        mailbox,
-        selection,
-        async |held: &Held, dl: Option<DeadLetter>| {
-            let Some(dl) = dl else {
-                report.kept += 1;
-                report.lines.push(format!(
-                    "{}: kept, not a dead letter of this pipeline",
-                    held.message_id
-                ));
-                return Ok(false);
-            };
-            let planned = plan(&dl, now);
-            let (to, message, reopen_below) = match &planned {
+    sweep(mailbox, selection, async |held: &Held, letter: Letter| {
+        let raw = |body: String| jobs_core::ports::OutgoingMessage {
+            body,
+            attributes: vec![],
+            delay_seconds: 0,
+        };
+        // What to send where, and which state record to reopen first.
+        let (job_id, to, message, reopen) = match letter {
+            Letter::Dead(dl) => match plan(&dl, now) {
                 Redrive::JobsTodo(job) => (
+                    dl.job_id,
                     Destination::JobsTodo,
-                    enriched_message(job),
-                    job.attempt - 1,
+                    enriched_message(&job),
+                    Some((Stage::Processor, job.attempt - 1)),
                 ),
                 Redrive::Ingester(event) => (
+                    dl.job_id,
                     Destination::Ingester,
-                    jobs_core::ports::OutgoingMessage {
-                        body: event.to_string(),
-                        attributes: vec![],
-                        delay_seconds: 0,
-                    },
-                    0,
+                    raw(event.to_string()),
+                    Some((Stage::Ingester, 0)),
                 ),
                 Redrive::Keep(why) => {
                     report.kept += 1;
                     report.lines.push(format!("{}: kept, {why}", dl.job_id));
                     return Ok(false);
                 }
-            };
-            let target = match to {
-                Destination::JobsTodo => "jobs-todo",
-                Destination::Ingester => "ingester-queue",
-            };
-            if dry_run {
-                report
-                    .lines
-                    .push(format!("{}: would go to {target}", dl.job_id));
-                report.moved += 1;
+            },
+            // The job never ended, so there is no end to reopen: its own claim
+            // (lease long expired) lets it run on.
+            Letter::Stranded(Stranded::Job(job)) => (
+                job.job_id.clone(),
+                Destination::JobsTodo,
+                enriched_message(&job),
+                None,
+            ),
+            Letter::Stranded(Stranded::Event { job_id }) => (
+                job_id.unwrap_or_else(|| held.message_id.clone()),
+                Destination::Ingester,
+                raw(held.body.clone()),
+                None,
+            ),
+            Letter::Unknown => {
+                report.kept += 1;
+                report.lines.push(format!(
+                    "{}: kept, not a dead letter of this pipeline",
+                    held.message_id
+                ));
                 return Ok(false);
             }
-            let stage = planned.stage().unwrap_or(Stage::Processor);
-            let sent = async {
+        };
+        let target = match to {
+            Destination::JobsTodo => "jobs-todo",
+            Destination::Ingester => "ingester-queue",
+        };
+        if dry_run {
+            report.lines.push(format!("{job_id}: would go to {target}"));
+            report.moved += 1;
+            return Ok(false);
+        }
+        let sent = async {
+            if let Some((stage, below)) = reopen {
                 store
-                    .reopen(&dl.job_id, stage, reopen_below, now)
+                    .reopen(&job_id, stage, below, now)
                     .await
                     .map_err(|e| OpsError {
                         operation: "reopen job state",
                         message: e.to_string(),
                     })?;
-                mailbox.send(to, &message.body, &message.attributes).await
             }
-            .await;
-            match sent {
-                Ok(()) => {
-                    // Only now that the copy is accepted may the original go.
-                    mailbox.delete(held).await?;
-                    report.moved += 1;
-                    report
-                        .lines
-                        .push(format!("{}: sent to {target}", dl.job_id));
-                    Ok(true)
-                }
-                Err(e) => {
-                    report.failed += 1;
-                    report
-                        .lines
-                        .push(format!("{}: left in the DLQ, {e}", dl.job_id));
-                    Ok(false)
-                }
+            mailbox.send(to, &message.body, &message.attributes).await
+        }
+        .await;
+        match sent {
+            Ok(()) => {
+                // Only now that the copy is accepted may the original go.
+                mailbox.delete(held).await?;
+                report.moved += 1;
+                report.lines.push(format!("{job_id}: sent to {target}"));
+                Ok(true)
             }
-        },
-    )
+            Err(e) => {
+                report.failed += 1;
+                report.lines.push(format!("{job_id}: left in the DLQ, {e}"));
+                Ok(false)
+            }
+        }
+    })
     .await?;
     Ok(report)
 }
@@ -570,6 +614,62 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[tokio::test]
+    async fn stranded_records_go_back_unchanged_and_can_be_chosen_by_job_id() {
+        let job = json!({"job_id": "job-s", "job_type": "user_onboarding", "status": "NEW",
+            "received_at": "2026-11-23T10:00:00Z", "attempt": 2, "errors": [],
+            "job": {"job_type": "user_onboarding", "message": {"user_id": "1", "user_name": "A"}}})
+        .to_string();
+        let event = json!({"id": "evt-1", "source": "jobs",
+            "detail": {"id": "job-e", "job_type": "user_onboarding"}})
+        .to_string();
+        let q = FakeQueues::default();
+        *q.dlq.lock().expect("lock") = [(0, &job), (1, &event), (2, &"junk".to_owned())]
+            .into_iter()
+            .map(|(i, body)| Held {
+                message_id: format!("m{i}"),
+                receipt: format!("r{i}"),
+                body: body.clone(),
+            })
+            .collect();
+        let listed = list(&q, &all()).await.expect("list");
+        assert!(
+            listed[0].starts_with("job-s  STRANDED in jobs-todo"),
+            "{listed:?}"
+        );
+        assert!(
+            listed[1].starts_with("job-e  STRANDED in ingester-queue"),
+            "{listed:?}"
+        );
+
+        let only_e = Selection {
+            job_ids: ["job-e".to_owned()].into(),
+            max: usize::MAX,
+        };
+        let store = MemoryStore::default();
+        let report = redrive(&q, &store, &only_e, false).await.expect("redrive");
+        assert_eq!((report.moved, report.kept), (1, 0));
+        let report = redrive(&q, &store, &all(), false).await.expect("redrive");
+        assert_eq!(
+            (report.moved, report.kept, q.depth()),
+            (1, 1, 1),
+            "junk stays"
+        );
+        let sent = q.sent.lock().expect("lock").clone();
+        assert_eq!(
+            sent,
+            [
+                (Destination::Ingester, event),
+                (Destination::JobsTodo, {
+                    let back = EnrichedJob::from_body(&job).expect("job");
+                    enriched_message(&back).body
+                })
+            ]
+        );
+        let back = EnrichedJob::from_body(&sent[1].1).expect("an enriched job");
+        assert_eq!(back.attempt, 2, "a stranded job keeps its attempt");
     }
 
     #[tokio::test]

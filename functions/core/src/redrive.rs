@@ -33,6 +33,43 @@ impl Redrive {
     }
 }
 
+/// A record SQS itself moved to the dead-letter queue after `maxReceiveCount` failed
+/// receives (a dependency was down for longer than the functions' retry schedule). It
+/// is not a dead letter: it is the record as it was, and the job never ended, so it goes
+/// back to the queue it came from unchanged, with no state record to reopen.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Stranded {
+    /// A `jobs-todo` message: the enriched job, at the attempt it had reached.
+    Job(EnrichedJob),
+    /// An `ingester-queue` message: the EventBridge event, not yet validated.
+    Event { job_id: Option<String> },
+}
+
+impl Stranded {
+    /// Recognises a DLQ body that is not a dead letter; `None` for anything else.
+    pub fn of(body: &str) -> Option<Stranded> {
+        if let Ok(job) = EnrichedJob::from_body(body) {
+            return Some(Stranded::Job(job));
+        }
+        let envelope = crate::messages::EventEnvelope::from_body(body)?;
+        let job_id = envelope
+            .detail
+            .get("id")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .or(envelope.id);
+        Some(Stranded::Event { job_id })
+    }
+
+    /// The job id, when the record names one.
+    pub fn job_id(&self) -> Option<&str> {
+        match self {
+            Stranded::Job(job) => Some(&job.job_id),
+            Stranded::Event { job_id } => job_id.as_deref(),
+        }
+    }
+}
+
 /// Plans the redrive of one dead letter.
 pub fn plan(dl: &DeadLetter, now: Timestamp) -> Redrive {
     match dl.stage {
@@ -72,6 +109,29 @@ pub fn plan(dl: &DeadLetter, now: Timestamp) -> Redrive {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stranded_records_are_told_apart_from_dead_letters_and_junk() {
+        let job = r#"{"job_id":"job-9","job_type":"user_onboarding","status":"NEW",
+            "received_at":"2026-11-23T10:00:00Z","attempt":2,"errors":[],
+            "job":{"job_type":"user_onboarding","message":{"user_id":"1","user_name":"A"}}}"#;
+        match Stranded::of(job) {
+            Some(Stranded::Job(j)) => assert_eq!((j.job_id.as_str(), j.attempt), ("job-9", 2)),
+            other => panic!("{other:?}"),
+        }
+        let event = r#"{"id":"evt-1","source":"jobs","detail":{"id":"job-3","job_type":"x"}}"#;
+        assert_eq!(
+            Stranded::of(event).as_ref().and_then(Stranded::job_id),
+            Some("job-3")
+        );
+        let no_id = r#"{"id":"evt-1","source":"jobs","detail":{"job_type":"x"}}"#;
+        assert_eq!(
+            Stranded::of(no_id).as_ref().and_then(Stranded::job_id),
+            Some("evt-1")
+        );
+        assert_eq!(Stranded::of("not json"), None);
+        assert_eq!(Stranded::of(r#"{"hello":"world"}"#), None);
+    }
     use crate::messages::{ErrorEntry, EventEnvelope};
     use chrono::Utc;
 
