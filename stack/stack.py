@@ -559,20 +559,40 @@ def queue_depth(sqs, url: str) -> int:
     return sum(int(v) for v in a.values())
 
 
-def await_end_states(stack: Stack, job_ids: set[str], timeout: float, linger: float = 5) -> list[dict]:
+def await_end_states(
+    stack: Stack, job_ids: set[str], timeout: float, linger: float = 5, keep_others: bool = False
+) -> list[dict]:
     """Drains the demo subscriber queue until every job in `job_ids` has announced an end
     state or `timeout` passes, then `linger` seconds more so that a late second
-    announcement is caught too. Returns the notifications about those jobs."""
+    announcement is caught too. Returns the notifications about those jobs, or every
+    notification drained with `keep_others` (to catch end states nobody asked for)."""
     sqs = stack.client("sqs")
     url = stack.resources["queues"][stack.settings["demo_subscriber_queue"]]
     seen: list[dict] = []
+
+    def take(wait: float) -> None:
+        notes = (json.loads(m["Body"]) for m in drain(sqs, url, wait=wait))
+        seen.extend(n for n in notes if keep_others or n["job_id"] in job_ids)
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        seen += [n for m in drain(sqs, url, wait=1) if (n := json.loads(m["Body"]))["job_id"] in job_ids]
+        take(1)
         if job_ids <= {n["job_id"] for n in seen}:
             break
-    seen += [n for m in drain(sqs, url, wait=linger) if (n := json.loads(m["Body"]))["job_id"] in job_ids]
+    take(linger)
     return seen
+
+
+def generate(stack: Stack, manifest: Path, *args: str, timeout: float = 300) -> list[dict]:
+    """Runs job-generator against the stack with `--manifest`; returns the manifest lines."""
+    env = {**stack.env(), "PATH": "/usr/bin:/bin"}
+    out = subprocess.run(
+        [str(RELEASE / "job-generator"), "--manifest", str(manifest), *args],
+        env=env, capture_output=True, text=True, timeout=timeout,
+    )
+    if out.returncode != 0:
+        raise StackError(f"job-generator exited with {out.returncode}: {out.stderr}")
+    return [json.loads(line) for line in manifest.read_text().splitlines()]
 
 
 def parse_time(rfc3339: str) -> float:

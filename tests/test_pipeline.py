@@ -7,11 +7,9 @@ Each module starts its own MiniStack on a free port through `stack.up()`, the co
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 import uuid
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
@@ -19,7 +17,6 @@ import otlp_receiver
 import stack as stk
 
 ROOT = stk.ROOT
-GENERATOR = stk.RELEASE / "job-generator"
 ORIGINAL_JOBS = sorted((ROOT / "functions" / "core" / "fixtures" / "original-jobs").glob("*/*.json"))
 GENERATED = 300
 ORIGINAL_LONG_JOB_SECS = 300  # the original demo's long_running_job runs that long
@@ -44,36 +41,13 @@ def stk_free_port() -> int:
         return s.getsockname()[1]
 
 
-def generate(stack: stk.Stack, manifest: Path, *args: str) -> list[dict]:
-    """Runs job-generator against the stack; returns its manifest lines."""
-    env = {**stack.env(), "PATH": "/usr/bin:/bin"}
-    out = subprocess.run(
-        [str(GENERATOR), "--manifest", str(manifest), *args], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert out.returncode == 0, out.stderr
-    return [json.loads(line) for line in manifest.read_text().splitlines()]
-
-
-def collect(sqs, url: str, expected_ids: set[str], timeout: float) -> list[dict]:
-    """Drains end-state notifications until every expected job has one, then a little
-    longer so that a late duplicate would be caught too."""
-    seen: list[dict] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        seen += [json.loads(m["Body"]) for m in stk.drain(sqs, url, wait=2)]
-        if expected_ids <= {n["job_id"] for n in seen}:
-            break
-    seen += [json.loads(m["Body"]) for m in stk.drain(sqs, url, wait=5)]
-    return seen
-
-
 def test_every_job_ends_exactly_once_in_the_right_state(pipeline, tmp_path):
     sent = []
     for i, path in enumerate(ORIGINAL_JOBS):
-        for line in generate(pipeline, tmp_path / f"original-{i}.jsonl", "--file", str(path)):
+        for line in stk.generate(pipeline, tmp_path / f"original-{i}.jsonl", "--file", str(path)):
             line["original"] = path.parent.name  # "good" or "bad"
             sent.append(line)
-    sent += generate(
+    sent += stk.generate(
         pipeline,
         tmp_path / "generated.jsonl",
         *("--count", str(GENERATED), "--rate", "60", "--seed", "42", "--malformed-ratio", "0.2"),
@@ -90,7 +64,7 @@ def test_every_job_ends_exactly_once_in_the_right_state(pipeline, tmp_path):
 
     sqs = pipeline.client("sqs")
     queues = pipeline.resources["queues"]
-    notes = collect(sqs, queues["job-end-states"], set(expected), timeout=ORIGINAL_LONG_JOB_SECS + 120)
+    notes = stk.await_end_states(pipeline, set(expected), timeout=ORIGINAL_LONG_JOB_SECS + 120, keep_others=True)
 
     per_job = Counter(n["job_id"] for n in notes)
     missing = set(expected) - set(per_job)
@@ -153,7 +127,7 @@ def test_up_is_idempotent_and_down_stops_every_process(tmp_path):
     assert len(sns.list_subscriptions_by_topic(TopicArn=again.resources["topic_arn"])["Subscriptions"]) == 1
 
     # Start function workers, so there is something that could outlive MiniStack.
-    generate(stack, tmp_path / "m.jsonl", "--count", "3", "--rate", "10", "--seed", "1", "--malformed-ratio", "0")
+    stk.generate(stack, tmp_path / "m.jsonl", "--count", "3", "--rate", "10", "--seed", "1", "--malformed-ratio", "0")
     marker = (state / "stack-id").read_text().strip()
     deadline = time.monotonic() + 30
     while not stk.marked_pids(marker) and time.monotonic() < deadline:
@@ -182,10 +156,10 @@ def test_each_job_is_one_trace_from_generator_to_processor(pipeline, tmp_path):
     }
     path = tmp_path / "jobs.jsonl"
     path.write_text("".join(json.dumps({**detail, "id": job_id}) + "\n" for job_id, (detail, _) in jobs.items()))
-    manifest = {m["job_id"]: m for m in generate(pipeline, tmp_path / "m.jsonl", "--file", str(path))}
+    manifest = {m["job_id"]: m for m in stk.generate(pipeline, tmp_path / "m.jsonl", "--file", str(path))}
     assert set(manifest) == set(jobs) and all(m["outcome"] == "sent" for m in manifest.values())
 
-    notes = collect(pipeline.client("sqs"), pipeline.resources["queues"]["job-end-states"], set(jobs), timeout=90)
+    notes = stk.await_end_states(pipeline, set(jobs), timeout=90, keep_others=True)
     status = {n["job_id"]: n["status"] for n in notes if n["job_id"] in jobs}
     assert status == {j: want for j, (_, want) in jobs.items()}
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import time
 from collections import Counter
 from statistics import mean
@@ -20,7 +19,6 @@ import pytest
 
 import stack as stk
 
-GENERATOR = stk.RELEASE / "job-generator"
 BASE_DELAY = 2  # RETRY_BASE_DELAY_SECONDS in terraform/pipeline.json
 MAX_ATTEMPTS = 3  # MAX_ATTEMPTS there
 SLACK = 4  # seconds of polling and processing around a retry's delay
@@ -45,10 +43,6 @@ def put_jobs(stack: stk.Stack, details: list[dict]) -> None:
         ]
         out = events.put_events(Entries=entries)
         assert out["FailedEntryCount"] == 0, out
-
-
-def end_states(stack: stk.Stack, ids: set[str], timeout: float) -> list[dict]:
-    return stk.await_end_states(stack, ids, timeout)
 
 
 def onboarding(job_id: str, **extra) -> dict:
@@ -79,7 +73,7 @@ def test_duplicates_run_once_and_end_once(pipeline):
             sqs.send_message(QueueUrl=todo, MessageBody=json.dumps(enriched))
 
     send_copies(2)
-    notes = end_states(pipeline, {"dup-events", "dup-messages"}, timeout=90)
+    notes = stk.await_end_states(pipeline, {"dup-events", "dup-messages"}, timeout=90)
     send_copies(1)
     notes += stk.await_end_states(pipeline, {"dup-events", "dup-messages"}, timeout=15, linger=0)
     per_job = Counter(n["job_id"] for n in notes)
@@ -95,7 +89,7 @@ def test_after_a_restart_completed_jobs_are_not_run_again(pipeline):
     jobs-todo message), beside new jobs that show the fresh workers do work."""
     before = [onboarding(f"restart-{i}") for i in range(10)]
     put_jobs(pipeline, before)
-    first = end_states(pipeline, {j["id"] for j in before}, timeout=90)
+    first = stk.await_end_states(pipeline, {j["id"] for j in before}, timeout=90)
     assert sorted(n["job_id"] for n in first) == sorted(j["id"] for j in before)
 
     marker = (pipeline.state_dir / "stack-id").read_text().strip()
@@ -117,7 +111,7 @@ def test_after_a_restart_completed_jobs_are_not_run_again(pipeline):
     after = [onboarding(f"fresh-{i}") for i in range(3)]
     put_jobs(pipeline, before + after)
 
-    notes = end_states(pipeline, {j["id"] for j in before + after}, timeout=90)
+    notes = stk.await_end_states(pipeline, {j["id"] for j in before + after}, timeout=90)
     assert sorted(n["job_id"] for n in notes) == sorted(j["id"] for j in after), "only the new jobs end now"
     fresh = set(stk.marked_pids(marker))
     assert fresh and not fresh & set(workers), "new workers did the work"
@@ -127,11 +121,11 @@ def test_after_a_restart_completed_jobs_are_not_run_again(pipeline):
 
 def test_a_reused_id_with_other_content_is_rejected_by_name(pipeline):
     put_jobs(pipeline, [onboarding("reused-1")])
-    first = end_states(pipeline, {"reused-1"}, timeout=60)
+    first = stk.await_end_states(pipeline, {"reused-1"}, timeout=60)
     assert [n["status"] for n in first] == ["COMPLETED"]
     other = {"id": "reused-1", "job_type": "report_generation", "message": {"report_name": "R", "filters": "a=b"}}
     put_jobs(pipeline, [other])
-    second = end_states(pipeline, {"reused-1"}, timeout=60)
+    second = stk.await_end_states(pipeline, {"reused-1"}, timeout=60)
     assert [(n["status"], n["errors"][-1]["code"]) for n in second] == [("REJECTED", "job_id_reused")]
 
 
@@ -140,7 +134,7 @@ def test_flaky_jobs_retry_with_growing_delays_and_keep_their_history(pipeline):
     doomed = [onboarding(f"doomed-{i:02}", fault={"fail_always": True}) for i in range(20)]
     put_jobs(pipeline, flaky + doomed)
     ids = {d["id"] for d in flaky + doomed}
-    notes = {n["job_id"]: n for n in end_states(pipeline, ids, timeout=180)}
+    notes = {n["job_id"]: n for n in stk.await_end_states(pipeline, ids, timeout=180)}
     assert set(notes) == ids
 
     for d in flaky:
@@ -175,7 +169,7 @@ def test_jobs_sent_while_the_processor_is_down_all_complete(pipeline, tmp_path):
     (mapping,) = lam.list_event_source_mappings(FunctionName="processor")["EventSourceMappings"]
     lam.update_event_source_mapping(UUID=mapping["UUID"], Enabled=False)
     try:
-        sent = generate(pipeline, tmp_path / "down.jsonl", "--count", "200", "--rate", "100", "--seed", "7",
+        sent = stk.generate(pipeline, tmp_path / "down.jsonl", "--count", "200", "--rate", "100", "--seed", "7",
                         "--max-job-seconds", "1", "--malformed-ratio", "0")
         ids = {s["job_id"] for s in sent if s["outcome"] == "sent"}
         assert len(ids) == 200
@@ -188,7 +182,7 @@ def test_jobs_sent_while_the_processor_is_down_all_complete(pipeline, tmp_path):
         assert not early, f"{len(early)} jobs ended while the processor was down"
     finally:
         lam.update_event_source_mapping(UUID=mapping["UUID"], Enabled=True)
-    notes = end_states(pipeline, ids, timeout=180)
+    notes = stk.await_end_states(pipeline, ids, timeout=180)
     per_job = Counter(n["job_id"] for n in notes)
     assert set(per_job) == ids and max(per_job.values()) == 1
     assert all(n["status"] == "COMPLETED" for n in notes)
@@ -196,7 +190,7 @@ def test_jobs_sent_while_the_processor_is_down_all_complete(pipeline, tmp_path):
 
 def test_every_job_has_exactly_one_end_state_under_mixed_load(pipeline, tmp_path):
     """2,000 jobs: 20% malformed, 10% flaky, 5% sent twice."""
-    sent = generate(
+    sent = stk.generate(
         pipeline, tmp_path / "load.jsonl",
         *("--count", "2000", "--rate", "200", "--seed", "2026", "--max-job-seconds", "1"),
         *("--malformed-ratio", "0.2", "--flaky-ratio", "0.1", "--duplicate-ratio", "0.05"),
@@ -205,7 +199,7 @@ def test_every_job_has_exactly_one_end_state_under_mixed_load(pipeline, tmp_path
     ids = {s["job_id"] for s in delivered}
     repeats = len(delivered) - len(ids)
     flaky = {s["job_id"] for s in delivered if "fault" in s["detail"]}
-    notes = end_states(pipeline, ids, timeout=600)
+    notes = stk.await_end_states(pipeline, ids, timeout=600)
 
     per_job = Counter(n["job_id"] for n in notes)
     missing = ids - set(per_job)
@@ -221,15 +215,6 @@ def test_every_job_has_exactly_one_end_state_under_mixed_load(pipeline, tmp_path
     sqs = pipeline.client("sqs")
     for name in ("ingester-queue", "jobs-todo"):
         assert stk.queue_depth(sqs, pipeline.resources["queues"][name]) == 0, f"{name} still holds messages"
-
-
-def generate(stack: stk.Stack, manifest, *args: str) -> list[dict]:
-    env = {**stack.env(), "PATH": "/usr/bin:/bin"}
-    out = subprocess.run(
-        [str(GENERATOR), "--manifest", str(manifest), *args], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert out.returncode == 0, out.stderr
-    return [json.loads(line) for line in manifest.read_text().splitlines()]
 
 
 def test_records_wait_in_sqs_while_a_dependency_is_down(pipeline):
@@ -248,7 +233,7 @@ def test_records_wait_in_sqs_while_a_dependency_is_down(pipeline):
         assert held == 20, f"the records must wait in ingester-queue, found {held}"
     finally:
         stk.ensure_table(ddb, table)
-    notes = end_states(pipeline, ids, timeout=150)
+    notes = stk.await_end_states(pipeline, ids, timeout=150)
     per_job = Counter(n["job_id"] for n in notes)
     assert per_job == {i: 1 for i in ids}, per_job
     assert all(n["status"] == "COMPLETED" for n in notes)

@@ -1,7 +1,8 @@
 //! The ports implemented on SQS and SNS, and the functions' configuration from the
 //! environment. Clients are built once per process and shared by every invocation.
 
-use crate::guard::GuardConfig;
+use crate::dynamo::DynamoStore;
+use crate::guard::{GuardConfig, Guarded};
 use crate::messages::Notification;
 use crate::ports::{MessageQueue, OutgoingMessage, PortError, Receipt, Topic};
 use crate::record::to_json;
@@ -125,6 +126,42 @@ pub fn guard_config() -> Result<GuardConfig, ConfigError> {
     })
 }
 
+/// One client per AWS service, built once at start-up and shared by every port of that
+/// service, each port behind its own timeout and circuit breaker.
+#[derive(Debug, Clone)]
+pub struct Clients {
+    sqs: aws_sdk_sqs::Client,
+    sns: aws_sdk_sns::Client,
+    dynamodb: aws_sdk_dynamodb::Client,
+    guard: GuardConfig,
+}
+
+impl Clients {
+    pub fn new(sdk: &SdkConfig, guard: GuardConfig) -> Clients {
+        Clients {
+            sqs: aws_sdk_sqs::Client::new(sdk),
+            sns: aws_sdk_sns::Client::new(sdk),
+            dynamodb: aws_sdk_dynamodb::Client::new(sdk),
+            guard,
+        }
+    }
+
+    /// The queue at `url`; `name` is what errors and logs call it.
+    pub fn queue(&self, url: String, name: &'static str) -> Guarded<SqsQueue> {
+        Guarded::new(SqsQueue::new(self.sqs.clone(), url), name, self.guard)
+    }
+
+    pub fn topic(&self, arn: String) -> Guarded<SnsTopic> {
+        let topic = SnsTopic::new(self.sns.clone(), arn);
+        Guarded::new(topic, "job-end-state-topic", self.guard)
+    }
+
+    pub fn store(&self, table: String) -> Guarded<DynamoStore> {
+        let store = DynamoStore::new(self.dynamodb.clone(), table);
+        Guarded::new(store, "job state table", self.guard)
+    }
+}
+
 /// An SQS queue, addressed by URL.
 #[derive(Debug, Clone)]
 pub struct SqsQueue {
@@ -133,11 +170,8 @@ pub struct SqsQueue {
 }
 
 impl SqsQueue {
-    pub fn new(sdk: &SdkConfig, url: String) -> SqsQueue {
-        SqsQueue {
-            client: aws_sdk_sqs::Client::new(sdk),
-            url,
-        }
+    pub fn new(client: aws_sdk_sqs::Client, url: String) -> SqsQueue {
+        SqsQueue { client, url }
     }
 }
 
@@ -288,11 +322,8 @@ pub struct SnsTopic {
 }
 
 impl SnsTopic {
-    pub fn new(sdk: &SdkConfig, arn: String) -> SnsTopic {
-        SnsTopic {
-            client: aws_sdk_sns::Client::new(sdk),
-            arn,
-        }
+    pub fn new(client: aws_sdk_sns::Client, arn: String) -> SnsTopic {
+        SnsTopic { client, arn }
     }
 }
 

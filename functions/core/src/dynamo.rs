@@ -36,11 +36,6 @@ impl DynamoStore {
         }
     }
 
-    /// A store on the table named `table`, with a client built from the shared config.
-    pub fn from_sdk(sdk: &aws_config::SdkConfig, table: impl Into<String>) -> Self {
-        Self::new(Client::new(sdk), table)
-    }
-
     async fn read(&self, job_id: &str, stage: Stage) -> Result<Option<JobState>, PortError> {
         let out = self
             .client

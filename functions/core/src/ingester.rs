@@ -104,7 +104,7 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Ingester<Q, T, S> {
             verdicts
                 .into_iter()
                 .map(|(meta, verdict, record)| async move {
-                    let action = self.claim(verdict, &meta.message_id, deadline, now).await;
+                    let action = self.claim(verdict, &meta, deadline, now).await;
                     (meta, action, record)
                 }),
         )
@@ -311,7 +311,7 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Ingester<Q, T, S> {
     async fn claim(
         &self,
         verdict: Verdict,
-        message_id: &str,
+        meta: &RecordMeta,
         deadline: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Action {
@@ -326,7 +326,7 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Ingester<Q, T, S> {
             fingerprint: &fp,
             attempt: 1,
             lease_until: deadline,
-            holder: message_id,
+            holder: &meta.message_id,
         };
         let outcome = match self.store.claim(&claim, now).await {
             Ok(outcome) => outcome,
@@ -363,23 +363,7 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Ingester<Q, T, S> {
                             job.job_id
                         ),
                     );
-                    let dl = DeadLetter {
-                        job_id: job.job_id,
-                        job_type: Some(job.job_type.as_str().to_owned()),
-                        status: JobStatus::Rejected,
-                        stage: Stage::Ingester,
-                        attempts: 1,
-                        errors: vec![ErrorEntry {
-                            stage: Stage::Ingester,
-                            code: rejection.code.as_str().to_owned(),
-                            message: rejection.message,
-                            field: rejection.field,
-                            attempt: 1,
-                            timestamp: now,
-                        }],
-                        trace_context: job.trace_context,
-                        job: job.job,
-                    };
+                    let dl = reject(job.job_id, job.trace_context, job.job, rejection, meta, now);
                     Action::End(dl, Tracking::Untracked, t)
                 }
                 Verdict::Reject(dl, t) => Action::End(dl, Tracking::Untracked, t),

@@ -24,11 +24,7 @@ pub struct RecordMeta {
 
 impl RecordMeta {
     pub fn of(record: &SqsMessage) -> RecordMeta {
-        let receive_count = record
-            .attributes
-            .get("ApproximateReceiveCount")
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(1);
+        let receive_count = receive_count(record);
         let message_id = record.message_id.clone().unwrap_or_default();
         RecordMeta {
             log: tracing::info_span!("job", job_id = Empty, trace_id = Empty, message_id = %message_id),
@@ -44,6 +40,15 @@ impl RecordMeta {
             self.log.record("trace_id", t);
         }
     }
+}
+
+/// `ApproximateReceiveCount`: 1 on first delivery.
+fn receive_count(record: &SqsMessage) -> u32 {
+    record
+        .attributes
+        .get("ApproximateReceiveCount")
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(1)
 }
 
 /// Serializes a wire type. These types hold only strings, numbers and JSON values
@@ -168,7 +173,7 @@ pub async fn retry_failed_soon<Q: MessageQueue>(
         .filter_map(|r| {
             Some(Receipt {
                 receipt_handle: r.receipt_handle.clone()?,
-                delay_seconds: retry_later_delay(RecordMeta::of(r).receive_count),
+                delay_seconds: retry_later_delay(receive_count(r)),
             })
         })
         .collect();

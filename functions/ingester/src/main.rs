@@ -2,9 +2,7 @@
 //! [`jobs_core::ingester`]. Clients are built once, before the first invocation, each
 //! behind a timeout and a circuit breaker that outlive single invocations.
 
-use jobs_core::aws::{guard_config, number_or, required, sdk_config, SnsTopic, SqsQueue};
-use jobs_core::dynamo::DynamoStore;
-use jobs_core::guard::Guarded;
+use jobs_core::aws::{guard_config, number_or, required, sdk_config, Clients};
 use jobs_core::ingester::{Ingester, IngesterConfig};
 use jobs_core::telemetry::Telemetry;
 use jobs_core::Timestamp;
@@ -23,18 +21,13 @@ async fn main() -> Result<(), Error> {
     let guard = guard_config()?;
     let telemetry = Telemetry::from_env("ingester")?;
 
-    let sdk = sdk_config().await;
-    let store = DynamoStore::from_sdk(&sdk, table);
+    let clients = Clients::new(&sdk_config().await, guard);
     let ingester = Ingester {
-        source: Guarded::new(SqsQueue::new(&sdk, source_url), "ingester-queue", guard),
-        jobs_todo: Guarded::new(SqsQueue::new(&sdk, jobs_todo_url), "jobs-todo", guard),
-        dead_letters: Guarded::new(
-            SqsQueue::new(&sdk, dead_letter_url),
-            "dead-letter-queue",
-            guard,
-        ),
-        topic: Guarded::new(SnsTopic::new(&sdk, topic_arn), "job-end-state-topic", guard),
-        store: Guarded::new(store, "job state table", guard),
+        source: clients.queue(source_url, "ingester-queue"),
+        jobs_todo: clients.queue(jobs_todo_url, "jobs-todo"),
+        dead_letters: clients.queue(dead_letter_url, "dead-letter-queue"),
+        topic: clients.topic(topic_arn),
+        store: clients.store(table),
         config: IngesterConfig { max_receive_count },
         telemetry: telemetry.instruments(),
     };

@@ -2,11 +2,7 @@
 //! to [`jobs_core::processor`]. Clients are built once, before the first invocation,
 //! each behind a timeout and a circuit breaker that outlive single invocations.
 
-use jobs_core::aws::{
-    flag, guard_config, number_or, required, retry_policy, sdk_config, SnsTopic, SqsQueue,
-};
-use jobs_core::dynamo::DynamoStore;
-use jobs_core::guard::Guarded;
+use jobs_core::aws::{flag, guard_config, number_or, required, retry_policy, sdk_config, Clients};
 use jobs_core::processor::{Processor, ProcessorConfig};
 use jobs_core::telemetry::Telemetry;
 use jobs_core::Timestamp;
@@ -31,17 +27,12 @@ async fn main() -> Result<(), Error> {
         lambda_runtime::tracing::warn!("FAULT_INJECTION is on: jobs may ask to fail");
     }
 
-    let sdk = sdk_config().await;
-    let store = DynamoStore::from_sdk(&sdk, table);
+    let clients = Clients::new(&sdk_config().await, guard);
     let processor = Processor {
-        jobs_todo: Guarded::new(SqsQueue::new(&sdk, jobs_todo_url), "jobs-todo", guard),
-        dead_letters: Guarded::new(
-            SqsQueue::new(&sdk, dead_letter_url),
-            "dead-letter-queue",
-            guard,
-        ),
-        topic: Guarded::new(SnsTopic::new(&sdk, topic_arn), "job-end-state-topic", guard),
-        store: Guarded::new(store, "job state table", guard),
+        jobs_todo: clients.queue(jobs_todo_url, "jobs-todo"),
+        dead_letters: clients.queue(dead_letter_url, "dead-letter-queue"),
+        topic: clients.topic(topic_arn),
+        store: clients.store(table),
         config,
         telemetry: telemetry.instruments(),
     };
