@@ -213,6 +213,37 @@ impl JobStore for DynamoStore {
             .map_err(|e| port_error("UpdateItem", e))
     }
 
+    async fn release(
+        &self,
+        job_id: &str,
+        stage: Stage,
+        attempt: u32,
+        holder: &str,
+        now: Timestamp,
+    ) -> Result<(), PortError> {
+        let update = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(key(stage, job_id)))
+            .update_expression("SET lease_until = :expired, updated_ms = :now")
+            .condition_expression(
+                "progress = :in_progress AND attempt = :attempt AND holder = :holder",
+            )
+            .expression_attribute_values(":expired", n(0))
+            .expression_attribute_values(":now", n(now.timestamp_millis()))
+            .expression_attribute_values(":in_progress", s(Progress::InProgress.as_str()))
+            .expression_attribute_values(":attempt", n(attempt))
+            .expression_attribute_values(":holder", s(holder))
+            .send()
+            .await;
+        match update {
+            Ok(_) => Ok(()),
+            Err(e) if is_condition_failure(&e) => Ok(()), // no longer ours: nothing to release
+            Err(e) => Err(port_error("UpdateItem", e)),
+        }
+    }
+
     async fn reopen(
         &self,
         job_id: &str,

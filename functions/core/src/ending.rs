@@ -62,6 +62,10 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> EndPorts<'_, Q, T, S> {
                 ending.meta.log.in_scope(|| {
                     warn!(job_id = %ending.notification.job_id, error = %e, "could not record the end state; SQS will retry");
                 });
+                if let Tracking::Finish { attempt } = ending.tracking {
+                    let job_id = &ending.notification.job_id;
+                    give_back(self.store, self.stage, job_id, attempt, &ending.meta, now).await;
+                }
                 failed.push(ending.meta.message_id);
                 continue;
             }
@@ -108,6 +112,28 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> EndPorts<'_, Q, T, S> {
                 now,
             )
             .await
+    }
+}
+
+/// Releases the claim of a record that goes back to SQS, so that its next delivery
+/// takes the job at once instead of waiting for the lease to run out. If even this
+/// fails, the next delivery finds the claim [`crate::state::ClaimOutcome::Held`] and
+/// waits in SQS.
+pub async fn give_back<S: JobStore>(
+    store: &S,
+    stage: Stage,
+    job_id: &str,
+    attempt: u32,
+    meta: &RecordMeta,
+    now: Timestamp,
+) {
+    if let Err(e) = store
+        .release(job_id, stage, attempt, &meta.message_id, now)
+        .await
+    {
+        meta.log.in_scope(|| {
+            warn!(job_id = %job_id, error = %e, "could not release the claim; the next delivery waits for its lease");
+        });
     }
 }
 

@@ -234,6 +234,18 @@ impl<S: JobStore> JobStore for Guarded<S> {
         self.call("UpdateItem", call, Result::is_err, Err).await
     }
 
+    async fn release(
+        &self,
+        job_id: &str,
+        stage: Stage,
+        attempt: u32,
+        holder: &str,
+        now: Timestamp,
+    ) -> Result<(), PortError> {
+        let call = self.inner.release(job_id, stage, attempt, holder, now);
+        self.call("UpdateItem", call, Result::is_err, Err).await
+    }
+
     async fn reopen(
         &self,
         job_id: &str,

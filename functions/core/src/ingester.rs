@@ -9,7 +9,7 @@
 //! Only records whose downstream calls failed are reported as batch item failures,
 //! so SQS retries them alone and the rest of the batch is neither lost nor repeated.
 
-use crate::ending::{recorded, EndPorts, Ending, Tracking};
+use crate::ending::{give_back, recorded, EndPorts, Ending, Tracking};
 use crate::job::{parse_job, raw_job_type, RejectCode, Rejection, MAX_DETAIL_BYTES};
 use crate::messages::{
     job_type_attribute, DeadLetter, EnrichedJob, ErrorEntry, EventEnvelope, JobStatus,
@@ -248,6 +248,8 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Ingester<Q, T, S> {
                     if let Some(c) = consumer {
                         c.fail("forward_failed", &format!("{e}; SQS will retry"));
                     }
+                    drop(_log);
+                    give_back(&self.store, Stage::Ingester, &job.job_id, 1, &meta, now).await;
                     response.add_failure(meta.message_id);
                 }
             }
@@ -351,6 +353,10 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Ingester<Q, T, S> {
             ClaimOutcome::Busy { until } => Action::Later(
                 job_id.clone(),
                 format!("another delivery holds the job until {until}"),
+            ),
+            ClaimOutcome::Held { until } => Action::Later(
+                job_id.clone(),
+                format!("an earlier delivery of this record holds the job until {until}"),
             ),
             // Another job owns the id; this one is rejected without touching its record.
             ClaimOutcome::Conflict { fingerprint } => match verdict {
@@ -642,6 +648,49 @@ mod tests {
             5,
             "rejections are unaffected"
         );
+    }
+
+    #[tokio::test]
+    async fn a_failed_forward_is_forwarded_when_its_record_comes_back() {
+        let ing = ingester(
+            MemoryQueue::refusing("\"Ada\""),
+            MemoryQueue::default(),
+            MemoryTopic::default(),
+        );
+        ing.handle(batch(), now()).await;
+        ing.jobs_todo.refuse.lock().expect("lock").clear();
+        // SQS offers the failed record again 15 s later, well inside the claim's lease.
+        let response = ing.handle(batch(), now() + TimeDelta::seconds(15)).await;
+        assert!(response.batch_item_failures.is_empty());
+        assert_eq!(ing.jobs_todo.jobs().len(), 5, "the job is forwarded, once");
+    }
+
+    #[tokio::test]
+    async fn a_record_whose_claim_could_not_be_released_waits_in_sqs() {
+        let ing = ingester(
+            MemoryQueue::refusing("\"Ada\""),
+            MemoryQueue::default(),
+            MemoryTopic::default(),
+        );
+        let first = ing.handle(batch(), now()).await;
+        assert_eq!(first.batch_item_failures.len(), 1);
+        // As if the release had been lost: the claim runs until its lease ends.
+        for held in ing.store.records.lock().expect("lock").values_mut() {
+            if held.progress == crate::state::Progress::InProgress {
+                held.lease_until = now() + TimeDelta::seconds(30);
+            }
+        }
+        ing.jobs_todo.refuse.lock().expect("lock").clear();
+        let again = ing.handle(batch(), now() + TimeDelta::seconds(15)).await;
+        let failed: Vec<_> = again
+            .batch_item_failures
+            .iter()
+            .map(|f| f.item_identifier.as_str())
+            .collect();
+        assert_eq!(failed, ["msg-0006"], "held in SQS, not dropped");
+        let later = ing.handle(batch(), now() + TimeDelta::seconds(75)).await;
+        assert!(later.batch_item_failures.is_empty());
+        assert_eq!(ing.jobs_todo.jobs().len(), 5);
     }
 
     #[tokio::test]

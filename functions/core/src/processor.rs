@@ -10,7 +10,7 @@
 //! The records of a batch run concurrently, so a long job does not eat the deadline of
 //! the others; each gets the whole remaining budget.
 
-use crate::ending::{recorded, EndPorts, Ending, Tracking};
+use crate::ending::{give_back, recorded, EndPorts, Ending, Tracking};
 use crate::execute::{execute, JobError};
 use crate::fault::Fault;
 use crate::job::parse_job;
@@ -73,6 +73,9 @@ enum Outcome {
     Repeat(&'static str),
     /// The state table could not be reached; the record stays in SQS.
     Unavailable(PortError),
+    /// An earlier delivery of this very record holds the job until then; the record
+    /// is the job's only copy, so it stays in SQS.
+    Held(DateTime<Utc>),
 }
 
 impl<Q: MessageQueue, T: Topic, S: JobStore> Processor<Q, T, S> {
@@ -192,6 +195,16 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Processor<Q, T, S> {
                 consumer.set_attribute("job.retry_delay_s", delay.as_secs() as i64);
                 if let Some(Err(e)) = send_all(&self.jobs_todo, &[message]).await.pop() {
                     warn!(job_id = %next.job_id, error = %e, "could not send the next attempt; SQS will retry");
+                    let attempt = next.attempt - 1;
+                    give_back(
+                        &self.store,
+                        Stage::Processor,
+                        &next.job_id,
+                        attempt,
+                        &meta,
+                        Utc::now(),
+                    )
+                    .await;
                     return Some(message_id);
                 }
                 tel.record_retry(next.job_type.as_str(), &code);
@@ -242,6 +255,11 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Processor<Q, T, S> {
             Outcome::Unavailable(e) => {
                 warn!(error = %e, "job state unavailable; SQS will retry");
                 consumer.fail("state_unavailable", &e.to_string());
+                Some(message_id)
+            }
+            Outcome::Held(until) => {
+                warn!(%until, "an earlier delivery of this record still holds the job; SQS will retry");
+                consumer.set_attribute("job.held_until", until.to_rfc3339());
                 Some(message_id)
             }
         }
@@ -305,6 +323,8 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Processor<Q, T, S> {
                 let left = (until - now).to_std().unwrap_or_default();
                 Outcome::Defer(left.clamp(Duration::from_secs(1), HAND_OVER_WAIT))
             }
+            // Not a copy: this message is the job's only one, so it stays in SQS.
+            Ok(ClaimOutcome::Held { until }) => Outcome::Held(until),
             Ok(ClaimOutcome::Conflict { fingerprint }) => {
                 let message = format!(
                     "job_id {} was already used for a job with different content (fingerprint {fingerprint}, this one {fp}); send it with a new id",
@@ -775,6 +795,28 @@ mod tests {
                 .map(|e| (e.code.as_str(), e.attempt))
                 .collect::<Vec<_>>(),
             [("injected_fault", 1), ("injected_fault", 2)]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_retry_that_could_not_be_queued_runs_when_its_record_comes_back() {
+        let mut p = processor(MemoryTopic::default());
+        p.jobs_todo = MemoryQueue::refusing("\"job-f\"");
+        let flaky = job("job-f", 1, report(Some(json!({"fail_attempts": 1}))));
+        let first = p
+            .handle(event(std::slice::from_ref(&flaky)), at(600), at(0))
+            .await;
+        assert_eq!(first.batch_item_failures.len(), 1, "stays in SQS");
+        p.jobs_todo.refuse.lock().expect("lock").clear();
+        // SQS offers the record again 15 s later, long before the claim's lease ends.
+        let again = p.handle(event(&[flaky]), at(600), at(15)).await;
+        assert!(again.batch_item_failures.is_empty());
+        drain_retries(&p, 0, 30).await;
+        let notes = p.topic.notifications();
+        assert_eq!(notes.len(), 1);
+        assert_eq!(
+            (notes[0].status, notes[0].attempts),
+            (JobStatus::Completed, 2)
         );
     }
 

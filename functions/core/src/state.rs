@@ -97,6 +97,11 @@ pub enum ClaimOutcome {
     /// An earlier attempt still holds a live lease (it has not yet recorded that it
     /// handed over to this one): try again shortly.
     Busy { until: Timestamp },
+    /// This very message came back while its own claim still runs: its earlier
+    /// delivery gave the record back without releasing the claim, or SQS delivered it
+    /// twice. It is the job's only copy, so it must stay queued until `until`, never
+    /// be dropped as [`ClaimOutcome::Stale`].
+    Held { until: Timestamp },
     /// This delivery repeats an attempt that runs elsewhere, or one that a newer attempt
     /// superseded. The running attempt's own message stays queued until it ends, so this
     /// copy can be dropped without losing the job.
@@ -128,6 +133,18 @@ pub trait JobStore: Send + Sync {
 
     /// Records that the end state was announced.
     async fn announce(&self, job_id: &str, stage: Stage, now: Timestamp) -> Result<(), PortError>;
+
+    /// Ends this attempt's lease early (at the epoch, so no clock can see it still
+    /// running), so that its own message, given back to SQS after a failure, can claim
+    /// the job again at once. Does nothing if the attempt no longer holds the job.
+    async fn release(
+        &self,
+        job_id: &str,
+        stage: Stage,
+        attempt: u32,
+        holder: &str,
+        now: Timestamp,
+    ) -> Result<(), PortError>;
 
     /// Lets a finished job be claimed again by any attempt above `attempt`: an operator
     /// redriving it from the dead-letter queue. A job with no record needs nothing.
@@ -168,6 +185,9 @@ pub fn decide(current: Option<&JobState>, claim: &Claim<'_>, now: Timestamp) -> 
         },
         Progress::InProgress if cur.lease_until <= now => ClaimOutcome::Claimed,
         Progress::InProgress if claim.attempt > cur.attempt => ClaimOutcome::Busy {
+            until: cur.lease_until,
+        },
+        Progress::InProgress if cur.holder == claim.holder => ClaimOutcome::Held {
             until: cur.lease_until,
         },
         Progress::InProgress => ClaimOutcome::Stale,
@@ -268,6 +288,26 @@ impl JobStore for MemoryStore {
                 None => Err(lost_claim("announce", job_id)),
             },
         )
+    }
+
+    async fn release(
+        &self,
+        job_id: &str,
+        stage: Stage,
+        attempt: u32,
+        holder: &str,
+        now: Timestamp,
+    ) -> Result<(), PortError> {
+        self.with(|records| {
+            if let Some(r) = records.get_mut(&(job_id.to_owned(), stage.as_str())) {
+                if r.progress == Progress::InProgress && r.attempt == attempt && r.holder == holder
+                {
+                    r.lease_until = Timestamp::UNIX_EPOCH;
+                    r.updated_at = now;
+                }
+            }
+            Ok(())
+        })
     }
 
     async fn reopen(
@@ -404,13 +444,22 @@ mod tests {
     async fn a_live_lease_keeps_others_out_and_an_expired_one_lets_them_in() {
         let store = MemoryStore::default();
         store.claim(&claim("a", 1, 60), at(0)).await.expect("store");
+        let copy = Claim {
+            holder: "m2",
+            ..claim("a", 1, 120)
+        };
+        assert_eq!(
+            store.claim(&copy, at(30)).await.expect("store"),
+            ClaimOutcome::Stale,
+            "a copy of the running attempt"
+        );
         assert_eq!(
             store
                 .claim(&claim("a", 1, 120), at(30))
                 .await
                 .expect("store"),
-            ClaimOutcome::Stale,
-            "a second delivery of the running attempt"
+            ClaimOutcome::Held { until: at(60) },
+            "the running attempt's own message waits for its lease"
         );
         assert_eq!(
             store
@@ -425,6 +474,29 @@ mod tests {
                 .claim(&claim("a", 1, 120), at(61))
                 .await
                 .expect("store"),
+            ClaimOutcome::Claimed
+        );
+    }
+
+    #[tokio::test]
+    async fn a_released_claim_is_taken_again_by_its_own_message_only() {
+        let store = MemoryStore::default();
+        store.claim(&claim("a", 1, 60), at(0)).await.expect("store");
+        store
+            .release("job-1", Stage::Processor, 1, "m9", at(1))
+            .await
+            .expect("store");
+        assert_eq!(
+            store.claim(&claim("a", 1, 60), at(2)).await.expect("store"),
+            ClaimOutcome::Held { until: at(60) },
+            "another holder cannot release the claim"
+        );
+        store
+            .release("job-1", Stage::Processor, 1, "m1", at(3))
+            .await
+            .expect("store");
+        assert_eq!(
+            store.claim(&claim("a", 1, 60), at(4)).await.expect("store"),
             ClaimOutcome::Claimed
         );
     }
