@@ -71,6 +71,6 @@ test-stack: venv checkov tools build ## Stack, Terraform and compose tests (each
 test: lint test-rust test-stack ## Every test
 
 bench: venv ## Cold start, per-job CPU and size next to their references (a few minutes; not in make test)
-	$(CARGO) build --release --locked -p ingester -p processor -p job-generator -p hello
+	$(CARGO) build --release --locked -p ingester -p processor -p job-generator -p hello -p noop
 	$(CARGO) bench --locked -p jobs-core --bench per_job
 	$(PY) bench/run.py

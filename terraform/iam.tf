@@ -45,7 +45,7 @@ data "aws_iam_policy_document" "ingester" {
 
   statement {
     sid       = "ClaimAndRecordJobs"
-    actions   = ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"]
+    actions   = ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:PartiQLInsert", "dynamodb:PartiQLUpdate"]
     resources = [aws_dynamodb_table.jobs.arn]
   }
 
@@ -84,7 +84,7 @@ data "aws_iam_policy_document" "processor" {
 
   statement {
     sid       = "ClaimAndRecordJobs"
-    actions   = ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"]
+    actions   = ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:PartiQLInsert", "dynamodb:PartiQLUpdate"]
     resources = [aws_dynamodb_table.jobs.arn]
   }
 

@@ -17,7 +17,7 @@ TF = stk.ROOT / "terraform"
 CHECKOV = stk.ROOT / ".stack" / "checkov-venv" / "bin" / "checkov"
 RECEIVE = ["sqs:ChangeMessageVisibility", "sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:ReceiveMessage"]
 LOGS = ["logs:CreateLogStream", "logs:PutLogEvents"]
-STATE = ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"]
+STATE = ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:PartiQLInsert", "dynamodb:PartiQLUpdate"]
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,12 @@
 //! The pipeline's two hops with nothing in them, for `make bench`'s throughput floor.
 //! Deployed as both `ingester` and `processor` (it reads which from
 //! `AWS_LAMBDA_FUNCTION_NAME`): the ingester passes each job's id on to `jobs-todo`,
-//! the processor announces it `COMPLETED`. No validation, no state table, no telemetry,
+//! the processor announces it `COMPLETED`, each a batch call per invocation, as the
+//! real functions make them. No validation, no state table, no telemetry,
 //! so a run through these measures what the emulator allows, not what the code costs.
 
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent};
+use aws_sdk_sns::types::PublishBatchRequestEntry;
 use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 use lambda_runtime::{service_fn, Error, LambdaEvent};
 use serde_json::{json, Value};
@@ -61,19 +63,27 @@ async fn handle(hop: &Hop, event: SqsEvent) -> Result<SqsBatchResponse, Error> {
             }
         }
         Hop::Processor { sns, topic } => {
-            let publishes = ids.iter().map(|id| {
-                let note = json!({
-                    "job_id": id,
-                    "status": "COMPLETED",
-                    "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-                });
-                sns.publish()
+            let entries = ids
+                .iter()
+                .enumerate()
+                .map(|(i, id)| {
+                    let note = json!({
+                        "job_id": id,
+                        "status": "COMPLETED",
+                        "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                    });
+                    PublishBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .message(note.to_string())
+                        .build()
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            if !entries.is_empty() {
+                sns.publish_batch()
                     .topic_arn(topic)
-                    .message(note.to_string())
+                    .set_publish_batch_request_entries(Some(entries))
                     .send()
-            });
-            for result in futures_util::future::join_all(publishes).await {
-                result?;
+                    .await?;
             }
         }
     }

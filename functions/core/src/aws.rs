@@ -1,6 +1,7 @@
 //! The ports implemented on SQS and SNS, and the functions' configuration from the
 //! environment. Clients are built once per process and shared by every invocation.
 
+use crate::batching::Batching;
 use crate::dynamo::DynamoStore;
 use crate::guard::{GuardConfig, Guarded};
 use crate::messages::Notification;
@@ -151,14 +152,17 @@ impl Clients {
         Guarded::new(SqsQueue::new(self.sqs.clone(), url), name, self.guard)
     }
 
-    pub fn topic(&self, arn: String) -> Guarded<SnsTopic> {
+    /// The end-state topic: notifications of concurrent records go out together.
+    pub fn topic(&self, arn: String) -> Batching<Guarded<SnsTopic>> {
         let topic = SnsTopic::new(self.sns.clone(), arn);
-        Guarded::new(topic, "job-end-state-topic", self.guard)
+        Batching::new(Guarded::new(topic, "job-end-state-topic", self.guard))
     }
 
-    pub fn store(&self, table: String) -> Guarded<DynamoStore> {
+    /// The job state table: the writes of concurrent records go together, each batch
+    /// under one timeout and breaker.
+    pub fn store(&self, table: String) -> Batching<Guarded<DynamoStore>> {
         let store = DynamoStore::new(self.dynamodb.clone(), table);
-        Guarded::new(store, "job state table", self.guard)
+        Batching::new(Guarded::new(store, "job state table", self.guard))
     }
 }
 
@@ -249,19 +253,9 @@ impl MessageQueue for SqsQueue {
             .await
         {
             Ok(out) => {
-                let count = results.len();
-                let slot = |id: &str| id.parse::<usize>().ok().filter(|i| *i < count);
-                for ok in out.successful() {
-                    if let Some(i) = slot(ok.id()) {
-                        results[i] = Ok(());
-                    }
-                }
-                for failed in out.failed() {
-                    if let Some(i) = slot(failed.id()) {
-                        let why = failed.message().unwrap_or("no reason given");
-                        results[i] = refused(format!("{}: {why}", failed.code()));
-                    }
-                }
+                let acknowledged = out.successful().iter().map(|ok| ok.id());
+                let failed = out.failed().iter().map(|f| (f.id(), f.code(), f.message()));
+                settle_entries(&mut results, OP, acknowledged, failed);
                 results
             }
             Err(e) => {
@@ -327,45 +321,159 @@ impl SnsTopic {
     }
 }
 
+/// Marks the entries of a batch call that the service acknowledged or refused, by the
+/// ids (entry indexes) it echoes back. An entry it does not mention keeps its error:
+/// nothing counts as sent without an acknowledgement.
+fn settle_entries<'a>(
+    results: &mut [Result<(), PortError>],
+    operation: &'static str,
+    acknowledged: impl Iterator<Item = &'a str>,
+    refused: impl Iterator<Item = (&'a str, &'a str, Option<&'a str>)>,
+) {
+    let count = results.len();
+    let slot = |id: &str| id.parse::<usize>().ok().filter(|i| *i < count);
+    for id in acknowledged {
+        if let Some(i) = slot(id) {
+            results[i] = Ok(());
+        }
+    }
+    for (id, code, message) in refused {
+        if let Some(i) = slot(id) {
+            let why = message.unwrap_or("no reason given");
+            results[i] = Err(PortError::Refused {
+                operation,
+                message: format!("{code}: {why}"),
+            });
+        }
+    }
+}
+
+/// A notification's routing attributes, for subscription filter policies.
+fn notification_attributes(
+    n: &Notification,
+    operation: &'static str,
+) -> Result<Vec<(&'static str, aws_sdk_sns::types::MessageAttributeValue)>, PortError> {
+    ["status", "job_type"]
+        .into_iter()
+        .zip([n.status.as_str(), n.job_type_attribute()])
+        .map(|(name, value)| {
+            aws_sdk_sns::types::MessageAttributeValue::builder()
+                .data_type("String")
+                .string_value(value)
+                .build()
+                .map(|v| (name, v))
+                .map_err(|e| PortError::Refused {
+                    operation,
+                    message: e.to_string(),
+                })
+        })
+        .collect()
+}
+
+fn sns_failure<E, R>(operation: &'static str, e: aws_sdk_sns::error::SdkError<E, R>) -> PortError
+where
+    E: std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    use aws_sdk_sns::error::{DisplayErrorContext, SdkError};
+    let message = DisplayErrorContext(&e).to_string();
+    match e {
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
+            PortError::Unreachable { operation, message }
+        }
+        _ => PortError::Refused { operation, message },
+    }
+}
+
 #[async_trait]
 impl Topic for SnsTopic {
     async fn publish(&self, notification: &Notification) -> Result<(), PortError> {
-        use aws_sdk_sns::error::{DisplayErrorContext, SdkError};
-        use aws_sdk_sns::types::MessageAttributeValue;
         const OP: &str = "Publish";
-        let attr = |v: &str| {
-            MessageAttributeValue::builder()
-                .data_type("String")
-                .string_value(v)
-                .build()
-                .map_err(|e| PortError::Refused {
-                    operation: OP,
-                    message: e.to_string(),
-                })
-        };
+        let attributes = notification_attributes(notification, OP)?;
         self.client
             .publish()
             .topic_arn(&self.arn)
             .message(to_json(notification))
-            .message_attributes("status", attr(notification.status.as_str())?)
-            .message_attributes("job_type", attr(notification.job_type_attribute())?)
+            .set_message_attributes(Some(
+                attributes
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), v))
+                    .collect(),
+            ))
             .send()
             .await
             .map(|_| ())
-            .map_err(|e| {
-                let message = DisplayErrorContext(&e).to_string();
-                match e {
-                    SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
-                        PortError::Unreachable {
-                            operation: OP,
-                            message,
-                        }
-                    }
-                    _ => PortError::Refused {
-                        operation: OP,
-                        message,
-                    },
-                }
+            .map_err(|e| sns_failure(OP, e))
+    }
+
+    /// `PublishBatch`, ten notifications a call, all calls at once. A notification is
+    /// published only once SNS acknowledges it: anything not listed as successful fails.
+    async fn publish_all(&self, notifications: &[Notification]) -> Vec<Result<(), PortError>> {
+        use aws_sdk_sns::types::PublishBatchRequestEntry;
+        const OP: &str = "PublishBatch";
+        let refused = |message: String| {
+            Err(PortError::Refused {
+                operation: OP,
+                message,
             })
+        };
+        let batches = notifications
+            .chunks(crate::ports::MAX_BATCH)
+            .map(|chunk| async move {
+                let mut results: Vec<Result<(), PortError>> = chunk
+                    .iter()
+                    .map(|_| refused("not acknowledged by SNS".into()))
+                    .collect();
+                let mut entries = Vec::with_capacity(chunk.len());
+                for (i, n) in chunk.iter().enumerate() {
+                    let entry = notification_attributes(n, OP).and_then(|attributes| {
+                        PublishBatchRequestEntry::builder()
+                            .id(i.to_string())
+                            .message(to_json(n))
+                            .set_message_attributes(Some(
+                                attributes
+                                    .into_iter()
+                                    .map(|(k, v)| (k.to_owned(), v))
+                                    .collect(),
+                            ))
+                            .build()
+                            .map_err(|e| PortError::Refused {
+                                operation: OP,
+                                message: e.to_string(),
+                            })
+                    });
+                    match entry {
+                        Ok(entry) => entries.push(entry),
+                        Err(e) => results[i] = Err(e),
+                    }
+                }
+                if entries.is_empty() {
+                    return results;
+                }
+                let sent = self
+                    .client
+                    .publish_batch()
+                    .topic_arn(&self.arn)
+                    .set_publish_batch_request_entries(Some(entries))
+                    .send()
+                    .await;
+                match sent {
+                    Ok(out) => {
+                        let acknowledged = out.successful().iter().filter_map(|ok| ok.id());
+                        let failed = out.failed().iter().map(|f| (f.id(), f.code(), f.message()));
+                        settle_entries(&mut results, OP, acknowledged, failed);
+                        results
+                    }
+                    Err(e) => {
+                        let e = sns_failure(OP, e);
+                        chunk.iter().map(|_| Err(e.clone())).collect()
+                    }
+                }
+            });
+        futures_util::future::join_all(batches)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
     }
 }

@@ -5,18 +5,26 @@
 //! job waiting for a retry; when the condition fails, the current item is read back and
 //! judged by [`crate::state::decide`], the same rules the in-memory store follows.
 //! `expires_at` (epoch seconds) is the table's TTL attribute.
+//!
+//! The writes of several jobs go together as PartiQL statements in one
+//! `BatchExecuteStatement` (each statement billed like its single-item call): claims
+//! as `INSERT`s, which only a new job passes (a job already in the table is then
+//! claimed on its own, under the full rules), finishes and announcements as
+//! conditional `UPDATE`s.
 
 use crate::messages::Stage;
 use crate::ports::PortError;
 use crate::state::{
-    decide, lost_claim, Claim, ClaimOutcome, JobState, JobStore, Progress, RETENTION,
+    decide, lost_claim, Claim, ClaimOutcome, Finish, JobState, JobStore, Progress, RETENTION,
 };
 use crate::Timestamp;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_dynamodb::types::{AttributeValue, BatchStatementErrorCodeEnum, BatchStatementRequest};
 use aws_sdk_dynamodb::Client;
 use chrono::{TimeZone, Utc};
+use futures_util::future::join_all;
+use serde_json::Value;
 use std::collections::HashMap;
 
 /// The table, addressed by name.
@@ -36,6 +44,82 @@ impl DynamoStore {
         }
     }
 
+    /// Runs PartiQL write statements, 25 to a `BatchExecuteStatement`, all batches at
+    /// once; one result per statement, in order.
+    async fn execute_all(&self, statements: Vec<(String, Vec<AttributeValue>)>) -> Vec<Statement> {
+        const OP: &str = "BatchExecuteStatement";
+        let chunks = statements.chunks(MAX_STATEMENTS).map(|chunk| async move {
+            let requests = chunk
+                .iter()
+                .map(|(sql, params)| {
+                    BatchStatementRequest::builder()
+                        .statement(sql)
+                        .set_parameters(Some(params.clone()))
+                        .build()
+                })
+                .collect::<Result<Vec<_>, _>>();
+            let requests = match requests {
+                Ok(r) => r,
+                Err(e) => {
+                    let e = PortError::Refused {
+                        operation: OP,
+                        message: e.to_string(),
+                    };
+                    return chunk.iter().map(|_| Statement::Failed(e.clone())).collect();
+                }
+            };
+            let sent = self
+                .client
+                .batch_execute_statement()
+                .set_statements(Some(requests))
+                .send()
+                .await;
+            match sent {
+                Ok(out) if out.responses().len() == chunk.len() => {
+                    out.responses()
+                        .iter()
+                        .map(|r| match r.error() {
+                            None => Statement::Done,
+                            Some(e) => {
+                                let code = e.code().cloned().unwrap_or_else(|| {
+                                    BatchStatementErrorCodeEnum::from("Unknown")
+                                });
+                                let message = format!(
+                                    "{}: {}",
+                                    code.as_str(),
+                                    e.message().unwrap_or("no reason given")
+                                );
+                                Statement::Refused(
+                                    code,
+                                    PortError::Refused {
+                                        operation: OP,
+                                        message,
+                                    },
+                                )
+                            }
+                        })
+                        .collect::<Vec<_>>()
+                }
+                Ok(out) => {
+                    let e = PortError::Refused {
+                        operation: OP,
+                        message: format!(
+                            "{} answers for {} statements",
+                            out.responses().len(),
+                            chunk.len()
+                        ),
+                    };
+                    chunk.iter().map(|_| Statement::Failed(e.clone())).collect()
+                }
+                Err(e) => {
+                    let e = port_error(OP, e);
+                    chunk.iter().map(|_| Statement::Failed(e.clone())).collect()
+                }
+            }
+        });
+        join_all(chunks).await.into_iter().flatten().collect()
+    }
+
     async fn read(&self, job_id: &str, stage: Stage) -> Result<Option<JobState>, PortError> {
         let out = self
             .client
@@ -48,6 +132,42 @@ impl DynamoStore {
             .map_err(|e| port_error("GetItem", e))?;
         Ok(out.item.as_ref().and_then(from_item))
     }
+}
+
+/// The item a claim writes, attribute by attribute.
+fn claim_fields(claim: &Claim<'_>, now: Timestamp) -> Vec<(&'static str, AttributeValue)> {
+    vec![
+        ("pk", s(key(claim.stage, claim.job_id))),
+        ("job_id", s(claim.job_id)),
+        ("stage", s(claim.stage.as_str())),
+        ("progress", s(Progress::InProgress.as_str())),
+        ("fingerprint", s(claim.fingerprint)),
+        ("attempt", n(claim.attempt)),
+        ("lease_until", n(claim.lease_until.timestamp_millis())),
+        ("holder", s(claim.holder)),
+        ("announced", AttributeValue::Bool(false)),
+        ("updated_ms", n(now.timestamp_millis())),
+        ("expires_at", n((now + RETENTION).timestamp())),
+    ]
+}
+
+/// The most statements one `BatchExecuteStatement` takes.
+const MAX_STATEMENTS: usize = 25;
+
+/// How one statement of a batch went.
+enum Statement {
+    Done,
+    /// Refused by the table, with the statement's own error code.
+    Refused(BatchStatementErrorCodeEnum, PortError),
+    /// The batch did not reach the table, or the answer could not be matched.
+    Failed(PortError),
+}
+
+/// Splits `keys` into the first occurrence of each key and the repeats: a batch names
+/// each item once, and a repeat is then decided against what the first one wrote.
+fn firsts_and_repeats(keys: &[String]) -> (Vec<usize>, Vec<usize>) {
+    let mut seen = std::collections::HashSet::new();
+    (0..keys.len()).partition(|&i| seen.insert(&keys[i]))
 }
 
 fn key(stage: Stage, job_id: &str) -> String {
@@ -120,22 +240,10 @@ fn from_item(item: &Item) -> Option<JobState> {
 #[async_trait]
 impl JobStore for DynamoStore {
     async fn claim(&self, claim: &Claim<'_>, now: Timestamp) -> Result<ClaimOutcome, PortError> {
-        let item: Item = [
-            ("pk", s(key(claim.stage, claim.job_id))),
-            ("job_id", s(claim.job_id)),
-            ("stage", s(claim.stage.as_str())),
-            ("progress", s(Progress::InProgress.as_str())),
-            ("fingerprint", s(claim.fingerprint)),
-            ("attempt", n(claim.attempt)),
-            ("lease_until", n(claim.lease_until.timestamp_millis())),
-            ("holder", s(claim.holder)),
-            ("announced", AttributeValue::Bool(false)),
-            ("updated_ms", n(now.timestamp_millis())),
-            ("expires_at", n((now + RETENTION).timestamp())),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
+        let item: Item = claim_fields(claim, now)
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
         let put = self
             .client
             .put_item()
@@ -165,6 +273,131 @@ impl JobStore for DynamoStore {
             }
             Err(e) => Err(port_error("PutItem", e)),
         }
+    }
+
+    /// New jobs are written by one `INSERT` each, batched; a job already in the table
+    /// (an `INSERT` refused as `DuplicateItem`) is then claimed on its own, under the
+    /// full rules.
+    async fn claim_all(
+        &self,
+        claims: &[Claim<'_>],
+        now: Timestamp,
+    ) -> Vec<Result<ClaimOutcome, PortError>> {
+        let keys: Vec<String> = claims.iter().map(|c| key(c.stage, c.job_id)).collect();
+        let (firsts, repeats) = firsts_and_repeats(&keys);
+        let statements = firsts
+            .iter()
+            .map(|&i| {
+                let fields = claim_fields(&claims[i], now);
+                let names: Vec<String> = fields.iter().map(|(k, _)| format!("'{k}': ?")).collect();
+                let sql = format!(
+                    "INSERT INTO \"{}\" VALUE {{{}}}",
+                    self.table,
+                    names.join(", ")
+                );
+                (sql, fields.into_iter().map(|(_, v)| v).collect())
+            })
+            .collect();
+        let inserted = self.execute_all(statements).await;
+        let mut answers: Vec<Option<Result<ClaimOutcome, PortError>>> =
+            claims.iter().map(|_| None).collect();
+        let mut one_by_one = repeats;
+        for (&i, result) in firsts.iter().zip(inserted) {
+            match result {
+                Statement::Done => answers[i] = Some(Ok(ClaimOutcome::Claimed)),
+                Statement::Refused(BatchStatementErrorCodeEnum::DuplicateItem, _) => {
+                    one_by_one.push(i)
+                }
+                Statement::Refused(_, e) | Statement::Failed(e) => answers[i] = Some(Err(e)),
+            }
+        }
+        one_by_one.sort_unstable();
+        for i in one_by_one {
+            answers[i] = Some(self.claim(&claims[i], now).await);
+        }
+        answers
+            .into_iter()
+            .map(|a| a.unwrap_or_else(|| Err(lost_claim("claim", "?"))))
+            .collect()
+    }
+
+    async fn finish_all(&self, finishes: &[Finish]) -> Vec<Result<(), PortError>> {
+        let keys: Vec<String> = finishes.iter().map(|f| key(f.stage, &f.job_id)).collect();
+        // A repeat of a job in the same batch cannot hold it too: it stays a lost claim.
+        let (firsts, _) = firsts_and_repeats(&keys);
+        let sql = format!(
+            "UPDATE \"{}\" SET \"progress\" = ? SET \"detail\" = ? SET \"updated_ms\" = ? \
+             WHERE \"pk\" = ? AND \"attempt\" = ? AND \"progress\" = ?",
+            self.table
+        );
+        let statements = firsts
+            .iter()
+            .map(|&i| {
+                let f = &finishes[i];
+                let detail = f
+                    .detail
+                    .as_ref()
+                    .map_or_else(|| "null".to_owned(), Value::to_string);
+                let params = vec![
+                    s(f.progress.as_str()),
+                    s(detail),
+                    n(f.now.timestamp_millis()),
+                    s(keys[i].clone()),
+                    n(f.attempt),
+                    s(Progress::InProgress.as_str()),
+                ];
+                (sql.clone(), params)
+            })
+            .collect();
+        let updated = self.execute_all(statements).await;
+        let mut results: Vec<Result<(), PortError>> = finishes
+            .iter()
+            .map(|f| Err(lost_claim("finish", &f.job_id)))
+            .collect();
+        for (&i, result) in firsts.iter().zip(updated) {
+            results[i] = match result {
+                Statement::Done => Ok(()),
+                Statement::Refused(BatchStatementErrorCodeEnum::ConditionalCheckFailed, _) => {
+                    Err(lost_claim("UpdateItem", &finishes[i].job_id))
+                }
+                Statement::Refused(_, e) | Statement::Failed(e) => Err(e),
+            };
+        }
+        results
+    }
+
+    async fn announce_all(
+        &self,
+        jobs: &[(String, Stage)],
+        now: Timestamp,
+    ) -> Vec<Result<(), PortError>> {
+        let sql = format!(
+            "UPDATE \"{}\" SET \"announced\" = ? SET \"updated_ms\" = ? WHERE \"pk\" = ?",
+            self.table
+        );
+        let keys: Vec<String> = jobs.iter().map(|(id, stage)| key(*stage, id)).collect();
+        let (firsts, _) = firsts_and_repeats(&keys);
+        let statements = firsts
+            .iter()
+            .map(|&i| {
+                let params = vec![
+                    AttributeValue::Bool(true),
+                    n(now.timestamp_millis()),
+                    s(keys[i].clone()),
+                ];
+                (sql.clone(), params)
+            })
+            .collect();
+        let marked = self.execute_all(statements).await;
+        // A repeat is marked by its first.
+        let mut results: Vec<Result<(), PortError>> = jobs.iter().map(|_| Ok(())).collect();
+        for (&i, result) in firsts.iter().zip(marked) {
+            results[i] = match result {
+                Statement::Done => Ok(()),
+                Statement::Refused(_, e) | Statement::Failed(e) => Err(e),
+            };
+        }
+        results
     }
 
     async fn finish(

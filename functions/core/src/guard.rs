@@ -10,7 +10,7 @@
 
 use crate::messages::{Notification, Stage};
 use crate::ports::{MessageQueue, OutgoingMessage, PortError, Receipt, Topic};
-use crate::state::{Claim, ClaimOutcome, JobState, JobStore, Progress};
+use crate::state::{Claim, ClaimOutcome, Finish, JobState, JobStore, Progress};
 use crate::Timestamp;
 use async_trait::async_trait;
 use serde_json::Value;
@@ -166,6 +166,12 @@ impl<P> Guarded<P> {
     }
 }
 
+/// A batch where every entry failed says the dependency is in trouble; a single
+/// refused entry does not.
+fn all_failed<T>(results: &[Result<T, PortError>]) -> bool {
+    !results.is_empty() && results.iter().all(Result::is_err)
+}
+
 #[async_trait]
 impl<Q: MessageQueue> MessageQueue for Guarded<Q> {
     async fn send_batch(&self, messages: &[OutgoingMessage]) -> Vec<Result<(), PortError>> {
@@ -173,9 +179,7 @@ impl<Q: MessageQueue> MessageQueue for Guarded<Q> {
         self.call(
             "SendMessageBatch",
             self.inner.send_batch(messages),
-            // A batch where every entry failed says the queue is in trouble; a single
-            // refused entry does not.
-            |results| !results.is_empty() && results.iter().all(Result::is_err),
+            |results| all_failed(results),
             |e| vec![Err(e); n],
         )
         .await
@@ -202,6 +206,13 @@ impl<T: Topic> Topic for Guarded<T> {
             Err,
         )
         .await
+    }
+
+    async fn publish_all(&self, notifications: &[Notification]) -> Vec<Result<(), PortError>> {
+        let n = notifications.len();
+        let call = self.inner.publish_all(notifications);
+        self.call("PublishBatch", call, |r| all_failed(r), |e| vec![Err(e); n])
+            .await
     }
 }
 
@@ -232,6 +243,51 @@ impl<S: JobStore> JobStore for Guarded<S> {
     async fn announce(&self, job_id: &str, stage: Stage, now: Timestamp) -> Result<(), PortError> {
         let call = self.inner.announce(job_id, stage, now);
         self.call("UpdateItem", call, Result::is_err, Err).await
+    }
+
+    async fn claim_all(
+        &self,
+        claims: &[Claim<'_>],
+        now: Timestamp,
+    ) -> Vec<Result<ClaimOutcome, PortError>> {
+        let n = claims.len();
+        let call = self.inner.claim_all(claims, now);
+        self.call(
+            "BatchExecuteStatement",
+            call,
+            |r| all_failed(r),
+            |e| vec![Err(e); n],
+        )
+        .await
+    }
+
+    async fn finish_all(&self, finishes: &[Finish]) -> Vec<Result<(), PortError>> {
+        let n = finishes.len();
+        let call = self.inner.finish_all(finishes);
+        // Lost claims are answers, not a sick table.
+        let sick = |results: &Vec<Result<(), PortError>>| {
+            results
+                .iter()
+                .any(|r| matches!(r, Err(PortError::Unreachable { .. })))
+        };
+        self.call("BatchExecuteStatement", call, sick, |e| vec![Err(e); n])
+            .await
+    }
+
+    async fn announce_all(
+        &self,
+        jobs: &[(String, Stage)],
+        now: Timestamp,
+    ) -> Vec<Result<(), PortError>> {
+        let n = jobs.len();
+        let call = self.inner.announce_all(jobs, now);
+        self.call(
+            "BatchExecuteStatement",
+            call,
+            |r| all_failed(r),
+            |e| vec![Err(e); n],
+        )
+        .await
     }
 
     async fn release(

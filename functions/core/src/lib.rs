@@ -8,6 +8,7 @@
 pub type Timestamp = chrono::DateTime<chrono::Utc>;
 
 pub mod aws;
+pub mod batching;
 pub mod dynamo;
 pub mod ending;
 pub mod execute;

@@ -74,6 +74,13 @@ pub const MAX_BATCH: usize = 10;
 #[async_trait]
 pub trait Topic: Send + Sync {
     async fn publish(&self, notification: &Notification) -> Result<(), PortError>;
+
+    /// Publishes several notifications: one result per notification, in order. A
+    /// topic that can publish in batches overrides this; by default they go one by
+    /// one, concurrently.
+    async fn publish_all(&self, notifications: &[Notification]) -> Vec<Result<(), PortError>> {
+        futures_util::future::join_all(notifications.iter().map(|n| self.publish(n))).await
+    }
 }
 
 /// Sends any number of messages in batches of [`MAX_BATCH`], all batches at once.

@@ -14,6 +14,7 @@ use crate::messages::{JobStatus, Stage};
 use crate::Timestamp;
 use async_trait::async_trait;
 use chrono::TimeDelta;
+use futures_util::future::join_all;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -110,6 +111,18 @@ pub enum ClaimOutcome {
     Conflict { fingerprint: String },
 }
 
+/// A stage's end of a job (or its hand-over to the next attempt) to record; see
+/// [`JobStore::finish`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finish {
+    pub job_id: String,
+    pub stage: Stage,
+    pub attempt: u32,
+    pub progress: Progress,
+    pub detail: Option<Value>,
+    pub now: Timestamp,
+}
+
 /// How long finished records are kept. Long enough to catch any re-delivery: SQS keeps
 /// messages 14 days at most.
 pub const RETENTION: TimeDelta = TimeDelta::days(15);
@@ -133,6 +146,44 @@ pub trait JobStore: Send + Sync {
 
     /// Records that the end state was announced.
     async fn announce(&self, job_id: &str, stage: Stage, now: Timestamp) -> Result<(), PortError>;
+
+    /// Claims several jobs: one answer per claim, in order. A store that can write
+    /// in batches overrides this; by default the claims go one by one, concurrently.
+    async fn claim_all(
+        &self,
+        claims: &[Claim<'_>],
+        now: Timestamp,
+    ) -> Vec<Result<ClaimOutcome, PortError>> {
+        join_all(claims.iter().map(|c| self.claim(c, now))).await
+    }
+
+    /// Records several ends, as [`JobStore::finish`] does each: one result per entry.
+    async fn finish_all(&self, finishes: &[Finish]) -> Vec<Result<(), PortError>> {
+        join_all(finishes.iter().map(|f| {
+            self.finish(
+                &f.job_id,
+                f.stage,
+                f.attempt,
+                f.progress,
+                f.detail.clone(),
+                f.now,
+            )
+        }))
+        .await
+    }
+
+    /// Marks several jobs announced, as [`JobStore::announce`] does each.
+    async fn announce_all(
+        &self,
+        jobs: &[(String, Stage)],
+        now: Timestamp,
+    ) -> Vec<Result<(), PortError>> {
+        join_all(
+            jobs.iter()
+                .map(|(id, stage)| self.announce(id, *stage, now)),
+        )
+        .await
+    }
 
     /// Ends this attempt's lease early (at the epoch, so no clock can see it still
     /// running), so that its own message, given back to SQS after a failure, can claim

@@ -91,6 +91,8 @@ impl MessageQueue for MemoryQueue {
 pub struct MemoryTopic {
     pub published: Mutex<Vec<Notification>>,
     pub refuse: Mutex<Vec<String>>,
+    /// The size of each `publish_all` call.
+    pub batches: Mutex<Vec<usize>>,
 }
 
 impl MemoryTopic {
@@ -107,6 +109,15 @@ impl MemoryTopic {
 
 #[async_trait]
 impl Topic for MemoryTopic {
+    async fn publish_all(&self, notifications: &[Notification]) -> Vec<Result<(), PortError>> {
+        self.batches.lock().expect("lock").push(notifications.len());
+        let mut results = Vec::with_capacity(notifications.len());
+        for n in notifications {
+            results.push(self.publish(n).await);
+        }
+        results
+    }
+
     async fn publish(&self, notification: &Notification) -> Result<(), PortError> {
         if self
             .refuse

@@ -1,0 +1,562 @@
+//! Calls of concurrent records, sent together.
+//!
+//! The records of a batch are handled concurrently, and each claims, finishes,
+//! announces and publishes its job's end on its own. [`Batching`] gathers the calls of
+//! one kind that are made while the first of them waits for its turn (one scheduler
+//! pass: the other records reach the same step without waiting on I/O), and hands them
+//! to the wrapped port's `*_all` method as one batch. Each caller still gets its own
+//! answer, so handler logic and its tests stay per record. Ten `PutItem` calls become
+//! one `BatchExecuteStatement` (billed the same per item), ten `Publish` calls one
+//! `PublishBatch`.
+
+use crate::messages::{Notification, Stage};
+use crate::ports::{PortError, Topic};
+use crate::state::{Claim, ClaimOutcome, Finish, JobState, JobStore, Progress};
+use crate::Timestamp;
+use async_trait::async_trait;
+use serde_json::Value;
+use std::future::Future;
+use std::sync::Mutex;
+use tokio::sync::oneshot;
+
+/// A store whose claims, finishes and announcements are gathered into batches.
+#[derive(Debug)]
+pub struct Batching<S> {
+    inner: S,
+    claims: Gather<OwnedClaim, Result<ClaimOutcome, PortError>>,
+    finishes: Gather<Finish, Result<(), PortError>>,
+    announces: Gather<(String, Stage, Timestamp), Result<(), PortError>>,
+    publishes: Gather<Notification, Result<(), PortError>>,
+}
+
+impl<S> Batching<S> {
+    pub fn new(inner: S) -> Self {
+        Self {
+            inner,
+            claims: Gather::default(),
+            finishes: Gather::default(),
+            announces: Gather::default(),
+            publishes: Gather::default(),
+        }
+    }
+
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+}
+
+/// Calls of one kind waiting to go out.
+#[derive(Debug)]
+struct Gather<Req, Resp> {
+    waiting: Mutex<Waiting<Req, Resp>>,
+}
+
+#[derive(Debug)]
+struct Waiting<Req, Resp> {
+    calls: Vec<(Req, oneshot::Sender<Resp>)>,
+    /// Whether a caller already leads the next batch.
+    led: bool,
+}
+
+impl<Req, Resp> Default for Gather<Req, Resp> {
+    fn default() -> Self {
+        Self {
+            waiting: Mutex::new(Waiting {
+                calls: Vec::new(),
+                led: false,
+            }),
+        }
+    }
+}
+
+impl<Req, Resp> Gather<Req, Resp> {
+    /// Adds `req` to the next batch and waits for its answer. The first caller of a
+    /// batch yields once, so that the callers running alongside it join, then sends
+    /// the batch with `send` and hands out the answers. `None` if the batch was lost
+    /// (its leader was cancelled).
+    async fn join<F, Fut>(&self, req: Req, send: F) -> Option<Resp>
+    where
+        F: FnOnce(Vec<Req>) -> Fut,
+        Fut: Future<Output = Vec<Resp>>,
+    {
+        let (tx, rx) = oneshot::channel();
+        let leads = {
+            let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+            waiting.calls.push((req, tx));
+            !std::mem::replace(&mut waiting.led, true)
+        };
+        if leads {
+            tokio::task::yield_now().await;
+            let batch = {
+                let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+                waiting.led = false;
+                std::mem::take(&mut waiting.calls)
+            };
+            let (reqs, senders): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+            for (tx, answer) in senders.into_iter().zip(send(reqs).await) {
+                let _ = tx.send(answer);
+            }
+        }
+        rx.await.ok()
+    }
+}
+
+/// A claim that can wait in a queue.
+#[derive(Debug)]
+struct OwnedClaim {
+    job_id: String,
+    stage: Stage,
+    fingerprint: String,
+    attempt: u32,
+    lease_until: Timestamp,
+    holder: String,
+    now: Timestamp,
+}
+
+impl OwnedClaim {
+    fn of(claim: &Claim<'_>, now: Timestamp) -> Self {
+        Self {
+            job_id: claim.job_id.to_owned(),
+            stage: claim.stage,
+            fingerprint: claim.fingerprint.to_owned(),
+            attempt: claim.attempt,
+            lease_until: claim.lease_until,
+            holder: claim.holder.to_owned(),
+            now,
+        }
+    }
+
+    fn as_claim(&self) -> Claim<'_> {
+        Claim {
+            job_id: &self.job_id,
+            stage: self.stage,
+            fingerprint: &self.fingerprint,
+            attempt: self.attempt,
+            lease_until: self.lease_until,
+            holder: &self.holder,
+        }
+    }
+}
+
+fn lost(operation: &'static str) -> PortError {
+    PortError::Unreachable {
+        operation,
+        message: "the batch carrying this call was abandoned".into(),
+    }
+}
+
+#[async_trait]
+impl<S: JobStore> JobStore for Batching<S> {
+    async fn claim(&self, claim: &Claim<'_>, now: Timestamp) -> Result<ClaimOutcome, PortError> {
+        let send = |reqs: Vec<OwnedClaim>| async move {
+            // One time for the batch: the latest, which no caller's clock is behind.
+            let now = reqs.iter().map(|c| c.now).max().unwrap_or(now);
+            let claims: Vec<Claim<'_>> = reqs.iter().map(OwnedClaim::as_claim).collect();
+            self.inner.claim_all(&claims, now).await
+        };
+        let answer = self.claims.join(OwnedClaim::of(claim, now), send).await;
+        answer.unwrap_or_else(|| Err(lost("claim")))
+    }
+
+    async fn finish(
+        &self,
+        job_id: &str,
+        stage: Stage,
+        attempt: u32,
+        progress: Progress,
+        detail: Option<Value>,
+        now: Timestamp,
+    ) -> Result<(), PortError> {
+        let finish = Finish {
+            job_id: job_id.to_owned(),
+            stage,
+            attempt,
+            progress,
+            detail,
+            now,
+        };
+        let send = |reqs: Vec<Finish>| async move { self.inner.finish_all(&reqs).await };
+        let answer = self.finishes.join(finish, send).await;
+        answer.unwrap_or_else(|| Err(lost("finish")))
+    }
+
+    async fn announce(&self, job_id: &str, stage: Stage, now: Timestamp) -> Result<(), PortError> {
+        let send = |reqs: Vec<(String, Stage, Timestamp)>| async move {
+            let now = reqs.iter().map(|r| r.2).max().unwrap_or(now);
+            let jobs: Vec<(String, Stage)> = reqs.into_iter().map(|(id, s, _)| (id, s)).collect();
+            self.inner.announce_all(&jobs, now).await
+        };
+        let answer = self
+            .announces
+            .join((job_id.to_owned(), stage, now), send)
+            .await;
+        answer.unwrap_or_else(|| Err(lost("announce")))
+    }
+
+    async fn claim_all(
+        &self,
+        claims: &[Claim<'_>],
+        now: Timestamp,
+    ) -> Vec<Result<ClaimOutcome, PortError>> {
+        self.inner.claim_all(claims, now).await
+    }
+
+    async fn finish_all(&self, finishes: &[Finish]) -> Vec<Result<(), PortError>> {
+        self.inner.finish_all(finishes).await
+    }
+
+    async fn announce_all(
+        &self,
+        jobs: &[(String, Stage)],
+        now: Timestamp,
+    ) -> Vec<Result<(), PortError>> {
+        self.inner.announce_all(jobs, now).await
+    }
+
+    async fn release(
+        &self,
+        job_id: &str,
+        stage: Stage,
+        attempt: u32,
+        holder: &str,
+        now: Timestamp,
+    ) -> Result<(), PortError> {
+        self.inner
+            .release(job_id, stage, attempt, holder, now)
+            .await
+    }
+
+    async fn reopen(
+        &self,
+        job_id: &str,
+        stage: Stage,
+        attempt: u32,
+        now: Timestamp,
+    ) -> Result<(), PortError> {
+        self.inner.reopen(job_id, stage, attempt, now).await
+    }
+
+    async fn get(&self, job_id: &str) -> Result<Vec<JobState>, PortError> {
+        self.inner.get(job_id).await
+    }
+}
+
+/// Notifications published by concurrent records go out together (`PublishBatch`).
+#[async_trait]
+impl<T: Topic> Topic for Batching<T> {
+    async fn publish(&self, notification: &Notification) -> Result<(), PortError> {
+        let send = |reqs: Vec<Notification>| async move { self.inner.publish_all(&reqs).await };
+        let answer = self.publishes.join(notification.clone(), send).await;
+        answer.unwrap_or_else(|| Err(lost("publish")))
+    }
+
+    async fn publish_all(&self, notifications: &[Notification]) -> Vec<Result<(), PortError>> {
+        self.inner.publish_all(notifications).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::messages::JobStatus;
+    use crate::state::MemoryStore;
+    use chrono::{TimeZone, Utc};
+    use futures_util::future::join_all;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A memory store that counts the batches it is handed.
+    #[derive(Debug, Default)]
+    struct Counting {
+        store: MemoryStore,
+        batches: Mutex<Vec<(&'static str, usize)>>,
+        single: AtomicUsize,
+    }
+
+    impl Counting {
+        fn batches(&self) -> Vec<(&'static str, usize)> {
+            self.batches.lock().expect("lock").clone()
+        }
+    }
+
+    #[async_trait]
+    impl JobStore for Counting {
+        async fn claim(&self, c: &Claim<'_>, now: Timestamp) -> Result<ClaimOutcome, PortError> {
+            self.single.fetch_add(1, Ordering::SeqCst);
+            self.store.claim(c, now).await
+        }
+        async fn finish(
+            &self,
+            job_id: &str,
+            stage: Stage,
+            attempt: u32,
+            progress: Progress,
+            detail: Option<Value>,
+            now: Timestamp,
+        ) -> Result<(), PortError> {
+            self.single.fetch_add(1, Ordering::SeqCst);
+            self.store
+                .finish(job_id, stage, attempt, progress, detail, now)
+                .await
+        }
+        async fn announce(
+            &self,
+            job_id: &str,
+            stage: Stage,
+            now: Timestamp,
+        ) -> Result<(), PortError> {
+            self.single.fetch_add(1, Ordering::SeqCst);
+            self.store.announce(job_id, stage, now).await
+        }
+        async fn claim_all(
+            &self,
+            claims: &[Claim<'_>],
+            now: Timestamp,
+        ) -> Vec<Result<ClaimOutcome, PortError>> {
+            self.batches
+                .lock()
+                .expect("lock")
+                .push(("claim", claims.len()));
+            join_all(claims.iter().map(|c| self.store.claim(c, now))).await
+        }
+        async fn finish_all(&self, finishes: &[Finish]) -> Vec<Result<(), PortError>> {
+            self.batches
+                .lock()
+                .expect("lock")
+                .push(("finish", finishes.len()));
+            self.store.finish_all(finishes).await
+        }
+        async fn announce_all(
+            &self,
+            jobs: &[(String, Stage)],
+            now: Timestamp,
+        ) -> Vec<Result<(), PortError>> {
+            self.batches
+                .lock()
+                .expect("lock")
+                .push(("announce", jobs.len()));
+            self.store.announce_all(jobs, now).await
+        }
+        async fn release(
+            &self,
+            job_id: &str,
+            stage: Stage,
+            attempt: u32,
+            holder: &str,
+            now: Timestamp,
+        ) -> Result<(), PortError> {
+            self.store
+                .release(job_id, stage, attempt, holder, now)
+                .await
+        }
+        async fn reopen(
+            &self,
+            job_id: &str,
+            stage: Stage,
+            attempt: u32,
+            now: Timestamp,
+        ) -> Result<(), PortError> {
+            self.store.reopen(job_id, stage, attempt, now).await
+        }
+        async fn get(&self, job_id: &str) -> Result<Vec<JobState>, PortError> {
+            self.store.get(job_id).await
+        }
+    }
+
+    fn at(secs: i64) -> Timestamp {
+        Utc.timestamp_opt(1_790_000_000 + secs, 0)
+            .single()
+            .expect("time")
+    }
+
+    fn claim<'a>(job_id: &'a str, fingerprint: &'a str) -> Claim<'a> {
+        Claim {
+            job_id,
+            stage: Stage::Processor,
+            fingerprint,
+            attempt: 1,
+            lease_until: at(60),
+            holder: job_id,
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_calls_go_as_one_batch_and_each_gets_its_own_answer() {
+        let store = Batching::new(Counting::default());
+        // job-3 exists with other content: its answer must differ from the others'.
+        store
+            .inner()
+            .store
+            .claim(&claim("job-3", "other"), at(0))
+            .await
+            .expect("seed");
+        let ids: Vec<String> = (0..10).map(|i| format!("job-{i}")).collect();
+        let claims: Vec<Claim<'_>> = ids.iter().map(|id| claim(id, "fp")).collect();
+        let answers = join_all(claims.iter().map(|c| store.claim(c, at(1)))).await;
+        assert_eq!(store.inner().batches(), [("claim", 10)]);
+        for (id, answer) in ids.iter().zip(&answers) {
+            let expected = if id == "job-3" {
+                ClaimOutcome::Conflict {
+                    fingerprint: "other".into(),
+                }
+            } else {
+                ClaimOutcome::Claimed
+            };
+            assert_eq!(answer.as_ref().expect("answer"), &expected, "{id}");
+        }
+
+        let done = Progress::Done(Some(JobStatus::Completed));
+        let claimed: Vec<&String> = ids.iter().filter(|id| *id != "job-3").collect();
+        let finished = join_all(
+            claimed
+                .iter()
+                .map(|id| store.finish(id, Stage::Processor, 1, done, None, at(2))),
+        )
+        .await;
+        assert!(finished.iter().all(Result::is_ok));
+        let announced = join_all(
+            claimed
+                .iter()
+                .map(|id| store.announce(id, Stage::Processor, at(3))),
+        )
+        .await;
+        assert!(announced.iter().all(Result::is_ok));
+        assert_eq!(
+            store.inner().batches(),
+            [("claim", 10), ("finish", 9), ("announce", 9)]
+        );
+        let records = store.inner().store.get("job-0").await.expect("store");
+        assert_eq!((records[0].progress, records[0].announced), (done, true));
+        assert_eq!(store.inner().single.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn an_ingester_batch_writes_its_jobs_state_in_a_few_calls() {
+        use crate::ingester::{Ingester, IngesterConfig};
+        use crate::telemetry::Instruments;
+        use crate::testing::{MemoryQueue, MemoryTopic};
+        let event =
+            serde_json::from_str(include_str!("../fixtures/ingester-batch.json")).expect("fixture");
+        let ingester = Ingester {
+            source: MemoryQueue::default(),
+            jobs_todo: MemoryQueue::default(),
+            dead_letters: MemoryQueue::default(),
+            topic: MemoryTopic::default(),
+            store: Batching::new(Counting::default()),
+            config: IngesterConfig {
+                max_receive_count: 5,
+            },
+            telemetry: Instruments::default(),
+        };
+        let response = ingester.handle(event, at(0)).await;
+        assert!(response.batch_item_failures.is_empty());
+        let batches = ingester.store.inner().batches();
+        let claims: Vec<usize> = batches
+            .iter()
+            .filter(|(kind, _)| *kind == "claim")
+            .map(|(_, n)| *n)
+            .collect();
+        // Ten records, ten jobs: one claim call, not ten.
+        assert_eq!(claims, [10], "{batches:?}");
+        assert!(
+            batches.len() <= 4,
+            "claims, forwards, ends, marks: {batches:?}"
+        );
+        assert_eq!(ingester.store.inner().single.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn a_processor_batch_ends_its_jobs_in_a_few_calls() {
+        use crate::processor::{Processor, ProcessorConfig};
+        use crate::retry::RetryPolicy;
+        use crate::telemetry::Instruments;
+        use crate::testing::{MemoryQueue, MemoryTopic};
+        // Four quick jobs: the fixture's report, under four ids.
+        let mut event: aws_lambda_events::sqs::SqsEvent =
+            serde_json::from_str(include_str!("../fixtures/processor-batch.json"))
+                .expect("fixture");
+        let report = event.records[0].clone();
+        event.records = (0..4)
+            .map(|i| {
+                let mut record = report.clone();
+                let mut body: Value =
+                    serde_json::from_str(record.body.as_deref().unwrap_or("{}")).expect("body");
+                body["job_id"] = Value::from(format!("report-{i}"));
+                record.body = Some(body.to_string());
+                record.message_id = Some(format!("m-{i}"));
+                record
+            })
+            .collect();
+        let processor = Processor {
+            jobs_todo: MemoryQueue::default(),
+            dead_letters: MemoryQueue::default(),
+            topic: Batching::new(MemoryTopic::default()),
+            store: Batching::new(Counting::default()),
+            config: ProcessorConfig {
+                deadline_margin: std::time::Duration::from_secs(3),
+                retry: RetryPolicy::default(),
+                fault_injection: false,
+            },
+            telemetry: Instruments::default(),
+        };
+        let now = Utc::now();
+        let response = processor
+            .handle(event, now + chrono::TimeDelta::seconds(60), now)
+            .await;
+        assert!(response.batch_item_failures.is_empty());
+        let notes = processor.topic.inner().notifications();
+        assert_eq!(notes.len(), 4, "four jobs, four end states");
+        assert_eq!(*processor.topic.inner().batches.lock().expect("lock"), [4]);
+        let batches = processor.store.inner().batches();
+        assert_eq!(
+            batches,
+            [("claim", 4), ("finish", 4), ("announce", 4)],
+            "one call per step"
+        );
+    }
+
+    #[tokio::test]
+    async fn each_publisher_learns_whether_its_own_notification_went_out() {
+        use crate::testing::MemoryTopic;
+        let topic = Batching::new(MemoryTopic::refusing("job-2"));
+        let notes: Vec<Notification> = (0..5)
+            .map(|i| Notification {
+                job_id: format!("job-{i}"),
+                job_type: None,
+                status: JobStatus::Completed,
+                stage: Stage::Processor,
+                attempts: 1,
+                errors: Vec::new(),
+                result: None,
+                timestamp: at(0),
+            })
+            .collect();
+        let results = join_all(notes.iter().map(|n| topic.publish(n))).await;
+        assert_eq!(*topic.inner().batches.lock().expect("lock"), [5]);
+        let refused: Vec<usize> = (0..5).filter(|&i| results[i].is_err()).collect();
+        assert_eq!(refused, [2]);
+        assert_eq!(topic.inner().notifications().len(), 4);
+    }
+
+    #[tokio::test]
+    async fn calls_made_one_after_another_go_alone() {
+        let store = Batching::new(Counting::default());
+        for id in ["a", "b", "c"] {
+            let answer = store.claim(&claim(id, "fp"), at(0)).await;
+            assert_eq!(answer, Ok(ClaimOutcome::Claimed));
+        }
+        assert_eq!(
+            store.inner().batches(),
+            [("claim", 1), ("claim", 1), ("claim", 1)]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_batch_fails_every_caller_in_it() {
+        let store = Batching::new(Counting::default());
+        store.inner().store.down.store(true, Ordering::SeqCst);
+        let claims = [claim("a", "fp"), claim("b", "fp")];
+        let answers = join_all(claims.iter().map(|c| store.claim(c, at(0)))).await;
+        assert!(answers.iter().all(Result::is_err));
+        assert_eq!(store.inner().batches(), [("claim", 2)]);
+    }
+}
