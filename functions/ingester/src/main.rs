@@ -21,7 +21,7 @@ async fn main() -> Result<(), Error> {
     let guard = guard_config()?;
     let telemetry = Telemetry::from_env("ingester")?;
 
-    let clients = Clients::new(&sdk_config().await, guard);
+    let clients = Clients::new(&sdk_config().await?, guard);
     let ingester = Ingester {
         source: clients.queue(source_url, "ingester-queue"),
         jobs_todo: clients.queue(jobs_todo_url, "jobs-todo"),

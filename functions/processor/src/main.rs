@@ -27,7 +27,7 @@ async fn main() -> Result<(), Error> {
         lambda_runtime::tracing::warn!("FAULT_INJECTION is on: jobs may ask to fail");
     }
 
-    let clients = Clients::new(&sdk_config().await, guard);
+    let clients = Clients::new(&sdk_config().await?, guard);
     let processor = Processor {
         jobs_todo: clients.queue(jobs_todo_url, "jobs-todo"),
         dead_letters: clients.queue(dead_letter_url, "dead-letter-queue"),

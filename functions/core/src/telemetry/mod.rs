@@ -43,12 +43,29 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(3);
 /// Telemetry that cannot be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
+    #[error("environment variable OTEL_EXPORTER_OTLP_TIMEOUT must be a whole number of milliseconds, got {0:?}")]
+    Timeout(String),
+    #[error("cannot build the OTLP HTTP client: {0}")]
+    Client(String),
     #[error("cannot build the OTLP {signal} exporter: {source}")]
     Exporter {
         signal: &'static str,
         #[source]
         source: opentelemetry_otlp::ExporterBuildError,
     },
+}
+
+/// `OTEL_EXPORTER_OTLP_TIMEOUT` (milliseconds), or our default: short, since every
+/// invocation waits for its flush.
+fn export_timeout() -> Result<Duration, TelemetryError> {
+    match std::env::var("OTEL_EXPORTER_OTLP_TIMEOUT") {
+        Ok(v) if !v.trim().is_empty() => v
+            .trim()
+            .parse()
+            .map(Duration::from_millis)
+            .map_err(|_| TelemetryError::Timeout(v)),
+        _ => Ok(EXPORT_TIMEOUT),
+    }
 }
 
 /// The process's telemetry pipeline: tracer and meter providers, or nothing.
@@ -77,25 +94,35 @@ impl Telemetry {
         if std::env::var(ENDPOINT_VAR).map_or(true, |v| v.trim().is_empty()) {
             return Ok(Telemetry::disabled());
         }
-        let timeout_from_env = std::env::var_os("OTEL_EXPORTER_OTLP_TIMEOUT").is_some();
+        let timeout = export_timeout()?;
+        // One HTTP client for both signals: each blocking client is a thread with its
+        // own runtime, started and waited for during init.
+        let client = std::thread::spawn(move || {
+            reqwest::blocking::Client::builder()
+                .timeout(timeout)
+                .build()
+        })
+        .join()
+        .map_err(|_| TelemetryError::Client("its thread panicked".into()))?
+        .map_err(|e| TelemetryError::Client(e.to_string()))?;
         // A collector that does not answer costs one quick retry, not seconds per flush.
         let retry = opentelemetry_otlp::RetryPolicy::default()
             .with_max_retries(1)
             .with_initial_delay(Duration::from_millis(50))
             .with_max_delay(Duration::from_millis(200))
             .with_max_jitter(Duration::from_millis(20));
-        let mut spans = opentelemetry_otlp::SpanExporter::builder()
+        let spans = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
+            .with_http_client(client.clone())
             .with_protocol(Protocol::HttpBinary)
-            .with_retry_policy(retry.clone());
-        let mut metrics = opentelemetry_otlp::MetricExporter::builder()
+            .with_retry_policy(retry.clone())
+            .with_timeout(timeout);
+        let metrics = opentelemetry_otlp::MetricExporter::builder()
             .with_http()
+            .with_http_client(client)
             .with_protocol(Protocol::HttpBinary)
-            .with_retry_policy(retry);
-        if !timeout_from_env {
-            spans = spans.with_timeout(EXPORT_TIMEOUT);
-            metrics = metrics.with_timeout(EXPORT_TIMEOUT);
-        }
+            .with_retry_policy(retry)
+            .with_timeout(timeout);
         let spans = spans.build().map_err(|source| TelemetryError::Exporter {
             signal: "trace",
             source,
@@ -344,6 +371,22 @@ mod tests {
     use crate::testing::{MemoryQueue, MemoryTopic};
     use opentelemetry::trace::{SpanKind, Status};
     use opentelemetry::Value;
+
+    #[test]
+    fn the_export_timeout_is_read_by_name() {
+        // The only test touching this variable: it is process-wide.
+        std::env::remove_var("OTEL_EXPORTER_OTLP_TIMEOUT");
+        assert_eq!(export_timeout().ok(), Some(EXPORT_TIMEOUT));
+        std::env::set_var("OTEL_EXPORTER_OTLP_TIMEOUT", "750");
+        assert_eq!(export_timeout().ok(), Some(Duration::from_millis(750)));
+        std::env::set_var("OTEL_EXPORTER_OTLP_TIMEOUT", "2s");
+        let err = export_timeout().expect_err("refused");
+        assert!(
+            err.to_string().contains("OTEL_EXPORTER_OTLP_TIMEOUT"),
+            "{err}"
+        );
+        std::env::remove_var("OTEL_EXPORTER_OTLP_TIMEOUT");
+    }
 
     fn attr(span: &SpanData, key: &str) -> Option<Value> {
         span.attributes
