@@ -5,16 +5,19 @@ Cold start: each binary is executed against a small fake Lambda Runtime API (bel
 and timed from exec to its first poll of `/runtime/invocation/next` (init), and to its
 first response for a representative one-record event (first invocation; the pipeline's
 functions make their real AWS calls against a MiniStack started here through
-`stack.up()`, like `make up`). The reference is a hello-world `lambda_runtime` function
+`stack.up()`, like `make up`, and export their telemetry to its local OTLP receiver;
+they run a second time with telemetry off). The reference is a hello-world `lambda_runtime` function
 (`bench/hello`) built with the same release profile. Peak RSS is the process's VmHWM
 after that first response.
 
 Per-job CPU: the criterion estimates of `functions/core/benches/per_job.rs`, which
 `make bench` runs first.
 
-Throughput: 2,000 jobs put on EventBridge as fast as possible, through the pipeline and
-then through no-op functions (`bench/noop`) deployed the same way on a fresh MiniStack:
-jobs per second, p50/p99 latency, and each function's peak RSS under the run.
+Throughput: 2,000 jobs put on EventBridge as fast as possible, through no-op functions
+(`bench/noop`), then through the pipeline, each deployed the same way on a fresh
+MiniStack: jobs per second, p50/p99 latency, and each function's peak RSS under the run.
+The pipeline runs once without telemetry (like the no-op pair) and once exporting
+spans and metrics to the local OTLP receiver.
 
 Cost: GB-seconds and dollars per million jobs at 128 MB from the measured warm
 durations, for batch sizes 10, 5 and 1.
@@ -205,6 +208,10 @@ def function_env(stack: stk.Stack, name: str) -> dict:
     return {**env, **stack.env()}
 
 
+def without_telemetry(env: dict) -> dict:
+    return {k: v for k, v in env.items() if not k.startswith("OTEL_")}
+
+
 def criterion_estimates() -> dict[str, float]:
     """Mean time per iteration in ns, by benchmark name."""
     out = {}
@@ -224,15 +231,17 @@ def table(rows: list[list[str]]) -> str:
     return "\n".join(lines + [row(r, widths) for r in rows[1:]])
 
 
-def throughput(binaries: Path, jobs: int, label: str) -> dict:
+def throughput(binaries: Path, jobs: int, label: str, telemetry: bool = False) -> dict:
     """Puts `jobs` onboarding jobs on EventBridge as fast as 8 senders go and waits for
     every end state: jobs per second from the first put to the last end, per-job latency
-    (put to the processor's notification timestamp), and each function's peak RSS."""
+    (put to the processor's notification timestamp), and each function's peak RSS.
+    `telemetry`: run the local OTLP receiver, so the functions export their spans."""
     from concurrent.futures import ThreadPoolExecutor
 
     with tempfile.TemporaryDirectory(prefix=f"bench-{label}-") as state:
         state_dir = Path(state)
-        stack = stk.up(port=free_port(), state_dir=state_dir, binaries=binaries, use_existing=False, receiver=False)
+        stack = stk.up(port=free_port(), state_dir=state_dir, binaries=binaries, use_existing=False,
+                       receiver=telemetry)
         try:
             events = stack.client("events")
             details = [a_job() for _ in range(jobs)]
@@ -318,15 +327,20 @@ def main(argv: list[str] | None = None) -> int:
         state_dir = Path(state)
         port = free_port()
         print(f"starting MiniStack on 127.0.0.1:{port} for the cold starts ...", file=sys.stderr)
-        stack = stk.up(port=port, state_dir=state_dir, use_existing=False, receiver=False)
+        # With the local OTLP receiver, as `make up` deploys them: telemetry on.
+        stack = stk.up(port=port, state_dir=state_dir, use_existing=False, receiver=True)
         try:
             results: dict[str, list[Run]] = {}
+            ingester_events = lambda n: [sqs_event(stack, "ingester-queue", [ingester_body(stack) for _ in range(n)])]  # noqa: E731
+            processor_events = lambda n: [sqs_event(stack, "jobs-todo", [processor_body(stack) for _ in range(n)])]  # noqa: E731
             plans = {
                 "hello": (RELEASE / "hello", dict(stack.env()), lambda n: [{"hello": "world"}] * n),
-                "ingester": (RELEASE / "ingester", function_env(stack, "ingester"),
-                             lambda n: [sqs_event(stack, "ingester-queue", [ingester_body(stack) for _ in range(n)])]),
-                "processor": (RELEASE / "processor", function_env(stack, "processor"),
-                              lambda n: [sqs_event(stack, "jobs-todo", [processor_body(stack) for _ in range(n)])]),
+                "ingester": (RELEASE / "ingester", function_env(stack, "ingester"), ingester_events),
+                "processor": (RELEASE / "processor", function_env(stack, "processor"), processor_events),
+                "ingester, telemetry off": (RELEASE / "ingester", without_telemetry(function_env(stack, "ingester")),
+                                            ingester_events),
+                "processor, telemetry off": (RELEASE / "processor",
+                                             without_telemetry(function_env(stack, "processor")), processor_events),
             }
             for name, (binary, env, make) in plans.items():
                 def events() -> list[dict]:
@@ -355,6 +369,9 @@ def main(argv: list[str] | None = None) -> int:
         init = median(name, lambda r: r.init_ms)
         add(f"{name}: cold start, exec to first poll (median of {args.runs})", init, "ms", hello_init,
             f"<= {COLD_START_TARGET}x", init <= COLD_START_TARGET * hello_init)
+        bare = median(f"{name}, telemetry off", lambda r: r.init_ms)
+        add(f"{name}: the same with telemetry off", bare, "ms", hello_init,
+            f"<= {COLD_START_TARGET}x", bare <= COLD_START_TARGET * hello_init)
         add(f"{name}: cold, exec to first response (1 record)", median(name, lambda r: r.first_ms), "ms", hello_first)
         warm[name] = median(name, lambda r: statistics.median(r.warm_ms))
         add(f"{name}: warm invocation, 10 records", warm[name], "ms", None)
@@ -382,6 +399,12 @@ def main(argv: list[str] | None = None) -> int:
             real["rate"] >= 0.9 * floor["rate"])
         add("end to end: p50 latency, put to end state", real["p50"], "ms", floor["p50"])
         add("end to end: p99 latency", real["p99"], "ms", floor["p99"], "<= 1.2x", real["p99"] <= 1.2 * floor["p99"])
+        print(f"throughput: {args.jobs} jobs through the pipeline, telemetry on ...", file=sys.stderr)
+        traced = throughput(RELEASE, args.jobs, "traced", telemetry=True)
+        add("end to end, telemetry on: jobs per second", traced["rate"], "/s", floor["rate"], ">= 0.90x",
+            traced["rate"] >= 0.9 * floor["rate"])
+        add("end to end, telemetry on: p99 latency", traced["p99"], "ms", floor["p99"], "<= 1.2x",
+            traced["p99"] <= 1.2 * floor["p99"])
         for name in ("ingester", "processor"):
             kib = real["rss"].get(name, 0)
             add(f"{name}: peak RSS under the run", kib / 1024, "MiB", floor["rss"].get(name, 0) / 1024, "< 30 MiB",
