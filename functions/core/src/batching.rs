@@ -86,10 +86,15 @@ impl<Req, Resp> Gather<Req, Resp> {
             !std::mem::replace(&mut waiting.led, true)
         };
         if leads {
+            let mut lead = Lead {
+                gather: self,
+                sent: false,
+            };
             tokio::task::yield_now().await;
             let batch = {
                 let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
                 waiting.led = false;
+                lead.sent = true;
                 std::mem::take(&mut waiting.calls)
             };
             let (reqs, senders): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
@@ -98,6 +103,28 @@ impl<Req, Resp> Gather<Req, Resp> {
             }
         }
         rx.await.ok()
+    }
+}
+
+/// A caller leading the next batch. If it is cancelled before taking the batch, the
+/// calls waiting in it learn at once that it is lost (their senders are dropped)
+/// instead of waiting for a leader that will not come, and the next call leads anew.
+struct Lead<'a, Req, Resp> {
+    gather: &'a Gather<Req, Resp>,
+    sent: bool,
+}
+
+impl<Req, Resp> Drop for Lead<'_, Req, Resp> {
+    fn drop(&mut self) {
+        if !self.sent {
+            let mut waiting = self
+                .gather
+                .waiting
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            waiting.led = false;
+            waiting.calls.clear();
+        }
     }
 }
 
@@ -535,6 +562,31 @@ mod tests {
         let refused: Vec<usize> = (0..5).filter(|&i| results[i].is_err()).collect();
         assert_eq!(refused, [2]);
         assert_eq!(topic.inner().notifications().len(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_leader_cancelled_before_sending_loses_its_batch_but_wedges_nothing() {
+        use futures_util::FutureExt;
+        let store = Batching::new(Counting::default());
+        let (a, b) = (claim("a", "fp"), claim("b", "fp"));
+        let mut leader = Box::pin(store.claim(&a, at(0)));
+        assert!((&mut leader).now_or_never().is_none(), "yields once");
+        let mut follower = Box::pin(store.claim(&b, at(0)));
+        assert!(
+            (&mut follower).now_or_never().is_none(),
+            "waits for the batch"
+        );
+        drop(leader);
+        let answer = tokio::time::timeout(std::time::Duration::from_secs(1), follower)
+            .await
+            .expect("the follower is not left waiting");
+        assert!(
+            answer.is_err(),
+            "its batch was lost: the record goes back to SQS"
+        );
+        let next = store.claim(&claim("c", "fp"), at(0)).await;
+        assert_eq!(next, Ok(ClaimOutcome::Claimed));
+        assert_eq!(store.inner().batches(), [("claim", 1)]);
     }
 
     #[tokio::test]
