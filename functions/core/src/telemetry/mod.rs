@@ -7,6 +7,12 @@
 //! get no-op instruments, which still pass an incoming trace context through.
 //! Exporting never fails a job: export errors are logged once per process, and a
 //! flush is bounded in time.
+//!
+//! No background threads: ended spans wait in memory and metrics are read on demand,
+//! and both are exported by [`Telemetry::flush`] on the caller's own runtime. A
+//! Lambda must export before its invocation returns anyway (the process may be
+//! frozen right after), and the SDK's batch processor, periodic reader and blocking
+//! HTTP client cost three threads and about a millisecond of every cold start.
 
 mod instruments;
 pub mod propagation;
@@ -20,16 +26,19 @@ pub(crate) mod instruments_prelude {
     pub use opentelemetry::trace::TraceContextExt;
 }
 
-use opentelemetry::KeyValue;
+use opentelemetry::{Context, KeyValue};
 use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
-use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::metrics::data::ResourceMetrics;
 use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
-use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider, Temporality};
-use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
+use opentelemetry_sdk::metrics::reader::MetricReader;
+use opentelemetry_sdk::metrics::{
+    InstrumentKind, ManualReader, Pipeline, SdkMeterProvider, Temporality,
+};
+use opentelemetry_sdk::trace::{SdkTracerProvider, Span, SpanData, SpanExporter, SpanProcessor};
 use opentelemetry_sdk::Resource;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 use tracing::{debug, warn};
 
@@ -39,6 +48,10 @@ pub const ENDPOINT_VAR: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest an invocation waits for its telemetry to be flushed.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(3);
+/// Ended spans kept for the next flush; beyond this they are counted and dropped, so
+/// a flush that keeps failing cannot grow memory (an invocation of ten records
+/// ends about forty).
+const MAX_PENDING_SPANS: usize = 2048;
 
 /// Telemetry that cannot be set up.
 #[derive(Debug, thiserror::Error)]
@@ -68,21 +81,33 @@ fn export_timeout() -> Result<Duration, TelemetryError> {
     }
 }
 
-/// The process's telemetry pipeline: tracer and meter providers, or nothing.
+/// The process's telemetry pipeline, or nothing.
 #[derive(Debug)]
 pub struct Telemetry {
-    tracer_provider: Option<SdkTracerProvider>,
-    meter_provider: Option<SdkMeterProvider>,
+    pipeline: Option<Exporting>,
     cold: AtomicBool,
     flush_timeout: Duration,
+}
+
+/// Providers the instruments record into, what they have gathered since the last
+/// flush, and where it goes.
+#[derive(Debug)]
+struct Exporting {
+    tracer_provider: SdkTracerProvider,
+    meter_provider: SdkMeterProvider,
+    pending: Arc<PendingSpans>,
+    reader: Arc<ManualReader>,
+    exporters: Box<dyn Export>,
+    loss: LossReport,
+    /// Exporters must not be called concurrently; flushes take turns.
+    turn: tokio::sync::Mutex<()>,
 }
 
 impl Telemetry {
     /// No exporter at all: no-op instruments, nothing to flush.
     pub fn disabled() -> Telemetry {
         Telemetry {
-            tracer_provider: None,
-            meter_provider: None,
+            pipeline: None,
             cold: AtomicBool::new(true),
             flush_timeout: FLUSH_TIMEOUT,
         }
@@ -94,35 +119,45 @@ impl Telemetry {
         if std::env::var(ENDPOINT_VAR).map_or(true, |v| v.trim().is_empty()) {
             return Ok(Telemetry::disabled());
         }
-        let timeout = export_timeout()?;
-        // One HTTP client for both signals: each blocking client is a thread with its
-        // own runtime, started and waited for during init.
-        let client = std::thread::spawn(move || {
-            reqwest::blocking::Client::builder()
-                .timeout(timeout)
-                .build()
-        })
-        .join()
-        .map_err(|_| TelemetryError::Client("its thread panicked".into()))?
-        .map_err(|e| TelemetryError::Client(e.to_string()))?;
+        Telemetry::otlp(service_name, None, export_timeout()?)
+    }
+
+    /// The OTLP exporters to `endpoint` (a base URL), or to where the exporters'
+    /// own `OTEL_EXPORTER_OTLP_*` variables say when it is `None`.
+    fn otlp(
+        service_name: &'static str,
+        endpoint: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Telemetry, TelemetryError> {
+        // One async client for both signals: it runs on the flushing task's runtime
+        // and starts nothing until the first export.
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .build()
+            .map_err(|e| TelemetryError::Client(e.to_string()))?;
         // A collector that does not answer costs one quick retry, not seconds per flush.
         let retry = opentelemetry_otlp::RetryPolicy::default()
             .with_max_retries(1)
             .with_initial_delay(Duration::from_millis(50))
             .with_max_delay(Duration::from_millis(200))
             .with_max_jitter(Duration::from_millis(20));
-        let spans = opentelemetry_otlp::SpanExporter::builder()
+        let mut spans = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .with_http_client(client.clone())
             .with_protocol(Protocol::HttpBinary)
             .with_retry_policy(retry.clone())
             .with_timeout(timeout);
-        let metrics = opentelemetry_otlp::MetricExporter::builder()
+        let mut metrics = opentelemetry_otlp::MetricExporter::builder()
             .with_http()
             .with_http_client(client)
             .with_protocol(Protocol::HttpBinary)
             .with_retry_policy(retry)
             .with_timeout(timeout);
+        if let Some(base) = endpoint {
+            let base = base.trim_end_matches('/');
+            spans = spans.with_endpoint(format!("{base}/v1/traces"));
+            metrics = metrics.with_endpoint(format!("{base}/v1/metrics"));
+        }
         let spans = spans.build().map_err(|source| TelemetryError::Exporter {
             signal: "trace",
             source,
@@ -134,39 +169,39 @@ impl Telemetry {
         Ok(Telemetry::with_exporters(service_name, spans, metrics))
     }
 
-    /// Batch span processor and a periodic metric reader over the given exporters
-    /// (the OTLP ones, or counting ones in tests). Both run on their own OS threads,
-    /// so exporting never needs the caller's async runtime.
-    pub fn with_exporters<S, M>(service_name: &'static str, spans: S, metrics: M) -> Telemetry
+    /// Providers whose spans and metrics go to the given exporters (the OTLP ones,
+    /// or keeping ones in tests) at each [`Telemetry::flush`].
+    pub fn with_exporters<S, M>(service_name: &'static str, mut spans: S, metrics: M) -> Telemetry
     where
         S: SpanExporter + 'static,
         M: PushMetricExporter,
     {
         let resource = resource(service_name);
-        let loss = Arc::new(LossReport::default());
+        spans.set_resource(&resource);
+        let pending = Arc::new(PendingSpans::default());
         let tracer_provider = SdkTracerProvider::builder()
             .with_resource(resource.clone())
-            .with_batch_exporter(Reporting {
-                signal: "traces",
-                inner: spans,
-                loss: loss.clone(),
-            })
+            .with_span_processor(Gather(pending.clone()))
             .build();
-        // Flushed after every invocation; the interval only matters for a long one.
-        let reader = PeriodicReader::builder(Reporting {
-            signal: "metrics",
-            inner: metrics,
-            loss,
-        })
-        .with_interval(Duration::from_secs(60))
-        .build();
+        let reader = Arc::new(
+            ManualReader::builder()
+                .with_temporality(metrics.temporality())
+                .build(),
+        );
         let meter_provider = SdkMeterProvider::builder()
             .with_resource(resource)
-            .with_reader(reader)
+            .with_reader(SharedReader(reader.clone()))
             .build();
         Telemetry {
-            tracer_provider: Some(tracer_provider),
-            meter_provider: Some(meter_provider),
+            pipeline: Some(Exporting {
+                tracer_provider,
+                meter_provider,
+                pending,
+                reader,
+                exporters: Box::new(Exporters { spans, metrics }),
+                loss: LossReport::default(),
+                turn: tokio::sync::Mutex::new(()),
+            }),
             cold: AtomicBool::new(true),
             flush_timeout: FLUSH_TIMEOUT,
         }
@@ -174,14 +209,14 @@ impl Telemetry {
 
     /// Whether spans and metrics leave the process.
     pub fn enabled(&self) -> bool {
-        self.tracer_provider.is_some()
+        self.pipeline.is_some()
     }
 
     /// The instruments the handlers record with: bound to this pipeline, or no-ops.
     pub fn instruments(&self) -> Instruments {
-        match (&self.tracer_provider, &self.meter_provider) {
-            (Some(tp), Some(mp)) => Instruments::new(tp, mp),
-            _ => Instruments::default(),
+        match &self.pipeline {
+            Some(p) => Instruments::new(&p.tracer_provider, &p.meter_provider),
+            None => Instruments::default(),
         }
     }
 
@@ -205,56 +240,174 @@ impl Telemetry {
         result
     }
 
-    /// Exports every span ended and every metric recorded so far, before the
-    /// invocation returns (Lambda may freeze the process right after). The blocking
-    /// flush runs on tokio's blocking pool, so the (one-worker) runtime keeps
-    /// running; it is abandoned after a bound, never failing the invocation.
+    /// Spans ended since the last flush, waiting for the next one.
+    pub fn pending_spans(&self) -> usize {
+        self.pipeline.as_ref().map_or(0, |p| p.pending.len())
+    }
+
+    /// Exports every span ended and every metric recorded so far (Lambda may freeze
+    /// the process as soon as the invocation returns). Bounded in time and never
+    /// failing: what does not make it is reported once per process and dropped.
     pub async fn flush(&self) {
-        if !self.enabled() {
+        let Some(pipeline) = &self.pipeline else {
             return;
-        }
-        let tp = self.tracer_provider.clone();
-        let mp = self.meter_provider.clone();
-        let flush = tokio::task::spawn_blocking(move || {
-            if let Some(tp) = tp {
-                if let Err(e) = tp.force_flush() {
-                    debug!(error = %e, "trace flush incomplete");
-                }
-            }
-            if let Some(mp) = mp {
-                if let Err(e) = mp.force_flush() {
-                    debug!(error = %e, "metric flush incomplete");
-                }
-            }
-        });
-        if tokio::time::timeout(self.flush_timeout, flush)
+        };
+        let _turn = pipeline.turn.lock().await;
+        if tokio::time::timeout(self.flush_timeout, pipeline.export())
             .await
             .is_err()
         {
-            debug!(
-                timeout_ms = self.flush_timeout.as_millis() as u64,
-                "telemetry flush timed out"
+            pipeline.loss.note(
+                "traces and metrics",
+                0,
+                &Err(OTelSdkError::Timeout(self.flush_timeout)),
             );
         }
     }
 
-    /// Flushes and stops the exporters: for a process that is about to exit.
+    /// Flushes and stops the providers: for a process that is about to exit.
     pub async fn shutdown(self) {
         self.flush().await;
-        let Telemetry {
-            tracer_provider,
-            meter_provider,
-            ..
-        } = self;
-        let stop = tokio::task::spawn_blocking(move || {
-            if let Some(tp) = tracer_provider {
-                let _ = tp.shutdown_with_timeout(FLUSH_TIMEOUT);
+        if let Some(p) = self.pipeline {
+            let _ = p.tracer_provider.shutdown();
+            let _ = p.meter_provider.shutdown();
+        }
+    }
+}
+
+impl Exporting {
+    async fn export(&self) {
+        let spans = self.pending.take();
+        let dropped = self.pending.dropped.swap(0, Ordering::Relaxed);
+        if dropped > 0 {
+            let e = OTelSdkError::InternalFailure(format!(
+                "{dropped} spans dropped: more than {MAX_PENDING_SPANS} waited for a flush"
+            ));
+            self.loss.note("traces", 0, &Err(e));
+        }
+        let mut metrics = ResourceMetrics::default();
+        let collected = self.reader.collect(&mut metrics);
+        let spans = async {
+            if !spans.is_empty() {
+                let items = spans.len();
+                let result = self.exporters.spans(spans).await;
+                self.loss.note("traces", items, &result);
             }
-            if let Some(mp) = meter_provider {
-                let _ = mp.shutdown_with_timeout(FLUSH_TIMEOUT);
+        };
+        let metrics = async {
+            match collected {
+                Ok(()) if metrics.scope_metrics().next().is_some() => {
+                    let result = self.exporters.metrics(&metrics).await;
+                    self.loss.note("metrics", 1, &result);
+                }
+                Ok(()) => {}
+                Err(e) => debug!(error = %e, "metrics not collected"),
             }
-        });
-        let _ = tokio::time::timeout(FLUSH_TIMEOUT * 2, stop).await;
+        };
+        futures_util::future::join(spans, metrics).await;
+    }
+}
+
+/// Ended spans since the last flush, and how many did not fit.
+#[derive(Debug, Default)]
+struct PendingSpans {
+    spans: Mutex<Vec<SpanData>>,
+    dropped: AtomicU64,
+}
+
+impl PendingSpans {
+    fn take(&self) -> Vec<SpanData> {
+        std::mem::take(&mut *self.spans.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn len(&self) -> usize {
+        self.spans
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+}
+
+/// The span processor: keeps each ended span for the next flush.
+#[derive(Debug)]
+struct Gather(Arc<PendingSpans>);
+
+impl SpanProcessor for Gather {
+    fn on_start(&self, _span: &mut Span, _cx: &Context) {}
+
+    fn on_end(&self, span: SpanData) {
+        let mut spans = self.0.spans.lock().unwrap_or_else(PoisonError::into_inner);
+        if spans.len() < MAX_PENDING_SPANS {
+            spans.push(span);
+        } else {
+            self.0.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Exporting is async and belongs to [`Telemetry::flush`]; the SDK's own
+    /// (blocking) flush has nothing to do here.
+    fn force_flush(&self) -> OTelSdkResult {
+        Ok(())
+    }
+
+    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
+        Ok(())
+    }
+}
+
+/// The meter provider owns its readers; this lets [`Exporting`] read the same one.
+#[derive(Debug)]
+struct SharedReader(Arc<ManualReader>);
+
+impl MetricReader for SharedReader {
+    fn register_pipeline(&self, pipeline: Weak<Pipeline>) {
+        self.0.register_pipeline(pipeline);
+    }
+
+    fn collect(&self, rm: &mut ResourceMetrics) -> OTelSdkResult {
+        self.0.collect(rm)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.0.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.0.shutdown_with_timeout(timeout)
+    }
+
+    fn temporality(&self, kind: InstrumentKind) -> Temporality {
+        self.0.temporality(kind)
+    }
+}
+
+/// Both exporters behind one object-safe face, so [`Telemetry`] needs no type
+/// parameters.
+#[async_trait::async_trait]
+trait Export: Send + Sync + std::fmt::Debug {
+    async fn spans(&self, batch: Vec<SpanData>) -> OTelSdkResult;
+    async fn metrics(&self, metrics: &ResourceMetrics) -> OTelSdkResult;
+}
+
+struct Exporters<S, M> {
+    spans: S,
+    metrics: M,
+}
+
+impl<S, M> std::fmt::Debug for Exporters<S, M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Exporters")
+    }
+}
+
+#[async_trait::async_trait]
+impl<S: SpanExporter, M: PushMetricExporter> Export for Exporters<S, M> {
+    async fn spans(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        self.spans.export(batch).await
+    }
+
+    async fn metrics(&self, metrics: &ResourceMetrics) -> OTelSdkResult {
+        self.metrics.export(metrics).await
     }
 }
 
@@ -292,7 +445,7 @@ fn resource(service_name: &'static str) -> Resource {
 }
 
 /// Export failures, reported once per process: a missing collector must not flood
-/// the logs with one line per batch.
+/// the logs with one line per flush.
 #[derive(Debug, Default)]
 struct LossReport {
     reported: AtomicBool,
@@ -310,55 +463,6 @@ impl LossReport {
         } else {
             debug!(signal, items, failures, error = %e, "telemetry export failed again");
         }
-    }
-}
-
-/// An exporter that reports its failures through [`LossReport`].
-#[derive(Debug)]
-struct Reporting<E> {
-    signal: &'static str,
-    inner: E,
-    loss: Arc<LossReport>,
-}
-
-impl<E: SpanExporter> SpanExporter for Reporting<E> {
-    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        let items = batch.len();
-        let result = self.inner.export(batch).await;
-        self.loss.note(self.signal, items, &result);
-        result
-    }
-
-    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.inner.shutdown_with_timeout(timeout)
-    }
-
-    fn force_flush(&self) -> OTelSdkResult {
-        self.inner.force_flush()
-    }
-
-    fn set_resource(&mut self, resource: &Resource) {
-        self.inner.set_resource(resource);
-    }
-}
-
-impl<E: PushMetricExporter> PushMetricExporter for Reporting<E> {
-    async fn export(&self, metrics: &ResourceMetrics) -> OTelSdkResult {
-        let result = self.inner.export(metrics).await;
-        self.loss.note(self.signal, 1, &result);
-        result
-    }
-
-    fn force_flush(&self) -> OTelSdkResult {
-        self.inner.force_flush()
-    }
-
-    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.inner.shutdown_with_timeout(timeout)
-    }
-
-    fn temporality(&self) -> Temporality {
-        self.inner.temporality()
     }
 }
 
@@ -556,5 +660,150 @@ mod tests {
         assert!(tc
             .traceparent
             .contains(&long.span_context.trace_id().to_string()));
+    }
+
+    fn end_spans(telemetry: &Telemetry, n: usize) {
+        use opentelemetry::trace::{Span as _, Tracer as _, TracerProvider as _};
+        let pipeline = telemetry.pipeline.as_ref().expect("enabled");
+        let tracer = pipeline.tracer_provider.tracer("test");
+        for _ in 0..n {
+            tracer.start("work").end();
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn spans_beyond_the_cap_are_counted_and_dropped_not_kept() {
+        let (telemetry, spans, _) = kept();
+        end_spans(&telemetry, MAX_PENDING_SPANS + 7);
+        assert_eq!(telemetry.pending_spans(), MAX_PENDING_SPANS);
+        telemetry.flush().await;
+        assert_eq!(spans.spans().len(), MAX_PENDING_SPANS);
+        assert_eq!(telemetry.pending_spans(), 0);
+        let pipeline = telemetry.pipeline.as_ref().expect("enabled");
+        assert_eq!(pipeline.pending.dropped.load(Ordering::Relaxed), 0);
+        assert_eq!(pipeline.loss.failures.load(Ordering::Relaxed), 1);
+        // Room again once flushed.
+        end_spans(&telemetry, 3);
+        telemetry.flush().await;
+        assert_eq!(spans.spans().len(), MAX_PENDING_SPANS + 3);
+    }
+
+    /// A span exporter whose collector never answers.
+    #[derive(Debug)]
+    struct Stalled;
+
+    impl SpanExporter for Stalled {
+        async fn export(&self, _batch: Vec<SpanData>) -> OTelSdkResult {
+            std::future::pending().await
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_stalled_collector_costs_each_flush_its_bound_and_no_more() {
+        let telemetry = Telemetry::with_exporters("test", Stalled, KeptMetrics::default());
+        end_spans(&telemetry, 5);
+        let started = tokio::time::Instant::now();
+        telemetry.flush().await;
+        assert_eq!(started.elapsed(), FLUSH_TIMEOUT);
+        // The stalled spans are given up, not retried forever or kept.
+        assert_eq!(telemetry.pending_spans(), 0);
+        let pipeline = telemetry.pipeline.as_ref().expect("enabled");
+        assert_eq!(pipeline.loss.failures.load(Ordering::Relaxed), 1);
+        end_spans(&telemetry, 1);
+        telemetry.flush().await;
+        assert_eq!(started.elapsed(), FLUSH_TIMEOUT * 2);
+    }
+
+    /// Reads one HTTP/1.1 request (headers and a `content-length` body) and answers 200.
+    async fn answer_one(
+        conn: &mut tokio::io::BufReader<tokio::net::TcpStream>,
+    ) -> std::io::Result<Option<String>> {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+        let mut request_line = String::new();
+        if conn.read_line(&mut request_line).await? == 0 {
+            return Ok(None);
+        }
+        let mut length = 0;
+        let mut content_type = String::new();
+        loop {
+            let mut header = String::new();
+            conn.read_line(&mut header).await?;
+            let header = header.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            let (name, value) = header.split_once(':').unwrap_or((header, ""));
+            match name.to_ascii_lowercase().as_str() {
+                "content-length" => length = value.trim().parse().unwrap_or(0),
+                "content-type" => content_type = value.trim().to_owned(),
+                _ => {}
+            }
+        }
+        let mut body = vec![0; length];
+        conn.read_exact(&mut body).await?;
+        conn.get_mut()
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .await?;
+        let mut seen = request_line
+            .split_whitespace()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" ");
+        seen.push_str(&format!(" {content_type} {}", !body.is_empty()));
+        Ok(Some(seen))
+    }
+
+    /// The real OTLP exporters, on the one-worker runtime the functions use, to a
+    /// collector on loopback served by that same runtime: a flush that needed
+    /// another thread, or blocked this one, would never be answered.
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_otlp_exporters_send_both_signals_from_the_callers_runtime() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+        let server = {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else {
+                        return;
+                    };
+                    let seen = seen.clone();
+                    tokio::spawn(async move {
+                        let mut conn = tokio::io::BufReader::new(stream);
+                        while let Ok(Some(request)) = answer_one(&mut conn).await {
+                            seen.lock().expect("lock").push(request);
+                        }
+                    });
+                }
+            })
+        };
+        let telemetry = Telemetry::otlp(
+            "test",
+            Some(&format!("http://{addr}/")),
+            Duration::from_secs(2),
+        )
+        .expect("exporters");
+        let instruments = telemetry.instruments();
+        instruments
+            .producer_span(AWS_SQS, "jobs-todo", &Context::new())
+            .end();
+        instruments.record_retry("echo", "timeout");
+        telemetry.flush().await;
+        server.abort();
+
+        let mut seen = seen.lock().expect("lock").clone();
+        seen.sort();
+        assert_eq!(
+            seen,
+            [
+                "POST /v1/metrics application/x-protobuf true",
+                "POST /v1/traces application/x-protobuf true",
+            ]
+        );
+        let pipeline = telemetry.pipeline.as_ref().expect("enabled");
+        assert_eq!(pipeline.loss.failures.load(Ordering::Relaxed), 0);
     }
 }
