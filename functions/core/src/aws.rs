@@ -9,7 +9,8 @@ use crate::ports::{MessageQueue, OutgoingMessage, PortError, Receipt, Topic};
 use crate::record::to_json;
 use crate::retry::{RetryPolicy, SQS_MAX_DELAY};
 use async_trait::async_trait;
-use aws_config::{timeout::TimeoutConfig, BehaviorVersion, SdkConfig};
+use aws_config::environment::EnvironmentVariableCredentialsProvider;
+use aws_config::{timeout::TimeoutConfig, BehaviorVersion, Region, SdkConfig};
 use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
 use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider, TlsContext, TrustStore};
 use std::time::Duration;
@@ -74,11 +75,39 @@ pub async fn sdk_config() -> Result<SdkConfig, ConfigError> {
         .operation_attempt_timeout(Duration::from_secs(5))
         .operation_timeout(Duration::from_secs(15))
         .build();
-    Ok(aws_config::defaults(BehaviorVersion::latest())
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
         .http_client(http)
-        .timeout_config(timeouts)
-        .load()
-        .await)
+        .timeout_config(timeouts);
+    let given = LambdaGiven::from(|name: &str| std::env::var(name).ok());
+    if let Some(region) = given.region {
+        loader = loader.region(Region::new(region));
+    }
+    if given.credentials {
+        loader = loader.credentials_provider(EnvironmentVariableCredentialsProvider::new());
+    }
+    Ok(loader.load().await)
+}
+
+/// What Lambda hands every function in its environment: its region and its role's
+/// credentials. Naming their providers outright spares each cold start the default
+/// chains (region from profile files and IMDS; credentials from profiles, web
+/// identity with its own STS client, containers and IMDS), which would end at the
+/// same variables anyway. Anywhere they are not set, the default chains run.
+#[derive(Debug, PartialEq, Eq)]
+struct LambdaGiven {
+    region: Option<String>,
+    credentials: bool,
+}
+
+impl LambdaGiven {
+    fn from(var: impl Fn(&str) -> Option<String>) -> LambdaGiven {
+        let set = |name: &str| var(name).filter(|v| !v.trim().is_empty());
+        LambdaGiven {
+            region: set("AWS_REGION"),
+            credentials: set("AWS_ACCESS_KEY_ID").is_some()
+                && set("AWS_SECRET_ACCESS_KEY").is_some(),
+        }
+    }
 }
 
 /// A configuration problem, naming the variable at fault.
@@ -559,5 +588,41 @@ mod tests {
         let err = TrustRoots::from_env().expect_err("refused");
         assert!(err.to_string().contains("TLS_TRUST_ROOTS"), "{err}");
         std::env::remove_var("TLS_TRUST_ROOTS");
+    }
+
+    #[test]
+    fn only_a_complete_lambda_environment_skips_the_default_chains() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| (*v).to_owned())
+            }
+        };
+        let lambda = LambdaGiven::from(env(&[
+            ("AWS_REGION", "eu-west-1"),
+            ("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE"),
+            ("AWS_SECRET_ACCESS_KEY", "secret"),
+        ]));
+        assert_eq!(
+            lambda,
+            LambdaGiven {
+                region: Some("eu-west-1".into()),
+                credentials: true
+            }
+        );
+        // A key without its secret, or blank values, leave it to the default chains.
+        let partial = LambdaGiven::from(env(&[
+            ("AWS_REGION", " "),
+            ("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE"),
+        ]));
+        assert_eq!(
+            partial,
+            LambdaGiven {
+                region: None,
+                credentials: false
+            }
+        );
     }
 }
