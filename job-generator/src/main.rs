@@ -298,7 +298,6 @@ async fn run(args: Args) -> Result<Totals, Failure> {
     let mut pacing_rng = StdRng::seed_from_u64(seed ^ 0x5eed);
     let policy = RetryPolicy::default();
     let mut totals = Totals::default();
-    let mut flushed = Instant::now();
     let stop = tokio::signal::ctrl_c();
     tokio::pin!(stop);
 
@@ -360,13 +359,7 @@ async fn run(args: Args) -> Result<Totals, Failure> {
         }
         spans.iter().for_each(JobSpan::end);
         progress.update(&totals, started);
-        // Ended spans wait in memory for a flush: a long run exports as it goes.
-        if flushed.elapsed() >= TELEMETRY_FLUSH_EVERY
-            || telemetry.pending_spans() >= TELEMETRY_FLUSH_SPANS
-        {
-            telemetry.flush().await;
-            flushed = Instant::now();
-        }
+        telemetry.flush_if_due().await;
 
         let pause = match args.rate {
             Some(rate) => {
@@ -432,10 +425,6 @@ fn producer_span(instruments: &Instruments, bus: &str, planned: &mut Planned) ->
 
 /// `messaging.system` for EventBridge (the conventions name none).
 const EVENTBRIDGE: &str = "aws_eventbridge";
-/// How often a run exports its producer spans, at most...
-const TELEMETRY_FLUSH_EVERY: Duration = Duration::from_secs(2);
-/// ...or sooner, once this many wait.
-const TELEMETRY_FLUSH_SPANS: usize = 512;
 
 fn record(
     manifest: &mut Option<std::io::BufWriter<std::fs::File>>,

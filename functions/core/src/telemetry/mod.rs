@@ -52,6 +52,11 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(3);
 /// a flush that keeps failing cannot grow memory (an invocation of ten records
 /// ends about forty).
 const MAX_PENDING_SPANS: usize = 2048;
+/// [`Telemetry::flush_if_due`] flushes once this many spans wait (well short of the
+/// cap)...
+const DUE_SPANS: usize = 512;
+/// ...or once this long has passed since the last flush.
+const DUE_EVERY: Duration = Duration::from_secs(2);
 
 /// Telemetry that cannot be set up.
 #[derive(Debug, thiserror::Error)]
@@ -99,8 +104,9 @@ struct Exporting {
     reader: Arc<ManualReader>,
     exporters: Box<dyn Export>,
     loss: LossReport,
-    /// Exporters must not be called concurrently; flushes take turns.
-    turn: tokio::sync::Mutex<()>,
+    /// Exporters must not be called concurrently, so flushes take turns; the turn
+    /// keeps when the last one started.
+    turn: tokio::sync::Mutex<tokio::time::Instant>,
 }
 
 impl Telemetry {
@@ -200,7 +206,7 @@ impl Telemetry {
                 reader,
                 exporters: Box::new(Exporters { spans, metrics }),
                 loss: LossReport::default(),
-                turn: tokio::sync::Mutex::new(()),
+                turn: tokio::sync::Mutex::new(tokio::time::Instant::now()),
             }),
             cold: AtomicBool::new(true),
             flush_timeout: FLUSH_TIMEOUT,
@@ -241,8 +247,22 @@ impl Telemetry {
     }
 
     /// Spans ended since the last flush, waiting for the next one.
-    pub fn pending_spans(&self) -> usize {
+    fn pending_spans(&self) -> usize {
         self.pipeline.as_ref().map_or(0, |p| p.pending.len())
+    }
+
+    /// For a long-running process that ends spans between its own units of work (the
+    /// generator): flushes when enough spans wait or enough time has passed, so a long
+    /// run exports as it goes and never reaches the buffer's cap.
+    pub async fn flush_if_due(&self) {
+        let Some(pipeline) = &self.pipeline else {
+            return;
+        };
+        let due =
+            self.pending_spans() >= DUE_SPANS || pipeline.turn.lock().await.elapsed() >= DUE_EVERY;
+        if due {
+            self.flush().await;
+        }
     }
 
     /// Exports every span ended and every metric recorded so far (Lambda may freeze
@@ -252,7 +272,8 @@ impl Telemetry {
         let Some(pipeline) = &self.pipeline else {
             return;
         };
-        let _turn = pipeline.turn.lock().await;
+        let mut turn = pipeline.turn.lock().await;
+        *turn = tokio::time::Instant::now();
         if tokio::time::timeout(self.flush_timeout, pipeline.export())
             .await
             .is_err()
@@ -316,8 +337,12 @@ struct PendingSpans {
 }
 
 impl PendingSpans {
+    /// The waiting spans, leaving room for as many again: each invocation ends about
+    /// as many as the last, and the buffer need not grow from empty every time.
     fn take(&self) -> Vec<SpanData> {
-        std::mem::take(&mut *self.spans.lock().unwrap_or_else(PoisonError::into_inner))
+        let mut spans = self.spans.lock().unwrap_or_else(PoisonError::into_inner);
+        let room = Vec::with_capacity(spans.len());
+        std::mem::replace(&mut *spans, room)
     }
 
     fn len(&self) -> usize {
@@ -512,8 +537,8 @@ mod tests {
     }
 
     /// On the one-worker runtime the functions use: when the invocation's future
-    /// resolves, its spans and metrics have already been exported (the batch
-    /// processor alone would wait 5 s), and nothing deadlocked.
+    /// resolves, its spans and metrics have already been exported, and nothing
+    /// deadlocked.
     #[tokio::test(flavor = "current_thread")]
     async fn an_invocation_is_exported_before_it_returns() {
         let (telemetry, spans, metrics) = kept();
@@ -686,6 +711,24 @@ mod tests {
         end_spans(&telemetry, 3);
         telemetry.flush().await;
         assert_eq!(spans.spans().len(), MAX_PENDING_SPANS + 3);
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_long_run_flushes_when_enough_spans_wait_or_enough_time_passed() {
+        let (telemetry, spans, _) = kept();
+        end_spans(&telemetry, DUE_SPANS - 1);
+        telemetry.flush_if_due().await;
+        assert_eq!(telemetry.pending_spans(), DUE_SPANS - 1, "neither due yet");
+        end_spans(&telemetry, 1);
+        telemetry.flush_if_due().await;
+        assert_eq!(spans.spans().len(), DUE_SPANS, "enough spans waited");
+        end_spans(&telemetry, 3);
+        tokio::time::advance(DUE_EVERY - Duration::from_millis(1)).await;
+        telemetry.flush_if_due().await;
+        assert_eq!(telemetry.pending_spans(), 3, "not due yet");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        telemetry.flush_if_due().await;
+        assert_eq!(spans.spans().len(), DUE_SPANS + 3, "enough time passed");
     }
 
     /// A span exporter whose collector never answers.
