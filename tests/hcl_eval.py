@@ -3,7 +3,7 @@
 python-hcl2 parses the files but leaves every expression as source text. This module
 evaluates the small part of the Terraform language the pipeline's module uses: literals,
 string templates, `local.`/`var.`/`path.module` references, indexing, `merge`,
-`jsonencode`/`jsondecode`, `file`, `tostring`, conditionals and comparisons. A reference
+`jsonencode`/`jsondecode`, `file`, `tostring`, `can`/`regex`, conditionals and comparisons. A reference
 to another resource (`aws_sqs_queue.dead_letter.arn`) evaluates to a `Ref` naming it, so
 a test can check what points where. Anything else raises `HclError` naming the expression:
 a drift test that silently skipped what it cannot read would prove nothing.
@@ -270,6 +270,17 @@ class _Parser:
             if self.peek(","):
                 self.take()
         self.take(")")
+        if name == "can":  # can(expr): whether expr evaluates without an error
+            (inner,) = args
+
+            def can(ev):
+                try:
+                    inner(ev)
+                except (HclError, re.error):
+                    return False
+                return True
+
+            return can
         if name not in _FUNCTIONS:
             raise HclError(f"function {name}() is not supported: {self.src!r}")
         fn = _FUNCTIONS[name]
@@ -333,7 +344,17 @@ _FUNCTIONS = {
     "tostring": lambda ev, v: _to_string(v),
     "filebase64sha256": lambda ev, p: Ref(f"filebase64sha256({p})"),
     "contains": lambda ev, xs, x: x in xs,
+    "regex": lambda ev, pattern, text: _regex(pattern, text),
 }
+
+
+def _regex(pattern: str, text: str):
+    """Terraform's regex(): the match, or an error when there is none (RE2 and Python
+    agree on the simple patterns used here)."""
+    m = re.search(pattern, text)
+    if not m:
+        raise HclError(f"regex {pattern!r} does not match {text!r}")
+    return m.group(0)
 
 
 # --------------------------------------------------------------------------- module

@@ -10,6 +10,7 @@ import subprocess
 
 import pytest
 
+import aws_services as aws
 import stack as stk
 from hcl_eval import Module, Ref
 
@@ -100,6 +101,61 @@ def test_queues_outlast_their_consumers_six_times(module):
         assert module.attribute(r, "function_response_types") == ["ReportBatchItemFailures"]
         redrive = module.attribute(queue, "redrive_policy").value
         assert redrive["maxReceiveCount"] >= 5
+
+
+def test_every_service_terraform_calls_has_an_emulator_endpoint(module):
+    """Guards against Terraform creating a resource on real AWS (with test credentials,
+    so the apply fails) because its service has no entry in `endpoints {}`. The services
+    come from the resource and data-source types, through the provider's prefix table."""
+    (provider,) = [b['"aws"'] for b in module.blocks["provider"]]
+    configured = set(module.value(provider["endpoints"])[0])
+    services = aws.terraform_services(module)
+    assert {"sqs", "lambda", "dynamodb"} <= set(services), f"derivation found too little: {services}"
+    missing = {
+        svc: sorted(types) for svc, types in services.items()
+        if not configured & set(aws.endpoint_keys(svc))
+    }
+    assert not missing, f"no emulator endpoint for these services (and the types that call them): {missing}"
+
+
+def test_a_resource_of_an_unknown_service_is_not_passed_over():
+    table = aws.provider_table()
+    assert aws.provider_service("aws_iam_policy_document", table) is None  # computed locally
+    assert aws.provider_service("aws_cloudwatch_event_rule", table) != aws.provider_service("aws_cloudwatch_log_group", table)
+    with pytest.raises(AssertionError, match="no AWS provider service"):
+        aws.provider_service("aws_nonexistent_widget", table)
+
+
+@pytest.mark.parametrize(
+    "variables, expected",
+    [
+        ({"endpoint": "http://localstack:4566"}, "http://localstack:4566"),
+        # Applied from the host: the functions still run on the compose network.
+        ({"endpoint": "http://localhost:4566", "function_endpoint": "http://localstack:4566"}, "http://localstack:4566"),
+        ({"endpoint": ""}, None),
+    ],
+)
+def test_functions_call_the_endpoint_they_can_reach(variables, expected):
+    m = Module(TF, variables=variables)
+    for fn in ("ingester", "processor"):
+        env = m.attribute(f"aws_lambda_function.{fn}", "environment")[0]["variables"]
+        assert env.get("AWS_ENDPOINT_URL") == expected, (fn, variables)
+
+
+@pytest.mark.parametrize(
+    "variables, reachable",
+    [
+        ({"endpoint": "http://localstack:4566"}, True),
+        ({"endpoint": "http://localhost:4566"}, False),
+        ({"endpoint": "http://127.0.0.1:4566"}, False),
+        ({"endpoint": "http://localhost:4566", "function_endpoint": "http://localstack:4566"}, True),
+        ({"endpoint": ""}, True),
+    ],
+)
+def test_terraform_warns_when_functions_would_call_their_own_loopback(variables, reachable):
+    m = Module(TF, variables=variables)
+    (check,) = [b['"functions_can_reach_the_emulator"'] for b in m.blocks["check"]]
+    assert m.value(check["assert"][0]["condition"]) is reachable
 
 
 @pytest.mark.parametrize("endpoint", ["", "http://localstack:4566"])
