@@ -6,6 +6,9 @@ locals {
 
   endpoint    = var.endpoint == "" ? null : var.endpoint
   emulated    = var.endpoint != ""
+  # Where the deployed functions call the emulator: from inside their own containers,
+  # which is not where Terraform runs when it applies from the host.
+  function_endpoint = var.function_endpoint == "" ? var.endpoint : var.function_endpoint
   region      = var.region == "" ? local.pipeline.region : var.region
   package_dir = var.package_dir == "" ? "${path.module}/../dist" : var.package_dir
 
@@ -25,7 +28,17 @@ locals {
       JOB_END_STATE_TOPIC_ARN = aws_sns_topic.job_end_state.arn
       JOBS_TABLE              = aws_dynamodb_table.jobs.name
     },
-    var.endpoint == "" ? {} : { AWS_ENDPOINT_URL = var.endpoint },
+    local.emulated ? { AWS_ENDPOINT_URL = local.function_endpoint } : {},
     var.otlp_endpoint == "" ? {} : { OTEL_EXPORTER_OTLP_ENDPOINT = var.otlp_endpoint },
   )
+}
+
+# A function container's localhost is the container itself: functions given a loopback
+# endpoint would call nothing. Terraform applied from the host against an emulator needs
+# function_endpoint set to an address the containers can reach.
+check "functions_can_reach_the_emulator" {
+  assert {
+    condition     = !local.emulated || !can(regex("^[a-z]+://(localhost|127\\.[0-9.]+|\\[::1\\])([:/]|$)", local.function_endpoint))
+    error_message = "The functions would call ${local.function_endpoint}, their own container's loopback. Set function_endpoint to an address they can reach, for example http://localstack:4566 on the compose network."
+  }
 }

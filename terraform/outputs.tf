@@ -27,3 +27,8 @@ output "function_names" {
   description = "The deployed Lambda functions"
   value       = [aws_lambda_function.ingester.function_name, aws_lambda_function.processor.function_name]
 }
+
+output "end_state_queue_url" {
+  description = "The queue subscribed to every end state (only with end_state_queue = true), else null"
+  value       = var.end_state_queue ? aws_sqs_queue.end_states[0].url : null
+}

@@ -4,6 +4,23 @@ variable "endpoint" {
   default     = ""
 }
 
+variable "function_endpoint" {
+  type        = string
+  description = "Emulator endpoint the deployed functions call, when it differs from `endpoint` (Terraform applied from the host with endpoint http://localhost:4566 while the functions run in containers on the compose network: http://localstack:4566). Empty means the same as `endpoint`. Ignored on real AWS."
+  default     = ""
+
+  validation {
+    condition     = var.function_endpoint == "" || can(regex("^https?://[^/]+", var.function_endpoint))
+    error_message = "function_endpoint must be empty or an http(s):// URL, for example http://localstack:4566."
+  }
+}
+
+variable "end_state_queue" {
+  type        = bool
+  description = "Create the SQS queue named by demo_subscriber_queue in pipeline.json, subscribed to job-end-state-topic with raw delivery, so every end state can be read back (compose sets it; `make compose-smoke` reads it)."
+  default     = false
+}
+
 variable "region" {
   type        = string
   description = "AWS region. Empty uses the region in pipeline.json."

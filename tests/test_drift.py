@@ -155,6 +155,11 @@ class Declared:
         attr = {"aws_lambda_function": "function_name"}.get(ref.path.split(".")[0], "name")
         return self.m.attribute(ref.resource, attr)
 
+    def present(self) -> dict[str, dict]:
+        """The resources this configuration creates: those with `count = 0` (the
+        optional end-state queue, off by default) are not part of the pipeline."""
+        return {r: b for r, b in self.m.resources().items() if "count" not in b or self.m.value(b["count"]) != 0}
+
     def one(self, resource: str, block: str) -> dict:
         return self.m.attribute(resource, block)[0]
 
@@ -163,15 +168,15 @@ class Declared:
         queues = {}
         redrive_allows = {
             self.name_of(m.attribute(r, "queue_url")): m.attribute(r, "redrive_allow_policy").value
-            for r in m.resources()
+            for r in self.present()
             if r.startswith("aws_sqs_queue_redrive_allow_policy.")
         }
         policies = {
             self.name_of(m.attribute(r, "queue_url")): m.attribute(r, "policy")
-            for r in m.resources()
+            for r in self.present()
             if r.startswith("aws_sqs_queue_policy.")
         }
-        for r, body in m.resources().items():
+        for r, body in self.present().items():
             if not r.startswith("aws_sqs_queue."):
                 continue
             name = m.attribute(r, "name")
