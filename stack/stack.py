@@ -200,8 +200,46 @@ def start_emulator(state_dir: Path, port: int, use_existing: bool = True) -> tup
     raise StackError(f"MiniStack did not become healthy within 60 s; see {state_dir / 'ministack.log'}")
 
 
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+COMPOSE_EMULATOR = "localstack"  # the compose service that runs LocalStack or MiniStack
+# Settings of the compose emulator that only mean something inside Docker; the embedded
+# MiniStack sets its own (loopback, its own port, functions as local processes).
+DOCKER_ONLY_SETTINGS = {
+    "GATEWAY_PORT", "BIND_HOST", "MINISTACK_HOST", "LAMBDA_EXECUTOR", "LAMBDA_DOCKER_NETWORK",
+    "DOCKER_NETWORK", "DOCKER_HOST", "LOCALSTACK_AUTH_TOKEN",
+}
+
+
+def compose_emulator_env(compose_file: Path = COMPOSE_FILE) -> dict[str, str]:
+    """The environment docker-compose.yml gives its emulator, less the Docker-only
+    settings: the embedded MiniStack runs with it, so that a service the compose list
+    lacks (SERVICES) fails `make up` and the end-to-end tests too, not only Docker users."""
+    import yaml
+
+    try:
+        services = yaml.safe_load(compose_file.read_text())["services"]
+        env = services[COMPOSE_EMULATOR].get("environment") or {}
+    except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError) as e:
+        raise StackError(f"cannot read services.{COMPOSE_EMULATOR}.environment from {compose_file}: {e}") from e
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
+    out = {}
+    for key, value in env.items():
+        if key in DOCKER_ONLY_SETTINGS:
+            continue
+        value = "" if value is None else str(value)
+        if "$" in value:
+            raise StackError(
+                f"{compose_file.name}: services.{COMPOSE_EMULATOR}.environment.{key} is interpolated ({value!r}); "
+                "the embedded stack cannot resolve it: add it to DOCKER_ONLY_SETTINGS in stack/stack.py or give a value"
+            )
+        out[key] = value
+    return out
+
+
 def ministack_env(port: int, state_dir: Path) -> dict:
     return {
+        **compose_emulator_env(),
         "GATEWAY_PORT": str(port),
         "BIND_HOST": "127.0.0.1",  # MiniStack listens on every interface by default
         "MINISTACK_HOST": "127.0.0.1",
