@@ -33,6 +33,13 @@ def test_every_variable_has_a_type_and_a_description(module):
         assert module.value(body.get("description", '""')).strip(), f"variable {name} has no description"
 
 
+def test_every_variable_is_in_the_readme_table(module):
+    """The README's inputs table is written by hand: it must not miss a variable."""
+    readme = (stk.ROOT / "README.md").read_text()
+    missing = [name for name in module.variables if f"| `{name}` |" not in readme]
+    assert not missing, f"README.md's Deploy to AWS table lacks {missing}"
+
+
 def test_the_main_resources_have_plain_names(module):
     expected = {
         "aws_sqs_queue.ingester", "aws_sqs_queue.jobs_todo", "aws_sqs_queue.dead_letter",
