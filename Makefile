@@ -12,7 +12,7 @@ CHECKOV := $(STATE)/checkov-venv
 MINUTES ?= 1
 CARGO   ?= cargo
 
-.PHONY: help venv checkov tools build up demo down status trace test test-rust test-stack lint bench
+.PHONY: help venv checkov tools build up demo down status trace test test-rust test-stack lint bench compose-smoke
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -57,6 +57,9 @@ status: venv ## Show whether the stack runs and how full its queues are
 trace: venv ## Print job JOB's trace as a waterfall (spans from the local OTLP receiver)
 	@test -n "$(JOB)" || { echo "usage: make trace JOB=<job id>"; exit 2; }
 	$(PY) stack/stack.py trace '$(JOB)'
+
+compose-smoke: venv ## With Docker: bring the compose stack up, send jobs, check each ended once and has its trace in Jaeger
+	$(PY) stack/compose_smoke.py $(SMOKE_ARGS)
 
 lint: ## rustfmt and clippy, warnings as errors
 	$(CARGO) fmt --all -- --check
