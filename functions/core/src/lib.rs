@@ -2,7 +2,8 @@
 //! between hops, job execution, and the ingester and processor handlers written
 //! against small ports so they run the same on AWS and in tests.
 //!
-//! The Lambda binaries only wire configuration, clients and logging to this crate.
+//! The Lambda binaries only wire configuration, clients and logging ([`logging`]) to
+//! this crate.
 
 /// A UTC point in time, as the handlers take it.
 pub type Timestamp = chrono::DateTime<chrono::Utc>;
@@ -16,6 +17,7 @@ pub mod fault;
 pub mod guard;
 pub mod ingester;
 pub mod job;
+pub mod logging;
 pub mod messages;
 pub mod ports;
 pub mod processor;

@@ -11,7 +11,7 @@ use std::time::SystemTime;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
-    lambda_runtime::tracing::init_default_subscriber();
+    jobs_core::logging::init();
     let source_url = required("INGESTER_QUEUE_URL")?;
     let jobs_todo_url = required("JOBS_TODO_QUEUE_URL")?;
     let dead_letter_url = required("DEAD_LETTER_QUEUE_URL")?;

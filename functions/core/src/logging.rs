@@ -1,0 +1,87 @@
+//! The functions' log lines: JSON unless Lambda's logging controls ask for text.
+//!
+//! `lambda_runtime::tracing::init_default_subscriber` writes JSON only when
+//! `AWS_LAMBDA_LOG_FORMAT=JSON`. AWS sets that variable from the function's logging
+//! configuration, but an emulator may not (MiniStack does not turn Terraform's
+//! `logging_config { log_format = "JSON" }` into it), and those functions would log
+//! plain text. Here JSON is the default and `Text` is the exception. Everything else
+//! is what `init_default_subscriber` does: the level from `AWS_LAMBDA_LOG_LEVEL`, else
+//! `RUST_LOG`, else `INFO`; `RUST_LOG`'s directives on top; no timestamps (the log
+//! service adds its own); no target. ANSI colours are off (the workspace's
+//! `tracing-subscriber` has the `ansi` feature, which would otherwise turn them on
+//! for text lines).
+//!
+//! The fields of the span a line is logged in (the `job` span's `job_id`,
+//! `trace_id` and `message_id`, see [`crate::record`]) come with every JSON line as
+//! `span` and `spans`, as before.
+
+use tracing::Subscriber;
+use tracing_subscriber::filter::{EnvFilter, LevelFilter};
+use tracing_subscriber::fmt::MakeWriter;
+
+/// Lambda's log format variable (`JSON` or `Text`).
+pub const FORMAT_VAR: &str = "AWS_LAMBDA_LOG_FORMAT";
+/// Lambda's log level variable; it takes precedence over `RUST_LOG`.
+pub const LEVEL_VAR: &str = "AWS_LAMBDA_LOG_LEVEL";
+/// The `tracing` directives variable.
+pub const RUST_LOG_VAR: &str = "RUST_LOG";
+
+/// How the process logs, as the variables say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSettings {
+    /// One JSON object per line; plain text when `false`.
+    pub json: bool,
+    /// The level of every target no directive names.
+    pub level: LevelFilter,
+    /// `RUST_LOG`'s directives (empty when unset), parsed leniently as `tracing` does.
+    pub directives: String,
+}
+
+impl LogSettings {
+    /// The settings the variables describe; `var` looks one up (`None` when unset).
+    pub fn from(var: impl Fn(&str) -> Option<String>) -> LogSettings {
+        let json = !var(FORMAT_VAR).is_some_and(|v| v.trim().eq_ignore_ascii_case("text"));
+        // As lambda_runtime: a level that does not parse is INFO.
+        let level = var(LEVEL_VAR)
+            .or_else(|| var(RUST_LOG_VAR))
+            .map_or(Ok(LevelFilter::INFO), |v| v.parse())
+            .unwrap_or(LevelFilter::INFO);
+        LogSettings {
+            json,
+            level,
+            directives: var(RUST_LOG_VAR).unwrap_or_default(),
+        }
+    }
+
+    /// The subscriber these settings describe, writing to `writer`.
+    pub fn subscriber<W>(&self, writer: W) -> Box<dyn Subscriber + Send + Sync>
+    where
+        W: for<'writer> MakeWriter<'writer> + Send + Sync + 'static,
+    {
+        let filter = EnvFilter::builder()
+            .with_default_directive(self.level.into())
+            .parse_lossy(&self.directives);
+        let collector = tracing_subscriber::fmt()
+            .with_target(false)
+            .without_time()
+            .with_ansi(false)
+            .with_env_filter(filter)
+            .with_writer(writer);
+        if self.json {
+            Box::new(collector.json().finish())
+        } else {
+            Box::new(collector.finish())
+        }
+    }
+}
+
+/// Logging for a Lambda function, from its environment, to stdout: call it first
+/// thing in `main`. A subscriber already installed is kept.
+pub fn init() {
+    let settings = LogSettings::from(|name| std::env::var(name).ok());
+    let _already_installed =
+        tracing::subscriber::set_global_default(settings.subscriber(std::io::stdout));
+}
+
+#[cfg(test)]
+mod tests;
