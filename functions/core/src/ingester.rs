@@ -12,8 +12,8 @@
 use crate::ending::{give_back, recorded, EndPorts, Ending, Tracking};
 use crate::job::{parse_job, raw_job_type, RejectCode, Rejection, MAX_DETAIL_BYTES};
 use crate::messages::{
-    job_type_attribute, DeadLetter, EnrichedJob, ErrorEntry, EventEnvelope, JobStatus,
-    Notification, Stage, TraceContext,
+    DeadLetter, EnrichedJob, ErrorEntry, EventEnvelope, JobStatus, Notification, Stage,
+    TraceContext,
 };
 use crate::ports::{send_all, MessageQueue, PortError, Topic};
 use crate::record::{
@@ -291,7 +291,7 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Ingester<Q, T, S> {
                 consumer.set_attribute("job.end_state_pending", true);
             } else {
                 tel.record_end_state(
-                    job_type_attribute(job_type.as_deref()),
+                    job_type.as_deref(),
                     status,
                     event_time.as_deref(),
                     Utc::now(),

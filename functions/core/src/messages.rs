@@ -36,6 +36,10 @@ pub enum JobStatus {
 }
 
 impl JobStatus {
+    /// The statuses a job ends in.
+    pub const TERMINAL: [JobStatus; 3] =
+        [JobStatus::Completed, JobStatus::Failed, JobStatus::Rejected];
+
     pub fn as_str(self) -> &'static str {
         match self {
             JobStatus::New => "NEW",
@@ -197,7 +201,9 @@ impl Notification {
     }
 }
 
-/// Attribute value for a job type that may be absent or not a string.
+/// Message attribute value (SNS, dead letters) for a job type that may be absent or
+/// not a string: the text as sent, so subscribers see what the producer wrote. Metrics
+/// use [`crate::telemetry::metric_job_type`], a closed set.
 pub fn job_type_attribute(job_type: Option<&str>) -> &str {
     match job_type {
         Some(t) if !t.is_empty() => t,

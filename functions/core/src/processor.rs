@@ -14,9 +14,7 @@ use crate::ending::{give_back, recorded, EndPorts, Ending, Tracking};
 use crate::execute::{execute, JobError};
 use crate::fault::Fault;
 use crate::job::parse_job;
-use crate::messages::{
-    job_type_attribute, DeadLetter, EnrichedJob, ErrorEntry, JobStatus, Notification, Stage,
-};
+use crate::messages::{DeadLetter, EnrichedJob, ErrorEntry, JobStatus, Notification, Stage};
 use crate::ports::{send_all, MessageQueue, OutgoingMessage, PortError, Topic};
 use crate::record::{enriched_message, raw_body, retry_failed_soon, RecordMeta};
 use crate::retry::{Decision, RetryPolicy};
@@ -177,7 +175,7 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Processor<Q, T, S> {
                 let failed = ports.end(vec![ending], Utc::now()).await;
                 if failed.is_empty() {
                     tel.record_end_state(
-                        job_type_attribute(job_type.as_deref()),
+                        job_type.as_deref(),
                         status,
                         event_time.as_deref(),
                         Utc::now(),

@@ -139,12 +139,12 @@ impl Topic for MemoryTopic {
 /// invocation exported (and when).
 pub mod exporters {
     use opentelemetry_sdk::error::OTelSdkResult;
-    use opentelemetry_sdk::metrics::data::ResourceMetrics;
+    use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData, ResourceMetrics};
     use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
     use opentelemetry_sdk::metrics::Temporality;
     use opentelemetry_sdk::trace::{SpanData, SpanExporter};
     use std::sync::{Arc, Mutex};
-    use std::time::Duration;
+    use std::time::{Duration, SystemTime};
 
     /// Keeps every exported span.
     #[derive(Debug, Clone, Default)]
@@ -163,22 +163,72 @@ pub mod exporters {
         }
     }
 
-    /// Keeps the names of exported metrics.
+    /// One exported data point of a `u64` counter.
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct KeptPoint {
+        pub metric: String,
+        /// Sorted by key.
+        pub attributes: Vec<(String, String)>,
+        pub value: u64,
+        /// When it was collected.
+        pub time: SystemTime,
+    }
+
+    impl KeptPoint {
+        /// The value of the attribute `key`, if the point has it.
+        pub fn attribute(&self, key: &str) -> Option<&str> {
+            self.attributes
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.as_str())
+        }
+    }
+
+    /// Keeps the names of exported metrics, and the counters' data points of each
+    /// export.
     #[derive(Debug, Clone, Default)]
-    pub struct KeptMetrics(pub Arc<Mutex<Vec<String>>>);
+    pub struct KeptMetrics {
+        names: Arc<Mutex<Vec<String>>>,
+        exports: Arc<Mutex<Vec<Vec<KeptPoint>>>>,
+    }
 
     impl KeptMetrics {
         pub fn names(&self) -> Vec<String> {
-            self.0.lock().expect("lock").clone()
+            self.names.lock().expect("lock").clone()
+        }
+
+        /// The counters' data points, one list per export call, oldest first.
+        pub fn exports(&self) -> Vec<Vec<KeptPoint>> {
+            self.exports.lock().expect("lock").clone()
         }
     }
 
     impl PushMetricExporter for KeptMetrics {
         async fn export(&self, metrics: &ResourceMetrics) -> OTelSdkResult {
-            let mut kept = self.0.lock().expect("lock");
+            let mut points = Vec::new();
+            let mut names = self.names.lock().expect("lock");
             for scope in metrics.scope_metrics() {
-                kept.extend(scope.metrics().map(|m| m.name().to_owned()));
+                for metric in scope.metrics() {
+                    names.push(metric.name().to_owned());
+                    let AggregatedMetrics::U64(MetricData::Sum(sum)) = metric.data() else {
+                        continue;
+                    };
+                    for point in sum.data_points() {
+                        let mut attributes: Vec<(String, String)> = point
+                            .attributes()
+                            .map(|kv| (kv.key.to_string(), kv.value.to_string()))
+                            .collect();
+                        attributes.sort();
+                        points.push(KeptPoint {
+                            metric: metric.name().to_owned(),
+                            attributes,
+                            value: point.value(),
+                            time: sum.time(),
+                        });
+                    }
+                }
             }
+            self.exports.lock().expect("lock").push(points);
             Ok(())
         }
 

@@ -3,7 +3,12 @@
 //! `send <queue>` (PRODUCER) per message, `execute <job_type>` for the work, one
 //! invocation span per batch linking to every message, and the `job.end_states`
 //! counter and `job.latency` histogram (seconds, event time to terminal state).
+//!
+//! The `job.type` of a metric is a closed set, one of [`JobType::ALL`] or
+//! [`UNKNOWN_JOB_TYPE`] ([`metric_job_type`]), so whatever a producer writes mints no
+//! new series; spans keep the text as sent.
 
+use crate::job::JobType;
 use crate::messages::JobStatus;
 use crate::telemetry::propagation::trace_id_of;
 use chrono::{DateTime, Utc};
@@ -21,6 +26,50 @@ use std::sync::Arc;
 const SCOPE: &str = "jobs-core";
 /// `messaging.system` for SQS.
 pub const AWS_SQS: &str = "aws_sqs";
+/// The metrics' `job.type` for a job whose type is absent or not in the catalogue.
+pub const UNKNOWN_JOB_TYPE: &str = "unknown";
+
+/// The `job.type` metric attribute of a job type as sent: itself when the catalogue
+/// knows it, [`UNKNOWN_JOB_TYPE`] otherwise (absent, empty, misspelt).
+pub fn metric_job_type(job_type: Option<&str>) -> &'static str {
+    job_type
+        .and_then(JobType::parse)
+        .map_or(UNKNOWN_JOB_TYPE, JobType::as_str)
+}
+
+/// Every `job.type` a metric can carry.
+fn metric_job_types() -> impl Iterator<Item = &'static str> {
+    JobType::ALL
+        .into_iter()
+        .map(JobType::as_str)
+        .chain([UNKNOWN_JOB_TYPE])
+}
+
+/// The attributes of one `job.end_states` (and `job.latency`) series.
+fn end_state_attributes(job_type: &'static str, status: JobStatus) -> [KeyValue; 2] {
+    [
+        KeyValue::new("job.type", job_type),
+        KeyValue::new("job.status", status.as_str()),
+    ]
+}
+
+fn end_states_counter(meter: &Meter) -> Counter<u64> {
+    meter
+        .u64_counter("job.end_states")
+        .with_description("Jobs that reached a terminal state (COMPLETED, FAILED, REJECTED)")
+        .build()
+}
+
+/// Adds 0 to every series `job.end_states` can have, so each exists, at 0, before
+/// its first end state.
+pub(crate) fn zero_end_states(mp: &SdkMeterProvider) {
+    let end_states = end_states_counter(&mp.meter(SCOPE));
+    for job_type in metric_job_types() {
+        for status in JobStatus::TERMINAL {
+            end_states.add(0, &end_state_attributes(job_type, status));
+        }
+    }
+}
 
 /// Facts about the current Lambda invocation, put on its spans.
 #[derive(Debug, Clone, Default)]
@@ -63,12 +112,7 @@ impl Instruments {
     fn from_parts(tracer: BoxedTracer, meter: Meter) -> Instruments {
         Instruments {
             tracer: Arc::new(tracer),
-            end_states: meter
-                .u64_counter("job.end_states")
-                .with_description(
-                    "Jobs that reached a terminal state (COMPLETED, FAILED, REJECTED)",
-                )
-                .build(),
+            end_states: end_states_counter(&meter),
             latency: meter
                 .f64_histogram("job.latency")
                 .with_unit("s")
@@ -103,7 +147,7 @@ impl Instruments {
     /// Counts a failed attempt that will be tried again.
     pub fn record_retry(&self, job_type: &str, code: &str) {
         let attrs = [
-            KeyValue::new("job.type", job_type.to_owned()),
+            KeyValue::new("job.type", metric_job_type(Some(job_type))),
             KeyValue::new("error.type", code.to_owned()),
         ];
         self.retries.add(1, &attrs);
@@ -213,18 +257,16 @@ impl Instruments {
         )
     }
 
-    /// Counts a terminal state and, when the event time is known, its latency.
+    /// Counts a terminal state and, when the event time is known, its latency, under
+    /// the job's [`metric_job_type`].
     pub fn record_end_state(
         &self,
-        job_type: &str,
+        job_type: Option<&str>,
         status: JobStatus,
         event_time: Option<&str>,
         now: DateTime<Utc>,
     ) {
-        let attrs = [
-            KeyValue::new("job.type", job_type.to_owned()),
-            KeyValue::new("job.status", status.as_str()),
-        ];
+        let attrs = end_state_attributes(metric_job_type(job_type), status);
         self.end_states.add(1, &attrs);
         let since = event_time
             .and_then(|t| DateTime::parse_from_rfc3339(t).ok())

@@ -5,6 +5,9 @@
 //!
 //! When `OTEL_EXPORTER_OTLP_ENDPOINT` is unset nothing is installed: the handlers
 //! get no-op instruments, which still pass an incoming trace context through.
+//! An `https://` collector is verified against the platform's trust roots plus the
+//! CA certificates of `OTEL_EXPORTER_OTLP_CERTIFICATE`, loaded only then; a plain
+//! `http://` one loads no certificates at all.
 //! Exporting never fails a job: export errors are logged once per process, and a
 //! flush is bounded in time.
 //!
@@ -13,11 +16,19 @@
 //! Lambda must export before its invocation returns anyway (the process may be
 //! frozen right after), and the SDK's batch processor, periodic reader and blocking
 //! HTTP client cost three threads and about a millisecond of every cold start.
+//!
+//! Every series of `job.end_states` is exported at 0 before its first increment: the
+//! pipeline's set-up adds 0 to each (job type, terminal status) pair and keeps that
+//! collection as a baseline, which the process's first flush exports before the
+//! current values. A series that first appears at 1 would be missed by Prometheus'
+//! `increase()` and `rate()`.
 
 mod instruments;
 pub mod propagation;
 
-pub use instruments::{Instruments, Invocation, JobSpan, AWS_SQS};
+pub use instruments::{
+    metric_job_type, Instruments, Invocation, JobSpan, AWS_SQS, UNKNOWN_JOB_TYPE,
+};
 
 /// What the handlers use.
 pub(crate) mod instruments_prelude {
@@ -44,6 +55,15 @@ use tracing::{debug, warn};
 
 /// The variable that turns exporting on.
 pub const ENDPOINT_VAR: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+/// A PEM file of CA certificates to trust for an `https://` collector, besides the
+/// platform's. One HTTP client serves both signals, so the per-signal variants
+/// (`OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE`, ...) are not read.
+pub const CERTIFICATE_VAR: &str = "OTEL_EXPORTER_OTLP_CERTIFICATE";
+/// The longest one OTLP request may take, in milliseconds.
+const TIMEOUT_VAR: &str = "OTEL_EXPORTER_OTLP_TIMEOUT";
+/// Full URLs of each signal's collector, overriding [`ENDPOINT_VAR`] plus its path.
+const TRACES_ENDPOINT_VAR: &str = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
+const METRICS_ENDPOINT_VAR: &str = "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT";
 /// Longest one OTLP request may take, retries included, unless `OTEL_EXPORTER_OTLP_TIMEOUT` says otherwise.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest an invocation waits for its telemetry to be flushed.
@@ -65,6 +85,12 @@ pub enum TelemetryError {
     Timeout(String),
     #[error("cannot build the OTLP HTTP client: {0}")]
     Client(String),
+    #[error("environment variable {var} names {path:?}, which cannot be used as CA certificates: {reason}")]
+    Certificate {
+        var: &'static str,
+        path: String,
+        reason: String,
+    },
     #[error("cannot build the OTLP {signal} exporter: {source}")]
     Exporter {
         signal: &'static str,
@@ -73,17 +99,106 @@ pub enum TelemetryError {
     },
 }
 
-/// `OTEL_EXPORTER_OTLP_TIMEOUT` (milliseconds), or our default: short, since every
-/// invocation waits for its flush.
-fn export_timeout() -> Result<Duration, TelemetryError> {
-    match std::env::var("OTEL_EXPORTER_OTLP_TIMEOUT") {
-        Ok(v) if !v.trim().is_empty() => v
-            .trim()
-            .parse()
-            .map(Duration::from_millis)
-            .map_err(|_| TelemetryError::Timeout(v)),
-        _ => Ok(EXPORT_TIMEOUT),
+/// Where and how the OTLP exporters send, from the standard `OTEL_EXPORTER_OTLP_*`
+/// variables. The exporters still read the ones not named here themselves (headers,
+/// compression).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct OtlpSettings {
+    /// Full URLs: the per-signal variable as given, else the endpoint plus
+    /// `/v1/traces` or `/v1/metrics`.
+    traces: String,
+    metrics: String,
+    /// `OTEL_EXPORTER_OTLP_TIMEOUT` (milliseconds), or our default: short, since
+    /// every invocation waits for its flush.
+    timeout: Duration,
+    /// [`CERTIFICATE_VAR`]: the path of a PEM file.
+    certificate: Option<String>,
+}
+
+impl OtlpSettings {
+    /// The settings the variables describe (`var` looks one up), or `None` when
+    /// [`ENDPOINT_VAR`] is unset: exporting is off.
+    fn from(var: impl Fn(&str) -> Option<String>) -> Result<Option<OtlpSettings>, TelemetryError> {
+        let set = |name: &str| {
+            var(name)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        let Some(endpoint) = set(ENDPOINT_VAR) else {
+            return Ok(None);
+        };
+        let base = endpoint.trim_end_matches('/');
+        let timeout = match var(TIMEOUT_VAR) {
+            Some(v) if !v.trim().is_empty() => v
+                .trim()
+                .parse()
+                .map(Duration::from_millis)
+                .map_err(|_| TelemetryError::Timeout(v))?,
+            _ => EXPORT_TIMEOUT,
+        };
+        Ok(Some(OtlpSettings {
+            traces: set(TRACES_ENDPOINT_VAR).unwrap_or_else(|| format!("{base}/v1/traces")),
+            metrics: set(METRICS_ENDPOINT_VAR).unwrap_or_else(|| format!("{base}/v1/metrics")),
+            timeout,
+            certificate: set(CERTIFICATE_VAR),
+        }))
     }
+
+    /// Whether either signal goes to an `https://` collector.
+    fn https(&self) -> bool {
+        [&self.traces, &self.metrics].iter().any(|url| {
+            url.get(..8)
+                .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"))
+        })
+    }
+
+    /// The one async client for both signals. It runs on the flushing task's runtime
+    /// and starts nothing until the first export. Trust roots are loaded only for
+    /// HTTPS: the platform's, plus [`CERTIFICATE_VAR`]'s when set.
+    fn client(&self) -> Result<reqwest::Client, TelemetryError> {
+        let client = reqwest::Client::builder().timeout(self.timeout);
+        if !self.https() {
+            // An empty trust store: building it reads no certificates.
+            return client
+                .tls_certs_only(Vec::new())
+                .build()
+                .map_err(|e| TelemetryError::Client(causes(&e)));
+        }
+        let Some(path) = &self.certificate else {
+            return client
+                .build()
+                .map_err(|e| TelemetryError::Client(causes(&e)));
+        };
+        let unusable = |reason: String| TelemetryError::Certificate {
+            var: CERTIFICATE_VAR,
+            path: path.clone(),
+            reason,
+        };
+        let pem = std::fs::read(path).map_err(|e| unusable(e.to_string()))?;
+        let certificates =
+            reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| unusable(causes(&e)))?;
+        if certificates.is_empty() {
+            return Err(unusable("it holds no PEM certificate".into()));
+        }
+        // The certificates' contents are checked here, as trust anchors.
+        client
+            .tls_certs_merge(certificates)
+            .build()
+            .map_err(|e| unusable(causes(&e)))
+    }
+}
+
+/// An error and its sources, one after another (reqwest's own message is only its
+/// kind, such as "builder error").
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// The process's telemetry pipeline, or nothing.
@@ -102,6 +217,9 @@ struct Exporting {
     meter_provider: SdkMeterProvider,
     pending: Arc<PendingSpans>,
     reader: Arc<ManualReader>,
+    /// The collection taken at set-up, with every series of `job.end_states` at 0,
+    /// until the first flush exports it ahead of the current values.
+    baseline: Mutex<Option<ResourceMetrics>>,
     exporters: Box<dyn Export>,
     loss: LossReport,
     /// Exporters must not be called concurrently, so flushes take turns; the turn
@@ -119,59 +237,60 @@ impl Telemetry {
         }
     }
 
-    /// OTLP over HTTP/protobuf to `OTEL_EXPORTER_OTLP_ENDPOINT` (the exporter adds
-    /// `/v1/traces` and `/v1/metrics`), or [`Telemetry::disabled`] when it is unset.
+    /// OTLP over HTTP/protobuf to `OTEL_EXPORTER_OTLP_ENDPOINT` (plus `/v1/traces`
+    /// and `/v1/metrics`), or [`Telemetry::disabled`] when it is unset.
     pub fn from_env(service_name: &'static str) -> Result<Telemetry, TelemetryError> {
-        if std::env::var(ENDPOINT_VAR).map_or(true, |v| v.trim().is_empty()) {
-            return Ok(Telemetry::disabled());
-        }
-        Telemetry::otlp(service_name, None, export_timeout()?)
+        Telemetry::from_vars(service_name, |name| std::env::var(name).ok())
     }
 
-    /// The OTLP exporters to `endpoint` (a base URL), or to where the exporters'
-    /// own `OTEL_EXPORTER_OTLP_*` variables say when it is `None`.
+    /// [`Telemetry::from_env`] with the variables looked up by `var`.
+    fn from_vars(
+        service_name: &'static str,
+        var: impl Fn(&str) -> Option<String>,
+    ) -> Result<Telemetry, TelemetryError> {
+        match OtlpSettings::from(var)? {
+            Some(settings) => Telemetry::otlp(service_name, &settings),
+            None => Ok(Telemetry::disabled()),
+        }
+    }
+
+    /// The OTLP exporters the settings describe.
     fn otlp(
         service_name: &'static str,
-        endpoint: Option<&str>,
-        timeout: Duration,
+        settings: &OtlpSettings,
     ) -> Result<Telemetry, TelemetryError> {
-        // One async client for both signals: it runs on the flushing task's runtime
-        // and starts nothing until the first export.
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .build()
-            .map_err(|e| TelemetryError::Client(e.to_string()))?;
+        let client = settings.client()?;
+        let timeout = settings.timeout;
         // A collector that does not answer costs one quick retry, not seconds per flush.
         let retry = opentelemetry_otlp::RetryPolicy::default()
             .with_max_retries(1)
             .with_initial_delay(Duration::from_millis(50))
             .with_max_delay(Duration::from_millis(200))
             .with_max_jitter(Duration::from_millis(20));
-        let mut spans = opentelemetry_otlp::SpanExporter::builder()
+        let spans = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .with_http_client(client.clone())
             .with_protocol(Protocol::HttpBinary)
             .with_retry_policy(retry.clone())
-            .with_timeout(timeout);
-        let mut metrics = opentelemetry_otlp::MetricExporter::builder()
+            .with_timeout(timeout)
+            .with_endpoint(&settings.traces)
+            .build()
+            .map_err(|source| TelemetryError::Exporter {
+                signal: "trace",
+                source,
+            })?;
+        let metrics = opentelemetry_otlp::MetricExporter::builder()
             .with_http()
             .with_http_client(client)
             .with_protocol(Protocol::HttpBinary)
             .with_retry_policy(retry)
-            .with_timeout(timeout);
-        if let Some(base) = endpoint {
-            let base = base.trim_end_matches('/');
-            spans = spans.with_endpoint(format!("{base}/v1/traces"));
-            metrics = metrics.with_endpoint(format!("{base}/v1/metrics"));
-        }
-        let spans = spans.build().map_err(|source| TelemetryError::Exporter {
-            signal: "trace",
-            source,
-        })?;
-        let metrics = metrics.build().map_err(|source| TelemetryError::Exporter {
-            signal: "metric",
-            source,
-        })?;
+            .with_timeout(timeout)
+            .with_endpoint(&settings.metrics)
+            .build()
+            .map_err(|source| TelemetryError::Exporter {
+                signal: "metric",
+                source,
+            })?;
         Ok(Telemetry::with_exporters(service_name, spans, metrics))
     }
 
@@ -198,12 +317,22 @@ impl Telemetry {
             .with_resource(resource)
             .with_reader(SharedReader(reader.clone()))
             .build();
+        instruments::zero_end_states(&meter_provider);
+        let mut baseline = ResourceMetrics::default();
+        let baseline = match reader.collect(&mut baseline) {
+            Ok(()) => Some(baseline),
+            Err(e) => {
+                debug!(error = %e, "no baseline of zeros collected");
+                None
+            }
+        };
         Telemetry {
             pipeline: Some(Exporting {
                 tracer_provider,
                 meter_provider,
                 pending,
                 reader,
+                baseline: Mutex::new(baseline),
                 exporters: Box::new(Exporters { spans, metrics }),
                 loss: LossReport::default(),
                 turn: tokio::sync::Mutex::new(tokio::time::Instant::now()),
@@ -306,6 +435,11 @@ impl Exporting {
             ));
             self.loss.note("traces", 0, &Err(e));
         }
+        let baseline = self
+            .baseline
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
         let mut metrics = ResourceMetrics::default();
         let collected = self.reader.collect(&mut metrics);
         let spans = async {
@@ -316,6 +450,11 @@ impl Exporting {
             }
         };
         let metrics = async {
+            // Exporters take one call at a time: the zeros first, then what followed.
+            if let Some(baseline) = baseline {
+                let result = self.exporters.metrics(&baseline).await;
+                self.loss.note("metrics", 1, &result);
+            }
             match collected {
                 Ok(()) if metrics.scope_metrics().next().is_some() => {
                     let result = self.exporters.metrics(&metrics).await;
@@ -492,361 +631,4 @@ impl LossReport {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::ingester::{Ingester, IngesterConfig};
-    use crate::processor::{Processor, ProcessorConfig};
-    use crate::testing::exporters::{KeptMetrics, KeptSpans};
-    use crate::testing::{MemoryQueue, MemoryTopic};
-    use opentelemetry::trace::{SpanKind, Status};
-    use opentelemetry::Value;
-
-    #[test]
-    fn the_export_timeout_is_read_by_name() {
-        // The only test touching this variable: it is process-wide.
-        std::env::remove_var("OTEL_EXPORTER_OTLP_TIMEOUT");
-        assert_eq!(export_timeout().ok(), Some(EXPORT_TIMEOUT));
-        std::env::set_var("OTEL_EXPORTER_OTLP_TIMEOUT", "750");
-        assert_eq!(export_timeout().ok(), Some(Duration::from_millis(750)));
-        std::env::set_var("OTEL_EXPORTER_OTLP_TIMEOUT", "2s");
-        let err = export_timeout().expect_err("refused");
-        assert!(
-            err.to_string().contains("OTEL_EXPORTER_OTLP_TIMEOUT"),
-            "{err}"
-        );
-        std::env::remove_var("OTEL_EXPORTER_OTLP_TIMEOUT");
-    }
-
-    fn attr(span: &SpanData, key: &str) -> Option<Value> {
-        span.attributes
-            .iter()
-            .find(|kv| kv.key.as_str() == key)
-            .map(|kv| kv.value.clone())
-    }
-
-    fn kept() -> (Telemetry, KeptSpans, KeptMetrics) {
-        let (spans, metrics) = (KeptSpans::default(), KeptMetrics::default());
-        let telemetry = Telemetry::with_exporters("test", spans.clone(), metrics.clone());
-        (telemetry, spans, metrics)
-    }
-
-    fn now() -> chrono::DateTime<chrono::Utc> {
-        chrono::DateTime::parse_from_rfc3339("2026-11-22T10:00:01Z")
-            .expect("valid")
-            .with_timezone(&chrono::Utc)
-    }
-
-    /// On the one-worker runtime the functions use: when the invocation's future
-    /// resolves, its spans and metrics have already been exported, and nothing
-    /// deadlocked.
-    #[tokio::test(flavor = "current_thread")]
-    async fn an_invocation_is_exported_before_it_returns() {
-        let (telemetry, spans, metrics) = kept();
-        let ingester = Ingester {
-            source: MemoryQueue::default(),
-            jobs_todo: MemoryQueue::default(),
-            dead_letters: MemoryQueue::default(),
-            topic: MemoryTopic::default(),
-            store: crate::state::MemoryStore::default(),
-            config: IngesterConfig {
-                max_receive_count: 5,
-            },
-            telemetry: telemetry.instruments(),
-        };
-        let event = serde_json::from_str(include_str!("../../fixtures/ingester-batch.json"))
-            .expect("fixture");
-        let response = telemetry
-            .invoke("req-1", |inv| {
-                let ingester = &ingester;
-                async move {
-                    ingester
-                        .handle_invocation(
-                            event,
-                            now() + chrono::Duration::seconds(30),
-                            now(),
-                            &inv,
-                        )
-                        .await
-                }
-            })
-            .await;
-        assert!(response.batch_item_failures.is_empty());
-
-        let exported = spans.spans();
-        let consumers: Vec<_> = exported
-            .iter()
-            .filter(|s| s.name == "process ingester-queue")
-            .collect();
-        assert_eq!(consumers.len(), 10, "one consumer span per record");
-        assert!(consumers.iter().all(|s| s.span_kind == SpanKind::Consumer
-            && attr(s, "faas.invocation_id") == Some("req-1".into())
-            && attr(s, "faas.coldstart") == Some(true.into())
-            && attr(s, "messaging.system") == Some("aws_sqs".into())));
-        let rejected = consumers
-            .iter()
-            .filter(|s| matches!(s.status, Status::Error { .. }))
-            .count();
-        assert_eq!(rejected, 5);
-
-        // Every forwarded job carries its `send` span's context, a child of its consumer span.
-        let producers: Vec<_> = exported
-            .iter()
-            .filter(|s| s.span_kind == SpanKind::Producer)
-            .collect();
-        assert_eq!(producers.len(), 5);
-        for job in ingester.jobs_todo.jobs() {
-            let tp = job
-                .trace_context
-                .expect("forwarded jobs carry trace context")
-                .traceparent;
-            let producer = producers
-                .iter()
-                .find(|p| tp.contains(&p.span_context.span_id().to_string()))
-                .expect("the carried context is a send span");
-            let consumer = consumers
-                .iter()
-                .find(|c| c.span_context.span_id() == producer.parent_span_id)
-                .expect("the send span's parent is the consumer span");
-            assert_eq!(attr(consumer, "job.id"), Some(job.job_id.clone().into()));
-        }
-        let batch = exported
-            .iter()
-            .find(|s| s.name == "ingester")
-            .expect("invocation span");
-        assert_eq!(
-            attr(batch, "messaging.batch.message_count"),
-            Some(10i64.into())
-        );
-        assert!(metrics.names().contains(&"job.end_states".to_owned()));
-        assert!(metrics.names().contains(&"job.latency".to_owned()));
-
-        // The next invocation of the process is warm.
-        assert!(!telemetry.invocation("req-2").coldstart);
-    }
-
-    #[tokio::test(flavor = "current_thread", start_paused = true)]
-    async fn a_failed_job_keeps_its_trace_with_an_error() {
-        let (telemetry, spans, _) = kept();
-        let processor = Processor {
-            jobs_todo: MemoryQueue::default(),
-            dead_letters: MemoryQueue::default(),
-            topic: MemoryTopic::default(),
-            store: crate::state::MemoryStore::default(),
-            config: ProcessorConfig {
-                deadline_margin: std::time::Duration::from_secs(3),
-                retry: crate::retry::RetryPolicy::default(),
-                fault_injection: false,
-            },
-            telemetry: telemetry.instruments(),
-        };
-        let event: aws_lambda_events::sqs::SqsEvent =
-            serde_json::from_str(include_str!("../../fixtures/processor-batch.json"))
-                .expect("fixture");
-        let deadline = now() + chrono::Duration::seconds(60);
-        telemetry
-            .invoke("req-1", |inv| {
-                let processor = &processor;
-                async move {
-                    processor
-                        .handle_invocation(event, deadline, now(), &inv)
-                        .await
-                }
-            })
-            .await;
-        let exported = spans.spans();
-        let long = exported
-            .iter()
-            .find(|s| s.name == "process jobs-todo" && attr(s, "job.id") == Some("job-long".into()))
-            .expect("consumer span of the long job");
-        assert!(
-            matches!(long.status, Status::Error { .. }),
-            "{:?}",
-            long.status
-        );
-        assert_eq!(attr(long, "error.type"), Some("deadline_exceeded".into()));
-        let execute = exported
-            .iter()
-            .find(|s| s.name == "execute long_running_job")
-            .expect("execute span");
-        assert_eq!(execute.parent_span_id, long.span_context.span_id());
-        assert_eq!(
-            execute.span_context.trace_id(),
-            long.span_context.trace_id()
-        );
-        let dead = processor.dead_letters.dead_letters();
-        let dl = dead
-            .iter()
-            .find(|d| d.job_id == "job-long")
-            .expect("dead letter");
-        let tc = dl
-            .trace_context
-            .as_ref()
-            .expect("the dead letter keeps the trace");
-        assert!(tc
-            .traceparent
-            .contains(&long.span_context.trace_id().to_string()));
-    }
-
-    fn end_spans(telemetry: &Telemetry, n: usize) {
-        use opentelemetry::trace::{Span as _, Tracer as _, TracerProvider as _};
-        let pipeline = telemetry.pipeline.as_ref().expect("enabled");
-        let tracer = pipeline.tracer_provider.tracer("test");
-        for _ in 0..n {
-            tracer.start("work").end();
-        }
-    }
-
-    #[tokio::test(flavor = "current_thread")]
-    async fn spans_beyond_the_cap_are_counted_and_dropped_not_kept() {
-        let (telemetry, spans, _) = kept();
-        end_spans(&telemetry, MAX_PENDING_SPANS + 7);
-        assert_eq!(telemetry.pending_spans(), MAX_PENDING_SPANS);
-        telemetry.flush().await;
-        assert_eq!(spans.spans().len(), MAX_PENDING_SPANS);
-        assert_eq!(telemetry.pending_spans(), 0);
-        let pipeline = telemetry.pipeline.as_ref().expect("enabled");
-        assert_eq!(pipeline.pending.dropped.load(Ordering::Relaxed), 0);
-        assert_eq!(pipeline.loss.failures.load(Ordering::Relaxed), 1);
-        // Room again once flushed.
-        end_spans(&telemetry, 3);
-        telemetry.flush().await;
-        assert_eq!(spans.spans().len(), MAX_PENDING_SPANS + 3);
-    }
-
-    #[tokio::test(flavor = "current_thread", start_paused = true)]
-    async fn a_long_run_flushes_when_enough_spans_wait_or_enough_time_passed() {
-        let (telemetry, spans, _) = kept();
-        end_spans(&telemetry, DUE_SPANS - 1);
-        telemetry.flush_if_due().await;
-        assert_eq!(telemetry.pending_spans(), DUE_SPANS - 1, "neither due yet");
-        end_spans(&telemetry, 1);
-        telemetry.flush_if_due().await;
-        assert_eq!(spans.spans().len(), DUE_SPANS, "enough spans waited");
-        end_spans(&telemetry, 3);
-        tokio::time::advance(DUE_EVERY - Duration::from_millis(1)).await;
-        telemetry.flush_if_due().await;
-        assert_eq!(telemetry.pending_spans(), 3, "not due yet");
-        tokio::time::advance(Duration::from_millis(1)).await;
-        telemetry.flush_if_due().await;
-        assert_eq!(spans.spans().len(), DUE_SPANS + 3, "enough time passed");
-    }
-
-    /// A span exporter whose collector never answers.
-    #[derive(Debug)]
-    struct Stalled;
-
-    impl SpanExporter for Stalled {
-        async fn export(&self, _batch: Vec<SpanData>) -> OTelSdkResult {
-            std::future::pending().await
-        }
-    }
-
-    #[tokio::test(flavor = "current_thread", start_paused = true)]
-    async fn a_stalled_collector_costs_each_flush_its_bound_and_no_more() {
-        let telemetry = Telemetry::with_exporters("test", Stalled, KeptMetrics::default());
-        end_spans(&telemetry, 5);
-        let started = tokio::time::Instant::now();
-        telemetry.flush().await;
-        assert_eq!(started.elapsed(), FLUSH_TIMEOUT);
-        // The stalled spans are given up, not retried forever or kept.
-        assert_eq!(telemetry.pending_spans(), 0);
-        let pipeline = telemetry.pipeline.as_ref().expect("enabled");
-        assert_eq!(pipeline.loss.failures.load(Ordering::Relaxed), 1);
-        end_spans(&telemetry, 1);
-        telemetry.flush().await;
-        assert_eq!(started.elapsed(), FLUSH_TIMEOUT * 2);
-    }
-
-    /// Reads one HTTP/1.1 request (headers and a `content-length` body) and answers 200.
-    async fn answer_one(
-        conn: &mut tokio::io::BufReader<tokio::net::TcpStream>,
-    ) -> std::io::Result<Option<String>> {
-        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
-        let mut request_line = String::new();
-        if conn.read_line(&mut request_line).await? == 0 {
-            return Ok(None);
-        }
-        let mut length = 0;
-        let mut content_type = String::new();
-        loop {
-            let mut header = String::new();
-            conn.read_line(&mut header).await?;
-            let header = header.trim_end();
-            if header.is_empty() {
-                break;
-            }
-            let (name, value) = header.split_once(':').unwrap_or((header, ""));
-            match name.to_ascii_lowercase().as_str() {
-                "content-length" => length = value.trim().parse().unwrap_or(0),
-                "content-type" => content_type = value.trim().to_owned(),
-                _ => {}
-            }
-        }
-        let mut body = vec![0; length];
-        conn.read_exact(&mut body).await?;
-        conn.get_mut()
-            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
-            .await?;
-        let mut seen = request_line
-            .split_whitespace()
-            .take(2)
-            .collect::<Vec<_>>()
-            .join(" ");
-        seen.push_str(&format!(" {content_type} {}", !body.is_empty()));
-        Ok(Some(seen))
-    }
-
-    /// The real OTLP exporters, on the one-worker runtime the functions use, to a
-    /// collector on loopback served by that same runtime: a flush that needed
-    /// another thread, or blocked this one, would never be answered.
-    #[tokio::test(flavor = "current_thread")]
-    async fn the_otlp_exporters_send_both_signals_from_the_callers_runtime() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let seen = Arc::new(Mutex::new(Vec::<String>::new()));
-        let server = {
-            let seen = seen.clone();
-            tokio::spawn(async move {
-                loop {
-                    let Ok((stream, _)) = listener.accept().await else {
-                        return;
-                    };
-                    let seen = seen.clone();
-                    tokio::spawn(async move {
-                        let mut conn = tokio::io::BufReader::new(stream);
-                        while let Ok(Some(request)) = answer_one(&mut conn).await {
-                            seen.lock().expect("lock").push(request);
-                        }
-                    });
-                }
-            })
-        };
-        let telemetry = Telemetry::otlp(
-            "test",
-            Some(&format!("http://{addr}/")),
-            Duration::from_secs(2),
-        )
-        .expect("exporters");
-        let instruments = telemetry.instruments();
-        instruments
-            .producer_span(AWS_SQS, "jobs-todo", &Context::new())
-            .end();
-        instruments.record_retry("echo", "timeout");
-        telemetry.flush().await;
-        server.abort();
-
-        let mut seen = seen.lock().expect("lock").clone();
-        seen.sort();
-        assert_eq!(
-            seen,
-            [
-                "POST /v1/metrics application/x-protobuf true",
-                "POST /v1/traces application/x-protobuf true",
-            ]
-        );
-        let pipeline = telemetry.pipeline.as_ref().expect("enabled");
-        assert_eq!(pipeline.loss.failures.load(Ordering::Relaxed), 0);
-    }
-}
+mod tests;
