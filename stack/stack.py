@@ -75,6 +75,11 @@ def load_settings(path: Path = SETTINGS_FILE) -> dict:
             problems.append(f"functions.{name}.maximum_concurrency must be 2..1000")
         if queues[src].get("max_receive_count", 5) < 5:
             problems.append(f"queues.{src}.max_receive_count must be at least 5 with Lambda")
+    retry = settings.get("rule", {}).get("retry", {})
+    if not 60 <= retry.get("maximum_event_age_seconds", 0) <= 86400:
+        problems.append("rule.retry.maximum_event_age_seconds must be 60..86400 (EventBridge's limits)")
+    if not 0 <= retry.get("maximum_retry_attempts", -1) <= 185:
+        problems.append("rule.retry.maximum_retry_attempts must be 0..185 (EventBridge's limits)")
     if not isinstance(settings.get("state_table"), str) or not settings["state_table"]:
         problems.append("state_table must name the job state table")
     if settings.get("dead_letter_queue") not in queues:
@@ -320,9 +325,11 @@ def queue_arn(stack: Stack, name: str) -> str:
 
 
 def provision(
-    stack: Stack, zips: dict[str, bytes], marker: str, otlp_endpoint: str | None, fault_injection: bool = False
+    stack: Stack, zips: dict[str, bytes], marker: str, otlp_endpoint: str | None, fault_injection: bool = False,
+    functions_endpoint: str | None = None,
 ) -> dict:
-    """Creates or updates every resource; returns their URLs and ARNs."""
+    """Creates or updates every resource; returns their URLs and ARNs. `functions_endpoint`:
+    where the functions send their AWS calls, if not to the emulator (see `up`'s fault_proxy)."""
     s = stack.settings
     sqs, sns, events, lam, iam = (stack.client(n) for n in ("sqs", "sns", "events", "lambda", "iam"))
     dlq_name = s["dead_letter_queue"]
@@ -367,18 +374,30 @@ def provision(
         Name=rule["name"], EventBusName=s["event_bus"], EventPattern=json.dumps(rule["event_pattern"]), State="ENABLED"
     )
     target_queue = s["functions"]["ingester"]["source_queue"]
+    # Undeliverable events go to the DLQ as they are (MiniStack 1.5.33 stores these
+    # settings but drops such events; AWS applies them).
     events.put_targets(
         Rule=rule["name"],
         EventBusName=s["event_bus"],
-        Targets=[{"Id": target_queue, "Arn": queue_arn(stack, target_queue)}],
+        Targets=[{
+            "Id": target_queue,
+            "Arn": queue_arn(stack, target_queue),
+            "RetryPolicy": {
+                "MaximumEventAgeInSeconds": rule["retry"]["maximum_event_age_seconds"],
+                "MaximumRetryAttempts": rule["retry"]["maximum_retry_attempts"],
+            },
+            "DeadLetterConfig": {"Arn": queue_arn(stack, dlq_name)},
+        }],
     )
 
-    # The same grant the Terraform gives: only this rule may send to the ingester's queue.
+    # The same grants the Terraform gives: only this rule may send to the ingester's
+    # queue, and dead-letter what it cannot deliver.
     rule_arn = events.describe_rule(Name=rule["name"], EventBusName=s["event_bus"])["Arn"]
-    sqs.set_queue_attributes(
-        QueueUrl=urls[target_queue],
-        Attributes={"Policy": json.dumps(event_queue_policy(queue_arn(stack, target_queue), rule_arn))},
-    )
+    for name, sid in ((target_queue, "EventBridgeSendsJobs"), (dlq_name, "EventBridgeDeadLettersUndeliverableJobs")):
+        sqs.set_queue_attributes(
+            QueueUrl=urls[name],
+            Attributes={"Policy": json.dumps(event_queue_policy(queue_arn(stack, name), rule_arn, sid))},
+        )
 
     ensure_table(stack.client("dynamodb"), s["state_table"])
 
@@ -391,7 +410,7 @@ def provision(
         "JOBS_STACK_ID": marker,
         # MiniStack's provided.al2023 workers get no endpoint of their own (1.5.33);
         # without it the SDK would call real AWS.
-        "AWS_ENDPOINT_URL": stack.endpoint,
+        "AWS_ENDPOINT_URL": functions_endpoint or stack.endpoint,
         # On AWS this comes from LoggingConfig (the variable is reserved there).
         "AWS_LAMBDA_LOG_FORMAT": "JSON",
     }
@@ -412,12 +431,12 @@ def provision(
     return {"queues": urls, "topic_arn": topic_arn, "role_arn": role_arn}
 
 
-def event_queue_policy(queue: str, rule_arn: str) -> dict:
+def event_queue_policy(queue: str, rule_arn: str, sid: str) -> dict:
     return {
         "Version": "2012-10-17",
         "Statement": [
             {
-                "Sid": "EventBridgeSendsJobs",
+                "Sid": sid,
                 "Effect": "Allow",
                 "Principal": {"Service": "events.amazonaws.com"},
                 "Action": "sqs:SendMessage",
@@ -527,9 +546,13 @@ def up(
     use_existing: bool = True,
     receiver: bool = False,
     fault_injection: bool = False,
+    fault_proxy: str | None = None,
 ) -> Stack:
     """`receiver`: without an OTLP endpoint, run the local OTLP receiver (otlp_receiver.py).
-    `fault_injection`: let jobs ask the processor to fail (demos and fault tests)."""
+    `fault_injection`: let jobs ask the processor to fail (demos and fault tests).
+    `fault_proxy`: the URL of a running stack/fault_proxy.py in front of the emulator; the
+    functions' AWS_ENDPOINT_URL is then that URL, while provisioning, the generator and the
+    tests (Stack.endpoint, Stack.env) keep talking to the emulator directly."""
     settings = load_settings()
     zips = {name: package(binaries / name) for name in FUNCTIONS}
     endpoint, started = start_emulator(state_dir, port, use_existing)
@@ -546,7 +569,9 @@ def up(
         log(f"OTLP receiver at {otlp}; spans in {state_dir / otlp_receiver.SPANS}")
     stack.otlp_endpoint = otlp
     t0 = time.monotonic()
-    stack.resources = provision(stack, zips, marker_file.read_text().strip(), otlp, fault_injection)
+    stack.resources = provision(
+        stack, zips, marker_file.read_text().strip(), otlp, fault_injection, functions_endpoint=fault_proxy
+    )
     saved = {"endpoint": endpoint, "otlp_endpoint": otlp, **stack.resources}
     (state_dir / "resources.json").write_text(json.dumps(saved, indent=2))
     log(f"provisioned in {time.monotonic() - t0:.1f} s; zips: "

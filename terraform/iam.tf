@@ -43,10 +43,24 @@ data "aws_iam_policy_document" "ingester" {
     resources = [aws_sns_topic.job_end_state.arn]
   }
 
+  # Reads both stages' records of a job (to resume an unannounced end); writes only
+  # its own, whose keys start with "ingester#" (functions/core/src/dynamo.rs `key`).
   statement {
-    sid       = "ClaimAndRecordJobs"
-    actions   = ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:PartiQLInsert", "dynamodb:PartiQLUpdate"]
+    sid       = "ReadJobState"
+    actions   = ["dynamodb:GetItem"]
     resources = [aws_dynamodb_table.jobs.arn]
+  }
+
+  statement {
+    sid       = "ClaimAndRecordOwnJobState"
+    actions   = ["dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:PartiQLInsert", "dynamodb:PartiQLUpdate"]
+    resources = [aws_dynamodb_table.jobs.arn]
+
+    condition {
+      test     = "ForAllValues:StringLike"
+      variable = "dynamodb:LeadingKeys"
+      values   = ["ingester#*"]
+    }
   }
 
   statement {
@@ -82,10 +96,24 @@ data "aws_iam_policy_document" "processor" {
     resources = [aws_sns_topic.job_end_state.arn]
   }
 
+  # Reads both stages' records of a job (to resume an unannounced end); writes only
+  # its own, whose keys start with "processor#" (functions/core/src/dynamo.rs `key`).
   statement {
-    sid       = "ClaimAndRecordJobs"
-    actions   = ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:PartiQLInsert", "dynamodb:PartiQLUpdate"]
+    sid       = "ReadJobState"
+    actions   = ["dynamodb:GetItem"]
     resources = [aws_dynamodb_table.jobs.arn]
+  }
+
+  statement {
+    sid       = "ClaimAndRecordOwnJobState"
+    actions   = ["dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:PartiQLInsert", "dynamodb:PartiQLUpdate"]
+    resources = [aws_dynamodb_table.jobs.arn]
+
+    condition {
+      test     = "ForAllValues:StringLike"
+      variable = "dynamodb:LeadingKeys"
+      values   = ["processor#*"]
+    }
   }
 
   statement {
@@ -93,6 +121,37 @@ data "aws_iam_policy_document" "processor" {
     actions   = ["logs:CreateLogStream", "logs:PutLogEvents"]
     resources = ["${aws_cloudwatch_log_group.processor.arn}:*"]
   }
+}
+
+# A customer-managed topic key must let the publishers use it; the AWS-managed
+# alias/aws/sns key does so for every principal allowed to publish.
+data "aws_kms_key" "topic" {
+  count  = local.customer_managed_topic_key ? 1 : 0
+  key_id = var.topic_kms_key_id
+}
+
+data "aws_iam_policy_document" "topic_key" {
+  count = local.customer_managed_topic_key ? 1 : 0
+
+  statement {
+    sid       = "EncryptEndStates"
+    actions   = ["kms:GenerateDataKey*", "kms:Decrypt"]
+    resources = [data.aws_kms_key.topic[0].arn]
+  }
+}
+
+resource "aws_iam_role_policy" "ingester_topic_key" {
+  count  = local.customer_managed_topic_key ? 1 : 0
+  name   = "ingester-topic-key"
+  role   = aws_iam_role.ingester.id
+  policy = data.aws_iam_policy_document.topic_key[0].json
+}
+
+resource "aws_iam_role_policy" "processor_topic_key" {
+  count  = local.customer_managed_topic_key ? 1 : 0
+  name   = "processor-topic-key"
+  role   = aws_iam_role.processor.id
+  policy = data.aws_iam_policy_document.topic_key[0].json
 }
 
 resource "aws_iam_role_policy" "ingester" {

@@ -9,6 +9,9 @@ locals {
   # Where the deployed functions call the emulator: from inside their own containers,
   # which is not where Terraform runs when it applies from the host.
   function_endpoint = var.function_endpoint == "" ? var.endpoint : var.function_endpoint
+
+  # Keys under alias/aws/ are AWS-managed: their key policy already admits publishers.
+  customer_managed_topic_key = !can(regex("^alias/aws/", var.topic_kms_key_id))
   region      = var.region == "" ? local.pipeline.region : var.region
   package_dir = var.package_dir == "" ? "${path.module}/../dist" : var.package_dir
 

@@ -71,7 +71,11 @@ def described(stack: stk.Stack) -> dict:
         "name": rule["Name"],
         "bus": rule.get("EventBusName", "default"),
         "pattern": json.loads(rule["EventPattern"]),
-        "targets": sorted((t["Id"], last(t["Arn"])) for t in targets),
+        "targets": sorted(
+            (t["Id"], last(t["Arn"]), last(t.get("DeadLetterConfig", {}).get("Arn", "")),
+             t.get("RetryPolicy", {}).get("MaximumEventAgeInSeconds"), t.get("RetryPolicy", {}).get("MaximumRetryAttempts"))
+            for t in targets
+        ),
     }
     topic_arn = sns.create_topic(Name=s["topic"])["TopicArn"]  # idempotent lookup by name
     topic = sns.get_topic_attributes(TopicArn=topic_arn)["Attributes"]
@@ -200,7 +204,7 @@ class Declared:
                 "name": m.attribute(rule, "name"),
                 "bus": m.attribute(rule, "event_bus_name"),
                 "pattern": pattern.value if isinstance(pattern, JsonDoc) else json.loads(pattern),
-                "targets": sorted((m.attribute(t, "target_id"), self.name_of(m.attribute(t, "arn"))) for t in targets),
+                "targets": sorted(self.target(t) for t in targets),
             },
             "topic": {
                 "name": m.attribute("aws_sns_topic.job_end_state", "name"),
@@ -243,6 +247,18 @@ class Declared:
             }
         return out
 
+    def target(self, t: str) -> tuple:
+        """A rule target in `described`'s shape: id, queue, dead-letter queue, retries."""
+        m = self.m
+        retry = self.one(t, "retry_policy")
+        return (
+            m.attribute(t, "target_id"),
+            self.name_of(m.attribute(t, "arn")),
+            self.name_of(self.one(t, "dead_letter_config")["arn"]),
+            retry["maximum_event_age_in_seconds"],
+            retry["maximum_retry_attempts"],
+        )
+
     def env_value(self, v) -> str:
         """In env_value's shape: a name as itself, a URL or ARN as `->name`."""
         if not isinstance(v, Ref):
@@ -280,4 +296,6 @@ def test_the_comparison_sees_every_resource(live, declared):
     assert set(declared["queues"]) == {"ingester-queue", "jobs-todo", "dead-letter-queue"}
     assert set(declared["functions"]) == set(declared["mappings"]) == {"ingester", "processor"}
     assert declared["rule"]["targets"] and declared["queues"]["ingester-queue"]["policy"]
+    assert declared["queues"]["dead-letter-queue"]["policy"], "EventBridge must be let to dead-letter"
+    assert all(t[2] == "dead-letter-queue" and t[3] and t[4] for t in declared["rule"]["targets"])
     assert all(f["environment"] for f in live["functions"].values())

@@ -32,6 +32,8 @@ def test_the_shipped_settings_follow_the_aws_rules():
         (lambda s: s["functions"]["processor"].update(maximum_concurrency=1), "functions.processor.maximum_concurrency"),
         (lambda s: s["queues"]["ingester-queue"].update(max_receive_count=2), "queues.ingester-queue.max_receive_count"),
         (lambda s: s["functions"]["processor"].update(source_queue="nope"), "functions.processor.source_queue"),
+        (lambda s: s["rule"]["retry"].update(maximum_retry_attempts=186), "rule.retry.maximum_retry_attempts"),
+        (lambda s: s["rule"].pop("retry"), "rule.retry.maximum_event_age_seconds"),
     ],
 )
 def test_a_broken_setting_is_refused_by_name(tmp_path, change, named):

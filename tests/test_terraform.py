@@ -18,7 +18,8 @@ TF = stk.ROOT / "terraform"
 CHECKOV = stk.ROOT / ".stack" / "checkov-venv" / "bin" / "checkov"
 RECEIVE = ["sqs:ChangeMessageVisibility", "sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:ReceiveMessage"]
 LOGS = ["logs:CreateLogStream", "logs:PutLogEvents"]
-STATE = ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:PartiQLInsert", "dynamodb:PartiQLUpdate"]
+STATE_READ = ["dynamodb:GetItem"]
+STATE_WRITE = ["dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:PartiQLInsert", "dynamodb:PartiQLUpdate"]
 
 
 @pytest.fixture(scope="module")
@@ -52,19 +53,36 @@ def test_the_main_resources_have_plain_names(module):
     assert expected <= set(module.resources())
 
 
-def grants(module: Module, function: str) -> set[tuple[str, str]]:
-    """(action, resource name) pairs of every policy attached to the function's role."""
+def created(module: Module, r: str) -> bool:
+    """Whether a resource exists with the module's variables (`count = 0` does not)."""
+    body = module.resources()[r]
+    return "count" not in body or module.value(body["count"]) != 0
+
+
+def grants(module: Module, function: str) -> set[tuple[str, str, str]]:
+    """(action, resource name, condition) of every policy attached to the function's role."""
     role = module.attribute(f"aws_lambda_function.{function}", "role")
     out = set()
     for r in module.resources():
-        if r.startswith("aws_iam_role_policy.") and module.attribute(r, "role").resource == role.resource:
-            doc = module.attribute(r, "policy")
-            for st in module.attribute(doc.resource, "statement"):
-                assert st.get("effect", "Allow") == "Allow"
-                for action in st["actions"]:
-                    for res in st["resources"]:
-                        out.add((action, describe(module, res)))
+        if not (r.startswith("aws_iam_role_policy.") and created(module, r)):
+            continue
+        if module.attribute(r, "role").resource != role.resource:
+            continue
+        doc = module.attribute(r, "policy")
+        for st in module.attribute(unindexed(doc.resource), "statement"):
+            assert st.get("effect", "Allow") == "Allow"
+            conditions = " ".join(
+                f"{c['test']} {c['variable']} {','.join(c['values'])}" for c in st.get("condition", [])
+            )
+            for action in st["actions"]:
+                for res in st["resources"]:
+                    out.add((action, describe(module, res), conditions))
     return out
+
+
+def unindexed(resource: str) -> str:
+    """`data.x.y[0]` (a counted resource's instance) -> `data.x.y`."""
+    return resource.split("[", 1)[0]
 
 
 def describe(module: Module, res) -> str:
@@ -72,28 +90,44 @@ def describe(module: Module, res) -> str:
     if not isinstance(res, Ref):
         return f"literal:{res}"
     suffix = res.path.split(".arn", 1)[1] if ".arn" in res.path else ""
-    kind = res.resource.split(".")[0]
-    name = module.attribute(res.resource, "name")
+    resource = unindexed(res.resource)
+    kind = resource.removeprefix("data.").split(".")[0]
+    name_attr = "key_id" if kind == "aws_kms_key" else "name"
+    name = module.attribute(resource, name_attr)
     return f"{kind}:{name}{suffix}"
 
 
-def expected_grants(source: str, sends: list[str], log_group: str) -> set[tuple[str, str]]:
-    out = {(a, f"aws_sqs_queue:{source}") for a in RECEIVE}
-    out |= {("sqs:SendMessage", f"aws_sqs_queue:{q}") for q in sends}
-    out.add(("sns:Publish", "aws_sns_topic:job-end-state-topic"))
-    out |= {(a, f"aws_cloudwatch_log_group:{log_group}:*") for a in LOGS}
-    out |= {(a, "aws_dynamodb_table:jobs") for a in STATE}
+def expected_grants(function: str, source: str, sends: list[str], log_group: str) -> set[tuple[str, str, str]]:
+    out = {(a, f"aws_sqs_queue:{source}", "") for a in RECEIVE}
+    out |= {("sqs:SendMessage", f"aws_sqs_queue:{q}", "") for q in sends}
+    out.add(("sns:Publish", "aws_sns_topic:job-end-state-topic", ""))
+    out |= {(a, f"aws_cloudwatch_log_group:{log_group}:*", "") for a in LOGS}
+    # Both stages' records may be read; only the function's own (keys "<stage>#<id>") written.
+    out |= {(a, "aws_dynamodb_table:jobs", "") for a in STATE_READ}
+    own_keys = f"ForAllValues:StringLike dynamodb:LeadingKeys {function}#*"
+    out |= {(a, "aws_dynamodb_table:jobs", own_keys) for a in STATE_WRITE}
     return out
 
 
 def test_each_function_may_touch_only_its_own_resources(module):
     assert grants(module, "ingester") == expected_grants(
-        "ingester-queue", ["jobs-todo", "dead-letter-queue"], "/aws/lambda/ingester"
+        "ingester", "ingester-queue", ["jobs-todo", "dead-letter-queue"], "/aws/lambda/ingester"
     )
     # The processor sends retries back to its own queue.
     assert grants(module, "processor") == expected_grants(
-        "jobs-todo", ["jobs-todo", "dead-letter-queue"], "/aws/lambda/processor"
+        "processor", "jobs-todo", ["jobs-todo", "dead-letter-queue"], "/aws/lambda/processor"
     )
+
+
+def test_a_customer_managed_topic_key_is_granted_to_both_publishers():
+    key = "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+    m = Module(TF, variables={"topic_kms_key_id": key})
+    for fn in ("ingester", "processor"):
+        extra = grants(m, fn) - expected_grants(
+            fn, "ingester-queue" if fn == "ingester" else "jobs-todo", ["jobs-todo", "dead-letter-queue"],
+            f"/aws/lambda/{fn}",
+        )
+        assert extra == {("kms:GenerateDataKey*", f"aws_kms_key:{key}", ""), ("kms:Decrypt", f"aws_kms_key:{key}", "")}, extra
 
 
 def test_queues_outlast_their_consumers_six_times(module):
