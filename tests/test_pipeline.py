@@ -113,6 +113,25 @@ def test_every_job_ends_exactly_once_in_the_right_state(pipeline, tmp_path):
         assert stk.queue_depth(sqs, queues[name]) == 0, f"{name} still holds messages"
 
 
+def test_the_generator_refuses_to_send_where_no_rule_routes_jobs(tmp_path):
+    """EventBridge accepts events no rule matches and drops them: a generator run before
+    provisioning (e.g. `docker compose run job-generator` while terraform still runs)
+    must fail by name instead of reporting every job as sent."""
+    state = tmp_path / "stack"
+    endpoint, _ = stk.start_emulator(state, stk_free_port(), use_existing=False)
+    try:
+        bare = stk.Stack(endpoint=endpoint, state_dir=state, settings=stk.load_settings())
+        with pytest.raises(stk.StackError) as refused:
+            stk.generate(bare, tmp_path / "m.jsonl", "--count", "2", "--rate", "50", "--seed", "3")
+        assert "no enabled rule" in str(refused.value) and "--skip-route-check" in str(refused.value)
+        assert "exited with 2" in str(refused.value)
+        # The escape hatch still sends (and EventBridge still accepts and drops).
+        sent = stk.generate(bare, tmp_path / "n.jsonl", "--count", "2", "--rate", "50", "--seed", "3", "--skip-route-check")
+        assert [s["outcome"] for s in sent] == ["sent", "sent"]
+    finally:
+        stk.stop_processes(state)
+
+
 def test_up_is_idempotent_and_down_stops_every_process(tmp_path):
     state = tmp_path / "stack"
     port = stk_free_port()

@@ -4,6 +4,7 @@
 mod catalog;
 mod dlq;
 mod ops;
+mod route;
 mod send;
 
 use aws_sdk_eventbridge::types::PutEventsRequestEntry;
@@ -74,6 +75,10 @@ struct Args {
     /// Write one JSON line per job to this file: its id, event id and expected verdict.
     #[arg(long, value_name = "PATH")]
     manifest: Option<PathBuf>,
+    /// Send even when no enabled rule on the bus routes `jobs` events to a target
+    /// (EventBridge would accept the events and drop them).
+    #[arg(long)]
+    skip_route_check: bool,
 }
 
 fn parse_range(s: &str) -> Result<(f64, f64), String> {
@@ -113,7 +118,7 @@ impl EventSink for EventBridge {
             .iter()
             .map(|d| {
                 PutEventsRequestEntry::builder()
-                    .source("jobs")
+                    .source(route::SOURCE)
                     .detail_type("JobEvent")
                     .event_bus_name(&self.bus)
                     .detail(d)
@@ -185,6 +190,27 @@ impl Source {
             }
             Source::File(jobs) => jobs.next(),
         }
+    }
+}
+
+/// Refuses to send into a bus where no rule would deliver the jobs.
+async fn check_route(sink: &EventBridge) -> Result<(), Failure> {
+    let bus = &sink.bus;
+    match route::find(&sink.client, bus).await {
+        Ok(route::Route::Found(_)) => Ok(()),
+        Ok(route::Route::Unknown(why)) => {
+            eprintln!(
+                "job-generator: cannot list the rules of bus {bus:?} ({why}); sending anyway"
+            );
+            Ok(())
+        }
+        Ok(route::Route::Missing) => fail(format!(
+            "no enabled rule on bus {bus:?} routes source {:?} to a target, so EventBridge would \
+             accept the jobs and drop them: provision the pipeline first (make up, or docker \
+             compose up -d and wait for the terraform service to exit), or pass --skip-route-check",
+            route::SOURCE
+        )),
+        Err(e) => fail(format!("cannot list the rules of bus {bus:?}: {e}")),
     }
 }
 
@@ -283,6 +309,9 @@ async fn run(args: Args) -> Result<Totals, Failure> {
         client: aws_sdk_eventbridge::Client::new(&loader.load().await),
         bus: args.bus.clone(),
     };
+    if !args.skip_route_check {
+        check_route(&sink).await?;
+    }
     let mut manifest = match &args.manifest {
         Some(p) => Some(std::io::BufWriter::new(
             std::fs::File::create(p)
