@@ -6,6 +6,7 @@ import zipfile
 import io
 
 import pytest
+import yaml
 
 import stack as stk
 
@@ -55,3 +56,19 @@ def test_package_makes_an_executable_bootstrap(tmp_path):
 def test_package_names_a_missing_binary(tmp_path):
     with pytest.raises(stk.StackError, match="cargo build --release"):
         stk.package(tmp_path / "missing")
+
+
+def test_the_embedded_emulator_runs_with_the_compose_emulators_settings(tmp_path):
+    env = stk.ministack_env(4599, tmp_path)
+    compose = yaml.safe_load(stk.COMPOSE_FILE.read_text())["services"][stk.COMPOSE_EMULATOR]["environment"]
+    assert env["SERVICES"] == compose["SERVICES"]
+    # Docker-only settings are the embedded stack's own: loopback, its port, local executor.
+    assert env["BIND_HOST"] == "127.0.0.1" and env["GATEWAY_PORT"] == "4599"
+    assert "LAMBDA_EXECUTOR" not in env and "LAMBDA_DOCKER_NETWORK" not in env
+
+
+def test_an_interpolated_compose_setting_is_refused_by_name(tmp_path):
+    compose = tmp_path / "docker-compose.yml"
+    compose.write_text("services:\n  localstack:\n    environment:\n      SERVICES: ${MY_SERVICES}\n")
+    with pytest.raises(stk.StackError, match=r"environment\.SERVICES"):
+        stk.compose_emulator_env(compose)
