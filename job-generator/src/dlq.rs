@@ -12,6 +12,7 @@ use jobs_core::messages::{DeadLetter, Stage};
 use jobs_core::record::enriched_message;
 use jobs_core::redrive::{plan, Redrive, Stranded};
 use jobs_core::state::JobStore;
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt::Write as _;
 
@@ -150,7 +151,42 @@ where
     outcome
 }
 
-/// One line per dead letter: id, status, stage, attempts and the error history.
+/// Text from a message, safe to print on a terminal: control characters (C0 with ESC,
+/// DEL, C1), bidirectional controls, line and paragraph separators and invisible
+/// formatting characters are shown escaped (`\n`, `\u{202e}`), so a dead letter cannot
+/// move the cursor, reorder what follows or fake a line of its own.
+pub fn printable(text: &str) -> Cow<'_, str> {
+    fn hidden(c: char) -> bool {
+        c.is_control()
+            || matches!(
+                c,
+                '\u{061c}'
+                    | '\u{200b}'..='\u{200f}'
+                    | '\u{2028}'..='\u{202e}'
+                    | '\u{2060}'..='\u{2069}'
+                    | '\u{feff}'
+            )
+    }
+    if !text.chars().any(hidden) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if hidden(c) => {
+                let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// One line per dead letter: id, status, stage, attempts and the error history, every
+/// field [`printable`].
 pub async fn list<M: Mailbox + Sync>(
     mailbox: &M,
     selection: &Selection,
@@ -164,15 +200,15 @@ pub async fn list<M: Mailbox + Sync>(
                 Letter::Dead(dl) => describe(&dl),
                 Letter::Stranded(Stranded::Job(job)) => format!(
                     "{}  STRANDED in jobs-todo  {}  attempt {}  (moved here by SQS after repeated failed receives; a redrive sends it back as it is)",
-                    job.job_id, job.job_type, job.attempt
+                    printable(&job.job_id), job.job_type, job.attempt
                 ),
                 Letter::Stranded(Stranded::Event { job_id }) => format!(
                     "{}  STRANDED in ingester-queue  (an event moved here by SQS before it was validated; a redrive sends it back as it is)",
-                    job_id.as_deref().unwrap_or(&held.message_id)
+                    printable(job_id.as_deref().unwrap_or(&held.message_id))
                 ),
                 Letter::Unknown => format!(
                     "{}  (not a dead letter of this pipeline: {} bytes)",
-                    held.message_id,
+                    printable(&held.message_id),
                     held.body.len()
                 ),
             });
@@ -186,17 +222,17 @@ pub async fn list<M: Mailbox + Sync>(
 fn describe(dl: &DeadLetter) -> String {
     let mut line = format!(
         "{}  {} at {}  {}  attempts {}",
-        dl.job_id,
+        printable(&dl.job_id),
         dl.status.as_str(),
         dl.stage.as_str(),
-        dl.job_type.as_deref().unwrap_or("-"),
+        printable(dl.job_type.as_deref().unwrap_or("-")),
         dl.attempts
     );
     for e in &dl.errors {
         let field = e
             .field
             .as_deref()
-            .map(|f| format!(" [{f}]"))
+            .map(|f| format!(" [{}]", printable(f)))
             .unwrap_or_default();
         let _ = write!(
             line,
@@ -204,8 +240,8 @@ fn describe(dl: &DeadLetter) -> String {
             e.attempt,
             jobs_core::messages::rfc3339::format(&e.timestamp),
             e.stage.as_str(),
-            e.code,
-            e.message
+            printable(&e.code),
+            printable(&e.message)
         );
     }
     line
@@ -242,7 +278,7 @@ where
                 Redrive::Ingester(event) => (
                     dl.job_id,
                     Destination::Ingester,
-                    raw(event.to_string()),
+                    raw(jobs_core::messages::sqs_safe_json(event.to_string())),
                     Some((Stage::Ingester, 0)),
                 ),
                 Redrive::Keep(why) => {
@@ -716,6 +752,58 @@ mod tests {
         let left = q.dlq.lock().expect("lock").clone();
         assert_eq!(left.len(), 1);
         assert!(left[0].body.contains("job-1"));
+    }
+
+    #[tokio::test]
+    async fn listing_shows_characters_that_could_rewrite_the_screen_escaped() {
+        let mut dl = letter("job-\u{202e}gpj.exe", Stage::Processor);
+        dl.job_type = Some("type\u{1b}[2J".into());
+        dl.errors[0].code = "code\u{7}".into();
+        dl.errors[0].field = Some("f\u{2066}".into());
+        dl.errors[0].message = "one\u{2028}two\u{2029}three\nfour\u{85}\u{9b}31m".into();
+        let stranded = json!({"id": "evt-\u{2069}", "source": "jobs",
+            "detail": {"id": "job-\u{200f}\r", "job_type": "x"}})
+        .to_string();
+        let q = FakeQueues::with(&[dl]);
+        q.dlq.lock().expect("lock").push(Held {
+            message_id: "m-\u{202a}".into(),
+            receipt: "r-s".into(),
+            body: stranded,
+        });
+        let lines = list(&q, &all()).await.expect("list");
+        let text = lines.join("\n");
+        for raw in [
+            '\u{202e}', '\u{1b}', '\u{7}', '\u{2066}', '\u{2028}', '\u{2029}', '\u{85}', '\u{9b}',
+            '\u{200f}', '\r',
+        ] {
+            assert!(
+                !text.contains(raw),
+                "U+{:04X} printed raw: {text:?}",
+                u32::from(raw)
+            );
+        }
+        assert!(
+            lines[0].starts_with("job-\\u{202e}gpj.exe  FAILED"),
+            "{}",
+            lines[0]
+        );
+        assert!(lines[0].contains("type\\u{1b}[2J"), "{}", lines[0]);
+        assert!(
+            lines[0].contains("one\\u{2028}two\\u{2029}three\\nfour"),
+            "{}",
+            lines[0]
+        );
+        assert_eq!(
+            lines[0].matches('\n').count(),
+            1,
+            "only the line break before the history: {:?}",
+            lines[0]
+        );
+        assert!(
+            lines[1].starts_with("job-\\u{200f}\\r  STRANDED"),
+            "{}",
+            lines[1]
+        );
     }
 
     #[tokio::test]

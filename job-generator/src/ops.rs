@@ -146,7 +146,7 @@ async fn execute(command: Command) -> Result<i32, String> {
                         .await
                         .map_err(|e| e.to_string())?;
                     for line in &report.lines {
-                        println!("{line}");
+                        println!("{}", dlq::printable(line));
                     }
                     let verb = if dry_run { "would move" } else { "moved" };
                     eprintln!(
@@ -162,11 +162,15 @@ async fn execute(command: Command) -> Result<i32, String> {
             let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), &target.table);
             let states = store.get(&job_id).await.map_err(|e| e.to_string())?;
             if states.is_empty() {
-                println!("{job_id}: no state recorded (never claimed, or expired)");
+                println!(
+                    "{}: no state recorded (never claimed, or expired)",
+                    dlq::printable(&job_id)
+                );
             }
             for s in &states {
                 println!(
-                    "{job_id}  {}: {}  attempt {}  announced {}  updated {}",
+                    "{}  {}: {}  attempt {}  announced {}  updated {}",
+                    dlq::printable(&job_id),
                     s.stage.as_str(),
                     s.progress.as_str(),
                     s.attempt,
@@ -174,7 +178,7 @@ async fn execute(command: Command) -> Result<i32, String> {
                     jobs_core::messages::rfc3339::format(&s.updated_at)
                 );
                 if let Some(detail) = &s.detail {
-                    println!("    {detail}");
+                    println!("    {}", dlq::printable(&detail.to_string()));
                 }
             }
             let mailbox = target.mailbox(&sdk).await?;

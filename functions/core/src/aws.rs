@@ -6,13 +6,15 @@ use crate::dynamo::DynamoStore;
 use crate::guard::{GuardConfig, Guarded};
 use crate::messages::Notification;
 use crate::ports::{MessageQueue, OutgoingMessage, PortError, Receipt, Topic};
-use crate::record::to_json;
+use crate::record::notification_message;
 use crate::retry::{RetryPolicy, SQS_MAX_DELAY};
 use async_trait::async_trait;
 use aws_config::environment::EnvironmentVariableCredentialsProvider;
 use aws_config::{timeout::TimeoutConfig, BehaviorVersion, Region, SdkConfig};
+use aws_sdk_sns::types::MessageAttributeValue as SnsAttribute;
 use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
 use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider, TlsContext, TrustStore};
+use std::collections::HashMap;
 use std::time::Duration;
 
 /// The certificate authorities of AWS service endpoints (Amazon Trust Services).
@@ -184,6 +186,34 @@ pub fn retry_policy() -> Result<RetryPolicy, ConfigError> {
         base_delay: Duration::from_secs(base),
         max_delay: SQS_MAX_DELAY,
     })
+}
+
+/// The longest `long_running_job` timeout the ingester accepts, in seconds, from
+/// `MAX_JOB_TIMEOUT_SECONDS` (default [`crate::job::DEFAULT_MAX_TIMEOUT_SECS`], 897: the
+/// processor's 900 s function timeout less its 3 s `DEADLINE_MARGIN_MS`). Set it to the
+/// processor's `timeout_seconds` less its margin whenever either changes.
+pub fn max_job_timeout() -> Result<u64, ConfigError> {
+    max_job_timeout_from(std::env::var(MAX_JOB_TIMEOUT_VAR).ok())
+}
+
+/// The variable [`max_job_timeout`] reads.
+pub const MAX_JOB_TIMEOUT_VAR: &str = "MAX_JOB_TIMEOUT_SECONDS";
+
+fn max_job_timeout_from(value: Option<String>) -> Result<u64, ConfigError> {
+    let invalid = |v: &str| ConfigError::Invalid {
+        name: MAX_JOB_TIMEOUT_VAR,
+        expected: "a whole number of seconds from 1 to 900",
+        value: v.to_owned(),
+    };
+    match value {
+        Some(v) if !v.trim().is_empty() => v
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|n| (1..=900).contains(n))
+            .ok_or_else(|| invalid(&v)),
+        _ => Ok(crate::job::DEFAULT_MAX_TIMEOUT_SECS),
+    }
 }
 
 /// Timeouts and breaker settings for every downstream call, from `CALL_TIMEOUT_MS`
@@ -431,26 +461,29 @@ fn settle_entries<'a>(
     }
 }
 
-/// A notification's routing attributes, for subscription filter policies.
-fn notification_attributes(
+/// A notification as SNS takes it: its message and its routing attributes (for
+/// subscription filter policies), as [`notification_message`] writes them.
+fn sns_message(
     n: &Notification,
     operation: &'static str,
-) -> Result<Vec<(&'static str, aws_sdk_sns::types::MessageAttributeValue)>, PortError> {
-    ["status", "job_type"]
+) -> Result<(String, HashMap<String, SnsAttribute>), PortError> {
+    let message = notification_message(n);
+    let attributes = message
+        .attributes
         .into_iter()
-        .zip([n.status.as_str(), n.job_type_attribute()])
         .map(|(name, value)| {
-            aws_sdk_sns::types::MessageAttributeValue::builder()
+            SnsAttribute::builder()
                 .data_type("String")
                 .string_value(value)
                 .build()
-                .map(|v| (name, v))
+                .map(|v| (name.to_owned(), v))
                 .map_err(|e| PortError::Refused {
                     operation,
                     message: e.to_string(),
                 })
         })
-        .collect()
+        .collect::<Result<_, _>>()?;
+    Ok((message.body, attributes))
 }
 
 fn sns_failure<E, R>(operation: &'static str, e: aws_sdk_sns::error::SdkError<E, R>) -> PortError
@@ -472,92 +505,74 @@ where
 impl Topic for SnsTopic {
     async fn publish(&self, notification: &Notification) -> Result<(), PortError> {
         const OP: &str = "Publish";
-        let attributes = notification_attributes(notification, OP)?;
+        let (message, attributes) = sns_message(notification, OP)?;
         self.client
             .publish()
             .topic_arn(&self.arn)
-            .message(to_json(notification))
-            .set_message_attributes(Some(
-                attributes
-                    .into_iter()
-                    .map(|(k, v)| (k.to_owned(), v))
-                    .collect(),
-            ))
+            .message(message)
+            .set_message_attributes(Some(attributes))
             .send()
             .await
             .map(|_| ())
             .map_err(|e| sns_failure(OP, e))
     }
 
-    /// `PublishBatch`, ten notifications a call, all calls at once. A notification is
-    /// published only once SNS acknowledges it: anything not listed as successful fails.
-    async fn publish_all(&self, notifications: &[Notification]) -> Vec<Result<(), PortError>> {
+    /// One `PublishBatch` call ([`crate::ports::publish_batched`] keeps it within
+    /// [`crate::ports::MAX_BATCH`] entries and [`crate::ports::MAX_BATCH_BYTES`]). A
+    /// notification is published only once SNS acknowledges it: anything not listed as
+    /// successful fails.
+    async fn publish_batch(&self, notifications: &[Notification]) -> Vec<Result<(), PortError>> {
         use aws_sdk_sns::types::PublishBatchRequestEntry;
         const OP: &str = "PublishBatch";
-        let refused = |message: String| {
-            Err(PortError::Refused {
-                operation: OP,
-                message,
+        let mut results: Vec<Result<(), PortError>> = notifications
+            .iter()
+            .map(|_| {
+                Err(PortError::Refused {
+                    operation: OP,
+                    message: "not acknowledged by SNS".into(),
+                })
             })
-        };
-        let batches = notifications
-            .chunks(crate::ports::MAX_BATCH)
-            .map(|chunk| async move {
-                let mut results: Vec<Result<(), PortError>> = chunk
-                    .iter()
-                    .map(|_| refused("not acknowledged by SNS".into()))
-                    .collect();
-                let mut entries = Vec::with_capacity(chunk.len());
-                for (i, n) in chunk.iter().enumerate() {
-                    let entry = notification_attributes(n, OP).and_then(|attributes| {
-                        PublishBatchRequestEntry::builder()
-                            .id(i.to_string())
-                            .message(to_json(n))
-                            .set_message_attributes(Some(
-                                attributes
-                                    .into_iter()
-                                    .map(|(k, v)| (k.to_owned(), v))
-                                    .collect(),
-                            ))
-                            .build()
-                            .map_err(|e| PortError::Refused {
-                                operation: OP,
-                                message: e.to_string(),
-                            })
-                    });
-                    match entry {
-                        Ok(entry) => entries.push(entry),
-                        Err(e) => results[i] = Err(e),
-                    }
-                }
-                if entries.is_empty() {
-                    return results;
-                }
-                let sent = self
-                    .client
-                    .publish_batch()
-                    .topic_arn(&self.arn)
-                    .set_publish_batch_request_entries(Some(entries))
-                    .send()
-                    .await;
-                match sent {
-                    Ok(out) => {
-                        let acknowledged = out.successful().iter().filter_map(|ok| ok.id());
-                        let failed = out.failed().iter().map(|f| (f.id(), f.code(), f.message()));
-                        settle_entries(&mut results, OP, acknowledged, failed);
-                        results
-                    }
-                    Err(e) => {
-                        let e = sns_failure(OP, e);
-                        chunk.iter().map(|_| Err(e.clone())).collect()
-                    }
-                }
+            .collect();
+        let mut entries = Vec::with_capacity(notifications.len());
+        for (i, n) in notifications.iter().enumerate() {
+            let entry = sns_message(n, OP).and_then(|(message, attributes)| {
+                PublishBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .message(message)
+                    .set_message_attributes(Some(attributes))
+                    .build()
+                    .map_err(|e| PortError::Refused {
+                        operation: OP,
+                        message: e.to_string(),
+                    })
             });
-        futures_util::future::join_all(batches)
-            .await
-            .into_iter()
-            .flatten()
-            .collect()
+            match entry {
+                Ok(entry) => entries.push(entry),
+                Err(e) => results[i] = Err(e),
+            }
+        }
+        if entries.is_empty() {
+            return results;
+        }
+        let sent = self
+            .client
+            .publish_batch()
+            .topic_arn(&self.arn)
+            .set_publish_batch_request_entries(Some(entries))
+            .send()
+            .await;
+        match sent {
+            Ok(out) => {
+                let acknowledged = out.successful().iter().filter_map(|ok| ok.id());
+                let failed = out.failed().iter().map(|f| (f.id(), f.code(), f.message()));
+                settle_entries(&mut results, OP, acknowledged, failed);
+                results
+            }
+            Err(e) => {
+                let e = sns_failure(OP, e);
+                notifications.iter().map(|_| Err(e.clone())).collect()
+            }
+        }
     }
 }
 
@@ -588,6 +603,17 @@ mod tests {
         let err = TrustRoots::from_env().expect_err("refused");
         assert!(err.to_string().contains("TLS_TRUST_ROOTS"), "{err}");
         std::env::remove_var("TLS_TRUST_ROOTS");
+    }
+
+    #[test]
+    fn the_job_timeout_limit_is_read_by_name_with_its_default() {
+        assert_eq!(max_job_timeout_from(None).ok(), Some(897));
+        assert_eq!(max_job_timeout_from(Some(" ".into())).ok(), Some(897));
+        assert_eq!(max_job_timeout_from(Some("600".into())).ok(), Some(600));
+        for bad in ["0", "901", "ten", "-5"] {
+            let err = max_job_timeout_from(Some(bad.into())).expect_err(bad);
+            assert!(err.to_string().contains("MAX_JOB_TIMEOUT_SECONDS"), "{err}");
+        }
     }
 
     #[test]

@@ -7,7 +7,14 @@
 //! to the wrapped port's `*_all` method as one batch. Each caller still gets its own
 //! answer, so handler logic and its tests stay per record. Ten `PutItem` calls become
 //! one `BatchExecuteStatement` (billed the same per item), ten `Publish` calls one
-//! `PublishBatch`.
+//! `PublishBatch` (or several, split by count and size, [`crate::ports::publish_batched`]).
+//!
+//! A batch call never names one job twice. Two copies of a job delivered in one SQS
+//! batch claim it in the same pass, and a store may judge every statement of a batch
+//! against the table as it was before the batch (the emulator answered "claimed" to
+//! both): so the calls gathered for one job go in rounds, each round a batch call of
+//! its own, the second copy's after the first's, and the store decides it against
+//! what the first one wrote.
 
 use crate::messages::{Notification, Stage};
 use crate::ports::{PortError, Topic};
@@ -134,6 +141,7 @@ struct OwnedClaim {
     job_id: String,
     stage: Stage,
     fingerprint: String,
+    legacy_fingerprint: Option<String>,
     attempt: u32,
     lease_until: Timestamp,
     holder: String,
@@ -146,6 +154,7 @@ impl OwnedClaim {
             job_id: claim.job_id.to_owned(),
             stage: claim.stage,
             fingerprint: claim.fingerprint.to_owned(),
+            legacy_fingerprint: claim.legacy_fingerprint.map(str::to_owned),
             attempt: claim.attempt,
             lease_until: claim.lease_until,
             holder: claim.holder.to_owned(),
@@ -158,11 +167,56 @@ impl OwnedClaim {
             job_id: &self.job_id,
             stage: self.stage,
             fingerprint: &self.fingerprint,
+            legacy_fingerprint: self.legacy_fingerprint.as_deref(),
             attempt: self.attempt,
             lease_until: self.lease_until,
             holder: &self.holder,
         }
     }
+}
+
+/// The calls of a gathered batch in rounds that name each key at most once: round `k`
+/// holds the `k`-th call for every key, in the order they came.
+fn rounds(keys: &[String]) -> Vec<Vec<usize>> {
+    let mut seen: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    let mut rounds: Vec<Vec<usize>> = Vec::new();
+    for (i, key) in keys.iter().enumerate() {
+        let round = seen.entry(key.as_str()).or_insert(0);
+        if rounds.len() <= *round {
+            rounds.push(Vec::new());
+        }
+        rounds[*round].push(i);
+        *round += 1;
+    }
+    rounds
+}
+
+/// Sends the calls named by `keys` round by round ([`rounds`]), each round with `send`
+/// given the indexes of its calls, and puts every answer back in its call's place
+/// (`missing` for a call its round did not answer).
+async fn by_rounds<Resp, Fut>(
+    keys: &[String],
+    send: impl Fn(Vec<usize>) -> Fut,
+    missing: impl Fn() -> Resp,
+) -> Vec<Resp>
+where
+    Fut: Future<Output = Vec<Resp>>,
+{
+    let mut answers: Vec<Option<Resp>> = keys.iter().map(|_| None).collect();
+    for round in rounds(keys) {
+        let got = send(round.clone()).await;
+        for (i, answer) in round.into_iter().zip(got) {
+            answers[i] = Some(answer);
+        }
+    }
+    answers
+        .into_iter()
+        .map(|a| a.unwrap_or_else(&missing))
+        .collect()
+}
+
+fn item_key(stage: Stage, job_id: &str) -> String {
+    format!("{}#{job_id}", stage.as_str())
 }
 
 fn lost(operation: &'static str) -> PortError {
@@ -178,8 +232,12 @@ impl<S: JobStore> JobStore for Batching<S> {
         let send = |reqs: Vec<OwnedClaim>| async move {
             // One time for the batch: the latest, which no caller's clock is behind.
             let now = reqs.iter().map(|c| c.now).max().unwrap_or(now);
-            let claims: Vec<Claim<'_>> = reqs.iter().map(OwnedClaim::as_claim).collect();
-            self.inner.claim_all(&claims, now).await
+            let keys: Vec<String> = reqs.iter().map(|c| item_key(c.stage, &c.job_id)).collect();
+            let round = |calls: Vec<usize>| {
+                let claims: Vec<Claim<'_>> = calls.iter().map(|&i| reqs[i].as_claim()).collect();
+                async move { self.inner.claim_all(&claims, now).await }
+            };
+            by_rounds(&keys, round, || Err(lost("claim"))).await
         };
         let answer = self.claims.join(OwnedClaim::of(claim, now), send).await;
         answer.unwrap_or_else(|| Err(lost("claim")))
@@ -202,7 +260,14 @@ impl<S: JobStore> JobStore for Batching<S> {
             detail,
             now,
         };
-        let send = |reqs: Vec<Finish>| async move { self.inner.finish_all(&reqs).await };
+        let send = |reqs: Vec<Finish>| async move {
+            let keys: Vec<String> = reqs.iter().map(|f| item_key(f.stage, &f.job_id)).collect();
+            let round = |calls: Vec<usize>| {
+                let finishes: Vec<Finish> = calls.iter().map(|&i| reqs[i].clone()).collect();
+                async move { self.inner.finish_all(&finishes).await }
+            };
+            by_rounds(&keys, round, || Err(lost("finish"))).await
+        };
         let answer = self.finishes.join(finish, send).await;
         answer.unwrap_or_else(|| Err(lost("finish")))
     }
@@ -210,8 +275,15 @@ impl<S: JobStore> JobStore for Batching<S> {
     async fn announce(&self, job_id: &str, stage: Stage, now: Timestamp) -> Result<(), PortError> {
         let send = |reqs: Vec<(String, Stage, Timestamp)>| async move {
             let now = reqs.iter().map(|r| r.2).max().unwrap_or(now);
-            let jobs: Vec<(String, Stage)> = reqs.into_iter().map(|(id, s, _)| (id, s)).collect();
-            self.inner.announce_all(&jobs, now).await
+            let keys: Vec<String> = reqs.iter().map(|(id, s, _)| item_key(*s, id)).collect();
+            let round = |calls: Vec<usize>| {
+                let jobs: Vec<(String, Stage)> = calls
+                    .iter()
+                    .map(|&i| (reqs[i].0.clone(), reqs[i].1))
+                    .collect();
+                async move { self.inner.announce_all(&jobs, now).await }
+            };
+            by_rounds(&keys, round, || Err(lost("announce"))).await
         };
         let answer = self
             .announces
@@ -272,13 +344,15 @@ impl<S: JobStore> JobStore for Batching<S> {
 #[async_trait]
 impl<T: Topic> Topic for Batching<T> {
     async fn publish(&self, notification: &Notification) -> Result<(), PortError> {
-        let send = |reqs: Vec<Notification>| async move { self.inner.publish_all(&reqs).await };
+        let send = |reqs: Vec<Notification>| async move {
+            crate::ports::publish_batched(&self.inner, &reqs).await
+        };
         let answer = self.publishes.join(notification.clone(), send).await;
         answer.unwrap_or_else(|| Err(lost("publish")))
     }
 
-    async fn publish_all(&self, notifications: &[Notification]) -> Vec<Result<(), PortError>> {
-        self.inner.publish_all(notifications).await
+    async fn publish_batch(&self, notifications: &[Notification]) -> Vec<Result<(), PortError>> {
+        self.inner.publish_batch(notifications).await
     }
 }
 
@@ -400,6 +474,7 @@ mod tests {
             job_id,
             stage: Stage::Processor,
             fingerprint,
+            legacy_fingerprint: None,
             attempt: 1,
             lease_until: at(60),
             holder: job_id,
@@ -587,6 +662,35 @@ mod tests {
         let next = store.claim(&claim("c", "fp"), at(0)).await;
         assert_eq!(next, Ok(ClaimOutcome::Claimed));
         assert_eq!(store.inner().batches(), [("claim", 1)]);
+    }
+
+    #[tokio::test]
+    async fn calls_for_one_job_go_in_rounds_so_a_batch_never_names_it_twice() {
+        let store = Batching::new(Counting::default());
+        let copy = |holder| Claim {
+            holder,
+            ..claim("a", "fp")
+        };
+        let claims = [copy("m1"), claim("b", "fp"), copy("m2"), copy("m3")];
+        let answers = join_all(claims.iter().map(|c| store.claim(c, at(0)))).await;
+        assert_eq!(
+            store.inner().batches(),
+            [("claim", 2), ("claim", 1), ("claim", 1)],
+            "a and b, then each further copy of a"
+        );
+        assert_eq!(
+            answers,
+            [
+                Ok(ClaimOutcome::Claimed),
+                Ok(ClaimOutcome::Claimed),
+                Ok(ClaimOutcome::Stale),
+                Ok(ClaimOutcome::Stale)
+            ]
+        );
+        assert_eq!(
+            rounds(&["x".into(), "y".into(), "x".into()]),
+            [vec![0, 1], vec![2]]
+        );
     }
 
     #[tokio::test]

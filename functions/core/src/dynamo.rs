@@ -250,11 +250,17 @@ impl JobStore for DynamoStore {
             .table_name(&self.table)
             .set_item(Some(item))
             .condition_expression(
-                "attribute_not_exists(pk) OR (fingerprint = :fp AND \
+                "attribute_not_exists(pk) OR ((fingerprint = :fp OR fingerprint = :legacy_fp) AND \
                  ((progress = :in_progress AND lease_until <= :now) OR \
                   (progress = :retrying AND attempt < :attempt)))",
             )
             .expression_attribute_values(":fp", s(claim.fingerprint))
+            // A record written before the fingerprint changed format is taken over
+            // like any other once its lease ended (see `state::is_legacy`).
+            .expression_attribute_values(
+                ":legacy_fp",
+                s(claim.legacy_fingerprint.unwrap_or(claim.fingerprint)),
+            )
             .expression_attribute_values(":in_progress", s(Progress::InProgress.as_str()))
             .expression_attribute_values(":retrying", s(Progress::Retrying.as_str()))
             .expression_attribute_values(":now", n(now.timestamp_millis()))

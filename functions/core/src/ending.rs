@@ -213,6 +213,7 @@ mod tests {
             job_id,
             stage: Stage::Processor,
             fingerprint: "fp",
+            legacy_fingerprint: None,
             attempt: 3,
             lease_until: at(60),
             holder: "m1",

@@ -208,9 +208,9 @@ impl<T: Topic> Topic for Guarded<T> {
         .await
     }
 
-    async fn publish_all(&self, notifications: &[Notification]) -> Vec<Result<(), PortError>> {
+    async fn publish_batch(&self, notifications: &[Notification]) -> Vec<Result<(), PortError>> {
         let n = notifications.len();
-        let call = self.inner.publish_all(notifications);
+        let call = self.inner.publish_batch(notifications);
         self.call("PublishBatch", call, |r| all_failed(r), |e| vec![Err(e); n])
             .await
     }

@@ -10,16 +10,16 @@
 //! so SQS retries them alone and the rest of the batch is neither lost nor repeated.
 
 use crate::ending::{give_back, recorded, EndPorts, Ending, Tracking};
-use crate::job::{parse_job, raw_job_type, RejectCode, Rejection, MAX_DETAIL_BYTES};
+use crate::job::{check_timeout, parse_job, raw_job_type, RejectCode, Rejection};
 use crate::messages::{
-    DeadLetter, EnrichedJob, ErrorEntry, EventEnvelope, JobStatus, Notification, Stage,
-    TraceContext,
+    written_len, DeadLetter, EnrichedJob, ErrorEntry, EventEnvelope, JobStatus, Notification,
+    Stage, TraceContext, MAX_FORWARD_BYTES,
 };
 use crate::ports::{send_all, MessageQueue, PortError, Topic};
 use crate::record::{
     enriched_message, raw_body, retry_failed_soon, RecordMeta, MAX_KEPT_BODY_BYTES,
 };
-use crate::state::{fingerprint, Claim, ClaimOutcome, JobStore, Progress};
+use crate::state::{fingerprint, legacy_fingerprint, Claim, ClaimOutcome, JobStore, Progress};
 use crate::telemetry::instruments_prelude::*;
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use chrono::{DateTime, TimeDelta, Utc};
@@ -35,6 +35,23 @@ pub struct IngesterConfig {
     /// still cannot be forwarded is dead-lettered by the ingester itself, so it gets its
     /// notification and the DLQ keeps one shape.
     pub max_receive_count: u32,
+}
+
+impl IngesterConfig {
+    /// The longest `long_running_job` timeout accepted, in seconds:
+    /// `MAX_JOB_TIMEOUT_SECONDS` ([`crate::aws::max_job_timeout`]), read once per
+    /// process. The function binary builds this config without it, so it is read here
+    /// on first use; a malformed value is logged as an error naming the variable and
+    /// the default (897) applies.
+    pub fn max_job_timeout_secs(&self) -> u64 {
+        static LIMIT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+        *LIMIT.get_or_init(|| {
+            crate::aws::max_job_timeout().unwrap_or_else(|e| {
+                tracing::error!(error = %e, "using the default job timeout limit");
+                crate::job::DEFAULT_MAX_TIMEOUT_SECS
+            })
+        })
+    }
 }
 
 /// The ingester's downstream resources.
@@ -96,7 +113,7 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Ingester<Q, T, S> {
             .iter()
             .map(|record| {
                 let meta = RecordMeta::of(record);
-                let verdict = triage(record, &meta, now);
+                let verdict = triage(record, &meta, self.config.max_job_timeout_secs(), now);
                 (meta, verdict, record)
             })
             .collect();
@@ -322,10 +339,12 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Ingester<Q, T, S> {
             Verdict::Reject(dl, _) => (&dl.job_id, &dl.job, dl.trace_context.as_ref()),
         };
         let fp = fingerprint(content);
+        let legacy = legacy_fingerprint(content);
         let claim = Claim {
             job_id,
             stage: Stage::Ingester,
             fingerprint: &fp,
+            legacy_fingerprint: Some(&legacy),
             attempt: 1,
             lease_until: deadline,
             holder: &meta.message_id,
@@ -389,7 +408,12 @@ pub(crate) fn source_queue(event: &SqsEvent) -> String {
         .to_owned()
 }
 
-fn triage(record: &SqsMessage, meta: &RecordMeta, now: DateTime<Utc>) -> Verdict {
+fn triage(
+    record: &SqsMessage,
+    meta: &RecordMeta,
+    max_timeout_secs: u64,
+    now: DateTime<Utc>,
+) -> Verdict {
     let body = record.body.as_deref().unwrap_or_default();
     let Some(envelope) = EventEnvelope::from_body(body) else {
         let rejection = Rejection::new(
@@ -409,17 +433,19 @@ fn triage(record: &SqsMessage, meta: &RecordMeta, now: DateTime<Utc>) -> Verdict
             None,
         );
     };
-    // The detail is no longer than the body that carried it.
-    let size = (body.len() > MAX_DETAIL_BYTES)
-        .then(|| serde_json::to_vec(&envelope.detail).map_or(0, |v| v.len()));
+    // The limits apply to the detail as it is written on, not as it came: numbers are
+    // written out in full, so a detail can grow several times over.
+    let size = written_len(&envelope.detail);
     let fallback_id = envelope
         .id
         .clone()
         .unwrap_or_else(|| meta.message_id.clone());
-    match parse_job(&envelope.detail, Some(size.unwrap_or(body.len()))) {
-        Ok(job) => Verdict::Forward(
-            EnrichedJob {
-                job_id: job.id.unwrap_or(fallback_id),
+    let parsed = parse_job(&envelope.detail, Some(size))
+        .and_then(|job| check_timeout(&job.spec, max_timeout_secs).map(|()| job));
+    let (detail, rejection) = match parsed {
+        Ok(job) => {
+            let enriched = EnrichedJob {
+                job_id: job.id.unwrap_or_else(|| fallback_id.clone()),
                 job_type: job.spec.job_type(),
                 status: JobStatus::New,
                 received_at: now,
@@ -428,29 +454,39 @@ fn triage(record: &SqsMessage, meta: &RecordMeta, now: DateTime<Utc>) -> Verdict
                 trace_context: propagation::detail_trace_context(&envelope.detail),
                 errors: Vec::new(),
                 job: envelope.detail,
-            },
-            envelope.time,
-        ),
-        Err(rejection) => {
-            let job_id = valid_id(&envelope.detail).unwrap_or(fallback_id);
-            let job = if size.is_some_and(|s| s > MAX_KEPT_BODY_BYTES) {
-                raw_body(body)
-            } else {
-                envelope.detail
             };
-            Verdict::Reject(
-                reject(
-                    job_id,
-                    propagation::detail_trace_context(&job),
-                    job,
-                    rejection,
-                    meta,
-                    now,
+            let forward_size = enriched_message(&enriched).size();
+            if forward_size <= MAX_FORWARD_BYTES {
+                return Verdict::Forward(enriched, envelope.time);
+            }
+            let rejection = Rejection::new(
+                RejectCode::TooLarge,
+                None,
+                format!(
+                    "the message for the processor would be {forward_size} bytes (the detail with its id, times and trace context, as written); the limit is {MAX_FORWARD_BYTES} bytes"
                 ),
-                envelope.time,
-            )
+            );
+            (enriched.job, rejection)
         }
-    }
+        Err(rejection) => (envelope.detail, rejection),
+    };
+    let job_id = valid_id(&detail).unwrap_or(fallback_id);
+    let job = if size > MAX_KEPT_BODY_BYTES {
+        raw_body(body)
+    } else {
+        detail
+    };
+    Verdict::Reject(
+        reject(
+            job_id,
+            propagation::detail_trace_context(&job),
+            job,
+            rejection,
+            meta,
+            now,
+        ),
+        envelope.time,
+    )
 }
 
 fn reject(
@@ -827,6 +863,313 @@ mod tests {
             .find(|n| n.job_id == "given-id-7")
             .expect("announced");
         assert_eq!(note.status, JobStatus::Failed);
+    }
+
+    /// An SQS event of (message id, body) records, each on its first receive.
+    fn records(bodies: &[(String, String)]) -> SqsEvent {
+        let records: Vec<_> = bodies
+            .iter()
+            .map(|(id, body)| {
+                serde_json::json!({"messageId": id, "receiptHandle": format!("rh-{id}"),
+                    "body": body, "attributes": {"ApproximateReceiveCount": "1"}})
+            })
+            .collect();
+        serde_json::from_value(serde_json::json!({ "Records": records })).expect("event")
+    }
+
+    /// The body EventBridge delivers for a detail.
+    fn event_body(event_id: &str, detail: &Value) -> String {
+        serde_json::json!({"id": event_id, "time": "2026-11-22T10:00:00Z", "detail": detail})
+            .to_string()
+    }
+
+    fn onboarding(id: &str) -> Value {
+        serde_json::json!({"id": id, "job_type": "user_onboarding",
+            "message": {"user_id": "1", "user_name": "Ada"}})
+    }
+
+    const TP_A: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    const TP_B: &str = "00-5759e988bd862e3fe1be46a994272793-53995c3f42cd8ad8-01";
+    const TP_C: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+
+    #[tokio::test]
+    async fn a_copy_re_sent_with_a_fresh_trace_context_is_the_same_job() {
+        let ing = ingester(
+            MemoryQueue::default(),
+            MemoryQueue::default(),
+            MemoryTopic::default(),
+        );
+        let job = onboarding("job-7");
+        let mut a = job.clone();
+        a["trace_context"] = serde_json::json!({"traceparent": TP_A});
+        let mut b = job.clone();
+        b["trace_context"] = serde_json::json!({"traceparent": TP_B, "tracestate": "vendor=1"});
+        let mut c = job.clone();
+        c["traceparent"] = Value::from(TP_C);
+        c["tracestate"] = Value::from("x=y");
+        // The producer re-sends the job three times, each copy a new event.
+        for (i, detail) in [a, b, c].iter().enumerate() {
+            let event = records(&[(format!("m{i}"), event_body(&format!("e{i}"), detail))]);
+            let response = ing
+                .handle(event, now() + TimeDelta::seconds(i as i64))
+                .await;
+            assert!(response.batch_item_failures.is_empty());
+        }
+        assert_eq!(ing.jobs_todo.jobs().len(), 1, "forwarded once");
+        assert!(
+            ing.dead_letters.bodies().is_empty(),
+            "copies are not id reuse: {:?}",
+            ing.dead_letters.bodies()
+        );
+        assert!(ing.topic.notifications().is_empty());
+        // Other content under the same id still is.
+        let mut other = onboarding("job-7");
+        other["message"]["user_name"] = Value::from("Bob");
+        other["trace_context"] = serde_json::json!({"traceparent": TP_A});
+        ing.handle(records(&[("m9".into(), event_body("e9", &other))]), now())
+            .await;
+        let dead = ing.dead_letters.dead_letters();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].last_error_code(), "job_id_reused");
+    }
+
+    #[tokio::test]
+    async fn characters_sqs_refuses_are_escaped_and_the_job_is_unchanged() {
+        let ing = ingester(
+            MemoryQueue::default(),
+            MemoryQueue::default(),
+            MemoryTopic::default(),
+        );
+        let odd = "A\u{fffe}B\u{ffff}";
+        let mut valid = onboarding(&format!("id-{odd}"));
+        valid["message"]["user_name"] = Value::from(odd);
+        let unknown = serde_json::json!({"job_type": format!("type-{odd}"), "message": {}});
+        let control = serde_json::json!({"job_type": "\u{0}"});
+        let event = records(&[
+            ("m1".into(), event_body("e1", &valid)),
+            ("m2".into(), event_body("e2", &unknown)),
+            ("m3".into(), event_body("e3", &control)),
+        ]);
+        let response = ing.handle(event, now()).await;
+        assert!(
+            response.batch_item_failures.is_empty(),
+            "{:?}",
+            response.batch_item_failures
+        );
+        let forwarded = ing.jobs_todo.jobs();
+        assert_eq!(forwarded.len(), 1);
+        assert_eq!(forwarded[0].job, valid, "the job travels unchanged");
+        assert_eq!(forwarded[0].job_id, format!("id-{odd}"));
+        let dead = ing.dead_letters.dead_letters();
+        assert_eq!(dead.len(), 2);
+        assert_eq!(dead[0].job, unknown);
+        assert_eq!(
+            dead[0].job_type.as_deref(),
+            Some(format!("type-{odd}").as_str())
+        );
+        let attrs: HashMap<_, _> = ing.dead_letters.sent.lock().expect("lock")[0]
+            .attributes
+            .iter()
+            .cloned()
+            .collect();
+        assert_eq!(attrs["job_type"], "type-A\u{fffd}B\u{fffd}");
+        assert_eq!(
+            ing.topic.notifications().len(),
+            2,
+            "both rejections announced"
+        );
+    }
+
+    #[tokio::test]
+    async fn ten_near_limit_dead_letters_all_get_through_without_tripping_the_breaker() {
+        use crate::guard::{GuardConfig, Guarded};
+        let guard = GuardConfig {
+            failure_threshold: 1,
+            ..GuardConfig::default()
+        };
+        let queue = |name| Guarded::new(MemoryQueue::default(), name, guard);
+        let ing = Ingester {
+            source: queue("ingester-queue"),
+            jobs_todo: queue("jobs-todo"),
+            dead_letters: queue("dead-letter-queue"),
+            topic: MemoryTopic::default(),
+            store: MemoryStore::default(),
+            config: IngesterConfig {
+                max_receive_count: 5,
+            },
+            telemetry: Instruments::default(),
+        };
+        // Ten bodies that are no EventBridge event: each dead letter keeps its 120 KiB.
+        let big = "x".repeat(120 * 1024);
+        let bodies: Vec<(String, String)> = (0..10)
+            .map(|i| (format!("m{i}"), format!("{i}{big}")))
+            .collect();
+        let response = ing.handle(records(&bodies), now()).await;
+        assert!(
+            response.batch_item_failures.is_empty(),
+            "{} records failed",
+            response.batch_item_failures.len()
+        );
+        assert_eq!(ing.dead_letters.inner().dead_letters().len(), 10);
+        assert!(!ing.dead_letters.breaker().is_open());
+        assert_eq!(ing.topic.notifications().len(), 10);
+    }
+
+    #[tokio::test]
+    async fn a_detail_that_grows_when_written_out_is_rejected_once() {
+        let ing = ingester(
+            MemoryQueue::default(),
+            MemoryQueue::default(),
+            MemoryTopic::default(),
+        );
+        // `1e15` is written out again as `1000000000000000.0`: under the limit as sent,
+        // four times over it as the pipeline would send it on.
+        let samples = vec!["1e15"; 12_000].join(",");
+        let body = format!(
+            r#"{{"id":"e1","detail":{{"id":"job-big","job_type":"user_onboarding","message":{{"user_id":"1","user_name":"A"}},"samples":[{samples}]}}}}"#
+        );
+        assert!(body.len() < crate::job::MAX_DETAIL_BYTES);
+        for receive in 1..=2 {
+            let mut event = records(&[("m1".into(), body.clone())]);
+            event.records[0]
+                .attributes
+                .insert("ApproximateReceiveCount".into(), receive.to_string());
+            let response = ing.handle(event, now()).await;
+            assert!(response.batch_item_failures.is_empty());
+        }
+        assert!(ing.jobs_todo.bodies().is_empty(), "not forwarded");
+        let dead = ing.dead_letters.dead_letters();
+        assert_eq!(dead.len(), 1, "rejected once");
+        assert_eq!(
+            (
+                dead[0].job_id.as_str(),
+                dead[0].status,
+                dead[0].last_error_code()
+            ),
+            ("job-big", JobStatus::Rejected, "too_large")
+        );
+        assert!(
+            dead[0].errors[0].message.contains("written"),
+            "{}",
+            dead[0].errors[0].message
+        );
+        assert_eq!(ing.topic.notifications().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_invalid_traceparent_is_not_passed_on() {
+        let ing = ingester(
+            MemoryQueue::default(),
+            MemoryQueue::default(),
+            MemoryTopic::default(),
+        );
+        let bad = [
+            "00-garbage",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01",
+            "zz-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0g",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x",
+            " 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ];
+        let mut bodies = Vec::new();
+        for (i, tp) in bad.iter().enumerate() {
+            let mut detail = onboarding(&format!("bad-{i}"));
+            if i % 2 == 0 {
+                detail["traceparent"] = Value::from(*tp);
+            } else {
+                detail["trace_context"] = serde_json::json!({ "traceparent": tp });
+            }
+            bodies.push((format!("m{i}"), event_body(&format!("e{i}"), &detail)));
+        }
+        let mut good = onboarding("good");
+        good["traceparent"] = Value::from(TP_A);
+        bodies.push(("m-good".into(), event_body("e-good", &good)));
+        let response = ing.handle(records(&bodies), now()).await;
+        assert!(response.batch_item_failures.is_empty());
+        let sent = ing.jobs_todo.sent.lock().expect("lock").clone();
+        assert_eq!(sent.len(), bad.len() + 1, "every job still runs");
+        for m in &sent {
+            let attrs: HashMap<_, _> = m.attributes.iter().cloned().collect();
+            let job = EnrichedJob::from_body(&m.body).expect("a job");
+            if attrs["job_id"] == "good" {
+                let tp = attrs.get("traceparent").expect("a valid one is passed on");
+                assert_eq!(&tp[3..35], &TP_A[3..35], "the same trace");
+            } else {
+                assert_eq!(attrs.get("traceparent"), None, "{}", attrs["job_id"]);
+                assert_eq!(job.trace_context, None, "{}", attrs["job_id"]);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_long_running_job_longer_than_the_processor_can_run_is_rejected() {
+        let ing = ingester(
+            MemoryQueue::default(),
+            MemoryQueue::default(),
+            MemoryTopic::default(),
+        );
+        let long = |id: &str, timeout: u64| {
+            serde_json::json!({"id": id, "job_type": "long_running_job",
+                "message": {"task_name": "t", "timeout": timeout}})
+        };
+        let event = records(&[
+            ("m1".into(), event_body("e1", &long("too-long", 898))),
+            ("m2".into(), event_body("e2", &long("fits", 897))),
+        ]);
+        let response = ing.handle(event, now()).await;
+        assert!(response.batch_item_failures.is_empty());
+        let forwarded: Vec<_> = ing.jobs_todo.jobs().into_iter().map(|j| j.job_id).collect();
+        assert_eq!(forwarded, ["fits"]);
+        let dead = ing.dead_letters.dead_letters();
+        assert_eq!(dead.len(), 1);
+        let e = &dead[0].errors[0];
+        assert_eq!(
+            (dead[0].job_id.as_str(), e.code.as_str(), e.field.as_deref()),
+            ("too-long", "out_of_range", Some("message.timeout"))
+        );
+        assert!(e.message.contains("897"), "{}", e.message);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn two_copies_in_one_batch_claim_the_job_once_whatever_the_table_answers() {
+        use crate::batching::Batching;
+        // The table answers "claimed" to every statement of a batch, even two on one
+        // key, and takes its time: the second copy must wait for the first's answer.
+        let store = Batching::new(MemoryStore::default());
+        store
+            .inner()
+            .snapshot_batches
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        store
+            .inner()
+            .faults
+            .slow_down(std::time::Duration::from_millis(300));
+        let ing = Ingester {
+            source: MemoryQueue::default(),
+            jobs_todo: MemoryQueue::default(),
+            dead_letters: MemoryQueue::default(),
+            topic: MemoryTopic::default(),
+            store,
+            config: IngesterConfig {
+                max_receive_count: 5,
+            },
+            telemetry: Instruments::default(),
+        };
+        let rejected = serde_json::json!({"id": "job-r", "job_type": "report_generation",
+            "message": {"filters": "x"}});
+        let event = records(&[
+            ("m1".into(), event_body("e1", &rejected)),
+            ("m2".into(), event_body("e1", &rejected)),
+            ("m3".into(), event_body("e2", &onboarding("job-v"))),
+            ("m4".into(), event_body("e2", &onboarding("job-v"))),
+        ]);
+        let response = ing.handle(event, now()).await;
+        assert!(response.batch_item_failures.is_empty());
+        assert_eq!(ing.dead_letters.dead_letters().len(), 1, "one dead letter");
+        assert_eq!(ing.topic.notifications().len(), 1, "one notification");
+        assert_eq!(ing.jobs_todo.jobs().len(), 1, "one forward");
     }
 
     #[tokio::test]

@@ -17,6 +17,30 @@ pub const MAX_DETAIL_BYTES: usize = 64 * 1024;
 /// Longest accepted job id, in characters.
 pub const MAX_ID_CHARS: usize = 128;
 
+/// The longest `long_running_job` timeout the processor can run, in seconds: its
+/// function timeout (`functions.processor.timeout_seconds` in pipeline.json, 900 s)
+/// less its deadline margin (`DEADLINE_MARGIN_MS`, 3 s). The ingester's
+/// `MAX_JOB_TIMEOUT_SECONDS` overrides it.
+pub const DEFAULT_MAX_TIMEOUT_SECS: u64 = 900 - 3;
+
+/// Rejects a job the processor could never finish: a `long_running_job` whose
+/// `timeout` is over `max_secs` would only end as `deadline_exceeded` after taking a
+/// processor slot, so it is refused up front, naming the field and the limit.
+pub fn check_timeout(spec: &JobSpec, max_secs: u64) -> Result<(), Rejection> {
+    match spec {
+        JobSpec::LongRunningJob { timeout_secs, .. } if *timeout_secs > max_secs => {
+            Err(Rejection::new(
+                RejectCode::OutOfRange,
+                Some("message.timeout"),
+                format!(
+                    "message.timeout must be at most {max_secs} seconds, what the processor can run within its function timeout less its deadline margin, got {timeout_secs}"
+                ),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// The kinds of job the pipeline knows. `job_type` is case-sensitive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -152,15 +176,18 @@ impl Rejection {
 
 /// Parses and validates a job detail.
 ///
-/// `serialized_len` is the detail's size as it arrived, used for the size limit; pass
-/// `None` to have it measured.
-pub fn parse_job(detail: &Value, serialized_len: Option<usize>) -> Result<Job, Rejection> {
-    let size = serialized_len.unwrap_or_else(|| serde_json::to_vec(detail).map_or(0, |v| v.len()));
+/// `written_len` is the detail's size as the pipeline writes it on
+/// ([`crate::messages::written_len`]), what the size limit applies to; pass `None` to
+/// have it measured.
+pub fn parse_job(detail: &Value, written_len: Option<usize>) -> Result<Job, Rejection> {
+    let size = written_len.unwrap_or_else(|| crate::messages::written_len(detail));
     if size > MAX_DETAIL_BYTES {
         return Err(Rejection::new(
             RejectCode::TooLarge,
             None,
-            format!("the job detail is {size} bytes; the limit is {MAX_DETAIL_BYTES} bytes"),
+            format!(
+                "the job detail is {size} bytes as written for the next hop (numbers are written out in full, 1e15 as 1000000000000000.0); the limit is {MAX_DETAIL_BYTES} bytes"
+            ),
         ));
     }
     let Value::Object(obj) = detail else {
@@ -479,6 +506,34 @@ mod tests {
         let r = reject(
             json!({"job_type":"report_generation","message":{"report_name":big,"filters":"f"}}),
         );
+        assert_eq!(r.code, RejectCode::TooLarge);
+    }
+
+    #[test]
+    fn a_timeout_over_the_limit_is_out_of_range() {
+        let job = parse_job(
+            &json!({"job_type":"long_running_job","message":{"task_name":"t","timeout":898}}),
+            None,
+        )
+        .expect("valid");
+        assert!(check_timeout(&job.spec, 898).is_ok());
+        let r = check_timeout(&job.spec, DEFAULT_MAX_TIMEOUT_SECS).expect_err("too long");
+        assert_eq!(
+            (r.code, r.field.as_deref()),
+            (RejectCode::OutOfRange, Some("message.timeout"))
+        );
+        assert!(r.message.contains("at most 897 seconds"), "{}", r.message);
+    }
+
+    #[test]
+    fn the_size_limit_applies_to_the_detail_as_written_on() {
+        let samples = vec!["1e15"; 4_000].join(",");
+        let text = format!(
+            r#"{{"job_type":"user_onboarding","message":{{"user_id":"1","user_name":"A"}},"s":[{samples}]}}"#
+        );
+        assert!(text.len() < MAX_DETAIL_BYTES);
+        let detail: Value = serde_json::from_str(&text).expect("json");
+        let r = parse_job(&detail, None).expect_err("too large written out");
         assert_eq!(r.code, RejectCode::TooLarge);
     }
 

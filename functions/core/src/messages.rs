@@ -7,6 +7,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::fmt;
+use std::fmt::Write as _;
 
 /// The pipeline stage that produced an error, a dead letter or a notification.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -133,6 +134,11 @@ pub enum EnrichedJobError {
 /// envelope and a long error history.
 pub const MAX_ENRICHED_BYTES: usize = MAX_DETAIL_BYTES + 64 * 1024;
 
+/// Largest enriched message the ingester forwards, as written ([`written_len`]): the
+/// detail limit plus room for the id, times and trace context. The rest of
+/// [`MAX_ENRICHED_BYTES`] is left for the error history that retries add.
+pub const MAX_FORWARD_BYTES: usize = MAX_DETAIL_BYTES + 16 * 1024;
+
 impl EnrichedJob {
     pub fn from_body(body: &str) -> Result<EnrichedJob, EnrichedJobError> {
         if body.len() > MAX_ENRICHED_BYTES {
@@ -209,6 +215,77 @@ pub fn job_type_attribute(job_type: Option<&str>) -> &str {
         Some(t) if !t.is_empty() => t,
         _ => "unknown",
     }
+}
+
+/// Serialized JSON made acceptable to SQS without changing the JSON value: every
+/// character SQS refuses ([`crate::ports::sqs_allows`]; U+FFFE and U+FFFF, say) is
+/// written as a `\uXXXX` escape. JSON's structure is ASCII, so such characters occur
+/// only inside strings, where the escape means the same character.
+pub fn sqs_safe_json(text: String) -> String {
+    if text.chars().all(crate::ports::sqs_allows) {
+        return text;
+    }
+    let mut out = String::with_capacity(text.len() + 32);
+    for c in text.chars() {
+        if crate::ports::sqs_allows(c) {
+            out.push(c);
+        } else {
+            for unit in c.encode_utf16(&mut [0; 2]) {
+                let _ = write!(out, "\\u{unit:04x}");
+            }
+        }
+    }
+    out
+}
+
+/// The bytes one character of a string takes once written as JSON that SQS accepts
+/// (serde_json's escapes, then [`sqs_safe_json`]'s).
+pub fn written_char_len(c: char) -> usize {
+    match c {
+        '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
+        '\u{0}'..='\u{1f}' => 6,
+        c if !crate::ports::sqs_allows(c) => 6,
+        c => c.len_utf8(),
+    }
+}
+
+/// The bytes `value` takes as the pipeline writes it on ([`sqs_safe_json`] of its
+/// serialization): what size limits apply to. It can be much more than the text it
+/// was read from, since numbers are written out in full (`1e15` as
+/// `1000000000000000.0`).
+pub fn written_len(value: &Value) -> usize {
+    serde_json::to_string(value).map_or(0, |text| sqs_safe_json(text).len())
+}
+
+/// The longest message attribute value sent, in characters: a job type or id longer
+/// than this is not worth routing on, and would crowd the message's size.
+pub const MAX_ATTRIBUTE_CHARS: usize = 256;
+
+/// A string message attribute value that SQS accepts (and SNS delivers to an SQS
+/// subscriber): characters SQS refuses become U+FFFD, a value longer than
+/// [`MAX_ATTRIBUTE_CHARS`] is cut (ending in `…`), and an empty one, which SQS refuses
+/// too, becomes `-`. Attributes are for routing and reading; the body keeps the exact
+/// value.
+pub fn attribute_value(value: &str) -> String {
+    if value.is_empty() {
+        return "-".to_owned();
+    }
+    let mut out: String = value
+        .chars()
+        .take(MAX_ATTRIBUTE_CHARS)
+        .map(|c| {
+            if crate::ports::sqs_allows(c) {
+                c
+            } else {
+                char::REPLACEMENT_CHARACTER
+            }
+        })
+        .collect();
+    if value.chars().nth(MAX_ATTRIBUTE_CHARS).is_some() {
+        out.pop();
+        out.push('…');
+    }
+    out
 }
 
 /// The fields of the EventBridge event the rule delivers as the SQS body.

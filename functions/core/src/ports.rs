@@ -1,8 +1,12 @@
 //! The AWS calls the handlers make, as small traits, so handler logic is tested
-//! against in-memory implementations and runs unchanged against SQS and SNS.
+//! against in-memory implementations and runs unchanged against SQS and SNS; the
+//! limits those services put on a call ([`MAX_BATCH`], [`MAX_MESSAGE_BYTES`],
+//! [`sqs_allows`]) and the [`Faults`] the in-memory implementations can be given.
 
 use crate::messages::Notification;
 use async_trait::async_trait;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
 /// A message to put on a queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,30 +71,86 @@ pub fn retry_later_delay(receive_count: u32) -> u32 {
     u32::try_from(grown.min(900)).unwrap_or(900)
 }
 
-/// The most messages one batch call takes (SQS `SendMessageBatch`).
+/// The most messages one batch call takes (SQS `SendMessageBatch`, SNS `PublishBatch`).
 pub const MAX_BATCH: usize = 10;
+
+/// The largest message the pipeline sends, and the largest total of one batch call,
+/// in bytes (body plus each attribute's name, type and value, as SQS counts them).
+/// AWS takes 1 MiB for both since 2026 (SQS messages, `SendMessageBatch`,
+/// `PublishBatch`), but the emulators still cap a message at 256 KiB, SNS caps one at
+/// 256 KiB, and a pipeline that fits the smaller fits both. This is the one place the
+/// limit lives: batches are split by it, and the in-memory fakes refuse by it.
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+
+/// The largest total payload of one `SendMessageBatch` or `PublishBatch` call.
+pub const MAX_BATCH_BYTES: usize = MAX_MESSAGE_BYTES;
+
+/// Whether SQS accepts `c` in a message body or string attribute value: `#x9 | #xA |
+/// #xD | #x20–#xD7FF | #xE000–#xFFFD | #x10000–#x10FFFF`. It refuses anything else
+/// (`InvalidMessageContents`), such as U+FFFE, U+FFFF and most C0 controls.
+pub fn sqs_allows(c: char) -> bool {
+    matches!(c, '\u{9}' | '\u{A}' | '\u{D}' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
+}
+
+impl OutgoingMessage {
+    /// The message's size as SQS counts it against [`MAX_MESSAGE_BYTES`]: the body and
+    /// every attribute's name, data type (`String`) and value.
+    pub fn size(&self) -> usize {
+        self.body.len()
+            + self
+                .attributes
+                .iter()
+                .map(|(name, value)| name.len() + "String".len() + value.len())
+                .sum::<usize>()
+    }
+}
 
 /// The end-state topic.
 #[async_trait]
 pub trait Topic: Send + Sync {
     async fn publish(&self, notification: &Notification) -> Result<(), PortError>;
 
-    /// Publishes several notifications: one result per notification, in order. A
-    /// topic that can publish in batches overrides this; by default they go one by
-    /// one, concurrently.
-    async fn publish_all(&self, notifications: &[Notification]) -> Vec<Result<(), PortError>> {
+    /// Publishes notifications in one batch call (SNS `PublishBatch`): at most
+    /// [`MAX_BATCH`] of them and [`MAX_BATCH_BYTES`] in all, as [`publish_batched`]
+    /// splits them. One result per notification, in order. A topic that can publish
+    /// in batches overrides this; by default they go one by one, concurrently.
+    async fn publish_batch(&self, notifications: &[Notification]) -> Vec<Result<(), PortError>> {
         futures_util::future::join_all(notifications.iter().map(|n| self.publish(n))).await
     }
 }
 
-/// Sends any number of messages in batches of [`MAX_BATCH`], all batches at once.
+/// Splits messages of the given sizes, in order, into batches of at most [`MAX_BATCH`]
+/// messages and [`MAX_BATCH_BYTES`] in all: the ranges of each batch. A message over
+/// the limit on its own goes alone (the service refuses it; the messages the pipeline
+/// builds stay under [`MAX_MESSAGE_BYTES`]).
+pub fn batch_ranges(sizes: impl IntoIterator<Item = usize>) -> Vec<std::ops::Range<usize>> {
+    let mut ranges: Vec<std::ops::Range<usize>> = Vec::new();
+    let mut total = 0;
+    for (i, size) in sizes.into_iter().enumerate() {
+        match ranges.last_mut() {
+            Some(last) if last.len() < MAX_BATCH && total + size <= MAX_BATCH_BYTES => {
+                last.end = i + 1;
+                total += size;
+            }
+            _ => {
+                ranges.push(i..i + 1);
+                total = size;
+            }
+        }
+    }
+    ranges
+}
+
+/// Sends any number of messages in batches that SQS takes ([`batch_ranges`]: by count
+/// and by total size), all batches at once.
 pub async fn send_all<Q: MessageQueue + ?Sized>(
     queue: &Q,
     messages: &[OutgoingMessage],
 ) -> Vec<Result<(), PortError>> {
-    let batches = messages
-        .chunks(MAX_BATCH)
-        .map(|chunk| queue.send_batch(chunk));
+    let ranges = batch_ranges(messages.iter().map(OutgoingMessage::size));
+    let batches = ranges
+        .into_iter()
+        .map(|range| queue.send_batch(&messages[range]));
     futures_util::future::join_all(batches)
         .await
         .into_iter()
@@ -98,9 +158,102 @@ pub async fn send_all<Q: MessageQueue + ?Sized>(
         .collect()
 }
 
+/// Publishes any number of notifications in batches that SNS takes ([`batch_ranges`],
+/// sized as [`crate::record::notification_message`] writes them), all batches at once.
+pub async fn publish_batched<T: Topic + ?Sized>(
+    topic: &T,
+    notifications: &[Notification],
+) -> Vec<Result<(), PortError>> {
+    let sizes = notifications
+        .iter()
+        .map(|n| crate::record::notification_message(n).size());
+    let batches = batch_ranges(sizes)
+        .into_iter()
+        .map(|range| topic.publish_batch(&notifications[range]));
+    futures_util::future::join_all(batches)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
+}
+
+/// How an in-memory port misbehaves, in the ways AWS calls fail; a test may change it
+/// at any time. The memory queue, topic and store each carry one.
+#[derive(Debug, Default)]
+pub struct Faults {
+    refused: AtomicUsize,
+    lost: AtomicUsize,
+    delay_ms: AtomicU64,
+}
+
+impl Faults {
+    /// Refuses the next `n` calls whole, as a throttled or failing service does:
+    /// nothing of them takes effect.
+    pub fn refuse_calls(&self, n: usize) {
+        self.refused.store(n, Ordering::SeqCst);
+    }
+
+    /// Lets the next `n` calls take effect but answers each with an error, as when the
+    /// answer is lost (a timeout after the service accepted the call).
+    pub fn lose_answers(&self, n: usize) {
+        self.lost.store(n, Ordering::SeqCst);
+    }
+
+    /// Makes every call take `by` before it answers (tokio time, so a test with paused
+    /// time passes it at once).
+    pub fn slow_down(&self, by: Duration) {
+        let ms = u64::try_from(by.as_millis()).unwrap_or(u64::MAX);
+        self.delay_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// Every call starts here: it waits out the delay, then fails if refused whole.
+    pub async fn enter(&self, operation: &'static str) -> Result<(), PortError> {
+        let ms = self.delay_ms.load(Ordering::SeqCst);
+        if ms > 0 {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        if take_one(&self.refused) {
+            return Err(PortError::Refused {
+                operation,
+                message: "ServiceUnavailable: the call was refused whole (test)".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// A call that took effect ends here: it fails if its answer is to be lost.
+    pub fn leave(&self, operation: &'static str) -> Result<(), PortError> {
+        if take_one(&self.lost) {
+            return Err(PortError::Unreachable {
+                operation,
+                message: "the call took effect but its answer was lost (test)".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn take_one(counter: &AtomicUsize) -> bool {
+    counter
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batches_are_split_by_count_and_by_total_size() {
+        assert_eq!(batch_ranges([10; 23]), [0..10, 10..20, 20..23]);
+        let half = MAX_BATCH_BYTES / 2;
+        assert_eq!(
+            batch_ranges([half, half, 1, half + 1, MAX_BATCH_BYTES + 5, 3]),
+            [0..2, 2..4, 4..5, 5..6],
+            "a message over the limit goes alone"
+        );
+        assert!(batch_ranges([]).is_empty());
+    }
 
     #[test]
     fn failed_records_come_back_sooner_first_and_never_later_than_15_minutes() {

@@ -18,7 +18,7 @@ use crate::messages::{DeadLetter, EnrichedJob, ErrorEntry, JobStatus, Notificati
 use crate::ports::{send_all, MessageQueue, OutgoingMessage, PortError, Topic};
 use crate::record::{enriched_message, raw_body, retry_failed_soon, RecordMeta};
 use crate::retry::{Decision, RetryPolicy};
-use crate::state::{fingerprint, Claim, ClaimOutcome, JobStore, Progress};
+use crate::state::{fingerprint, legacy_fingerprint, Claim, ClaimOutcome, JobStore, Progress};
 use crate::telemetry::instruments_prelude::*;
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use chrono::{DateTime, Utc};
@@ -53,6 +53,16 @@ pub struct Processor<Q, T, S> {
     pub config: ProcessorConfig,
     /// Spans and metrics (no-ops by default).
     pub telemetry: Instruments,
+}
+
+/// What a `jobs-todo` record holds.
+enum Subject {
+    /// A job to run.
+    Job(EnrichedJob),
+    /// A message that is not an enriched job (unparseable, or over the size the
+    /// processor reads), as the `FAILED` dead letter it becomes, with the attempt its
+    /// claim is taken under.
+    Unreadable(DeadLetter, u32),
 }
 
 /// What became of one record.
@@ -273,39 +283,69 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Processor<Q, T, S> {
         consumer: &JobSpan,
     ) -> (Outcome, Option<String>) {
         let body = record.body.as_deref().unwrap_or_default();
-        let job = match EnrichedJob::from_body(body) {
-            Ok(job) => job,
+        let subject = match EnrichedJob::from_body(body) {
+            Ok(job) => {
+                consumer.set_job(&job.job_id, Some(job.job_type.as_str()));
+                consumer.set_attribute("job.attempt", i64::from(job.attempt));
+                meta.identify(&job.job_id, consumer.trace_id().as_deref());
+                Subject::Job(job)
+            }
             Err(e) => {
-                let dl = unreadable(body, meta, &e.to_string());
+                let (dl, attempt) = unreadable(body, meta, &e.to_string());
                 consumer.set_job(&dl.job_id, dl.job_type.as_deref());
                 meta.identify(&dl.job_id, consumer.trace_id().as_deref());
                 warn!(message_id = %meta.message_id, error = %e, "unreadable message on jobs-todo");
-                return (end_untracked(meta, dl), None);
+                Subject::Unreadable(dl, attempt)
             }
         };
-        consumer.set_job(&job.job_id, Some(job.job_type.as_str()));
-        consumer.set_attribute("job.attempt", i64::from(job.attempt));
-        meta.identify(&job.job_id, consumer.trace_id().as_deref());
-        let event_time = job.event_time.clone();
+        let (job_id, content, attempt, trace_context, event_time) = match &subject {
+            Subject::Job(job) => (
+                &job.job_id,
+                &job.job,
+                job.attempt,
+                job.trace_context.as_ref(),
+                job.event_time.clone(),
+            ),
+            Subject::Unreadable(dl, attempt) => (&dl.job_id, &dl.job, *attempt, None, None),
+        };
 
-        let fp = fingerprint(&job.job);
+        let fp = fingerprint(content);
+        let legacy = legacy_fingerprint(content);
         let claim = Claim {
-            job_id: &job.job_id,
+            job_id,
             stage: Stage::Processor,
             fingerprint: &fp,
-            attempt: job.attempt,
+            legacy_fingerprint: Some(&legacy),
+            attempt,
             lease_until: deadline,
             holder: &meta.message_id,
         };
         let outcome = match self.store.claim(&claim, now).await {
             Err(e) => Outcome::Unavailable(e),
-            Ok(ClaimOutcome::Claimed) => self.run(&job, meta, deadline, now, consumer).await,
+            Ok(ClaimOutcome::Claimed) => match &subject {
+                Subject::Job(job) => self.run(job, meta, deadline, now, consumer).await,
+                // Ended like any job, so a redelivery finds it ended instead of
+                // announcing it again.
+                Subject::Unreadable(dl, attempt) => Outcome::End(Ending {
+                    meta: meta.clone(),
+                    notification: Notification::for_dead_letter(dl, Utc::now()),
+                    dead_letter: Some(dl.clone()),
+                    tracking: Tracking::Finish { attempt: *attempt },
+                }),
+            },
             Ok(ClaimOutcome::Duplicate {
                 announced: true, ..
             }) => Outcome::Repeat("duplicate"),
             Ok(ClaimOutcome::Duplicate { .. }) => {
-                let tc = job.trace_context.as_ref();
-                match recorded(&self.store, Stage::Processor, &job.job_id, &job.job, tc).await {
+                match recorded(
+                    &self.store,
+                    Stage::Processor,
+                    job_id,
+                    content,
+                    trace_context,
+                )
+                .await
+                {
                     Ok(Some((notification, dead_letter))) => Outcome::End(Ending {
                         meta: meta.clone(),
                         notification,
@@ -323,17 +363,21 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Processor<Q, T, S> {
             }
             // Not a copy: this message is the job's only one, so it stays in SQS.
             Ok(ClaimOutcome::Held { until }) => Outcome::Held(until),
-            Ok(ClaimOutcome::Conflict { fingerprint }) => {
-                let message = format!(
-                    "job_id {} was already used for a job with different content (fingerprint {fingerprint}, this one {fp}); send it with a new id",
-                    job.job_id
-                );
-                warn!(job_id = %job.job_id, "job id reused for different content");
-                end_untracked(
-                    meta,
-                    failure(&job, "job_id_reused", message, Some("id".into())),
-                )
-            }
+            Ok(ClaimOutcome::Conflict { fingerprint }) => match subject {
+                Subject::Job(job) => {
+                    let message = format!(
+                        "job_id {} was already used for a job with different content (fingerprint {fingerprint}, this one {fp}); send it with a new id",
+                        job.job_id
+                    );
+                    warn!(job_id = %job.job_id, "job id reused for different content");
+                    end_untracked(
+                        meta,
+                        failure(&job, "job_id_reused", message, Some("id".into())),
+                    )
+                }
+                // It names a job it is not: end it without touching that job's record.
+                Subject::Unreadable(dl, _) => end_untracked(meta, dl),
+            },
         };
         (outcome, event_time)
     }
@@ -482,13 +526,21 @@ fn jitter_unit(job_id: &str, attempt: u32) -> f64 {
     (h >> 11) as f64 / (1u64 << 53) as f64
 }
 
-/// The string attributes of a record, to keep when it is sent again unchanged.
+/// The string attributes of a record, to keep when it is sent again unchanged (a
+/// `traceparent` only if it is valid).
 fn forwarded_attributes(record: &SqsMessage) -> Vec<(&'static str, String)> {
     ["job_id", "job_type", "traceparent"]
         .into_iter()
         .filter_map(|name| {
-            let value = record.message_attributes.get(name)?.string_value.clone()?;
-            Some((name, value))
+            let value = record
+                .message_attributes
+                .get(name)?
+                .string_value
+                .as_deref()?;
+            if name == "traceparent" && !propagation::valid_traceparent(value) {
+                return None;
+            }
+            Some((name, crate::messages::attribute_value(value)))
         })
         .collect()
 }
@@ -502,11 +554,26 @@ fn incoming_context(record: &SqsMessage) -> Option<opentelemetry::Context> {
     })
 }
 
-/// A `jobs-todo` body that is not an enriched job: dead-letter it as it came.
-fn unreadable(body: &str, meta: &RecordMeta, reason: &str) -> DeadLetter {
+/// A `jobs-todo` body that is not an enriched job: dead-letter it as it came, under the
+/// id it names (else its SQS message id, the same on every redelivery), with the
+/// attempt it names (else 1) for its claim.
+fn unreadable(body: &str, meta: &RecordMeta, reason: &str) -> (DeadLetter, u32) {
     let parsed: Option<Value> = serde_json::from_str(body).ok();
-    let field = |name: &str| parsed.as_ref()?.get(name)?.as_str().map(str::to_owned);
-    DeadLetter {
+    let field = |name: &str| {
+        parsed
+            .as_ref()?
+            .get(name)?
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+    };
+    let attempt = parsed
+        .as_ref()
+        .and_then(|p| p.get("attempt")?.as_u64())
+        .and_then(|a| u32::try_from(a).ok())
+        .filter(|a| *a >= 1)
+        .unwrap_or(1);
+    let dl = DeadLetter {
         job_id: field("job_id").unwrap_or_else(|| meta.message_id.clone()),
         job_type: field("job_type"),
         status: JobStatus::Failed,
@@ -524,7 +591,8 @@ fn unreadable(body: &str, meta: &RecordMeta, reason: &str) -> DeadLetter {
         job: parsed
             .and_then(|p| p.get("job").cloned())
             .unwrap_or_else(|| raw_body(body)),
-    }
+    };
+    (dl, attempt)
 }
 
 #[cfg(test)]
@@ -737,21 +805,177 @@ mod tests {
         let mut twice = batch();
         twice.records.extend(batch().records);
         p.handle(twice, at(60), at(2)).await;
-        // job-broken is unreadable: it has no id to remember, so each copy ends anew.
-        let tracked = |n: &Notification| n.job_id != "job-broken";
+        // job-broken is unreadable, but it still names its job: it ends once too.
         assert_eq!(
-            p.topic
-                .notifications()
-                .iter()
-                .filter(|n| tracked(n))
-                .count(),
-            once - 1
+            p.topic.notifications().len(),
+            once,
+            "nothing announced again"
         );
         assert_eq!(
-            p.dead_letters.bodies().len() - dead_once,
-            3,
-            "only the three copies of the unreadable message"
+            p.dead_letters.bodies().len(),
+            dead_once,
+            "no second dead letter, not even for the unreadable message"
         );
+    }
+
+    /// One record of `body` under `message_id`, on its `receive`-th receive.
+    fn received(message_id: &str, body: &str, receive: u32) -> SqsEvent {
+        let mut e = event(&[(message_id.to_owned(), body.to_owned())]);
+        e.records[0]
+            .attributes
+            .insert("ApproximateReceiveCount".into(), receive.to_string());
+        e
+    }
+
+    #[tokio::test]
+    async fn results_and_retries_holding_characters_sqs_refuses_go_out() {
+        let p = processor(MemoryTopic::default());
+        let odd = "A\u{fffe}B\u{ffff}";
+        let welcome = json!({"job_type": "user_onboarding",
+            "message": {"user_id": "1", "user_name": odd}});
+        let mut flaky = report(Some(json!({"fail_always": true})));
+        flaky["message"]["report_name"] = Value::from(odd);
+        let first = p
+            .handle(
+                event(&[job("job-w", 1, welcome), job("job-f", 1, flaky.clone())]),
+                at(60),
+                at(0),
+            )
+            .await;
+        assert!(
+            first.batch_item_failures.is_empty(),
+            "{:?}",
+            first.batch_item_failures
+        );
+        drain_retries(&p, 0, 10).await;
+        let mut notes: Vec<_> = p
+            .topic
+            .notifications()
+            .into_iter()
+            .map(|n| (n.job_id, n.status))
+            .collect();
+        notes.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            notes,
+            [
+                ("job-f".to_owned(), JobStatus::Failed),
+                ("job-w".to_owned(), JobStatus::Completed)
+            ]
+        );
+        let dead = p.dead_letters.dead_letters();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].job, flaky, "the job travels unchanged");
+        assert_eq!(dead[0].errors.len(), 3, "three attempts");
+    }
+
+    #[tokio::test]
+    async fn ten_large_results_are_published_in_batches_that_fit() {
+        use crate::batching::Batching;
+        use crate::guard::{GuardConfig, Guarded};
+        let guard = GuardConfig {
+            failure_threshold: 1,
+            ..GuardConfig::default()
+        };
+        let p = Processor {
+            jobs_todo: MemoryQueue::default(),
+            dead_letters: MemoryQueue::default(),
+            topic: Batching::new(Guarded::new(MemoryTopic::default(), "topic", guard)),
+            store: MemoryStore::default(),
+            config: ProcessorConfig {
+                deadline_margin: Duration::from_secs(3),
+                retry: RetryPolicy::default(),
+                fault_injection: false,
+            },
+            telemetry: Instruments::default(),
+        };
+        // A 45 KB filter becomes a 65 KB result: ten of them are far over one batch call.
+        let filters: Vec<String> = (0..5000).map(|i| format!("k{i:05}=v")).collect();
+        let mut big = report(None);
+        big["message"]["filters"] = Value::from(filters.join(","));
+        let jobs: Vec<_> = (0..10)
+            .map(|i| job(&format!("job-{i}"), 1, big.clone()))
+            .collect();
+        let response = p.handle(event(&jobs), at(60), at(0)).await;
+        assert!(
+            response.batch_item_failures.is_empty(),
+            "{} records failed",
+            response.batch_item_failures.len()
+        );
+        assert_eq!(p.topic.inner().inner().notifications().len(), 10);
+        assert!(!p.topic.inner().breaker().is_open());
+    }
+
+    #[tokio::test]
+    async fn an_oversized_or_unreadable_message_ends_once_however_often_it_comes() {
+        let p = processor(MemoryTopic::default());
+        // What an ingester that measured the detail as sent could forward: `1e15`s
+        // written out in full make it larger than the processor reads.
+        let mut detail = json!({"job_type": "user_onboarding",
+            "message": {"user_id": "1", "user_name": "A"}});
+        detail["samples"] = serde_json::from_str(&format!("[{}]", vec!["1e15"; 12_000].join(",")))
+            .expect("numbers");
+        let oversized = job("job-big", 1, detail).1;
+        assert!(oversized.len() > crate::messages::MAX_ENRICHED_BYTES);
+        for receive in 1..=3 {
+            for (id, body) in [("m-big", oversized.as_str()), ("m-junk", "not json")] {
+                let response = p
+                    .handle(received(id, body, receive), at(60), at(i64::from(receive)))
+                    .await;
+                assert!(response.batch_item_failures.is_empty());
+            }
+        }
+        let mut ended: Vec<_> = p
+            .topic
+            .notifications()
+            .into_iter()
+            .map(|n| (n.job_id, n.status))
+            .collect();
+        ended.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            ended,
+            [
+                ("job-big".to_owned(), JobStatus::Failed),
+                ("m-junk".to_owned(), JobStatus::Failed)
+            ],
+            "each ends once"
+        );
+        let dead = p.dead_letters.dead_letters();
+        assert_eq!(dead.len(), 2, "one dead letter each");
+        assert!(dead
+            .iter()
+            .all(|d| d.last_error_code() == "invalid_message"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn two_copies_in_one_batch_run_once_whatever_the_table_answers() {
+        use crate::batching::Batching;
+        let store = Batching::new(MemoryStore::default());
+        store.inner().snapshot_batches.store(true, Ordering::SeqCst);
+        store.inner().faults.slow_down(Duration::from_millis(300));
+        let p = Processor {
+            jobs_todo: MemoryQueue::default(),
+            dead_letters: MemoryQueue::default(),
+            topic: MemoryTopic::default(),
+            store,
+            config: ProcessorConfig {
+                deadline_margin: Duration::from_secs(3),
+                retry: RetryPolicy::default(),
+                fault_injection: true,
+            },
+            telemetry: Instruments::default(),
+        };
+        let body = job("job-1", 1, report(None)).1;
+        let bad = job("job-2", 1, report(Some(json!({"fail_always": true})))).1;
+        let copies = [
+            ("copy-1".to_owned(), body.clone()),
+            ("copy-2".to_owned(), body),
+            ("copy-3".to_owned(), bad.clone()),
+            ("copy-4".to_owned(), bad),
+        ];
+        let response = p.handle(event(&copies), at(60), at(0)).await;
+        assert!(response.batch_item_failures.is_empty());
+        assert_eq!(p.topic.notifications().len(), 1, "job-1 announced once");
+        assert_eq!(p.jobs_todo.bodies().len(), 1, "job-2 retried once");
     }
 
     #[tokio::test]
@@ -876,6 +1100,7 @@ mod tests {
             job_id: "job-1",
             stage: Stage::Processor,
             fingerprint: &fp,
+            legacy_fingerprint: None,
             attempt: 1,
             lease_until: at(600),
             holder: "m0",

@@ -3,8 +3,14 @@
 //! with their notifications so that a failure leaves the record in SQS for a retry.
 
 use crate::job::MAX_DETAIL_BYTES;
-use crate::messages::{DeadLetter, EnrichedJob, Notification};
-use crate::ports::{retry_later_delay, send_all, MessageQueue, OutgoingMessage, Receipt, Topic};
+use crate::messages::{
+    attribute_value, sqs_safe_json, written_char_len, DeadLetter, EnrichedJob, Notification,
+    MAX_ATTRIBUTE_CHARS,
+};
+use crate::ports::{
+    retry_later_delay, send_all, MessageQueue, OutgoingMessage, Receipt, Topic, MAX_MESSAGE_BYTES,
+};
+use crate::telemetry::propagation;
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -51,20 +57,22 @@ fn receive_count(record: &SqsMessage) -> u32 {
         .unwrap_or(1)
 }
 
-/// Serializes a wire type. These types hold only strings, numbers and JSON values
-/// keyed by strings, which always serialize.
+/// Serializes a wire type as text SQS accepts ([`sqs_safe_json`]). These types hold
+/// only strings, numbers and JSON values keyed by strings, which always serialize.
 pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> String {
-    serde_json::to_string(value).expect("wire types always serialize to JSON")
+    sqs_safe_json(serde_json::to_string(value).expect("wire types always serialize to JSON"))
 }
 
 /// The `jobs-todo` message for an enriched job.
 pub fn enriched_message(job: &EnrichedJob) -> OutgoingMessage {
     let mut attributes = vec![
-        ("job_id", job.job_id.clone()),
+        ("job_id", attribute_value(&job.job_id)),
         ("job_type", job.job_type.as_str().to_owned()),
     ];
     if let Some(tc) = &job.trace_context {
-        attributes.push(("traceparent", tc.traceparent.clone()));
+        if propagation::valid_traceparent(&tc.traceparent) {
+            attributes.push(("traceparent", tc.traceparent.clone()));
+        }
     }
     OutgoingMessage {
         body: to_json(job),
@@ -73,18 +81,58 @@ pub fn enriched_message(job: &EnrichedJob) -> OutgoingMessage {
     }
 }
 
-/// The `dead-letter-queue` message for a dead letter.
+/// The `dead-letter-queue` message for a dead letter. One too large for the queue
+/// ([`MAX_MESSAGE_BYTES`]: a job whose detail grew when written out, an enormous
+/// `job_type`) keeps its job as JSON text cut to fit, the shape a dead letter of an
+/// unreadable body has, rather than never being stored.
 pub fn dead_letter_message(dl: &DeadLetter) -> OutgoingMessage {
+    let message = dead_letter_message_as_is(dl);
+    if message.size() <= MAX_MESSAGE_BYTES {
+        return message;
+    }
+    let mut cut = dl.clone();
+    cut.job = Value::Null;
+    if let Some(t) = cut.job_type.as_mut() {
+        if t.chars().nth(MAX_ATTRIBUTE_CHARS).is_some() {
+            *t = attribute_value(t);
+        }
+    }
+    // What the rest takes, and a little room for the quotes around the text.
+    let rest = dead_letter_message_as_is(&cut).size();
+    let budget = MAX_MESSAGE_BYTES.saturating_sub(rest + 16);
+    let text = match &dl.job {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    cut.job = cut_text(&text, budget);
+    dead_letter_message_as_is(&cut)
+}
+
+fn dead_letter_message_as_is(dl: &DeadLetter) -> OutgoingMessage {
     OutgoingMessage {
         body: to_json(dl),
         attributes: vec![
             ("stage", dl.stage.as_str().to_owned()),
-            ("error_code", dl.last_error_code().to_owned()),
-            ("job_id", dl.job_id.clone()),
+            ("error_code", attribute_value(dl.last_error_code())),
+            ("job_id", attribute_value(&dl.job_id)),
             (
                 "job_type",
-                crate::messages::job_type_attribute(dl.job_type.as_deref()).to_owned(),
+                attribute_value(crate::messages::job_type_attribute(dl.job_type.as_deref())),
             ),
+        ],
+        delay_seconds: 0,
+    }
+}
+
+/// What goes to `job-end-state-topic` for a notification (SNS delivers the same to an
+/// SQS subscriber): the notification and its routing attributes `status` and
+/// `job_type`.
+pub fn notification_message(n: &Notification) -> OutgoingMessage {
+    OutgoingMessage {
+        body: to_json(n),
+        attributes: vec![
+            ("status", n.status.as_str().to_owned()),
+            ("job_type", attribute_value(n.job_type_attribute())),
         ],
         delay_seconds: 0,
     }
@@ -136,17 +184,31 @@ pub async fn publish_all<T: Topic>(
         .collect()
 }
 
-/// The longest raw body kept in a dead letter when the job itself could not be read.
+/// The most bytes a raw body takes in a dead letter, as written there (escapes
+/// included), when the job itself could not be read.
 pub const MAX_KEPT_BODY_BYTES: usize = 2 * MAX_DETAIL_BYTES;
 
 /// An unreadable body, kept as a string so the dead letter still shows what came;
-/// cut on a character boundary if huge, to stay within the queue's message size.
+/// cut on a character boundary if huge, so that it takes at most
+/// [`MAX_KEPT_BODY_BYTES`] once written (a body of quotes or control characters
+/// doubles or more when escaped).
 pub fn raw_body(body: &str) -> Value {
-    let mut end = body.len().min(MAX_KEPT_BODY_BYTES);
-    while !body.is_char_boundary(end) {
-        end -= 1;
+    cut_text(body, MAX_KEPT_BODY_BYTES)
+}
+
+/// The longest start of `text` that takes at most `budget` bytes written as a JSON
+/// string ([`written_char_len`]), as a JSON string.
+fn cut_text(text: &str, budget: usize) -> Value {
+    let mut written = 0;
+    let mut end = 0;
+    for (i, c) in text.char_indices() {
+        written += written_char_len(c);
+        if written > budget {
+            break;
+        }
+        end = i + c.len_utf8();
     }
-    Value::String(body[..end].to_owned())
+    Value::String(text[..end].to_owned())
 }
 
 /// Asks the source queue to offer the batch's failed records again soon, each after a
@@ -182,5 +244,89 @@ pub async fn retry_failed_soon<Q: MessageQueue>(
     }
     if let Err(e) = source.retry_later(&receipts).await {
         warn!(error = %e, records = receipts.len(), "could not bring failed records back early; the visibility timeout will");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::messages::{ErrorEntry, JobStatus, Stage};
+    use serde_json::json;
+
+    fn letter(job: Value, job_type: Option<String>) -> DeadLetter {
+        DeadLetter {
+            job_id: "job-1".into(),
+            job_type,
+            status: JobStatus::Rejected,
+            stage: Stage::Ingester,
+            attempts: 1,
+            errors: vec![ErrorEntry {
+                stage: Stage::Ingester,
+                code: "too_large".into(),
+                message: "too large".into(),
+                field: None,
+                attempt: 1,
+                timestamp: chrono::Utc::now(),
+            }],
+            trace_context: None,
+            job,
+        }
+    }
+
+    #[test]
+    fn a_dead_letter_too_large_for_the_queue_keeps_its_job_as_text_cut_to_fit() {
+        // 128 KiB of `1e15`s as sent is 480 KiB as written, with quotes to escape.
+        let samples: Value =
+            serde_json::from_str(&format!("[{}]", vec!["1e15"; 26_000].join(","))).expect("json");
+        let job = json!({"job_type": "x\"y", "samples": samples});
+        let dl = letter(job.clone(), Some("t".repeat(200_000)));
+        let message = dead_letter_message(&dl);
+        assert!(message.size() <= MAX_MESSAGE_BYTES, "{}", message.size());
+        let stored: DeadLetter = serde_json::from_str(&message.body).expect("a dead letter");
+        let Value::String(text) = &stored.job else {
+            panic!("the job as text, got {:?}", stored.job);
+        };
+        assert!(job.to_string().starts_with(text.as_str()));
+        assert!(text.len() > 100_000, "as much as fits: {}", text.len());
+        assert_eq!(stored.last_error_code(), "too_large", "the history is kept");
+        // One that fits is stored as it is.
+        let small = letter(json!({"job_type": "x"}), Some("x".into()));
+        assert_eq!(dead_letter_message(&small).body, to_json(&small));
+    }
+
+    #[test]
+    fn a_raw_body_is_cut_by_what_it_takes_written() {
+        let quotes = "\"".repeat(MAX_KEPT_BODY_BYTES);
+        let kept = raw_body(&quotes);
+        assert_eq!(kept.as_str().map(str::len), Some(MAX_KEPT_BODY_BYTES / 2));
+        assert!(crate::messages::written_len(&kept) <= MAX_KEPT_BODY_BYTES + 2);
+        let odd = "\u{ffff}".repeat(MAX_KEPT_BODY_BYTES);
+        let kept = raw_body(&odd);
+        assert!(crate::messages::written_len(&kept) <= MAX_KEPT_BODY_BYTES + 2);
+    }
+
+    #[test]
+    fn messages_hold_only_what_sqs_accepts_and_mean_the_same() {
+        let job = json!({"job_type": "user_onboarding", "message": {"user_name": "A\u{fffe}\u{ffff}\u{0}"}});
+        let dl = letter(job.clone(), Some(String::new()));
+        let message = dead_letter_message(&dl);
+        assert!(message.body.chars().all(crate::ports::sqs_allows));
+        assert!(
+            message.body.contains(r"\ufffe\uffff\u0000"),
+            "{}",
+            message.body
+        );
+        let back: DeadLetter = serde_json::from_str(&message.body).expect("a dead letter");
+        assert_eq!(back.job, job, "the same JSON value");
+        let attrs: std::collections::HashMap<_, _> = message.attributes.into_iter().collect();
+        assert_eq!(attrs["job_type"], "unknown");
+        assert_eq!(crate::messages::attribute_value(""), "-");
+        assert_eq!(
+            crate::messages::attribute_value("a\u{ffff}\u{1}"),
+            "a\u{fffd}\u{fffd}"
+        );
+        let long = crate::messages::attribute_value(&"x".repeat(1000));
+        assert_eq!(long.chars().count(), MAX_ATTRIBUTE_CHARS);
+        assert!(long.ends_with('…'));
     }
 }

@@ -7,19 +7,25 @@
 //! (`announce`), so a re-delivery neither repeats the work nor the notification, and a
 //! crash between the two only repeats the notification step.
 //!
-//! The claim also carries a fingerprint of the job's content: a job id reused for
-//! different content is a [`ClaimOutcome::Conflict`], not a silent skip.
+//! The claim also carries a fingerprint of the job's content (SHA-256, without the
+//! trace context a sender may change between copies): a job id reused for different
+//! content is a [`ClaimOutcome::Conflict`], not a silent skip. Records written before
+//! the fingerprint changed format (16 hex digits of FNV-1a) are compared with the old
+//! function, so a repeat of such a job is still recognised.
 
 use crate::messages::{JobStatus, Stage};
+use crate::telemetry::propagation;
 use crate::Timestamp;
 use async_trait::async_trait;
 use chrono::TimeDelta;
 use futures_util::future::join_all;
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::sync::Mutex;
 
-use crate::ports::PortError;
+use crate::ports::{Faults, PortError};
 
 /// Where a stage stands with a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,7 +86,11 @@ pub struct JobState {
 pub struct Claim<'a> {
     pub job_id: &'a str,
     pub stage: Stage,
+    /// [`fingerprint`] of the job's content.
     pub fingerprint: &'a str,
+    /// [`legacy_fingerprint`] of the same job, to recognise records written before
+    /// [`fingerprint`] changed format; `None` when there are none to recognise.
+    pub legacy_fingerprint: Option<&'a str>,
     pub attempt: u32,
     pub lease_until: Timestamp,
     /// The SQS message id of this delivery.
@@ -217,7 +227,7 @@ pub fn decide(current: Option<&JobState>, claim: &Claim<'_>, now: Timestamp) -> 
     let Some(cur) = current else {
         return ClaimOutcome::Claimed;
     };
-    if cur.fingerprint != claim.fingerprint {
+    if !same_content(&cur.fingerprint, claim) {
         return ClaimOutcome::Conflict {
             fingerprint: cur.fingerprint.clone(),
         };
@@ -247,18 +257,67 @@ pub fn decide(current: Option<&JobState>, claim: &Claim<'_>, now: Timestamp) -> 
     }
 }
 
-/// A content fingerprint: FNV-1a over the job's canonical JSON (keys sorted).
+/// A job's content fingerprint: SHA-256, as 64 hex digits, of its canonical JSON (keys
+/// sorted), without the transport fields a sender may change between copies of one job
+/// (the trace context, [`propagation::DETAIL_FIELDS`]). Only the content decides
+/// whether a second event with the same id is the same job or a reused id.
 pub fn fingerprint(job: &Value) -> String {
+    let canonical = match job {
+        Value::Object(fields) => {
+            let content: std::collections::BTreeMap<&String, &Value> = fields
+                .iter()
+                .filter(|(k, _)| !propagation::DETAIL_FIELDS.contains(&k.as_str()))
+                .collect();
+            serde_json::to_vec(&content)
+        }
+        other => serde_json::to_vec(other),
+    };
+    let digest = Sha256::digest(canonical.unwrap_or_default());
+    digest.iter().fold(String::with_capacity(64), |mut hex, b| {
+        let _ = write!(hex, "{b:02x}");
+        hex
+    })
+}
+
+/// The fingerprint records written before SHA-256 carry: FNV-1a over the whole detail
+/// (trace context included), 16 hex digits. Such records live out their 15 days in the
+/// table; [`decide`] compares them with this.
+pub fn legacy_fingerprint(job: &Value) -> String {
     let canonical = serde_json::to_vec(job).unwrap_or_default();
     format!("{:016x}", crate::execute::fnv1a(&[&canonical]))
 }
 
-/// The table in memory, for tests.
+/// Whether a stored fingerprint is in the old format: 16 hex digits, where
+/// [`fingerprint`] gives 64. A length is no proof of a format, so only this exact shape
+/// is read as old; anything else is compared as it is.
+pub fn is_legacy(stored: &str) -> bool {
+    stored.len() == 16 && stored.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Whether a record's fingerprint names the same content as the claim: equal, or an
+/// old-format one equal to the claim's [`legacy_fingerprint`]. A copy re-sent with a
+/// fresh trace context still conflicts with an old-format record (the old function
+/// hashed the trace context too); that lasts only as long as such records do.
+fn same_content(stored: &str, claim: &Claim<'_>) -> bool {
+    stored == claim.fingerprint
+        || claim
+            .legacy_fingerprint
+            .is_some_and(|legacy| is_legacy(stored) && stored == legacy)
+}
+
+/// The table in memory, for tests. Its [`Faults`] refuse calls, lose answers or slow
+/// them down as DynamoDB can.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     pub records: Mutex<HashMap<(String, &'static str), JobState>>,
     /// While set, every call fails as if the table could not be reached.
     pub down: std::sync::atomic::AtomicBool,
+    pub faults: Faults,
+    /// While set, a batch call (`claim_all`, `finish_all`) decides each of its
+    /// statements against the table as it was before the call and applies every one
+    /// that passed, as the emulator did: two claims of one new job in one batch both
+    /// succeed, and so do their two ends.
+    pub snapshot_batches: std::sync::atomic::AtomicBool,
 }
 
 type Records = HashMap<(String, &'static str), JobState>;
@@ -276,34 +335,111 @@ impl MemoryStore {
         }
         f(&mut self.records.lock().unwrap_or_else(|e| e.into_inner()))
     }
+
+    /// One call: its faults, then `f`; a refusal `f` answers takes no effect.
+    async fn call<R>(
+        &self,
+        operation: &'static str,
+        f: impl FnOnce(&mut Records) -> Result<R, PortError>,
+    ) -> Result<R, PortError> {
+        self.faults.enter(operation).await?;
+        let answer = self.with(f)?;
+        self.faults.leave(operation)?;
+        Ok(answer)
+    }
+
+    /// One batch call of `n` statements: its faults, then `f`, one answer per statement.
+    async fn call_all<R>(
+        &self,
+        n: usize,
+        f: impl FnOnce(&mut Records, bool) -> Vec<Result<R, PortError>>,
+    ) -> Vec<Result<R, PortError>> {
+        const OP: &str = "BatchExecuteStatement";
+        let fail = |e: PortError| (0..n).map(|_| Err(e.clone())).collect();
+        if let Err(e) = self.faults.enter(OP).await {
+            return fail(e);
+        }
+        let snapshot = self
+            .snapshot_batches
+            .load(std::sync::atomic::Ordering::SeqCst);
+        let answers = match self.with(|records| Ok(f(records, snapshot))) {
+            Ok(answers) => answers,
+            Err(e) => return fail(e),
+        };
+        match self.faults.leave(OP) {
+            Ok(()) => answers,
+            Err(e) => fail(e),
+        }
+    }
+}
+
+fn key_of(job_id: &str, stage: Stage) -> (String, &'static str) {
+    (job_id.to_owned(), stage.as_str())
+}
+
+/// The record a successful claim writes.
+fn claimed(claim: &Claim<'_>, now: Timestamp) -> JobState {
+    JobState {
+        job_id: claim.job_id.to_owned(),
+        stage: claim.stage,
+        progress: Progress::InProgress,
+        fingerprint: claim.fingerprint.to_owned(),
+        attempt: claim.attempt,
+        lease_until: claim.lease_until,
+        holder: claim.holder.to_owned(),
+        announced: false,
+        detail: None,
+        updated_at: now,
+        expires_at: now + RETENTION,
+    }
+}
+
+/// Whether attempt `attempt` still holds this record, so it may record its end.
+fn holds(record: Option<&JobState>, attempt: u32) -> bool {
+    record.is_some_and(|r| r.attempt == attempt && r.progress == Progress::InProgress)
+}
+
+fn apply_finish(record: &mut JobState, f: &Finish) {
+    record.progress = f.progress;
+    record.detail = f.detail.clone();
+    record.updated_at = f.now;
 }
 
 #[async_trait]
 impl JobStore for MemoryStore {
     async fn claim(&self, claim: &Claim<'_>, now: Timestamp) -> Result<ClaimOutcome, PortError> {
-        self.with(|records| {
-            let key = (claim.job_id.to_owned(), claim.stage.as_str());
+        self.call("PutItem", |records| {
+            let key = key_of(claim.job_id, claim.stage);
             let outcome = decide(records.get(&key), claim, now);
             if outcome == ClaimOutcome::Claimed {
-                records.insert(
-                    key,
-                    JobState {
-                        job_id: claim.job_id.to_owned(),
-                        stage: claim.stage,
-                        progress: Progress::InProgress,
-                        fingerprint: claim.fingerprint.to_owned(),
-                        attempt: claim.attempt,
-                        lease_until: claim.lease_until,
-                        holder: claim.holder.to_owned(),
-                        announced: false,
-                        detail: None,
-                        updated_at: now,
-                        expires_at: now + RETENTION,
-                    },
-                );
+                records.insert(key, claimed(claim, now));
             }
             Ok(outcome)
         })
+        .await
+    }
+
+    async fn claim_all(
+        &self,
+        claims: &[Claim<'_>],
+        now: Timestamp,
+    ) -> Vec<Result<ClaimOutcome, PortError>> {
+        self.call_all(claims.len(), |records, snapshot| {
+            let before = snapshot.then(|| records.clone());
+            claims
+                .iter()
+                .map(|claim| {
+                    let key = key_of(claim.job_id, claim.stage);
+                    let outcome =
+                        decide(before.as_ref().unwrap_or(&*records).get(&key), claim, now);
+                    if outcome == ClaimOutcome::Claimed {
+                        records.insert(key, claimed(claim, now));
+                    }
+                    Ok(outcome)
+                })
+                .collect()
+        })
+        .await
     }
 
     async fn finish(
@@ -315,30 +451,83 @@ impl JobStore for MemoryStore {
         detail: Option<Value>,
         now: Timestamp,
     ) -> Result<(), PortError> {
-        self.with(
-            |records| match records.get_mut(&(job_id.to_owned(), stage.as_str())) {
-                Some(r) if r.attempt == attempt && r.progress == Progress::InProgress => {
-                    r.progress = progress;
-                    r.detail = detail;
-                    r.updated_at = now;
+        let f = Finish {
+            job_id: job_id.to_owned(),
+            stage,
+            attempt,
+            progress,
+            detail,
+            now,
+        };
+        self.call("UpdateItem", |records| {
+            match records.get_mut(&key_of(job_id, stage)) {
+                Some(r) if holds(Some(r), attempt) => {
+                    apply_finish(r, &f);
                     Ok(())
                 }
                 _ => Err(lost_claim("finish", job_id)),
-            },
-        )
+            }
+        })
+        .await
+    }
+
+    async fn finish_all(&self, finishes: &[Finish]) -> Vec<Result<(), PortError>> {
+        self.call_all(finishes.len(), |records, snapshot| {
+            let before = snapshot.then(|| records.clone());
+            finishes
+                .iter()
+                .map(|f| {
+                    let key = key_of(&f.job_id, f.stage);
+                    if !holds(before.as_ref().unwrap_or(&*records).get(&key), f.attempt) {
+                        return Err(lost_claim("finish", &f.job_id));
+                    }
+                    match records.get_mut(&key) {
+                        Some(r) => {
+                            apply_finish(r, f);
+                            Ok(())
+                        }
+                        None => Err(lost_claim("finish", &f.job_id)),
+                    }
+                })
+                .collect()
+        })
+        .await
     }
 
     async fn announce(&self, job_id: &str, stage: Stage, now: Timestamp) -> Result<(), PortError> {
-        self.with(
-            |records| match records.get_mut(&(job_id.to_owned(), stage.as_str())) {
+        self.call("UpdateItem", |records| {
+            match records.get_mut(&key_of(job_id, stage)) {
                 Some(r) => {
                     r.announced = true;
                     r.updated_at = now;
                     Ok(())
                 }
                 None => Err(lost_claim("announce", job_id)),
-            },
-        )
+            }
+        })
+        .await
+    }
+
+    async fn announce_all(
+        &self,
+        jobs: &[(String, Stage)],
+        now: Timestamp,
+    ) -> Vec<Result<(), PortError>> {
+        self.call_all(jobs.len(), |records, _| {
+            jobs.iter()
+                .map(
+                    |(job_id, stage)| match records.get_mut(&key_of(job_id, *stage)) {
+                        Some(r) => {
+                            r.announced = true;
+                            r.updated_at = now;
+                            Ok(())
+                        }
+                        None => Err(lost_claim("announce", job_id)),
+                    },
+                )
+                .collect()
+        })
+        .await
     }
 
     async fn release(
@@ -349,8 +538,8 @@ impl JobStore for MemoryStore {
         holder: &str,
         now: Timestamp,
     ) -> Result<(), PortError> {
-        self.with(|records| {
-            if let Some(r) = records.get_mut(&(job_id.to_owned(), stage.as_str())) {
+        self.call("UpdateItem", |records| {
+            if let Some(r) = records.get_mut(&key_of(job_id, stage)) {
                 if r.progress == Progress::InProgress && r.attempt == attempt && r.holder == holder
                 {
                     r.lease_until = Timestamp::UNIX_EPOCH;
@@ -359,6 +548,7 @@ impl JobStore for MemoryStore {
             }
             Ok(())
         })
+        .await
     }
 
     async fn reopen(
@@ -368,8 +558,8 @@ impl JobStore for MemoryStore {
         attempt: u32,
         now: Timestamp,
     ) -> Result<(), PortError> {
-        self.with(|records| {
-            if let Some(r) = records.get_mut(&(job_id.to_owned(), stage.as_str())) {
+        self.call("UpdateItem", |records| {
+            if let Some(r) = records.get_mut(&key_of(job_id, stage)) {
                 r.progress = Progress::Retrying;
                 r.attempt = attempt;
                 r.announced = false;
@@ -377,10 +567,11 @@ impl JobStore for MemoryStore {
             }
             Ok(())
         })
+        .await
     }
 
     async fn get(&self, job_id: &str) -> Result<Vec<JobState>, PortError> {
-        self.with(|records| {
+        self.call("Query", |records| {
             let mut found: Vec<JobState> = records
                 .values()
                 .filter(|r| r.job_id == job_id)
@@ -389,6 +580,7 @@ impl JobStore for MemoryStore {
             found.sort_by_key(|r| r.stage.as_str());
             Ok(found)
         })
+        .await
     }
 }
 
@@ -416,6 +608,7 @@ mod tests {
             job_id: "job-1",
             stage: Stage::Processor,
             fingerprint: fp,
+            legacy_fingerprint: None,
             attempt,
             lease_until: at(lease),
             holder: "m1",
@@ -637,6 +830,83 @@ mod tests {
         let c = fingerprint(&json!({"job_type": "x", "message": {"a": 1, "b": 3}}));
         assert_eq!(a, b);
         assert_ne!(a, c);
+    }
+
+    #[test]
+    fn the_fingerprint_is_a_sha256_of_the_canonical_content() {
+        // printf '%s' '{"job_type":"x","message":{"a":1}}' | sha256sum
+        assert_eq!(
+            fingerprint(&json!({"message": {"a": 1}, "job_type": "x"})),
+            "3ab929ff8b86b571d6ff27ab1e850751a8f46132f11da30f892f15e4eef036e4"
+        );
+    }
+
+    #[test]
+    fn the_fingerprint_leaves_out_the_trace_context_a_sender_may_change() {
+        let job = json!({"job_type": "x", "message": {"a": 1}});
+        let mut nested = job.clone();
+        nested["trace_context"] = json!({"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "tracestate": "a=b"});
+        let mut flat = job.clone();
+        flat["traceparent"] = json!("00-5759e988bd862e3fe1be46a994272793-53995c3f42cd8ad8-01");
+        flat["tracestate"] = json!("c=d");
+        assert_eq!(fingerprint(&nested), fingerprint(&job));
+        assert_eq!(fingerprint(&flat), fingerprint(&job));
+        let mut nested_message = job.clone();
+        nested_message["message"]["traceparent"] = json!("x");
+        assert_ne!(
+            fingerprint(&nested_message),
+            fingerprint(&job),
+            "only the top-level fields"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_record_with_the_old_fingerprint_is_compared_the_old_way() {
+        let store = MemoryStore::default();
+        let job = json!({"job_type": "x", "message": {"a": 1},
+            "trace_context": {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}});
+        let (fp, old) = (fingerprint(&job), legacy_fingerprint(&job));
+        assert!(is_legacy(&old) && !is_legacy(&fp), "{old} {fp}");
+        // Written before the upgrade: the old function's fingerprint, ended and announced.
+        store
+            .claim(&claim(&old, 1, 60), at(0))
+            .await
+            .expect("store");
+        let done = Progress::Done(Some(JobStatus::Completed));
+        store
+            .finish("job-1", Stage::Processor, 1, done, None, at(1))
+            .await
+            .expect("store");
+        store
+            .announce("job-1", Stage::Processor, at(2))
+            .await
+            .expect("store");
+        let again = Claim {
+            legacy_fingerprint: Some(&old),
+            ..claim(&fp, 1, 60)
+        };
+        assert_eq!(
+            store.claim(&again, at(3)).await.expect("store"),
+            ClaimOutcome::Duplicate {
+                progress: done,
+                announced: true
+            },
+            "the same job, recognised by the old function"
+        );
+        let other = json!({"job_type": "x", "message": {"a": 2}});
+        let (other_fp, other_old) = (fingerprint(&other), legacy_fingerprint(&other));
+        let reused = Claim {
+            legacy_fingerprint: Some(&other_old),
+            ..claim(&other_fp, 1, 60)
+        };
+        assert_eq!(
+            store.claim(&reused, at(4)).await.expect("store"),
+            ClaimOutcome::Conflict { fingerprint: old },
+            "other content under the id still conflicts"
+        );
+        // Only the old shape is read the old way: a stored value that is not 16 hex
+        // digits must equal the new fingerprint.
+        assert!(!is_legacy("0123456789abcdeg") && !is_legacy(&fp[..15]));
     }
 
     #[test]

@@ -1,16 +1,77 @@
-//! In-memory ports: they record what was sent and can refuse chosen messages, so
-//! handler tests cover partial failures without an emulator.
+//! In-memory ports: they record what was sent and fail the way AWS fails, so handler
+//! tests cover partial failures without an emulator.
+//!
+//! Like SQS and SNS, the queue and the topic refuse a batch call of more than
+//! [`MAX_BATCH`] entries or more than [`MAX_BATCH_BYTES`] in total (whole), and an entry
+//! over [`MAX_MESSAGE_BYTES`], with a character SQS does not allow
+//! ([`crate::ports::sqs_allows`]: `InvalidMessageContents`) or with an empty attribute
+//! value. The topic checks what SNS would deliver to an SQS subscriber. Each also has
+//! [`Faults`]: refuse whole calls, lose the answer of a call that took effect, or be slow.
 
 use crate::messages::{DeadLetter, EnrichedJob, Notification};
-use crate::ports::{MessageQueue, OutgoingMessage, PortError, Receipt, Topic, MAX_BATCH};
+use crate::ports::{
+    sqs_allows, Faults, MessageQueue, OutgoingMessage, PortError, Receipt, Topic, MAX_BATCH,
+    MAX_BATCH_BYTES, MAX_MESSAGE_BYTES,
+};
+use crate::record::notification_message;
 use async_trait::async_trait;
 use std::sync::Mutex;
 
-fn refused(operation: &'static str) -> PortError {
+fn refused(operation: &'static str, message: impl Into<String>) -> PortError {
     PortError::Refused {
         operation,
-        message: "refused by the test".into(),
+        message: message.into(),
     }
+}
+
+/// Why SQS would refuse a whole batch call of these messages, if it would.
+pub fn batch_refusal(messages: &[OutgoingMessage]) -> Option<String> {
+    let total: usize = messages.iter().map(OutgoingMessage::size).sum();
+    if messages.len() > MAX_BATCH {
+        Some(format!(
+            "TooManyEntriesInBatchRequest: {} entries, at most {MAX_BATCH}",
+            messages.len()
+        ))
+    } else if total > MAX_BATCH_BYTES {
+        Some(format!(
+            "BatchRequestTooLong: {total} bytes in all, at most {MAX_BATCH_BYTES}"
+        ))
+    } else {
+        None
+    }
+}
+
+/// Why SQS would refuse this message, if it would.
+pub fn message_refusal(m: &OutgoingMessage) -> Option<String> {
+    if m.size() > MAX_MESSAGE_BYTES {
+        return Some(format!(
+            "MessageTooLong: {} bytes, at most {MAX_MESSAGE_BYTES}",
+            m.size()
+        ));
+    }
+    if m.body.is_empty() {
+        return Some("InvalidParameterValue: the message body is empty".into());
+    }
+    if let Some(c) = m.body.chars().find(|c| !sqs_allows(*c)) {
+        return Some(format!(
+            "InvalidMessageContents: the body holds the character U+{:04X}",
+            u32::from(c)
+        ));
+    }
+    for (name, value) in &m.attributes {
+        if value.is_empty() {
+            return Some(format!(
+                "InvalidParameterValue: message attribute {name} has an empty value"
+            ));
+        }
+        if let Some(c) = value.chars().find(|c| !sqs_allows(*c)) {
+            return Some(format!(
+                "InvalidMessageContents: message attribute {name} holds the character U+{:04X}",
+                u32::from(c)
+            ));
+        }
+    }
+    None
 }
 
 /// A queue in memory. Messages whose body contains one of `refuse` are refused.
@@ -20,7 +81,9 @@ pub struct MemoryQueue {
     /// Records made visible again early, as the handler asked.
     pub released: Mutex<Vec<Receipt>>,
     pub refuse: Mutex<Vec<String>>,
+    /// The size of each batch call, refused ones included.
     pub batches: Mutex<Vec<usize>>,
+    pub faults: Faults,
 }
 
 impl MemoryQueue {
@@ -57,32 +120,44 @@ impl MemoryQueue {
 #[async_trait]
 impl MessageQueue for MemoryQueue {
     async fn send_batch(&self, messages: &[OutgoingMessage]) -> Vec<Result<(), PortError>> {
-        assert!(
-            messages.len() <= MAX_BATCH,
-            "batch of {} exceeds {MAX_BATCH}",
-            messages.len()
-        );
+        const OP: &str = "SendMessageBatch";
         self.batches.lock().expect("lock").push(messages.len());
+        if let Err(e) = self.faults.enter(OP).await {
+            return messages.iter().map(|_| Err(e.clone())).collect();
+        }
+        if let Some(why) = batch_refusal(messages) {
+            return messages
+                .iter()
+                .map(|_| Err(refused(OP, why.clone())))
+                .collect();
+        }
         let refuse = self.refuse.lock().expect("lock").clone();
-        messages
+        let results: Vec<Result<(), PortError>> = messages
             .iter()
             .map(|m| {
                 if refuse.iter().any(|p| m.body.contains(p.as_str())) {
-                    Err(refused("SendMessageBatch"))
+                    Err(refused(OP, "refused by the test"))
+                } else if let Some(why) = message_refusal(m) {
+                    Err(refused(OP, why))
                 } else {
                     self.sent.lock().expect("lock").push(m.clone());
                     Ok(())
                 }
             })
-            .collect()
+            .collect();
+        match self.faults.leave(OP) {
+            Ok(()) => results,
+            Err(e) => results.into_iter().map(|_| Err(e.clone())).collect(),
+        }
     }
 
     async fn retry_later(&self, receipts: &[Receipt]) -> Result<(), PortError> {
+        self.faults.enter("ChangeMessageVisibilityBatch").await?;
         self.released
             .lock()
             .expect("lock")
             .extend_from_slice(receipts);
-        Ok(())
+        self.faults.leave("ChangeMessageVisibilityBatch")
     }
 }
 
@@ -91,8 +166,9 @@ impl MessageQueue for MemoryQueue {
 pub struct MemoryTopic {
     pub published: Mutex<Vec<Notification>>,
     pub refuse: Mutex<Vec<String>>,
-    /// The size of each `publish_all` call.
+    /// The size of each batch call, refused ones included.
     pub batches: Mutex<Vec<usize>>,
+    pub faults: Faults,
 }
 
 impl MemoryTopic {
@@ -105,33 +181,46 @@ impl MemoryTopic {
     pub fn notifications(&self) -> Vec<Notification> {
         self.published.lock().expect("lock").clone()
     }
+
+    /// Publishes one notification, or says why not; no faults.
+    fn take(&self, operation: &'static str, n: &Notification) -> Result<(), PortError> {
+        if self.refuse.lock().expect("lock").contains(&n.job_id) {
+            return Err(refused(operation, "refused by the test"));
+        }
+        if let Some(why) = message_refusal(&notification_message(n)) {
+            return Err(refused(operation, why));
+        }
+        self.published.lock().expect("lock").push(n.clone());
+        Ok(())
+    }
 }
 
 #[async_trait]
 impl Topic for MemoryTopic {
-    async fn publish_all(&self, notifications: &[Notification]) -> Vec<Result<(), PortError>> {
+    async fn publish_batch(&self, notifications: &[Notification]) -> Vec<Result<(), PortError>> {
+        const OP: &str = "PublishBatch";
         self.batches.lock().expect("lock").push(notifications.len());
-        let mut results = Vec::with_capacity(notifications.len());
-        for n in notifications {
-            results.push(self.publish(n).await);
+        if let Err(e) = self.faults.enter(OP).await {
+            return notifications.iter().map(|_| Err(e.clone())).collect();
         }
-        results
+        let wire: Vec<OutgoingMessage> = notifications.iter().map(notification_message).collect();
+        if let Some(why) = batch_refusal(&wire) {
+            return notifications
+                .iter()
+                .map(|_| Err(refused(OP, why.clone())))
+                .collect();
+        }
+        let results: Vec<_> = notifications.iter().map(|n| self.take(OP, n)).collect();
+        match self.faults.leave(OP) {
+            Ok(()) => results,
+            Err(e) => results.into_iter().map(|_| Err(e.clone())).collect(),
+        }
     }
 
     async fn publish(&self, notification: &Notification) -> Result<(), PortError> {
-        if self
-            .refuse
-            .lock()
-            .expect("lock")
-            .contains(&notification.job_id)
-        {
-            return Err(refused("Publish"));
-        }
-        self.published
-            .lock()
-            .expect("lock")
-            .push(notification.clone());
-        Ok(())
+        self.faults.enter("Publish").await?;
+        self.take("Publish", notification)?;
+        self.faults.leave("Publish")
     }
 }
 
@@ -243,5 +332,160 @@ pub mod exporters {
         fn temporality(&self) -> Temporality {
             Temporality::Cumulative
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::messages::{JobStatus, Stage};
+    use crate::state::{Claim, ClaimOutcome, JobStore, MemoryStore};
+    use std::time::Duration;
+
+    fn message(body: &str) -> OutgoingMessage {
+        OutgoingMessage {
+            body: body.to_owned(),
+            attributes: vec![("job_id", "job-1".into())],
+            delay_seconds: 0,
+        }
+    }
+
+    fn note(job_id: &str, result: &str) -> Notification {
+        Notification {
+            job_id: job_id.into(),
+            job_type: None,
+            status: JobStatus::Completed,
+            stage: Stage::Processor,
+            attempts: 1,
+            errors: Vec::new(),
+            result: Some(serde_json::Value::from(result)),
+            timestamp: chrono::Utc::now(),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_queue_refuses_what_sqs_refuses() {
+        let q = MemoryQueue::default();
+        let eleven: Vec<_> = (0..11).map(|_| message("{}")).collect();
+        assert!(q.send_batch(&eleven).await.iter().all(Result::is_err));
+        let big = "x".repeat(MAX_MESSAGE_BYTES / 2);
+        let too_much = [message(&big), message(&big)];
+        let refused = q.send_batch(&too_much).await;
+        assert!(refused.iter().all(|r| {
+            matches!(r, Err(PortError::Refused { message, .. }) if message.starts_with("BatchRequestTooLong"))
+        }));
+        assert!(
+            q.sent.lock().expect("lock").is_empty(),
+            "a refused call takes no effect"
+        );
+
+        let mut empty_attribute = message("{}");
+        empty_attribute.attributes[0].1.clear();
+        let mixed = [
+            message("{\"ok\":1}"),
+            message("{\"bad\":\"\u{ffff}\"}"),
+            empty_attribute,
+            message(&"x".repeat(MAX_MESSAGE_BYTES + 1)),
+        ];
+        let results = q.send_batch(&mixed[..3]).await;
+        assert!(results[0].is_ok());
+        assert!(
+            matches!(&results[1], Err(PortError::Refused { message, .. }) if message.starts_with("InvalidMessageContents")),
+            "{results:?}"
+        );
+        assert!(results[2].is_err());
+        assert!(
+            q.send_batch(&mixed[3..]).await[0].is_err(),
+            "one message over the limit"
+        );
+        assert_eq!(q.bodies(), ["{\"ok\":1}"]);
+    }
+
+    #[tokio::test]
+    async fn a_refused_call_takes_no_effect_and_a_lost_answer_did() {
+        let q = MemoryQueue::default();
+        q.faults.refuse_calls(1);
+        assert!(q.send_batch(&[message("{\"n\":1}")]).await[0].is_err());
+        assert!(q.bodies().is_empty());
+        q.faults.lose_answers(1);
+        let lost = q.send_batch(&[message("{\"n\":2}")]).await;
+        assert!(matches!(lost[0], Err(PortError::Unreachable { .. })));
+        assert_eq!(
+            q.bodies(),
+            ["{\"n\":2}"],
+            "sent although the caller got an error"
+        );
+        assert!(q.send_batch(&[message("{\"n\":3}")]).await[0].is_ok());
+
+        let t = MemoryTopic::default();
+        t.faults.lose_answers(1);
+        assert!(t.publish(&note("job-1", "r")).await.is_err());
+        assert_eq!(t.notifications().len(), 1);
+
+        let store = MemoryStore::default();
+        let at = chrono::Utc::now();
+        let claim = Claim {
+            job_id: "job-1",
+            stage: Stage::Processor,
+            fingerprint: "fp",
+            legacy_fingerprint: None,
+            attempt: 1,
+            lease_until: at + chrono::TimeDelta::seconds(60),
+            holder: "m1",
+        };
+        store.faults.lose_answers(1);
+        assert!(store.claim(&claim, at).await.is_err());
+        assert_eq!(store.get("job-1").await.expect("store").len(), 1, "written");
+        store.faults.refuse_calls(1);
+        let refused = store.claim_all(&[claim.clone(), claim.clone()], at).await;
+        assert!(refused.iter().all(Result::is_err), "a batch refused whole");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_port_answers_late() {
+        let q = MemoryQueue::default();
+        q.faults.slow_down(Duration::from_secs(7));
+        let started = tokio::time::Instant::now();
+        assert!(q.send_batch(&[message("{}")]).await[0].is_ok());
+        assert_eq!(started.elapsed(), Duration::from_secs(7));
+    }
+
+    #[tokio::test]
+    async fn the_topic_refuses_a_batch_too_large_in_all() {
+        let t = MemoryTopic::default();
+        let big = "x".repeat(MAX_BATCH_BYTES / 3);
+        let notes: Vec<_> = (0..4).map(|i| note(&format!("job-{i}"), &big)).collect();
+        assert!(t.publish_batch(&notes).await.iter().all(Result::is_err));
+        assert!(t.notifications().is_empty());
+        assert!(t.publish_batch(&notes[..2]).await.iter().all(Result::is_ok));
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_store_lets_two_claims_of_one_new_job_in_one_batch_through() {
+        let store = MemoryStore::default();
+        store
+            .snapshot_batches
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let at = chrono::Utc::now();
+        let claim = |holder| Claim {
+            job_id: "job-1",
+            stage: Stage::Ingester,
+            fingerprint: "fp",
+            legacy_fingerprint: None,
+            attempt: 1,
+            lease_until: at + chrono::TimeDelta::seconds(60),
+            holder,
+        };
+        let answers = store.claim_all(&[claim("m1"), claim("m2")], at).await;
+        assert_eq!(
+            answers,
+            [Ok(ClaimOutcome::Claimed), Ok(ClaimOutcome::Claimed)],
+            "as the emulator answered"
+        );
+        assert_eq!(
+            store.claim(&claim("m3"), at).await,
+            Ok(ClaimOutcome::Stale),
+            "single calls decide against the table as it is"
+        );
     }
 }

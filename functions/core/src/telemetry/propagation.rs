@@ -77,22 +77,61 @@ pub fn from_xray(header: &str) -> Option<Context> {
         .then(|| Context::new().with_remote_span_context(sc))
 }
 
-/// Trace context a sender put in a job detail: `trace_context.traceparent` (the
-/// shape of [`TraceContext`]) or a top-level `traceparent`. Other fields are ignored.
-pub fn detail_trace_context(detail: &Value) -> Option<TraceContext> {
-    let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_owned);
-    if let Some(tc) = detail.get("trace_context") {
-        if let Some(traceparent) = text(tc.get("traceparent")) {
-            return Some(TraceContext {
-                traceparent,
-                tracestate: text(tc.get("tracestate")),
-            });
+/// The top-level fields of a job detail that [`detail_trace_context`] reads: transport,
+/// not the job's content, so the job's fingerprint leaves them out.
+pub const DETAIL_FIELDS: [&str; 3] = ["trace_context", "traceparent", "tracestate"];
+
+/// Whether `s` is a W3C `traceparent` of version `00`: `00-<trace id>-<parent id>-<flags>`
+/// with 32, 16 and 2 lowercase hex digits, neither id all zeros. Nothing else is
+/// passed on (as a message attribute, or in a message), whatever a sender wrote.
+pub fn valid_traceparent(s: &str) -> bool {
+    let hex = |part: &str, len: usize| {
+        part.len() == len && part.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    };
+    let not_zero = |part: &str| part.bytes().any(|b| b != b'0');
+    let mut parts = s.split('-');
+    match (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) {
+        (Some("00"), Some(trace), Some(parent), Some(flags), None) => {
+            hex(trace, 32)
+                && not_zero(trace)
+                && hex(parent, 16)
+                && not_zero(parent)
+                && hex(flags, 2)
         }
+        _ => false,
     }
-    Some(TraceContext {
-        traceparent: text(detail.get("traceparent"))?,
-        tracestate: text(detail.get("tracestate")),
-    })
+}
+
+/// Whether a `tracestate` is worth carrying on: at most 512 characters (the W3C limit
+/// for propagating it), all printable ASCII.
+fn valid_tracestate(s: &str) -> bool {
+    s.len() <= 512 && s.bytes().all(|b| (0x20..=0x7e).contains(&b))
+}
+
+/// Trace context a sender put in a job detail: `trace_context.traceparent` (the
+/// shape of [`TraceContext`]) or a top-level `traceparent` ([`DETAIL_FIELDS`]), if it
+/// is a [`valid_traceparent`]; an invalid one is dropped (the job runs on a new trace,
+/// or none), and so is a `tracestate` that is not [`valid_tracestate`].
+pub fn detail_trace_context(detail: &Value) -> Option<TraceContext> {
+    let read = |holder: Option<&Value>| {
+        let holder = holder?;
+        let traceparent = holder.get("traceparent")?.as_str()?;
+        valid_traceparent(traceparent).then(|| TraceContext {
+            traceparent: traceparent.to_owned(),
+            tracestate: holder
+                .get("tracestate")
+                .and_then(Value::as_str)
+                .filter(|s| valid_tracestate(s))
+                .map(str::to_owned),
+        })
+    };
+    read(detail.get("trace_context")).or_else(|| read(Some(detail)))
 }
 
 /// The context an SQS record carries as transport metadata: the `traceparent`
@@ -145,6 +184,40 @@ mod tests {
         assert!(sc.is_sampled() && sc.is_remote());
         assert!(from_xray("Root=1-5759e988-bd862e3fe1be46a994272793").is_none());
         assert!(from_xray("Root=2-x-y;Parent=53995c3f42cd8ad8").is_none());
+    }
+
+    #[test]
+    fn only_a_well_formed_version_00_traceparent_is_valid() {
+        assert!(valid_traceparent(TP));
+        for bad in [
+            "",
+            "00-garbage",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-600f067aa0ba902b7-01",
+            " 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0\u{ffff}",
+        ] {
+            assert!(!valid_traceparent(bad), "{bad:?}");
+        }
+        let kept = detail_trace_context(&json!({"traceparent": TP, "tracestate": "a=\u{7}"}))
+            .expect("valid");
+        assert_eq!(
+            kept.tracestate, None,
+            "an unprintable tracestate is dropped"
+        );
+        assert_eq!(
+            detail_trace_context(
+                &json!({"trace_context": {"traceparent": "x"}, "traceparent": TP})
+            )
+            .map(|tc| tc.traceparent),
+            Some(TP.to_owned()),
+            "a valid top-level one is used when the nested one is not"
+        );
     }
 
     #[test]
