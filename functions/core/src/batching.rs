@@ -255,12 +255,10 @@ impl<S: JobStore> JobStore for Batching<S> {
 
     async fn reopen(
         &self,
-        job_id: &str,
-        stage: Stage,
-        attempt: u32,
+        reopen: &crate::state::Reopen<'_>,
         now: Timestamp,
-    ) -> Result<(), PortError> {
-        self.inner.reopen(job_id, stage, attempt, now).await
+    ) -> Result<crate::state::Reopened, PortError> {
+        self.inner.reopen(reopen, now).await
     }
 
     async fn get(&self, job_id: &str) -> Result<Vec<JobState>, PortError> {
@@ -377,12 +375,10 @@ mod tests {
         }
         async fn reopen(
             &self,
-            job_id: &str,
-            stage: Stage,
-            attempt: u32,
+            reopen: &crate::state::Reopen<'_>,
             now: Timestamp,
-        ) -> Result<(), PortError> {
-            self.store.reopen(job_id, stage, attempt, now).await
+        ) -> Result<crate::state::Reopened, PortError> {
+            self.store.reopen(reopen, now).await
         }
         async fn get(&self, job_id: &str) -> Result<Vec<JobState>, PortError> {
             self.store.get(job_id).await

@@ -15,7 +15,8 @@
 use crate::messages::Stage;
 use crate::ports::PortError;
 use crate::state::{
-    decide, lost_claim, Claim, ClaimOutcome, Finish, JobState, JobStore, Progress, RETENTION,
+    decide, decide_reopen, lost_claim, Claim, ClaimOutcome, Finish, JobState, JobStore, Progress,
+    Reopen, Reopened, RETENTION,
 };
 use crate::Timestamp;
 use async_trait::async_trait;
@@ -477,33 +478,53 @@ impl JobStore for DynamoStore {
         }
     }
 
-    async fn reopen(
-        &self,
-        job_id: &str,
-        stage: Stage,
-        attempt: u32,
-        now: Timestamp,
-    ) -> Result<(), PortError> {
-        let update = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(key(stage, job_id)))
-            .update_expression(
-                "SET progress = :retrying, attempt = :a, announced = :f, updated_ms = :u",
-            )
-            .condition_expression("attribute_exists(pk)")
-            .expression_attribute_values(":retrying", s(Progress::Retrying.as_str()))
-            .expression_attribute_values(":a", n(attempt))
-            .expression_attribute_values(":f", AttributeValue::Bool(false))
-            .expression_attribute_values(":u", n(now.timestamp_millis()))
-            .send()
-            .await;
-        match update {
-            Ok(_) => Ok(()),
-            Err(e) if is_condition_failure(&e) => Ok(()), // never claimed: nothing to reopen
-            Err(e) => Err(port_error("UpdateItem", e)),
+    /// Reads the record, decides by [`decide_reopen`], and writes only if the item is
+    /// still the one read (same `updated_ms`, progress and attempt); if it changed in
+    /// between, decides again on what it became.
+    async fn reopen(&self, reopen: &Reopen<'_>, now: Timestamp) -> Result<Reopened, PortError> {
+        for _ in 0..3 {
+            let current = self.read(reopen.job_id, reopen.stage).await?;
+            let decided = decide_reopen(current.as_ref(), reopen);
+            let (Reopened::Now, Some(seen)) = (&decided, current) else {
+                return Ok(decided);
+            };
+            let update = self
+                .client
+                .update_item()
+                .table_name(&self.table)
+                .key("pk", s(key(reopen.stage, reopen.job_id)))
+                .update_expression(
+                    "SET progress = :retrying, attempt = :a, holder = :by, announced = :f, \
+                     updated_ms = :u",
+                )
+                .condition_expression(
+                    "progress = :done AND attempt = :ended AND fingerprint = :fp \
+                     AND updated_ms = :seen",
+                )
+                .expression_attribute_values(":retrying", s(Progress::Retrying.as_str()))
+                .expression_attribute_values(":a", n(reopen.below))
+                .expression_attribute_values(":by", s(reopen.by))
+                .expression_attribute_values(":f", AttributeValue::Bool(false))
+                .expression_attribute_values(":u", n(now.timestamp_millis()))
+                .expression_attribute_values(":done", s(seen.progress.as_str()))
+                .expression_attribute_values(":ended", n(seen.attempt))
+                .expression_attribute_values(":fp", s(reopen.fingerprint))
+                .expression_attribute_values(":seen", n(seen.updated_at.timestamp_millis()))
+                .send()
+                .await;
+            match update {
+                Ok(_) => return Ok(Reopened::Now),
+                Err(e) if is_condition_failure(&e) => continue, // changed since the read
+                Err(e) => return Err(port_error("UpdateItem", e)),
+            }
         }
+        Err(PortError::Refused {
+            operation: "UpdateItem",
+            message: format!(
+                "job {} kept changing while it was being reopened; try again",
+                reopen.job_id
+            ),
+        })
     }
 
     async fn get(&self, job_id: &str) -> Result<Vec<JobState>, PortError> {

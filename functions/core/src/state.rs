@@ -10,7 +10,7 @@
 //! The claim also carries a fingerprint of the job's content: a job id reused for
 //! different content is a [`ClaimOutcome::Conflict`], not a silent skip.
 
-use crate::messages::{JobStatus, Stage};
+use crate::messages::{ErrorEntry, JobStatus, Stage};
 use crate::Timestamp;
 use async_trait::async_trait;
 use chrono::TimeDelta;
@@ -197,15 +197,11 @@ pub trait JobStore: Send + Sync {
         now: Timestamp,
     ) -> Result<(), PortError>;
 
-    /// Lets a finished job be claimed again by any attempt above `attempt`: an operator
-    /// redriving it from the dead-letter queue. A job with no record needs nothing.
-    async fn reopen(
-        &self,
-        job_id: &str,
-        stage: Stage,
-        attempt: u32,
-        now: Timestamp,
-    ) -> Result<(), PortError>;
+    /// Lets a finished job be claimed again by any attempt above `reopen.below`: an
+    /// operator redriving one dead letter. Only the end that letter was written for is
+    /// reopened, and only once (see [`decide_reopen`]); the answer says what to do with
+    /// the letter.
+    async fn reopen(&self, reopen: &Reopen<'_>, now: Timestamp) -> Result<Reopened, PortError>;
 
     /// Every stage's record of a job, for operators.
     async fn get(&self, job_id: &str) -> Result<Vec<JobState>, PortError>;
@@ -245,6 +241,100 @@ pub fn decide(current: Option<&JobState>, claim: &Claim<'_>, now: Timestamp) -> 
         Progress::Retrying if claim.attempt > cur.attempt => ClaimOutcome::Claimed,
         Progress::Retrying => ClaimOutcome::Stale,
     }
+}
+
+/// An operator's request to reopen the end one dead letter was written for.
+#[derive(Debug, Clone)]
+pub struct Reopen<'a> {
+    pub job_id: &'a str,
+    pub stage: Stage,
+    /// The fingerprint of the letter's job: a record of other content is not its job's.
+    pub fingerprint: &'a str,
+    /// The end the letter reports, and the attempt the record holds at that end.
+    pub status: JobStatus,
+    pub attempt: u32,
+    /// The letter's last error: it tells this end from a later one of the same attempt
+    /// (the ingester's attempt is always 1).
+    pub last_error: Option<&'a ErrorEntry>,
+    /// The attempt the reopened record is left at; the redriven copy claims above it.
+    pub below: u32,
+    /// The SQS message id of the dead letter, kept as the reopened record's holder so
+    /// a rerun of the same letter's redrive can tell its own reopening from another's.
+    pub by: &'a str,
+}
+
+/// What a [`Reopen`] found, and so what becomes of the dead letter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reopened {
+    /// The record held the letter's end and is reopened now: send the copy, then
+    /// delete the letter.
+    Now,
+    /// This letter's own earlier redrive reopened the record and nothing claimed it
+    /// since, so its copy may never have gone out: send it again (the claim makes one
+    /// run of two copies), then delete the letter.
+    Already,
+    /// The job has no record (its letter was written without one): send the copy.
+    NoRecord,
+    /// The end this letter was written for was reopened already (by another copy of
+    /// it, or an earlier redrive whose delete was lost), and the job ran or runs again:
+    /// the letter is a stale copy. Delete it without sending: the job's current end,
+    /// if any, has its own letter.
+    Stale(String),
+    /// The record does not belong to this letter (another job's content holds the id),
+    /// or is in a state no redrive explains: keep the letter, touch nothing.
+    Keep(String),
+}
+
+/// Decides a reopen against the current record, for every store alike.
+pub fn decide_reopen(current: Option<&JobState>, reopen: &Reopen<'_>) -> Reopened {
+    let Some(cur) = current else {
+        return Reopened::NoRecord;
+    };
+    if cur.fingerprint != reopen.fingerprint {
+        return Reopened::Keep(format!(
+            "job {} now names other content (fingerprint {}, the letter's {}); send it again with a new id",
+            reopen.job_id, cur.fingerprint, reopen.fingerprint
+        ));
+    }
+    let stored_last_error = cur
+        .detail
+        .as_ref()
+        .and_then(|d| d.get("errors"))
+        .and_then(|e| serde_json::from_value::<Vec<ErrorEntry>>(e.clone()).ok())
+        .map(|mut errors| errors.pop());
+    // A detail that cannot be read says nothing against the letter.
+    let same_end = stored_last_error.is_none_or(|last| last.as_ref() == reopen.last_error);
+    if cur.progress == Progress::Done(Some(reopen.status)) && cur.attempt == reopen.attempt {
+        if same_end {
+            return Reopened::Now;
+        }
+        if reopen.stage == Stage::Processor {
+            return Reopened::Keep(format!(
+                "job {} ended {} at attempt {} with another error than this letter's",
+                reopen.job_id,
+                reopen.status.as_str(),
+                reopen.attempt
+            ));
+        }
+    }
+    if cur.progress == Progress::Retrying && cur.attempt == reopen.below && cur.holder == reopen.by
+    {
+        return Reopened::Already;
+    }
+    // A tracked end is recorded before its letter is stored, and only a reopen takes a
+    // record out of its end: anything else means the job moved on since this letter.
+    if cur.attempt < reopen.attempt && reopen.stage == Stage::Processor {
+        return Reopened::Keep(format!(
+            "job {} is at attempt {}, before this letter's attempt {}",
+            reopen.job_id, cur.attempt, reopen.attempt
+        ));
+    }
+    Reopened::Stale(format!(
+        "job {} was redriven already and is now {} at attempt {}",
+        reopen.job_id,
+        cur.progress.as_str(),
+        cur.attempt
+    ))
 }
 
 /// A content fingerprint: FNV-1a over the job's canonical JSON (keys sorted).
@@ -361,21 +451,20 @@ impl JobStore for MemoryStore {
         })
     }
 
-    async fn reopen(
-        &self,
-        job_id: &str,
-        stage: Stage,
-        attempt: u32,
-        now: Timestamp,
-    ) -> Result<(), PortError> {
+    async fn reopen(&self, reopen: &Reopen<'_>, now: Timestamp) -> Result<Reopened, PortError> {
         self.with(|records| {
-            if let Some(r) = records.get_mut(&(job_id.to_owned(), stage.as_str())) {
-                r.progress = Progress::Retrying;
-                r.attempt = attempt;
-                r.announced = false;
-                r.updated_at = now;
+            let key = (reopen.job_id.to_owned(), reopen.stage.as_str());
+            let decided = decide_reopen(records.get(&key), reopen);
+            if decided == Reopened::Now {
+                if let Some(r) = records.get_mut(&key) {
+                    r.progress = Progress::Retrying;
+                    r.attempt = reopen.below;
+                    r.holder = reopen.by.to_owned();
+                    r.announced = false;
+                    r.updated_at = now;
+                }
             }
-            Ok(())
+            Ok(decided)
         })
     }
 
@@ -586,10 +675,20 @@ mod tests {
             .finish("job-1", Stage::Processor, 3, failed, None, at(1))
             .await
             .expect("store");
-        store
-            .reopen("job-1", Stage::Processor, 3, at(2))
-            .await
-            .expect("store");
+        let reopen = Reopen {
+            job_id: "job-1",
+            stage: Stage::Processor,
+            fingerprint: "a",
+            status: JobStatus::Failed,
+            attempt: 3,
+            last_error: None,
+            below: 3,
+            by: "dl-1",
+        };
+        assert_eq!(
+            store.reopen(&reopen, at(2)).await.expect("store"),
+            Reopened::Now
+        );
         assert_eq!(
             store.claim(&claim("a", 3, 60), at(3)).await.expect("store"),
             ClaimOutcome::Stale
