@@ -210,6 +210,40 @@ pub fn guard_config() -> Result<GuardConfig, ConfigError> {
     })
 }
 
+/// The processor's `DEADLINE_MARGIN_MS`: time kept back from the deadline for a job's
+/// ending. By default just enough for one ending under `CALL_TIMEOUT_MS`
+/// ([`crate::processor::ending_reserve`]); a margin below that is refused.
+pub fn deadline_margin(guard: &GuardConfig) -> Result<Duration, ConfigError> {
+    let least = crate::processor::ending_reserve(guard.call_timeout);
+    let margin = Duration::from_millis(number_or(
+        "DEADLINE_MARGIN_MS",
+        u64::try_from(least.as_millis()).unwrap_or(u64::MAX),
+    )?);
+    check_deadline_margin(margin, guard.call_timeout)
+}
+
+/// Refuses a margin that cannot hold one ending of calls that may each take
+/// `call_timeout`, naming both variables.
+pub fn check_deadline_margin(
+    margin: Duration,
+    call_timeout: Duration,
+) -> Result<Duration, ConfigError> {
+    let least = crate::processor::ending_reserve(call_timeout);
+    if margin < least {
+        return Err(ConfigError::Invalid {
+            name: "DEADLINE_MARGIN_MS",
+            expected: "at least 4 x CALL_TIMEOUT_MS + 1000 (an ending's four calls: end state, dead letter, publish, mark)",
+            value: format!(
+                "{} with CALL_TIMEOUT_MS={}, which needs {}",
+                margin.as_millis(),
+                call_timeout.as_millis(),
+                least.as_millis()
+            ),
+        });
+    }
+    Ok(margin)
+}
+
 /// One client per AWS service, built once at start-up and shared by every port of that
 /// service, each port behind its own timeout and circuit breaker.
 #[derive(Debug, Clone)]
@@ -575,6 +609,28 @@ mod tests {
         assert_eq!(certs.len(), 5);
         // A DER certificate is a SEQUENCE with a two-byte length: 0x30 0x82.
         assert!(certs.iter().all(|c| c.as_ref().starts_with(&[0x30, 0x82])));
+    }
+
+    #[test]
+    fn a_deadline_margin_that_cannot_hold_one_ending_is_refused_naming_both_variables() {
+        let five = Duration::from_secs(5);
+        let err = check_deadline_margin(Duration::from_secs(3), five).expect_err("refused");
+        let text = err.to_string();
+        assert!(
+            text.contains("DEADLINE_MARGIN_MS") && text.contains("CALL_TIMEOUT_MS=5000"),
+            "{text}"
+        );
+        assert_eq!(
+            check_deadline_margin(Duration::from_secs(21), five).ok(),
+            Some(Duration::from_secs(21))
+        );
+        // The default is just enough.
+        let guard = GuardConfig::default();
+        std::env::remove_var("DEADLINE_MARGIN_MS");
+        assert_eq!(
+            deadline_margin(&guard).ok(),
+            Some(crate::processor::ending_reserve(guard.call_timeout))
+        );
     }
 
     #[test]

@@ -29,13 +29,27 @@ use tracing::{info, warn, Instrument};
 /// Settings that change the processor's decisions.
 #[derive(Debug, Clone)]
 pub struct ProcessorConfig {
-    /// Time kept back from the Lambda deadline to dead-letter and announce a job that
-    /// could not finish.
+    /// Time kept back from the Lambda deadline for the job's ending, which must fit in
+    /// it whatever the job did: at least [`ending_reserve`] of the call timeout.
     pub deadline_margin: Duration,
     /// How failed attempts are retried.
     pub retry: RetryPolicy,
     /// Honour the `fault` a job asks for (demos and tests only).
     pub fault_injection: bool,
+}
+
+/// The most calls one ending makes: record the end, store the dead letter, publish,
+/// mark announced (see [`crate::ending`]).
+pub const ENDING_CALLS: u32 = 4;
+
+/// Slack on top of the ending's calls, for the work between them.
+pub const ENDING_SLACK: Duration = Duration::from_secs(1);
+
+/// The least time an ending needs when each call may take up to `call_timeout`: the
+/// smallest deadline margin that keeps a job sized to its budget from being cut off
+/// mid-ending (and announced again after the visibility timeout).
+pub fn ending_reserve(call_timeout: Duration) -> Duration {
+    call_timeout.saturating_mul(ENDING_CALLS) + ENDING_SLACK
 }
 
 /// The longest wait before looking again at a job whose previous attempt has not yet
@@ -106,6 +120,9 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Processor<Q, T, S> {
             .filter_map(|p| p.as_ref().map(|cx| cx.span().span_context().clone()))
             .collect();
         let batch = tel.batch_span("processor", &queue, invocation, links, parents.len());
+        // `now` is when the invocation started; what each record spends before its job
+        // runs (its claim) comes off that job's budget.
+        let started = tokio::time::Instant::now();
         // Each record ends its job as soon as it can, so a quick job is not held back
         // by a long one in the same batch.
         let runs = event.records.iter().zip(&parents).map(|(record, parent)| {
@@ -120,7 +137,7 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Processor<Q, T, S> {
             );
             async move {
                 let (outcome, event_time) =
-                    self.process(record, &meta, deadline, now, &consumer).await;
+                    self.process(record, &meta, (deadline, started), now, &consumer).await;
                 let failed = self
                     .settle(outcome, record, meta, event_time, &consumer)
                     .await;
@@ -264,11 +281,12 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Processor<Q, T, S> {
     }
 
     /// Decides one record; returns its outcome and the job's event time (for latency).
+    /// `clock` is the deadline and the instant the invocation started at `now`.
     async fn process(
         &self,
         record: &SqsMessage,
         meta: &RecordMeta,
-        deadline: DateTime<Utc>,
+        clock: (DateTime<Utc>, tokio::time::Instant),
         now: DateTime<Utc>,
         consumer: &JobSpan,
     ) -> (Outcome, Option<String>) {
@@ -288,6 +306,7 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Processor<Q, T, S> {
         meta.identify(&job.job_id, consumer.trace_id().as_deref());
         let event_time = job.event_time.clone();
 
+        let deadline = clock.0;
         let fp = fingerprint(&job.job);
         let claim = Claim {
             job_id: &job.job_id,
@@ -299,7 +318,7 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Processor<Q, T, S> {
         };
         let outcome = match self.store.claim(&claim, now).await {
             Err(e) => Outcome::Unavailable(e),
-            Ok(ClaimOutcome::Claimed) => self.run(&job, meta, deadline, now, consumer).await,
+            Ok(ClaimOutcome::Claimed) => self.run(&job, meta, clock, now, consumer).await,
             Ok(ClaimOutcome::Duplicate {
                 announced: true, ..
             }) => Outcome::Repeat("duplicate"),
@@ -343,7 +362,7 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Processor<Q, T, S> {
         &self,
         job: &EnrichedJob,
         meta: &RecordMeta,
-        deadline: DateTime<Utc>,
+        (deadline, started): (DateTime<Utc>, tokio::time::Instant),
         now: DateTime<Utc>,
         consumer: &JobSpan,
     ) -> Outcome {
@@ -378,9 +397,11 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Processor<Q, T, S> {
             Err(r) => return give_up(failure(job, r.code.as_str(), r.message, r.field)),
         };
 
+        // What is left now (after the claim), less the ending's reserve.
         let budget = (deadline - now)
             .to_std()
             .unwrap_or_default()
+            .saturating_sub(started.elapsed())
             .saturating_sub(self.config.deadline_margin);
         let span = self
             .telemetry
@@ -910,6 +931,138 @@ mod tests {
                 delay_seconds: 15
             }]
         );
+    }
+
+    /// Ports whose every call takes `delay` (a claim two: the conditional write and
+    /// the read back), forwarding to in-memory ones.
+    struct Slow<P> {
+        inner: P,
+        delay: Duration,
+    }
+
+    impl<P> Slow<P> {
+        async fn wait(&self, calls: u32) {
+            tokio::time::sleep(self.delay * calls).await;
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl<Q: MessageQueue> MessageQueue for Slow<Q> {
+        async fn send_batch(&self, messages: &[OutgoingMessage]) -> Vec<Result<(), PortError>> {
+            self.wait(1).await;
+            self.inner.send_batch(messages).await
+        }
+        async fn retry_later(
+            &self,
+            receipts: &[crate::ports::Receipt],
+        ) -> Result<(), PortError> {
+            self.wait(1).await;
+            self.inner.retry_later(receipts).await
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl<T: Topic> Topic for Slow<T> {
+        async fn publish(&self, n: &Notification) -> Result<(), PortError> {
+            self.wait(1).await;
+            self.inner.publish(n).await
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl<S: JobStore> JobStore for Slow<S> {
+        async fn claim(&self, c: &Claim<'_>, now: DateTime<Utc>) -> Result<ClaimOutcome, PortError> {
+            self.wait(2).await;
+            self.inner.claim(c, now).await
+        }
+        async fn finish(
+            &self,
+            job_id: &str,
+            stage: Stage,
+            attempt: u32,
+            progress: Progress,
+            detail: Option<Value>,
+            now: DateTime<Utc>,
+        ) -> Result<(), PortError> {
+            self.wait(1).await;
+            self.inner
+                .finish(job_id, stage, attempt, progress, detail, now)
+                .await
+        }
+        async fn announce(&self, job_id: &str, stage: Stage, now: DateTime<Utc>) -> Result<(), PortError> {
+            self.wait(1).await;
+            self.inner.announce(job_id, stage, now).await
+        }
+        async fn release(
+            &self,
+            job_id: &str,
+            stage: Stage,
+            attempt: u32,
+            holder: &str,
+            now: DateTime<Utc>,
+        ) -> Result<(), PortError> {
+            self.wait(1).await;
+            self.inner.release(job_id, stage, attempt, holder, now).await
+        }
+        async fn reopen(
+            &self,
+            reopen: &crate::state::Reopen<'_>,
+            now: DateTime<Utc>,
+        ) -> Result<crate::state::Reopened, PortError> {
+            self.wait(1).await;
+            self.inner.reopen(reopen, now).await
+        }
+        async fn get(&self, job_id: &str) -> Result<Vec<crate::state::JobState>, PortError> {
+            self.wait(1).await;
+            self.inner.get(job_id).await
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_job_sized_to_its_budget_leaves_time_for_its_ending_after_a_slow_claim() {
+        // Every call may take the 2 s call timeout; the margin holds one ending of them.
+        let call = Duration::from_secs(2);
+        let slow = |delay| Slow {
+            inner: MemoryQueue::default(),
+            delay,
+        };
+        let p = Processor {
+            jobs_todo: slow(call),
+            dead_letters: slow(call),
+            topic: Slow {
+                inner: MemoryTopic::default(),
+                delay: call,
+            },
+            store: Slow {
+                inner: MemoryStore::default(),
+                delay: call,
+            },
+            config: ProcessorConfig {
+                deadline_margin: ending_reserve(call),
+                retry: RetryPolicy::default(),
+                fault_injection: true,
+            },
+            telemetry: Instruments::default(),
+        };
+        // 60 s left; the job would take everything but the margin, from the start.
+        let fits = 60 - ending_reserve(call).as_secs();
+        let long = json!({"job_type": "long_running_job",
+            "message": {"task_name": "t", "timeout": fits}});
+        let started = tokio::time::Instant::now();
+        let response = p
+            .handle(event(&[job("job-l", 1, long)]), at(60), at(0))
+            .await;
+        let took = started.elapsed();
+        assert!(response.batch_item_failures.is_empty());
+        let notes = p.topic.inner.notifications();
+        assert_eq!(notes.len(), 1, "announced once");
+        assert!(
+            took <= Duration::from_secs(60),
+            "the ending ran past the deadline: {took:?}, {:?}",
+            notes[0].status
+        );
+        assert_eq!(notes[0].status, JobStatus::Failed);
+        assert_eq!(notes[0].errors[0].code, "deadline_exceeded");
     }
 
     #[tokio::test]
