@@ -16,9 +16,7 @@ use crate::messages::{
     TraceContext,
 };
 use crate::ports::{send_all, MessageQueue, PortError, Topic};
-use crate::record::{
-    enriched_message, raw_body, retry_failed_soon, RecordMeta, MAX_KEPT_BODY_BYTES,
-};
+use crate::record::{enriched_message, raw_body, retry_soon, RecordMeta, MAX_KEPT_BODY_BYTES};
 use crate::state::{fingerprint, Claim, ClaimOutcome, JobStore, Progress};
 use crate::telemetry::instruments_prelude::*;
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
@@ -211,6 +209,15 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Ingester<Q, T, S> {
                 }
             }
         }
+        // Records whose claim could not be decided are known now: back to SQS soon,
+        // without waiting for the forwards and endings of the rest.
+        let undecided: Vec<&str> = response
+            .batch_item_failures
+            .iter()
+            .map(|f| f.item_identifier.as_str())
+            .collect();
+        retry_soon(&self.source, &event.records, &undecided).await;
+        let released = response.batch_item_failures.len();
 
         let outgoing: Vec<_> = forwards
             .iter()
@@ -255,6 +262,12 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Ingester<Q, T, S> {
             }
             producer.end();
         }
+        let unforwarded: Vec<&str> = response.batch_item_failures[released..]
+            .iter()
+            .map(|f| f.item_identifier.as_str())
+            .collect();
+        retry_soon(&self.source, &event.records, &unforwarded).await;
+        let released = response.batch_item_failures.len();
         // The job is on jobs-todo: if this mark is lost, a repeated event is forwarded
         // again once the claim's lease ends, and the processor's own claim stops it.
         let marks = forwarded.iter().map(|job_id| async move {
@@ -304,7 +317,11 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Ingester<Q, T, S> {
         for (consumer, _) in spans.values() {
             consumer.end();
         }
-        retry_failed_soon(&self.source, &event, &response).await;
+        let unended: Vec<&str> = response.batch_item_failures[released..]
+            .iter()
+            .map(|f| f.item_identifier.as_str())
+            .collect();
+        retry_soon(&self.source, &event.records, &unended).await;
         batch.end();
         response
     }
@@ -827,6 +844,69 @@ mod tests {
             .find(|n| n.job_id == "given-id-7")
             .expect("announced");
         assert_eq!(note.status, JobStatus::Failed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_record_whose_claim_is_held_goes_back_before_the_slow_forward_of_the_rest() {
+        use crate::slow::Slow;
+        let detail = |id: &str| {
+            serde_json::json!({"id": id, "job_type": "user_onboarding",
+                "message": {"user_id": "1", "user_name": "A"}})
+        };
+        let records: Vec<_> = ["held", "ok"]
+            .iter()
+            .map(|name| {
+                serde_json::json!({"messageId": format!("m-{name}"),
+                    "receiptHandle": format!("rh-{name}"),
+                    "body": serde_json::json!({"id": "e", "detail": detail(&format!("job-{name}"))}).to_string(),
+                    "attributes": {"ApproximateReceiveCount": "2"}})
+            })
+            .collect();
+        let event: SqsEvent =
+            serde_json::from_value(serde_json::json!({"Records": records})).expect("event");
+        let queue = |secs| Slow {
+            inner: MemoryQueue::default(),
+            delay: std::time::Duration::from_secs(secs),
+        };
+        let ing = Ingester {
+            source: queue(0),
+            jobs_todo: queue(5),
+            dead_letters: queue(0),
+            topic: MemoryTopic::default(),
+            store: MemoryStore::default(),
+            config: IngesterConfig {
+                max_receive_count: 5,
+            },
+            telemetry: Instruments::default(),
+        };
+        // An earlier delivery of m-held still holds its job.
+        let fp = fingerprint(&detail("job-held"));
+        let held = Claim {
+            job_id: "job-held",
+            stage: Stage::Ingester,
+            fingerprint: &fp,
+            attempt: 1,
+            lease_until: now() + TimeDelta::seconds(30),
+            holder: "m-held",
+        };
+        ing.store.claim(&held, now()).await.expect("store");
+        let handling = ing.handle(event, now());
+        tokio::pin!(handling);
+        tokio::select! {
+            _ = &mut handling => panic!("the forward takes 5 s"),
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+        }
+        let released = ing.source.inner.released.lock().expect("lock").clone();
+        assert_eq!(
+            released,
+            [crate::ports::Receipt {
+                receipt_handle: "rh-held".into(),
+                delay_seconds: 60
+            }]
+        );
+        let response = handling.await;
+        assert_eq!(response.batch_item_failures.len(), 1);
+        assert_eq!(ing.jobs_todo.inner.jobs().len(), 1);
     }
 
     #[tokio::test]

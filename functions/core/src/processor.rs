@@ -16,7 +16,7 @@ use crate::fault::Fault;
 use crate::job::parse_job;
 use crate::messages::{DeadLetter, EnrichedJob, ErrorEntry, JobStatus, Notification, Stage};
 use crate::ports::{send_all, MessageQueue, OutgoingMessage, PortError, Topic};
-use crate::record::{enriched_message, raw_body, retry_failed_soon, RecordMeta};
+use crate::record::{enriched_message, raw_body, retry_soon, RecordMeta};
 use crate::retry::{Decision, RetryPolicy};
 use crate::state::{fingerprint, Claim, ClaimOutcome, JobStore, Progress};
 use crate::telemetry::instruments_prelude::*;
@@ -141,6 +141,10 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Processor<Q, T, S> {
                 let failed = self
                     .settle(outcome, record, meta, event_time, &consumer)
                     .await;
+                // Back to SQS soon now, not once the batch's longest job is done.
+                if let Some(id) = &failed {
+                    retry_soon(&self.jobs_todo, std::slice::from_ref(record), &[id.as_str()]).await;
+                }
                 consumer.end();
                 failed
             }
@@ -154,7 +158,6 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Processor<Q, T, S> {
         {
             response.add_failure(id);
         }
-        retry_failed_soon(&self.jobs_todo, &event, &response).await;
         batch.end();
         response
     }
@@ -552,6 +555,7 @@ fn unreadable(body: &str, meta: &RecordMeta, reason: &str) -> DeadLetter {
 mod tests {
     use super::*;
     use crate::retry::SQS_MAX_DELAY;
+    use crate::slow::Slow;
     use crate::state::MemoryStore;
     use crate::testing::{MemoryQueue, MemoryTopic};
     use serde_json::json;
@@ -933,89 +937,41 @@ mod tests {
         );
     }
 
-    /// Ports whose every call takes `delay` (a claim two: the conditional write and
-    /// the read back), forwarding to in-memory ones.
-    struct Slow<P> {
-        inner: P,
-        delay: Duration,
-    }
-
-    impl<P> Slow<P> {
-        async fn wait(&self, calls: u32) {
-            tokio::time::sleep(self.delay * calls).await;
+    #[tokio::test(start_paused = true)]
+    async fn a_record_that_failed_at_once_goes_back_before_the_batch_s_long_job_ends() {
+        let p = processor(MemoryTopic::default());
+        // An earlier delivery of m-job-h-1 still holds job-h: that record fails at once.
+        let fp = fingerprint(&report(None));
+        let held = Claim {
+            job_id: "job-h",
+            stage: Stage::Processor,
+            fingerprint: &fp,
+            attempt: 1,
+            lease_until: at(600),
+            holder: "m-job-h-1",
+        };
+        p.store.claim(&held, at(0)).await.expect("store");
+        let long = json!({"job_type": "long_running_job",
+            "message": {"task_name": "t", "timeout": 300}});
+        let records = [job("job-h", 1, report(None)), job("job-long", 1, long)];
+        let handling = p.handle(event(&records), at(900), at(0));
+        tokio::pin!(handling);
+        tokio::select! {
+            _ = &mut handling => panic!("the 300 s job cannot be done yet"),
+            _ = tokio::time::sleep(Duration::from_secs(10)) => {}
         }
-    }
-
-    #[async_trait::async_trait]
-    impl<Q: MessageQueue> MessageQueue for Slow<Q> {
-        async fn send_batch(&self, messages: &[OutgoingMessage]) -> Vec<Result<(), PortError>> {
-            self.wait(1).await;
-            self.inner.send_batch(messages).await
-        }
-        async fn retry_later(
-            &self,
-            receipts: &[crate::ports::Receipt],
-        ) -> Result<(), PortError> {
-            self.wait(1).await;
-            self.inner.retry_later(receipts).await
-        }
-    }
-
-    #[async_trait::async_trait]
-    impl<T: Topic> Topic for Slow<T> {
-        async fn publish(&self, n: &Notification) -> Result<(), PortError> {
-            self.wait(1).await;
-            self.inner.publish(n).await
-        }
-    }
-
-    #[async_trait::async_trait]
-    impl<S: JobStore> JobStore for Slow<S> {
-        async fn claim(&self, c: &Claim<'_>, now: DateTime<Utc>) -> Result<ClaimOutcome, PortError> {
-            self.wait(2).await;
-            self.inner.claim(c, now).await
-        }
-        async fn finish(
-            &self,
-            job_id: &str,
-            stage: Stage,
-            attempt: u32,
-            progress: Progress,
-            detail: Option<Value>,
-            now: DateTime<Utc>,
-        ) -> Result<(), PortError> {
-            self.wait(1).await;
-            self.inner
-                .finish(job_id, stage, attempt, progress, detail, now)
-                .await
-        }
-        async fn announce(&self, job_id: &str, stage: Stage, now: DateTime<Utc>) -> Result<(), PortError> {
-            self.wait(1).await;
-            self.inner.announce(job_id, stage, now).await
-        }
-        async fn release(
-            &self,
-            job_id: &str,
-            stage: Stage,
-            attempt: u32,
-            holder: &str,
-            now: DateTime<Utc>,
-        ) -> Result<(), PortError> {
-            self.wait(1).await;
-            self.inner.release(job_id, stage, attempt, holder, now).await
-        }
-        async fn reopen(
-            &self,
-            reopen: &crate::state::Reopen<'_>,
-            now: DateTime<Utc>,
-        ) -> Result<crate::state::Reopened, PortError> {
-            self.wait(1).await;
-            self.inner.reopen(reopen, now).await
-        }
-        async fn get(&self, job_id: &str) -> Result<Vec<crate::state::JobState>, PortError> {
-            self.wait(1).await;
-            self.inner.get(job_id).await
-        }
+        let released = p.jobs_todo.released.lock().expect("lock").clone();
+        assert_eq!(
+            released,
+            [crate::ports::Receipt {
+                receipt_handle: "rh-m-job-h-1".into(),
+                delay_seconds: 15
+            }],
+            "released while the long job still runs"
+        );
+        let response = handling.await;
+        assert_eq!(response.batch_item_failures.len(), 1);
+        assert_eq!(p.jobs_todo.released.lock().expect("lock").len(), 1);
     }
 
     #[tokio::test(start_paused = true)]
