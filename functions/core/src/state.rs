@@ -411,6 +411,7 @@ impl JobStore for MemoryStore {
                     r.progress = progress;
                     r.detail = detail;
                     r.updated_at = now;
+                    r.expires_at = now + RETENTION;
                     Ok(())
                 }
                 _ => Err(lost_claim("finish", job_id)),
@@ -424,6 +425,7 @@ impl JobStore for MemoryStore {
                 Some(r) => {
                     r.announced = true;
                     r.updated_at = now;
+                    r.expires_at = now + RETENTION;
                     Ok(())
                 }
                 None => Err(lost_claim("announce", job_id)),
@@ -445,6 +447,7 @@ impl JobStore for MemoryStore {
                 {
                     r.lease_until = Timestamp::UNIX_EPOCH;
                     r.updated_at = now;
+                    r.expires_at = now + RETENTION;
                 }
             }
             Ok(())
@@ -462,6 +465,7 @@ impl JobStore for MemoryStore {
                     r.holder = reopen.by.to_owned();
                     r.announced = false;
                     r.updated_at = now;
+                    r.expires_at = now + RETENTION;
                 }
             }
             Ok(decided)
@@ -697,6 +701,47 @@ mod tests {
             store.claim(&claim("a", 4, 60), at(3)).await.expect("store"),
             ClaimOutcome::Claimed
         );
+    }
+
+    #[tokio::test]
+    async fn every_write_that_changes_a_record_refreshes_its_expiry() {
+        let store = MemoryStore::default();
+        let expiry = || store.get("job-1");
+        let expires = |t: i64| at(t) + RETENTION;
+        store.claim(&claim("a", 1, 60), at(0)).await.expect("store");
+        store
+            .release("job-1", Stage::Processor, 1, "m1", at(10))
+            .await
+            .expect("store");
+        assert_eq!(expiry().await.expect("store")[0].expires_at, expires(10));
+        store
+            .claim(&claim("a", 1, 60), at(20))
+            .await
+            .expect("store");
+        assert_eq!(expiry().await.expect("store")[0].expires_at, expires(20));
+        let failed = Progress::Done(Some(JobStatus::Failed));
+        store
+            .finish("job-1", Stage::Processor, 1, failed, None, at(30))
+            .await
+            .expect("store");
+        assert_eq!(expiry().await.expect("store")[0].expires_at, expires(30));
+        store
+            .announce("job-1", Stage::Processor, at(40))
+            .await
+            .expect("store");
+        assert_eq!(expiry().await.expect("store")[0].expires_at, expires(40));
+        let reopen = Reopen {
+            job_id: "job-1",
+            stage: Stage::Processor,
+            fingerprint: "a",
+            status: JobStatus::Failed,
+            attempt: 1,
+            last_error: None,
+            below: 1,
+            by: "dl-1",
+        };
+        store.reopen(&reopen, at(50)).await.expect("store");
+        assert_eq!(expiry().await.expect("store")[0].expires_at, expires(50));
     }
 
     #[tokio::test]
