@@ -334,9 +334,9 @@ where
             Ok(Some(Skip::Delete(why))) => {
                 mailbox.delete(held).await?;
                 report.skipped += 1;
-                report
-                    .lines
-                    .push(format!("{job_id}: skipped and deleted as a stale copy, {why}"));
+                report.lines.push(format!(
+                    "{job_id}: skipped and deleted as a stale copy, {why}"
+                ));
                 Ok(true)
             }
             Ok(Some(Skip::Keep(why))) => {
@@ -805,7 +805,10 @@ mod tests {
             holder,
         };
         assert_eq!(
-            store.claim(&claim, chrono::Utc::now()).await.expect("claim"),
+            store
+                .claim(&claim, chrono::Utc::now())
+                .await
+                .expect("claim"),
             ClaimOutcome::Claimed
         );
     }
@@ -865,7 +868,12 @@ mod tests {
             report.lines
         );
         assert_eq!(sent(&q), 1, "nothing sent again: {:?}", report.lines);
-        assert_eq!(q.depth(), 0, "the stale copy is deleted: {:?}", report.lines);
+        assert_eq!(
+            q.depth(),
+            0,
+            "the stale copy is deleted: {:?}",
+            report.lines
+        );
         assert_eq!((report.moved, report.skipped), (0, 1));
     }
 
@@ -936,7 +944,8 @@ mod tests {
     async fn a_letter_whose_id_now_belongs_to_other_content_is_kept_and_reopens_nothing() {
         let dl = letter("job-1", Stage::Processor);
         let mut other = dl.clone();
-        other.job = json!({"job_type": "user_onboarding", "message": {"user_id": "2", "user_name": "B"}});
+        other.job =
+            json!({"job_type": "user_onboarding", "message": {"user_id": "2", "user_name": "B"}});
         other.status = JobStatus::Completed;
         let store = MemoryStore::default();
         ended(&store, &other, "m-other").await;
@@ -963,7 +972,12 @@ mod tests {
         // The record was reopened for this letter, but no copy went out.
         let q = FakeQueues::with(std::slice::from_ref(&dl));
         let report = redrive(&q, &store, &all(), false).await.expect("redrive");
-        assert_eq!((report.moved, sent(&q), q.depth()), (1, 1, 0), "{:?}", report.lines);
+        assert_eq!(
+            (report.moved, sent(&q), q.depth()),
+            (1, 1, 0),
+            "{:?}",
+            report.lines
+        );
     }
 
     #[tokio::test]

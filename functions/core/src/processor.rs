@@ -136,14 +136,20 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Processor<Q, T, S> {
                 invocation,
             );
             async move {
-                let (outcome, event_time) =
-                    self.process(record, &meta, (deadline, started), now, &consumer).await;
+                let (outcome, event_time) = self
+                    .process(record, &meta, (deadline, started), now, &consumer)
+                    .await;
                 let failed = self
                     .settle(outcome, record, meta, event_time, &consumer)
                     .await;
                 // Back to SQS soon now, not once the batch's longest job is done.
                 if let Some(id) = &failed {
-                    retry_soon(&self.jobs_todo, std::slice::from_ref(record), &[id.as_str()]).await;
+                    retry_soon(
+                        &self.jobs_todo,
+                        std::slice::from_ref(record),
+                        &[id.as_str()],
+                    )
+                    .await;
                 }
                 consumer.end();
                 failed

@@ -28,10 +28,7 @@ impl<Q: MessageQueue> MessageQueue for Slow<Q> {
         self.wait(1).await;
         self.inner.send_batch(messages).await
     }
-    async fn retry_later(
-        &self,
-        receipts: &[crate::ports::Receipt],
-    ) -> Result<(), PortError> {
+    async fn retry_later(&self, receipts: &[crate::ports::Receipt]) -> Result<(), PortError> {
         self.wait(1).await;
         self.inner.retry_later(receipts).await
     }
@@ -65,7 +62,12 @@ impl<S: JobStore> JobStore for Slow<S> {
             .finish(job_id, stage, attempt, progress, detail, now)
             .await
     }
-    async fn announce(&self, job_id: &str, stage: Stage, now: DateTime<Utc>) -> Result<(), PortError> {
+    async fn announce(
+        &self,
+        job_id: &str,
+        stage: Stage,
+        now: DateTime<Utc>,
+    ) -> Result<(), PortError> {
         self.wait(1).await;
         self.inner.announce(job_id, stage, now).await
     }
@@ -78,7 +80,9 @@ impl<S: JobStore> JobStore for Slow<S> {
         now: DateTime<Utc>,
     ) -> Result<(), PortError> {
         self.wait(1).await;
-        self.inner.release(job_id, stage, attempt, holder, now).await
+        self.inner
+            .release(job_id, stage, attempt, holder, now)
+            .await
     }
     async fn reopen(
         &self,
@@ -93,4 +97,3 @@ impl<S: JobStore> JobStore for Slow<S> {
         self.inner.get(job_id).await
     }
 }
-
