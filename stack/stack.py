@@ -75,6 +75,18 @@ def load_settings(path: Path = SETTINGS_FILE) -> dict:
             problems.append(f"functions.{name}.maximum_concurrency must be 2..1000")
         if queues[src].get("max_receive_count", 5) < 5:
             problems.append(f"queues.{src}.max_receive_count must be at least 5 with Lambda")
+    fns = settings.get("functions", {})
+    try:
+        runs_for = fns["processor"]["timeout_seconds"] - int(fns["processor"]["environment"]["DEADLINE_MARGIN_MS"]) // 1000
+        accepted = int(fns["ingester"]["environment"]["MAX_JOB_TIMEOUT_SECONDS"])
+        if accepted > runs_for:
+            problems.append(
+                f"functions.ingester.environment.MAX_JOB_TIMEOUT_SECONDS is {accepted}; the processor can run a job "
+                f"for at most {runs_for} s (functions.processor.timeout_seconds less DEADLINE_MARGIN_MS)"
+            )
+    except (KeyError, ValueError, TypeError) as e:
+        problems.append(f"functions.ingester.environment.MAX_JOB_TIMEOUT_SECONDS and the processor's timeout and "
+                        f"DEADLINE_MARGIN_MS must be set as whole numbers ({e!r})")
     retry = settings.get("rule", {}).get("retry", {})
     if not 60 <= retry.get("maximum_event_age_seconds", 0) <= 86400:
         problems.append("rule.retry.maximum_event_age_seconds must be 60..86400 (EventBridge's limits)")

@@ -34,6 +34,8 @@ def test_the_shipped_settings_follow_the_aws_rules():
         (lambda s: s["queues"]["ingester-queue"].update(max_receive_count=2), "queues.ingester-queue.max_receive_count"),
         (lambda s: s["functions"]["processor"].update(source_queue="nope"), "functions.processor.source_queue"),
         (lambda s: s["rule"]["retry"].update(maximum_retry_attempts=186), "rule.retry.maximum_retry_attempts"),
+        (lambda s: s["functions"]["ingester"]["environment"].update(MAX_JOB_TIMEOUT_SECONDS="890"),
+         "functions.ingester.environment.MAX_JOB_TIMEOUT_SECONDS"),
         (lambda s: s["rule"].pop("retry"), "rule.retry.maximum_event_age_seconds"),
     ],
 )

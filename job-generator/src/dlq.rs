@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use jobs_core::messages::{DeadLetter, Stage};
 use jobs_core::record::enriched_message;
 use jobs_core::redrive::{plan, Redrive, Stranded};
-use jobs_core::state::JobStore;
+use jobs_core::state::{fingerprint, legacy_fingerprint, JobStore, Reopen, Reopened};
 use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt::Write as _;
@@ -103,6 +103,7 @@ impl Letter {
 pub struct Report {
     pub moved: usize,
     pub kept: usize,
+    pub skipped: usize,
     pub failed: usize,
     pub lines: Vec<String>,
 }
@@ -247,7 +248,21 @@ fn describe(dl: &DeadLetter) -> String {
     line
 }
 
+/// Why a dead letter was not sent.
+enum Skip {
+    /// A stale copy of an end already reopened: delete it.
+    Delete(String),
+    /// Not this job's record, or a state no redrive explains: leave it in the DLQ.
+    Keep(String),
+}
+
 /// Sends the selected dead letters back; with `dry_run`, only says what it would do.
+///
+/// Each letter reopens only the end it was written for ([`jobs_core::state::decide_reopen`]):
+/// a second copy of one letter, or a letter whose redrive was interrupted after the
+/// copy was sent, finds its end reopened already and is deleted unsent (the job then
+/// has no letter left but those of its own later ends); a letter whose id now names
+/// other content is kept.
 pub async fn redrive<M, S>(
     mailbox: &M,
     store: &S,
@@ -266,20 +281,21 @@ where
             attributes: vec![],
             delay_seconds: 0,
         };
-        // What to send where, and which state record to reopen first.
+        // What to send where, and which end of which state record to reopen first:
+        // the processor's record holds the letter's attempt, the ingester's attempt 1.
         let (job_id, to, message, reopen) = match letter {
             Letter::Dead(dl) => match plan(&dl, now) {
                 Redrive::JobsTodo(job) => (
-                    dl.job_id,
+                    dl.job_id.clone(),
                     Destination::JobsTodo,
                     enriched_message(&job),
-                    Some((Stage::Processor, job.attempt - 1)),
+                    Some((dl, Stage::Processor, job.attempt - 1, job.attempt - 1)),
                 ),
                 Redrive::Ingester(event) => (
-                    dl.job_id,
+                    dl.job_id.clone(),
                     Destination::Ingester,
                     raw(jobs_core::messages::sqs_safe_json(event.to_string())),
-                    Some((Stage::Ingester, 0)),
+                    Some((dl, Stage::Ingester, 1, 0)),
                 ),
                 Redrive::Keep(why) => {
                     report.kept += 1;
@@ -320,20 +336,52 @@ where
             return Ok(false);
         }
         let sent = async {
-            if let Some((stage, below)) = reopen {
-                store
-                    .reopen(&job_id, stage, below, now)
-                    .await
-                    .map_err(|e| OpsError {
-                        operation: "reopen job state",
-                        message: e.to_string(),
-                    })?;
+            if let Some((dl, stage, attempt, below)) = &reopen {
+                let (fingerprint, legacy) = (fingerprint(&dl.job), legacy_fingerprint(&dl.job));
+                let request = Reopen {
+                    job_id: &job_id,
+                    stage: *stage,
+                    fingerprint: &fingerprint,
+                    legacy_fingerprint: Some(&legacy),
+                    status: dl.status,
+                    attempt: *attempt,
+                    last_error: dl.errors.last(),
+                    below: *below,
+                    by: &held.message_id,
+                };
+                let reopened = store.reopen(&request, now).await.map_err(|e| OpsError {
+                    operation: "reopen job state",
+                    message: e.to_string(),
+                })?;
+                match reopened {
+                    Reopened::Now | Reopened::Already | Reopened::NoRecord => {}
+                    Reopened::Stale(why) => return Ok(Some(Skip::Delete(why))),
+                    Reopened::Keep(why) => return Ok(Some(Skip::Keep(why))),
+                }
             }
-            mailbox.send(to, &message.body, &message.attributes).await
+            mailbox
+                .send(to, &message.body, &message.attributes)
+                .await
+                .map(|()| None)
         }
         .await;
         match sent {
-            Ok(()) => {
+            // A stale copy: its end was reopened already and the job ran or runs on,
+            // so the job keeps exactly the letters of its own ends.
+            Ok(Some(Skip::Delete(why))) => {
+                mailbox.delete(held).await?;
+                report.skipped += 1;
+                report.lines.push(format!(
+                    "{job_id}: skipped and deleted as a stale copy, {why}"
+                ));
+                Ok(true)
+            }
+            Ok(Some(Skip::Keep(why))) => {
+                report.kept += 1;
+                report.lines.push(format!("{job_id}: kept, {why}"));
+                Ok(false)
+            }
+            Ok(None) => {
                 // Only now that the copy is accepted may the original go.
                 mailbox.delete(held).await?;
                 report.moved += 1;
@@ -485,7 +533,7 @@ mod tests {
     use super::*;
     use jobs_core::messages::{EnrichedJob, ErrorEntry, JobStatus};
     use jobs_core::record::dead_letter_message;
-    use jobs_core::state::MemoryStore;
+    use jobs_core::state::{Claim, ClaimOutcome, JobState, MemoryStore, Progress};
 
     fn body_of(dl: &DeadLetter) -> String {
         dead_letter_message(dl).body
@@ -752,6 +800,222 @@ mod tests {
         let left = q.dlq.lock().expect("lock").clone();
         assert_eq!(left.len(), 1);
         assert!(left[0].body.contains("job-1"));
+    }
+
+    /// Records in `store` the end `dl` was written for, as the stage that wrote it
+    /// would have: claimed, ended with the notification as detail, announced.
+    async fn ended(store: &MemoryStore, dl: &DeadLetter, holder: &str) {
+        let attempt = if dl.stage == Stage::Processor {
+            dl.attempts
+        } else {
+            1
+        };
+        let now = chrono::Utc::now();
+        claim(store, dl, attempt, holder).await;
+        let note = jobs_core::messages::Notification::for_dead_letter(dl, now);
+        store
+            .finish(
+                &dl.job_id,
+                dl.stage,
+                attempt,
+                Progress::Done(Some(dl.status)),
+                serde_json::to_value(&note).ok(),
+                now,
+            )
+            .await
+            .expect("finish");
+        store
+            .announce(&dl.job_id, dl.stage, now)
+            .await
+            .expect("announce");
+    }
+
+    /// Claims `dl`'s job at `attempt` for `holder`, as a delivery of it would.
+    async fn claim(store: &MemoryStore, dl: &DeadLetter, attempt: u32, holder: &str) {
+        let fp = jobs_core::state::fingerprint(&dl.job);
+        let claim = Claim {
+            job_id: &dl.job_id,
+            stage: dl.stage,
+            fingerprint: &fp,
+            legacy_fingerprint: None,
+            attempt,
+            lease_until: chrono::Utc::now() + chrono::TimeDelta::minutes(15),
+            holder,
+        };
+        assert_eq!(
+            store
+                .claim(&claim, chrono::Utc::now())
+                .await
+                .expect("claim"),
+            ClaimOutcome::Claimed
+        );
+    }
+
+    fn record(store: &MemoryStore, dl: &DeadLetter) -> JobState {
+        store
+            .records
+            .lock()
+            .expect("lock")
+            .get(&(dl.job_id.clone(), dl.stage.as_str()))
+            .cloned()
+            .expect("a record")
+    }
+
+    fn sent(q: &FakeQueues) -> usize {
+        q.sent.lock().expect("lock").len()
+    }
+
+    /// Puts a letter back in the DLQ under message id `id`: a redrive that sent the
+    /// copy but whose delete was lost, or a second copy of one dead letter.
+    fn put_back(q: &FakeQueues, id: &str, dl: &DeadLetter) {
+        q.dlq.lock().expect("lock").push(Held {
+            message_id: id.into(),
+            receipt: format!("r-{id}-{}", q.log().len()),
+            body: body_of(dl),
+        });
+    }
+
+    #[tokio::test]
+    async fn a_second_redrive_of_a_letter_whose_job_completed_neither_reopens_nor_reruns() {
+        let dl = letter("job-1", Stage::Processor);
+        let store = MemoryStore::default();
+        ended(&store, &dl, "m-run-3").await;
+        let q = FakeQueues::with(std::slice::from_ref(&dl));
+        let report = redrive(&q, &store, &all(), false).await.expect("redrive");
+        assert_eq!((report.moved, sent(&q)), (1, 1));
+        // The redriven attempt 4 runs and completes; the delete of the letter was lost.
+        claim(&store, &dl, 4, "m-run-4").await;
+        let now = chrono::Utc::now();
+        let done = Progress::Done(Some(JobStatus::Completed));
+        store
+            .finish("job-1", Stage::Processor, 4, done, None, now)
+            .await
+            .expect("finish");
+        store
+            .announce("job-1", Stage::Processor, now)
+            .await
+            .expect("announce");
+        put_back(&q, "m0", &dl);
+
+        let report = redrive(&q, &store, &all(), false).await.expect("redrive");
+        let after = record(&store, &dl);
+        assert_eq!(
+            (after.progress, after.attempt, after.announced),
+            (done, 4, true),
+            "the completed job is left alone: {:?}",
+            report.lines
+        );
+        assert_eq!(sent(&q), 1, "nothing sent again: {:?}", report.lines);
+        assert_eq!(
+            q.depth(),
+            0,
+            "the stale copy is deleted: {:?}",
+            report.lines
+        );
+        assert_eq!((report.moved, report.skipped), (0, 1));
+    }
+
+    #[tokio::test]
+    async fn two_dead_letters_of_one_job_redrive_it_once() {
+        let dl = letter("job-1", Stage::Processor);
+        let store = MemoryStore::default();
+        ended(&store, &dl, "m-run-3").await;
+        let q = FakeQueues::with(&[dl.clone(), dl.clone()]);
+        let report = redrive(&q, &store, &all(), false).await.expect("redrive");
+        assert_eq!(sent(&q), 1, "one copy sent: {:?}", report.lines);
+        assert_eq!(q.depth(), 0, "both letters gone: {:?}", report.lines);
+        assert_eq!((report.moved, report.skipped), (1, 1));
+        let after = record(&store, &dl);
+        assert_eq!((after.progress, after.attempt), (Progress::Retrying, 3));
+    }
+
+    #[tokio::test]
+    async fn a_redrive_while_the_redriven_attempt_runs_does_not_overwrite_its_claim() {
+        let dl = letter("job-1", Stage::Processor);
+        let store = MemoryStore::default();
+        ended(&store, &dl, "m-run-3").await;
+        let q = FakeQueues::with(std::slice::from_ref(&dl));
+        redrive(&q, &store, &all(), false).await.expect("redrive");
+        claim(&store, &dl, 4, "m-run-4").await;
+        let running = record(&store, &dl);
+        put_back(&q, "m0", &dl);
+        put_back(&q, "m1", &dl);
+
+        let report = redrive(&q, &store, &all(), false).await.expect("redrive");
+        assert_eq!(record(&store, &dl), running, "{:?}", report.lines);
+        assert_eq!(sent(&q), 1, "{:?}", report.lines);
+        assert_eq!(q.depth(), 0, "{:?}", report.lines);
+    }
+
+    #[tokio::test]
+    async fn a_stale_rejection_is_told_apart_from_the_rejection_after_its_redrive() {
+        let first = letter("job-1", Stage::Ingester);
+        let store = MemoryStore::default();
+        ended(&store, &first, "e-1").await;
+        let q = FakeQueues::with(std::slice::from_ref(&first));
+        redrive(&q, &store, &all(), false).await.expect("redrive");
+        // The ingester rejects the redriven event again: a new end, a new letter.
+        let mut second = first.clone();
+        second.errors[0].timestamp += chrono::TimeDelta::seconds(5);
+        second.errors[0].message = "still failing".into();
+        ended(&store, &second, "e-2").await;
+        put_back(&q, "m0", &first);
+        put_back(&q, "m1", &second);
+
+        let report = redrive(&q, &store, &all(), false).await.expect("redrive");
+        assert_eq!(
+            (report.moved, report.skipped, sent(&q), q.depth()),
+            (1, 1, 2, 0),
+            "{:?}",
+            report.lines
+        );
+        assert!(
+            report.lines.iter().any(|l| l.starts_with("job-1: sent")),
+            "{:?}",
+            report.lines
+        );
+        let after = record(&store, &second);
+        assert_eq!(after.progress, Progress::Retrying);
+    }
+
+    #[tokio::test]
+    async fn a_letter_whose_id_now_belongs_to_other_content_is_kept_and_reopens_nothing() {
+        let dl = letter("job-1", Stage::Processor);
+        let mut other = dl.clone();
+        other.job =
+            json!({"job_type": "user_onboarding", "message": {"user_id": "2", "user_name": "B"}});
+        other.status = JobStatus::Completed;
+        let store = MemoryStore::default();
+        ended(&store, &other, "m-other").await;
+        let before = record(&store, &other);
+        let q = FakeQueues::with(std::slice::from_ref(&dl));
+        let report = redrive(&q, &store, &all(), false).await.expect("redrive");
+        assert_eq!(record(&store, &other), before, "{:?}", report.lines);
+        assert_eq!((sent(&q), q.depth(), report.kept), (0, 1, 1));
+    }
+
+    #[tokio::test]
+    async fn a_redrive_whose_send_failed_sends_when_run_again() {
+        let dl = letter("job-1", Stage::Processor);
+        let store = MemoryStore::default();
+        ended(&store, &dl, "m-run-3").await;
+        let refusing = FakeQueues {
+            refuse_sends: true,
+            ..FakeQueues::with(std::slice::from_ref(&dl))
+        };
+        let report = redrive(&refusing, &store, &all(), false)
+            .await
+            .expect("redrive");
+        assert_eq!(report.failed, 1);
+        // The record was reopened for this letter, but no copy went out.
+        let q = FakeQueues::with(std::slice::from_ref(&dl));
+        let report = redrive(&q, &store, &all(), false).await.expect("redrive");
+        assert_eq!(
+            (report.moved, sent(&q), q.depth()),
+            (1, 1, 0),
+            "{:?}",
+            report.lines
+        );
     }
 
     #[tokio::test]

@@ -150,8 +150,8 @@ async fn execute(command: Command) -> Result<i32, String> {
                     }
                     let verb = if dry_run { "would move" } else { "moved" };
                     eprintln!(
-                        "{verb} {}, kept {}, failed {}",
-                        report.moved, report.kept, report.failed
+                        "{verb} {}, kept {}, skipped {}, failed {}",
+                        report.moved, report.kept, report.skipped, report.failed
                     );
                     Ok(i32::from(report.failed > 0))
                 }

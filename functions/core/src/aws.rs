@@ -189,7 +189,7 @@ pub fn retry_policy() -> Result<RetryPolicy, ConfigError> {
 }
 
 /// The longest `long_running_job` timeout the ingester accepts, in seconds, from
-/// `MAX_JOB_TIMEOUT_SECONDS` (default [`crate::job::DEFAULT_MAX_TIMEOUT_SECS`], 897: the
+/// `MAX_JOB_TIMEOUT_SECONDS` (default [`crate::job::DEFAULT_MAX_TIMEOUT_SECS`], 879: the
 /// processor's 900 s function timeout less its 3 s `DEADLINE_MARGIN_MS`). Set it to the
 /// processor's `timeout_seconds` less its margin whenever either changes.
 pub fn max_job_timeout() -> Result<u64, ConfigError> {
@@ -238,6 +238,40 @@ pub fn guard_config() -> Result<GuardConfig, ConfigError> {
             defaults.open_for.as_secs(),
         )?),
     })
+}
+
+/// The processor's `DEADLINE_MARGIN_MS`: time kept back from the deadline for a job's
+/// ending. By default just enough for one ending under `CALL_TIMEOUT_MS`
+/// ([`crate::processor::ending_reserve`]); a margin below that is refused.
+pub fn deadline_margin(guard: &GuardConfig) -> Result<Duration, ConfigError> {
+    let least = crate::processor::ending_reserve(guard.call_timeout);
+    let margin = Duration::from_millis(number_or(
+        "DEADLINE_MARGIN_MS",
+        u64::try_from(least.as_millis()).unwrap_or(u64::MAX),
+    )?);
+    check_deadline_margin(margin, guard.call_timeout)
+}
+
+/// Refuses a margin that cannot hold one ending of calls that may each take
+/// `call_timeout`, naming both variables.
+pub fn check_deadline_margin(
+    margin: Duration,
+    call_timeout: Duration,
+) -> Result<Duration, ConfigError> {
+    let least = crate::processor::ending_reserve(call_timeout);
+    if margin < least {
+        return Err(ConfigError::Invalid {
+            name: "DEADLINE_MARGIN_MS",
+            expected: "at least 4 x CALL_TIMEOUT_MS + 1000 (an ending's four calls: end state, dead letter, publish, mark)",
+            value: format!(
+                "{} with CALL_TIMEOUT_MS={}, which needs {}",
+                margin.as_millis(),
+                call_timeout.as_millis(),
+                least.as_millis()
+            ),
+        });
+    }
+    Ok(margin)
 }
 
 /// One client per AWS service, built once at start-up and shared by every port of that
@@ -593,6 +627,28 @@ mod tests {
     }
 
     #[test]
+    fn a_deadline_margin_that_cannot_hold_one_ending_is_refused_naming_both_variables() {
+        let five = Duration::from_secs(5);
+        let err = check_deadline_margin(Duration::from_secs(3), five).expect_err("refused");
+        let text = err.to_string();
+        assert!(
+            text.contains("DEADLINE_MARGIN_MS") && text.contains("CALL_TIMEOUT_MS=5000"),
+            "{text}"
+        );
+        assert_eq!(
+            check_deadline_margin(Duration::from_secs(21), five).ok(),
+            Some(Duration::from_secs(21))
+        );
+        // The default is just enough.
+        let guard = GuardConfig::default();
+        std::env::remove_var("DEADLINE_MARGIN_MS");
+        assert_eq!(
+            deadline_margin(&guard).ok(),
+            Some(crate::processor::ending_reserve(guard.call_timeout))
+        );
+    }
+
+    #[test]
     fn the_trust_roots_setting_is_read_by_name() {
         // One test for every case: the variable is process-wide.
         std::env::remove_var("TLS_TRUST_ROOTS");
@@ -607,8 +663,8 @@ mod tests {
 
     #[test]
     fn the_job_timeout_limit_is_read_by_name_with_its_default() {
-        assert_eq!(max_job_timeout_from(None).ok(), Some(897));
-        assert_eq!(max_job_timeout_from(Some(" ".into())).ok(), Some(897));
+        assert_eq!(max_job_timeout_from(None).ok(), Some(879));
+        assert_eq!(max_job_timeout_from(Some(" ".into())).ok(), Some(879));
         assert_eq!(max_job_timeout_from(Some("600".into())).ok(), Some(600));
         for bad in ["0", "901", "ten", "-5"] {
             let err = max_job_timeout_from(Some(bad.into())).expect_err(bad);

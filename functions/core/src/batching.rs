@@ -327,12 +327,10 @@ impl<S: JobStore> JobStore for Batching<S> {
 
     async fn reopen(
         &self,
-        job_id: &str,
-        stage: Stage,
-        attempt: u32,
+        reopen: &crate::state::Reopen<'_>,
         now: Timestamp,
-    ) -> Result<(), PortError> {
-        self.inner.reopen(job_id, stage, attempt, now).await
+    ) -> Result<crate::state::Reopened, PortError> {
+        self.inner.reopen(reopen, now).await
     }
 
     async fn get(&self, job_id: &str) -> Result<Vec<JobState>, PortError> {
@@ -451,12 +449,10 @@ mod tests {
         }
         async fn reopen(
             &self,
-            job_id: &str,
-            stage: Stage,
-            attempt: u32,
+            reopen: &crate::state::Reopen<'_>,
             now: Timestamp,
-        ) -> Result<(), PortError> {
-            self.store.reopen(job_id, stage, attempt, now).await
+        ) -> Result<crate::state::Reopened, PortError> {
+            self.store.reopen(reopen, now).await
         }
         async fn get(&self, job_id: &str) -> Result<Vec<JobState>, PortError> {
             self.store.get(job_id).await
@@ -546,6 +542,7 @@ mod tests {
             store: Batching::new(Counting::default()),
             config: IngesterConfig {
                 max_receive_count: 5,
+                max_job_timeout_secs: crate::job::DEFAULT_MAX_TIMEOUT_SECS,
             },
             telemetry: Instruments::default(),
         };

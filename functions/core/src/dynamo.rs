@@ -15,7 +15,8 @@
 use crate::messages::Stage;
 use crate::ports::PortError;
 use crate::state::{
-    decide, lost_claim, Claim, ClaimOutcome, Finish, JobState, JobStore, Progress, RETENTION,
+    decide, decide_reopen, lost_claim, Claim, ClaimOutcome, Finish, JobState, JobStore, Progress,
+    Reopen, Reopened, RETENTION,
 };
 use crate::Timestamp;
 use async_trait::async_trait;
@@ -147,8 +148,14 @@ fn claim_fields(claim: &Claim<'_>, now: Timestamp) -> Vec<(&'static str, Attribu
         ("holder", s(claim.holder)),
         ("announced", AttributeValue::Bool(false)),
         ("updated_ms", n(now.timestamp_millis())),
-        ("expires_at", n((now + RETENTION).timestamp())),
+        ("expires_at", n(expires_at(now))),
     ]
+}
+
+/// `expires_at` (the TTL, epoch seconds) of a record changed at `now`: every write
+/// that changes a record refreshes it, so records go [`RETENTION`] after their last change.
+fn expires_at(now: Timestamp) -> i64 {
+    (now + RETENTION).timestamp()
 }
 
 /// The most statements one `BatchExecuteStatement` takes.
@@ -333,7 +340,7 @@ impl JobStore for DynamoStore {
         let (firsts, _) = firsts_and_repeats(&keys);
         let sql = format!(
             "UPDATE \"{}\" SET \"progress\" = ? SET \"detail\" = ? SET \"updated_ms\" = ? \
-             WHERE \"pk\" = ? AND \"attempt\" = ? AND \"progress\" = ?",
+             SET \"expires_at\" = ? WHERE \"pk\" = ? AND \"attempt\" = ? AND \"progress\" = ?",
             self.table
         );
         let statements = firsts
@@ -348,6 +355,7 @@ impl JobStore for DynamoStore {
                     s(f.progress.as_str()),
                     s(detail),
                     n(f.now.timestamp_millis()),
+                    n(expires_at(f.now)),
                     s(keys[i].clone()),
                     n(f.attempt),
                     s(Progress::InProgress.as_str()),
@@ -378,7 +386,8 @@ impl JobStore for DynamoStore {
         now: Timestamp,
     ) -> Vec<Result<(), PortError>> {
         let sql = format!(
-            "UPDATE \"{}\" SET \"announced\" = ? SET \"updated_ms\" = ? WHERE \"pk\" = ?",
+            "UPDATE \"{}\" SET \"announced\" = ? SET \"updated_ms\" = ? SET \"expires_at\" = ? \
+             WHERE \"pk\" = ?",
             self.table
         );
         let keys: Vec<String> = jobs.iter().map(|(id, stage)| key(*stage, id)).collect();
@@ -389,6 +398,7 @@ impl JobStore for DynamoStore {
                 let params = vec![
                     AttributeValue::Bool(true),
                     n(now.timestamp_millis()),
+                    n(expires_at(now)),
                     s(keys[i].clone()),
                 ];
                 (sql.clone(), params)
@@ -421,11 +431,12 @@ impl JobStore for DynamoStore {
             .update_item()
             .table_name(&self.table)
             .key("pk", s(key(stage, job_id)))
-            .update_expression("SET progress = :p, detail = :d, updated_ms = :u")
+            .update_expression("SET progress = :p, detail = :d, updated_ms = :u, expires_at = :x")
             .condition_expression("attempt = :attempt AND progress = :in_progress")
             .expression_attribute_values(":p", s(progress.as_str()))
             .expression_attribute_values(":d", s(detail))
             .expression_attribute_values(":u", n(now.timestamp_millis()))
+            .expression_attribute_values(":x", n(expires_at(now)))
             .expression_attribute_values(":attempt", n(attempt))
             .expression_attribute_values(":in_progress", s(Progress::InProgress.as_str()))
             .send()
@@ -442,10 +453,11 @@ impl JobStore for DynamoStore {
             .update_item()
             .table_name(&self.table)
             .key("pk", s(key(stage, job_id)))
-            .update_expression("SET announced = :t, updated_ms = :u")
+            .update_expression("SET announced = :t, updated_ms = :u, expires_at = :x")
             .condition_expression("attribute_exists(pk)")
             .expression_attribute_values(":t", AttributeValue::Bool(true))
             .expression_attribute_values(":u", n(now.timestamp_millis()))
+            .expression_attribute_values(":x", n(expires_at(now)))
             .send()
             .await
             .map(|_| ())
@@ -465,12 +477,13 @@ impl JobStore for DynamoStore {
             .update_item()
             .table_name(&self.table)
             .key("pk", s(key(stage, job_id)))
-            .update_expression("SET lease_until = :expired, updated_ms = :now")
+            .update_expression("SET lease_until = :expired, updated_ms = :now, expires_at = :x")
             .condition_expression(
                 "progress = :in_progress AND attempt = :attempt AND holder = :holder",
             )
             .expression_attribute_values(":expired", n(0))
             .expression_attribute_values(":now", n(now.timestamp_millis()))
+            .expression_attribute_values(":x", n(expires_at(now)))
             .expression_attribute_values(":in_progress", s(Progress::InProgress.as_str()))
             .expression_attribute_values(":attempt", n(attempt))
             .expression_attribute_values(":holder", s(holder))
@@ -483,33 +496,54 @@ impl JobStore for DynamoStore {
         }
     }
 
-    async fn reopen(
-        &self,
-        job_id: &str,
-        stage: Stage,
-        attempt: u32,
-        now: Timestamp,
-    ) -> Result<(), PortError> {
-        let update = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(key(stage, job_id)))
-            .update_expression(
-                "SET progress = :retrying, attempt = :a, announced = :f, updated_ms = :u",
-            )
-            .condition_expression("attribute_exists(pk)")
-            .expression_attribute_values(":retrying", s(Progress::Retrying.as_str()))
-            .expression_attribute_values(":a", n(attempt))
-            .expression_attribute_values(":f", AttributeValue::Bool(false))
-            .expression_attribute_values(":u", n(now.timestamp_millis()))
-            .send()
-            .await;
-        match update {
-            Ok(_) => Ok(()),
-            Err(e) if is_condition_failure(&e) => Ok(()), // never claimed: nothing to reopen
-            Err(e) => Err(port_error("UpdateItem", e)),
+    /// Reads the record, decides by [`decide_reopen`], and writes only if the item is
+    /// still the one read (same `updated_ms`, progress and attempt); if it changed in
+    /// between, decides again on what it became.
+    async fn reopen(&self, reopen: &Reopen<'_>, now: Timestamp) -> Result<Reopened, PortError> {
+        for _ in 0..3 {
+            let current = self.read(reopen.job_id, reopen.stage).await?;
+            let decided = decide_reopen(current.as_ref(), reopen);
+            let (Reopened::Now, Some(seen)) = (&decided, current) else {
+                return Ok(decided);
+            };
+            let update = self
+                .client
+                .update_item()
+                .table_name(&self.table)
+                .key("pk", s(key(reopen.stage, reopen.job_id)))
+                .update_expression(
+                    "SET progress = :retrying, attempt = :a, holder = :by, announced = :f, \
+                     updated_ms = :u, expires_at = :x",
+                )
+                .condition_expression(
+                    "progress = :done AND attempt = :ended AND fingerprint = :fp \
+                     AND updated_ms = :seen",
+                )
+                .expression_attribute_values(":retrying", s(Progress::Retrying.as_str()))
+                .expression_attribute_values(":a", n(reopen.below))
+                .expression_attribute_values(":by", s(reopen.by))
+                .expression_attribute_values(":f", AttributeValue::Bool(false))
+                .expression_attribute_values(":u", n(now.timestamp_millis()))
+                .expression_attribute_values(":x", n(expires_at(now)))
+                .expression_attribute_values(":done", s(seen.progress.as_str()))
+                .expression_attribute_values(":ended", n(seen.attempt))
+                .expression_attribute_values(":fp", s(&seen.fingerprint))
+                .expression_attribute_values(":seen", n(seen.updated_at.timestamp_millis()))
+                .send()
+                .await;
+            match update {
+                Ok(_) => return Ok(Reopened::Now),
+                Err(e) if is_condition_failure(&e) => continue, // changed since the read
+                Err(e) => return Err(port_error("UpdateItem", e)),
+            }
         }
+        Err(PortError::Refused {
+            operation: "UpdateItem",
+            message: format!(
+                "job {} kept changing while it was being reopened; try again",
+                reopen.job_id
+            ),
+        })
     }
 
     async fn get(&self, job_id: &str) -> Result<Vec<JobState>, PortError> {
@@ -557,6 +591,93 @@ mod tests {
             (2, true, now)
         );
         assert_eq!(state.detail, Some(serde_json::json!({"rows": 3})));
+    }
+
+    /// Keeps the body of every request and stops it before it leaves the machine.
+    #[derive(Debug, Default, Clone)]
+    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>);
+
+    impl aws_sdk_dynamodb::config::Intercept for Captured {
+        fn name(&self) -> &'static str {
+            "captured"
+        }
+        fn read_before_transmit(
+            &self,
+            context: &aws_sdk_dynamodb::config::interceptors::BeforeTransmitInterceptorContextRef<
+                '_,
+            >,
+            _: &aws_sdk_dynamodb::config::RuntimeComponents,
+            _: &mut aws_sdk_dynamodb::config::ConfigBag,
+        ) -> Result<(), aws_sdk_dynamodb::error::BoxError> {
+            let body = context.request().body().bytes().unwrap_or_default();
+            let json = serde_json::from_slice(body).unwrap_or(serde_json::Value::Null);
+            self.0.lock().expect("lock").push(json);
+            Err("captured, not sent".into())
+        }
+    }
+
+    fn captured_store() -> (DynamoStore, Captured) {
+        let captured = Captured::default();
+        let config = aws_sdk_dynamodb::Config::builder()
+            .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
+            .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_dynamodb::config::Credentials::for_tests())
+            .endpoint_url("http://127.0.0.1:9")
+            .retry_config(aws_sdk_dynamodb::config::retry::RetryConfig::disabled())
+            .interceptor(captured.clone())
+            .build();
+        (
+            DynamoStore::new(Client::from_conf(config), "jobs"),
+            captured,
+        )
+    }
+
+    #[tokio::test]
+    async fn every_write_that_changes_a_record_sets_its_expiry_from_now() {
+        let (store, captured) = captured_store();
+        let now = Utc
+            .timestamp_millis_opt(1_790_000_000_123)
+            .single()
+            .expect("time");
+        let expiry = (now + RETENTION).timestamp().to_string();
+        let done = Progress::Done(Some(crate::messages::JobStatus::Completed));
+        let _ = store
+            .finish("job-1", Stage::Processor, 1, done, None, now)
+            .await;
+        let _ = store.announce("job-1", Stage::Processor, now).await;
+        let _ = store.release("job-1", Stage::Processor, 1, "m1", now).await;
+        let finish = Finish {
+            job_id: "job-2".into(),
+            stage: Stage::Processor,
+            attempt: 1,
+            progress: done,
+            detail: None,
+            now,
+        };
+        let _ = store.finish_all(&[finish]).await;
+        let _ = store
+            .announce_all(&[("job-2".to_owned(), Stage::Processor)], now)
+            .await;
+        let requests = captured.0.lock().expect("lock").clone();
+        assert_eq!(requests.len(), 5, "{requests:?}");
+        for single in &requests[..3] {
+            let expression = single["UpdateExpression"].as_str().unwrap_or_default();
+            assert!(expression.contains("expires_at = :x"), "{single}");
+            assert_eq!(
+                single["ExpressionAttributeValues"][":x"]["N"], expiry,
+                "{single}"
+            );
+        }
+        for batch in &requests[3..] {
+            let statement = &batch["Statements"][0];
+            let sql = statement["Statement"].as_str().unwrap_or_default();
+            assert!(sql.contains("SET \"expires_at\" = ?"), "{batch}");
+            let params = statement["Parameters"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            assert!(params.iter().any(|p| p["N"] == expiry), "{batch}");
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@
 
 use crate::messages::{Notification, Stage};
 use crate::ports::{MessageQueue, OutgoingMessage, PortError, Receipt, Topic};
-use crate::state::{Claim, ClaimOutcome, Finish, JobState, JobStore, Progress};
+use crate::state::{Claim, ClaimOutcome, Finish, JobState, JobStore, Progress, Reopen, Reopened};
 use crate::Timestamp;
 use async_trait::async_trait;
 use serde_json::Value;
@@ -302,14 +302,8 @@ impl<S: JobStore> JobStore for Guarded<S> {
         self.call("UpdateItem", call, Result::is_err, Err).await
     }
 
-    async fn reopen(
-        &self,
-        job_id: &str,
-        stage: Stage,
-        attempt: u32,
-        now: Timestamp,
-    ) -> Result<(), PortError> {
-        let call = self.inner.reopen(job_id, stage, attempt, now);
+    async fn reopen(&self, reopen: &Reopen<'_>, now: Timestamp) -> Result<Reopened, PortError> {
+        let call = self.inner.reopen(reopen, now);
         self.call("UpdateItem", call, Result::is_err, Err).await
     }
 

@@ -16,9 +16,7 @@ use crate::messages::{
     Stage, TraceContext, MAX_FORWARD_BYTES,
 };
 use crate::ports::{send_all, MessageQueue, PortError, Topic};
-use crate::record::{
-    enriched_message, raw_body, retry_failed_soon, RecordMeta, MAX_KEPT_BODY_BYTES,
-};
+use crate::record::{enriched_message, raw_body, retry_soon, RecordMeta, MAX_KEPT_BODY_BYTES};
 use crate::state::{fingerprint, legacy_fingerprint, Claim, ClaimOutcome, JobStore, Progress};
 use crate::telemetry::instruments_prelude::*;
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
@@ -35,23 +33,10 @@ pub struct IngesterConfig {
     /// still cannot be forwarded is dead-lettered by the ingester itself, so it gets its
     /// notification and the DLQ keeps one shape.
     pub max_receive_count: u32,
-}
-
-impl IngesterConfig {
-    /// The longest `long_running_job` timeout accepted, in seconds:
-    /// `MAX_JOB_TIMEOUT_SECONDS` ([`crate::aws::max_job_timeout`]), read once per
-    /// process. The function binary builds this config without it, so it is read here
-    /// on first use; a malformed value is logged as an error naming the variable and
-    /// the default (897) applies.
-    pub fn max_job_timeout_secs(&self) -> u64 {
-        static LIMIT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-        *LIMIT.get_or_init(|| {
-            crate::aws::max_job_timeout().unwrap_or_else(|e| {
-                tracing::error!(error = %e, "using the default job timeout limit");
-                crate::job::DEFAULT_MAX_TIMEOUT_SECS
-            })
-        })
-    }
+    /// The longest `long_running_job` timeout accepted, in seconds
+    /// (`MAX_JOB_TIMEOUT_SECONDS`, [`crate::aws::max_job_timeout`]): what the processor
+    /// can run within its function timeout.
+    pub max_job_timeout_secs: u64,
 }
 
 /// The ingester's downstream resources.
@@ -113,7 +98,7 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Ingester<Q, T, S> {
             .iter()
             .map(|record| {
                 let meta = RecordMeta::of(record);
-                let verdict = triage(record, &meta, self.config.max_job_timeout_secs(), now);
+                let verdict = triage(record, &meta, self.config.max_job_timeout_secs, now);
                 (meta, verdict, record)
             })
             .collect();
@@ -228,6 +213,15 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Ingester<Q, T, S> {
                 }
             }
         }
+        // Records whose claim could not be decided are known now: back to SQS soon,
+        // without waiting for the forwards and endings of the rest.
+        let undecided: Vec<&str> = response
+            .batch_item_failures
+            .iter()
+            .map(|f| f.item_identifier.as_str())
+            .collect();
+        retry_soon(&self.source, &event.records, &undecided).await;
+        let released = response.batch_item_failures.len();
 
         let outgoing: Vec<_> = forwards
             .iter()
@@ -272,6 +266,12 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Ingester<Q, T, S> {
             }
             producer.end();
         }
+        let unforwarded: Vec<&str> = response.batch_item_failures[released..]
+            .iter()
+            .map(|f| f.item_identifier.as_str())
+            .collect();
+        retry_soon(&self.source, &event.records, &unforwarded).await;
+        let released = response.batch_item_failures.len();
         // The job is on jobs-todo: if this mark is lost, a repeated event is forwarded
         // again once the claim's lease ends, and the processor's own claim stops it.
         let marks = forwarded.iter().map(|job_id| async move {
@@ -321,7 +321,11 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Ingester<Q, T, S> {
         for (consumer, _) in spans.values() {
             consumer.end();
         }
-        retry_failed_soon(&self.source, &event, &response).await;
+        let unended: Vec<&str> = response.batch_item_failures[released..]
+            .iter()
+            .map(|f| f.item_identifier.as_str())
+            .collect();
+        retry_soon(&self.source, &event.records, &unended).await;
         batch.end();
         response
     }
@@ -575,6 +579,7 @@ mod tests {
             store: MemoryStore::default(),
             config: IngesterConfig {
                 max_receive_count: 5,
+                max_job_timeout_secs: crate::job::DEFAULT_MAX_TIMEOUT_SECS,
             },
             telemetry: Instruments::default(),
         }
@@ -996,6 +1001,7 @@ mod tests {
             store: MemoryStore::default(),
             config: IngesterConfig {
                 max_receive_count: 5,
+                max_job_timeout_secs: crate::job::DEFAULT_MAX_TIMEOUT_SECS,
             },
             telemetry: Instruments::default(),
         };
@@ -1115,8 +1121,8 @@ mod tests {
                 "message": {"task_name": "t", "timeout": timeout}})
         };
         let event = records(&[
-            ("m1".into(), event_body("e1", &long("too-long", 898))),
-            ("m2".into(), event_body("e2", &long("fits", 897))),
+            ("m1".into(), event_body("e1", &long("too-long", 880))),
+            ("m2".into(), event_body("e2", &long("fits", 879))),
         ]);
         let response = ing.handle(event, now()).await;
         assert!(response.batch_item_failures.is_empty());
@@ -1129,7 +1135,7 @@ mod tests {
             (dead[0].job_id.as_str(), e.code.as_str(), e.field.as_deref()),
             ("too-long", "out_of_range", Some("message.timeout"))
         );
-        assert!(e.message.contains("897"), "{}", e.message);
+        assert!(e.message.contains("879"), "{}", e.message);
     }
 
     #[tokio::test(start_paused = true)]
@@ -1154,6 +1160,7 @@ mod tests {
             store,
             config: IngesterConfig {
                 max_receive_count: 5,
+                max_job_timeout_secs: crate::job::DEFAULT_MAX_TIMEOUT_SECS,
             },
             telemetry: Instruments::default(),
         };
@@ -1190,5 +1197,70 @@ mod tests {
         );
         ing.handle(event, now()).await;
         assert_eq!(*ing.jobs_todo.batches.lock().expect("lock"), [10, 10, 3]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_record_whose_claim_is_held_goes_back_before_the_slow_forward_of_the_rest() {
+        use crate::slow::Slow;
+        let detail = |id: &str| {
+            serde_json::json!({"id": id, "job_type": "user_onboarding",
+                "message": {"user_id": "1", "user_name": "A"}})
+        };
+        let records: Vec<_> = ["held", "ok"]
+            .iter()
+            .map(|name| {
+                serde_json::json!({"messageId": format!("m-{name}"),
+                    "receiptHandle": format!("rh-{name}"),
+                    "body": serde_json::json!({"id": "e", "detail": detail(&format!("job-{name}"))}).to_string(),
+                    "attributes": {"ApproximateReceiveCount": "2"}})
+            })
+            .collect();
+        let event: SqsEvent =
+            serde_json::from_value(serde_json::json!({"Records": records})).expect("event");
+        let queue = |secs| Slow {
+            inner: MemoryQueue::default(),
+            delay: std::time::Duration::from_secs(secs),
+        };
+        let ing = Ingester {
+            source: queue(0),
+            jobs_todo: queue(5),
+            dead_letters: queue(0),
+            topic: MemoryTopic::default(),
+            store: MemoryStore::default(),
+            config: IngesterConfig {
+                max_receive_count: 5,
+                max_job_timeout_secs: crate::job::DEFAULT_MAX_TIMEOUT_SECS,
+            },
+            telemetry: Instruments::default(),
+        };
+        // An earlier delivery of m-held still holds its job.
+        let fp = fingerprint(&detail("job-held"));
+        let held = Claim {
+            job_id: "job-held",
+            stage: Stage::Ingester,
+            fingerprint: &fp,
+            legacy_fingerprint: None,
+            attempt: 1,
+            lease_until: now() + TimeDelta::seconds(30),
+            holder: "m-held",
+        };
+        ing.store.claim(&held, now()).await.expect("store");
+        let handling = ing.handle(event, now());
+        tokio::pin!(handling);
+        tokio::select! {
+            _ = &mut handling => panic!("the forward takes 5 s"),
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+        }
+        let released = ing.source.inner.released.lock().expect("lock").clone();
+        assert_eq!(
+            released,
+            [crate::ports::Receipt {
+                receipt_handle: "rh-held".into(),
+                delay_seconds: 60
+            }]
+        );
+        let response = handling.await;
+        assert_eq!(response.batch_item_failures.len(), 1);
+        assert_eq!(ing.jobs_todo.inner.jobs().len(), 1);
     }
 }

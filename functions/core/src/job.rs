@@ -19,9 +19,9 @@ pub const MAX_ID_CHARS: usize = 128;
 
 /// The longest `long_running_job` timeout the processor can run, in seconds: its
 /// function timeout (`functions.processor.timeout_seconds` in pipeline.json, 900 s)
-/// less its deadline margin (`DEADLINE_MARGIN_MS`, 3 s). The ingester's
-/// `MAX_JOB_TIMEOUT_SECONDS` overrides it.
-pub const DEFAULT_MAX_TIMEOUT_SECS: u64 = 900 - 3;
+/// less its deadline margin (`DEADLINE_MARGIN_MS`, 21 s: room for the ending's calls).
+/// The ingester's `MAX_JOB_TIMEOUT_SECONDS` overrides it.
+pub const DEFAULT_MAX_TIMEOUT_SECS: u64 = 900 - 21;
 
 /// Rejects a job the processor could never finish: a `long_running_job` whose
 /// `timeout` is over `max_secs` would only end as `deadline_exceeded` after taking a
@@ -522,7 +522,7 @@ mod tests {
             (r.code, r.field.as_deref()),
             (RejectCode::OutOfRange, Some("message.timeout"))
         );
-        assert!(r.message.contains("at most 897 seconds"), "{}", r.message);
+        assert!(r.message.contains("at most 879 seconds"), "{}", r.message);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::fault::Fault;
 use crate::job::parse_job;
 use crate::messages::{DeadLetter, EnrichedJob, ErrorEntry, JobStatus, Notification, Stage};
 use crate::ports::{send_all, MessageQueue, OutgoingMessage, PortError, Topic};
-use crate::record::{enriched_message, raw_body, retry_failed_soon, RecordMeta};
+use crate::record::{enriched_message, raw_body, retry_soon, RecordMeta};
 use crate::retry::{Decision, RetryPolicy};
 use crate::state::{fingerprint, legacy_fingerprint, Claim, ClaimOutcome, JobStore, Progress};
 use crate::telemetry::instruments_prelude::*;
@@ -29,13 +29,27 @@ use tracing::{info, warn, Instrument};
 /// Settings that change the processor's decisions.
 #[derive(Debug, Clone)]
 pub struct ProcessorConfig {
-    /// Time kept back from the Lambda deadline to dead-letter and announce a job that
-    /// could not finish.
+    /// Time kept back from the Lambda deadline for the job's ending, which must fit in
+    /// it whatever the job did: at least [`ending_reserve`] of the call timeout.
     pub deadline_margin: Duration,
     /// How failed attempts are retried.
     pub retry: RetryPolicy,
     /// Honour the `fault` a job asks for (demos and tests only).
     pub fault_injection: bool,
+}
+
+/// The most calls one ending makes: record the end, store the dead letter, publish,
+/// mark announced (see [`crate::ending`]).
+pub const ENDING_CALLS: u32 = 4;
+
+/// Slack on top of the ending's calls, for the work between them.
+pub const ENDING_SLACK: Duration = Duration::from_secs(1);
+
+/// The least time an ending needs when each call may take up to `call_timeout`: the
+/// smallest deadline margin that keeps a job sized to its budget from being cut off
+/// mid-ending (and announced again after the visibility timeout).
+pub fn ending_reserve(call_timeout: Duration) -> Duration {
+    call_timeout.saturating_mul(ENDING_CALLS) + ENDING_SLACK
 }
 
 /// The longest wait before looking again at a job whose previous attempt has not yet
@@ -116,6 +130,9 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Processor<Q, T, S> {
             .filter_map(|p| p.as_ref().map(|cx| cx.span().span_context().clone()))
             .collect();
         let batch = tel.batch_span("processor", &queue, invocation, links, parents.len());
+        // `now` is when the invocation started; what each record spends before its job
+        // runs (its claim) comes off that job's budget.
+        let started = tokio::time::Instant::now();
         // Each record ends its job as soon as it can, so a quick job is not held back
         // by a long one in the same batch.
         let runs = event.records.iter().zip(&parents).map(|(record, parent)| {
@@ -129,11 +146,21 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Processor<Q, T, S> {
                 invocation,
             );
             async move {
-                let (outcome, event_time) =
-                    self.process(record, &meta, deadline, now, &consumer).await;
+                let (outcome, event_time) = self
+                    .process(record, &meta, (deadline, started), now, &consumer)
+                    .await;
                 let failed = self
                     .settle(outcome, record, meta, event_time, &consumer)
                     .await;
+                // Back to SQS soon now, not once the batch's longest job is done.
+                if let Some(id) = &failed {
+                    retry_soon(
+                        &self.jobs_todo,
+                        std::slice::from_ref(record),
+                        &[id.as_str()],
+                    )
+                    .await;
+                }
                 consumer.end();
                 failed
             }
@@ -147,7 +174,6 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Processor<Q, T, S> {
         {
             response.add_failure(id);
         }
-        retry_failed_soon(&self.jobs_todo, &event, &response).await;
         batch.end();
         response
     }
@@ -274,11 +300,12 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Processor<Q, T, S> {
     }
 
     /// Decides one record; returns its outcome and the job's event time (for latency).
+    /// `clock` is the deadline and the instant the invocation started at `now`.
     async fn process(
         &self,
         record: &SqsMessage,
         meta: &RecordMeta,
-        deadline: DateTime<Utc>,
+        clock: (DateTime<Utc>, tokio::time::Instant),
         now: DateTime<Utc>,
         consumer: &JobSpan,
     ) -> (Outcome, Option<String>) {
@@ -309,6 +336,7 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Processor<Q, T, S> {
             Subject::Unreadable(dl, attempt) => (&dl.job_id, &dl.job, *attempt, None, None),
         };
 
+        let deadline = clock.0;
         let fp = fingerprint(content);
         let legacy = legacy_fingerprint(content);
         let claim = Claim {
@@ -323,7 +351,7 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Processor<Q, T, S> {
         let outcome = match self.store.claim(&claim, now).await {
             Err(e) => Outcome::Unavailable(e),
             Ok(ClaimOutcome::Claimed) => match &subject {
-                Subject::Job(job) => self.run(job, meta, deadline, now, consumer).await,
+                Subject::Job(job) => self.run(job, meta, clock, now, consumer).await,
                 // Ended like any job, so a redelivery finds it ended instead of
                 // announcing it again.
                 Subject::Unreadable(dl, attempt) => Outcome::End(Ending {
@@ -387,7 +415,7 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Processor<Q, T, S> {
         &self,
         job: &EnrichedJob,
         meta: &RecordMeta,
-        deadline: DateTime<Utc>,
+        (deadline, started): (DateTime<Utc>, tokio::time::Instant),
         now: DateTime<Utc>,
         consumer: &JobSpan,
     ) -> Outcome {
@@ -422,9 +450,11 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Processor<Q, T, S> {
             Err(r) => return give_up(failure(job, r.code.as_str(), r.message, r.field)),
         };
 
+        // What is left now (after the claim), less the ending's reserve.
         let budget = (deadline - now)
             .to_std()
             .unwrap_or_default()
+            .saturating_sub(started.elapsed())
             .saturating_sub(self.config.deadline_margin);
         let span = self
             .telemetry
@@ -599,6 +629,7 @@ fn unreadable(body: &str, meta: &RecordMeta, reason: &str) -> (DeadLetter, u32) 
 mod tests {
     use super::*;
     use crate::retry::SQS_MAX_DELAY;
+    use crate::slow::Slow;
     use crate::state::MemoryStore;
     use crate::testing::{MemoryQueue, MemoryTopic};
     use serde_json::json;
@@ -1135,6 +1166,91 @@ mod tests {
                 delay_seconds: 15
             }]
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_record_that_failed_at_once_goes_back_before_the_batch_s_long_job_ends() {
+        let p = processor(MemoryTopic::default());
+        // An earlier delivery of m-job-h-1 still holds job-h: that record fails at once.
+        let fp = fingerprint(&report(None));
+        let held = Claim {
+            job_id: "job-h",
+            stage: Stage::Processor,
+            fingerprint: &fp,
+            legacy_fingerprint: None,
+            attempt: 1,
+            lease_until: at(600),
+            holder: "m-job-h-1",
+        };
+        p.store.claim(&held, at(0)).await.expect("store");
+        let long = json!({"job_type": "long_running_job",
+            "message": {"task_name": "t", "timeout": 300}});
+        let records = [job("job-h", 1, report(None)), job("job-long", 1, long)];
+        let handling = p.handle(event(&records), at(900), at(0));
+        tokio::pin!(handling);
+        tokio::select! {
+            _ = &mut handling => panic!("the 300 s job cannot be done yet"),
+            _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+        }
+        let released = p.jobs_todo.released.lock().expect("lock").clone();
+        assert_eq!(
+            released,
+            [crate::ports::Receipt {
+                receipt_handle: "rh-m-job-h-1".into(),
+                delay_seconds: 15
+            }],
+            "released while the long job still runs"
+        );
+        let response = handling.await;
+        assert_eq!(response.batch_item_failures.len(), 1);
+        assert_eq!(p.jobs_todo.released.lock().expect("lock").len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_job_sized_to_its_budget_leaves_time_for_its_ending_after_a_slow_claim() {
+        // Every call may take the 2 s call timeout; the margin holds one ending of them.
+        let call = Duration::from_secs(2);
+        let slow = |delay| Slow {
+            inner: MemoryQueue::default(),
+            delay,
+        };
+        let p = Processor {
+            jobs_todo: slow(call),
+            dead_letters: slow(call),
+            topic: Slow {
+                inner: MemoryTopic::default(),
+                delay: call,
+            },
+            store: Slow {
+                inner: MemoryStore::default(),
+                delay: call,
+            },
+            config: ProcessorConfig {
+                deadline_margin: ending_reserve(call),
+                retry: RetryPolicy::default(),
+                fault_injection: true,
+            },
+            telemetry: Instruments::default(),
+        };
+        // 60 s left; the job would take everything but the margin, from the start.
+        let fits = 60 - ending_reserve(call).as_secs();
+        let long = json!({"job_type": "long_running_job",
+            "message": {"task_name": "t", "timeout": fits}});
+        let started = tokio::time::Instant::now();
+        let response = p
+            .handle(event(&[job("job-l", 1, long)]), at(60), at(0))
+            .await;
+        let took = started.elapsed();
+        assert!(response.batch_item_failures.is_empty());
+        let notes = p.topic.inner.notifications();
+        assert_eq!(notes.len(), 1, "announced once");
+        assert!(
+            took <= Duration::from_secs(60),
+            "the ending ran past the deadline: {took:?}, {:?}",
+            notes[0].status
+        );
+        assert_eq!(notes[0].status, JobStatus::Failed);
+        assert_eq!(notes[0].errors[0].code, "deadline_exceeded");
     }
 
     #[tokio::test]

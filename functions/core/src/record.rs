@@ -224,8 +224,19 @@ pub async fn retry_failed_soon<Q: MessageQueue>(
         .iter()
         .map(|f| f.item_identifier.as_str())
         .collect();
-    let receipts: Vec<Receipt> = event
-        .records
+    retry_soon(source, &event.records, &failed).await;
+}
+
+/// Asks the source queue to offer the records with these message ids again soon, as
+/// [`retry_failed_soon`] does for a whole batch: a handler calls it as soon as a
+/// record's failure is known, so the record does not wait for the rest of its batch
+/// (or for the whole visibility timeout, if the invocation dies first). Records that
+/// fail together go in one call.
+pub async fn retry_soon<Q: MessageQueue>(source: &Q, records: &[SqsMessage], failed: &[&str]) {
+    if failed.is_empty() {
+        return;
+    }
+    let receipts: Vec<Receipt> = records
         .iter()
         .filter(|r| {
             r.message_id

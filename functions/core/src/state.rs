@@ -13,7 +13,7 @@
 //! the fingerprint changed format (16 hex digits of FNV-1a) are compared with the old
 //! function, so a repeat of such a job is still recognised.
 
-use crate::messages::{JobStatus, Stage};
+use crate::messages::{ErrorEntry, JobStatus, Stage};
 use crate::telemetry::propagation;
 use crate::Timestamp;
 use async_trait::async_trait;
@@ -207,15 +207,11 @@ pub trait JobStore: Send + Sync {
         now: Timestamp,
     ) -> Result<(), PortError>;
 
-    /// Lets a finished job be claimed again by any attempt above `attempt`: an operator
-    /// redriving it from the dead-letter queue. A job with no record needs nothing.
-    async fn reopen(
-        &self,
-        job_id: &str,
-        stage: Stage,
-        attempt: u32,
-        now: Timestamp,
-    ) -> Result<(), PortError>;
+    /// Lets a finished job be claimed again by any attempt above `reopen.below`: an
+    /// operator redriving one dead letter. Only the end that letter was written for is
+    /// reopened, and only once (see [`decide_reopen`]); the answer says what to do with
+    /// the letter.
+    async fn reopen(&self, reopen: &Reopen<'_>, now: Timestamp) -> Result<Reopened, PortError>;
 
     /// Every stage's record of a job, for operators.
     async fn get(&self, job_id: &str) -> Result<Vec<JobState>, PortError>;
@@ -227,7 +223,11 @@ pub fn decide(current: Option<&JobState>, claim: &Claim<'_>, now: Timestamp) -> 
     let Some(cur) = current else {
         return ClaimOutcome::Claimed;
     };
-    if !same_content(&cur.fingerprint, claim) {
+    if !same_content(
+        &cur.fingerprint,
+        claim.fingerprint,
+        claim.legacy_fingerprint,
+    ) {
         return ClaimOutcome::Conflict {
             fingerprint: cur.fingerprint.clone(),
         };
@@ -255,6 +255,106 @@ pub fn decide(current: Option<&JobState>, claim: &Claim<'_>, now: Timestamp) -> 
         Progress::Retrying if claim.attempt > cur.attempt => ClaimOutcome::Claimed,
         Progress::Retrying => ClaimOutcome::Stale,
     }
+}
+
+/// An operator's request to reopen the end one dead letter was written for.
+#[derive(Debug, Clone)]
+pub struct Reopen<'a> {
+    pub job_id: &'a str,
+    pub stage: Stage,
+    /// The fingerprint of the letter's job: a record of other content is not its job's.
+    pub fingerprint: &'a str,
+    /// Its [`legacy_fingerprint`], for records written before the format changed.
+    pub legacy_fingerprint: Option<&'a str>,
+    /// The end the letter reports, and the attempt the record holds at that end.
+    pub status: JobStatus,
+    pub attempt: u32,
+    /// The letter's last error: it tells this end from a later one of the same attempt
+    /// (the ingester's attempt is always 1).
+    pub last_error: Option<&'a ErrorEntry>,
+    /// The attempt the reopened record is left at; the redriven copy claims above it.
+    pub below: u32,
+    /// The SQS message id of the dead letter, kept as the reopened record's holder so
+    /// a rerun of the same letter's redrive can tell its own reopening from another's.
+    pub by: &'a str,
+}
+
+/// What a [`Reopen`] found, and so what becomes of the dead letter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reopened {
+    /// The record held the letter's end and is reopened now: send the copy, then
+    /// delete the letter.
+    Now,
+    /// This letter's own earlier redrive reopened the record and nothing claimed it
+    /// since, so its copy may never have gone out: send it again (the claim makes one
+    /// run of two copies), then delete the letter.
+    Already,
+    /// The job has no record (its letter was written without one): send the copy.
+    NoRecord,
+    /// The end this letter was written for was reopened already (by another copy of
+    /// it, or an earlier redrive whose delete was lost), and the job ran or runs again:
+    /// the letter is a stale copy. Delete it without sending: the job's current end,
+    /// if any, has its own letter.
+    Stale(String),
+    /// The record does not belong to this letter (another job's content holds the id),
+    /// or is in a state no redrive explains: keep the letter, touch nothing.
+    Keep(String),
+}
+
+/// Decides a reopen against the current record, for every store alike.
+pub fn decide_reopen(current: Option<&JobState>, reopen: &Reopen<'_>) -> Reopened {
+    let Some(cur) = current else {
+        return Reopened::NoRecord;
+    };
+    if !same_content(
+        &cur.fingerprint,
+        reopen.fingerprint,
+        reopen.legacy_fingerprint,
+    ) {
+        return Reopened::Keep(format!(
+            "job {} now names other content (fingerprint {}, the letter's {}); send it again with a new id",
+            reopen.job_id, cur.fingerprint, reopen.fingerprint
+        ));
+    }
+    let stored_last_error = cur
+        .detail
+        .as_ref()
+        .and_then(|d| d.get("errors"))
+        .and_then(|e| serde_json::from_value::<Vec<ErrorEntry>>(e.clone()).ok())
+        .map(|mut errors| errors.pop());
+    // A detail that cannot be read says nothing against the letter.
+    let same_end = stored_last_error.is_none_or(|last| last.as_ref() == reopen.last_error);
+    if cur.progress == Progress::Done(Some(reopen.status)) && cur.attempt == reopen.attempt {
+        if same_end {
+            return Reopened::Now;
+        }
+        if reopen.stage == Stage::Processor {
+            return Reopened::Keep(format!(
+                "job {} ended {} at attempt {} with another error than this letter's",
+                reopen.job_id,
+                reopen.status.as_str(),
+                reopen.attempt
+            ));
+        }
+    }
+    if cur.progress == Progress::Retrying && cur.attempt == reopen.below && cur.holder == reopen.by
+    {
+        return Reopened::Already;
+    }
+    // A tracked end is recorded before its letter is stored, and only a reopen takes a
+    // record out of its end: anything else means the job moved on since this letter.
+    if cur.attempt < reopen.attempt && reopen.stage == Stage::Processor {
+        return Reopened::Keep(format!(
+            "job {} is at attempt {}, before this letter's attempt {}",
+            reopen.job_id, cur.attempt, reopen.attempt
+        ));
+    }
+    Reopened::Stale(format!(
+        "job {} was redriven already and is now {} at attempt {}",
+        reopen.job_id,
+        cur.progress.as_str(),
+        cur.attempt
+    ))
 }
 
 /// A job's content fingerprint: SHA-256, as 64 hex digits, of its canonical JSON (keys
@@ -298,11 +398,8 @@ pub fn is_legacy(stored: &str) -> bool {
 /// old-format one equal to the claim's [`legacy_fingerprint`]. A copy re-sent with a
 /// fresh trace context still conflicts with an old-format record (the old function
 /// hashed the trace context too); that lasts only as long as such records do.
-fn same_content(stored: &str, claim: &Claim<'_>) -> bool {
-    stored == claim.fingerprint
-        || claim
-            .legacy_fingerprint
-            .is_some_and(|legacy| is_legacy(stored) && stored == legacy)
+fn same_content(stored: &str, fingerprint: &str, legacy: Option<&str>) -> bool {
+    stored == fingerprint || legacy.is_some_and(|legacy| is_legacy(stored) && stored == legacy)
 }
 
 /// The table in memory, for tests. Its [`Faults`] refuse calls, lose answers or slow
@@ -403,6 +500,7 @@ fn apply_finish(record: &mut JobState, f: &Finish) {
     record.progress = f.progress;
     record.detail = f.detail.clone();
     record.updated_at = f.now;
+    record.expires_at = f.now + RETENTION;
 }
 
 #[async_trait]
@@ -500,6 +598,7 @@ impl JobStore for MemoryStore {
                 Some(r) => {
                     r.announced = true;
                     r.updated_at = now;
+                    r.expires_at = now + RETENTION;
                     Ok(())
                 }
                 None => Err(lost_claim("announce", job_id)),
@@ -520,6 +619,7 @@ impl JobStore for MemoryStore {
                         Some(r) => {
                             r.announced = true;
                             r.updated_at = now;
+                            r.expires_at = now + RETENTION;
                             Ok(())
                         }
                         None => Err(lost_claim("announce", job_id)),
@@ -544,6 +644,7 @@ impl JobStore for MemoryStore {
                 {
                     r.lease_until = Timestamp::UNIX_EPOCH;
                     r.updated_at = now;
+                    r.expires_at = now + RETENTION;
                 }
             }
             Ok(())
@@ -551,21 +652,21 @@ impl JobStore for MemoryStore {
         .await
     }
 
-    async fn reopen(
-        &self,
-        job_id: &str,
-        stage: Stage,
-        attempt: u32,
-        now: Timestamp,
-    ) -> Result<(), PortError> {
+    async fn reopen(&self, reopen: &Reopen<'_>, now: Timestamp) -> Result<Reopened, PortError> {
         self.call("UpdateItem", |records| {
-            if let Some(r) = records.get_mut(&key_of(job_id, stage)) {
-                r.progress = Progress::Retrying;
-                r.attempt = attempt;
-                r.announced = false;
-                r.updated_at = now;
+            let key = key_of(reopen.job_id, reopen.stage);
+            let decided = decide_reopen(records.get(&key), reopen);
+            if decided == Reopened::Now {
+                if let Some(r) = records.get_mut(&key) {
+                    r.progress = Progress::Retrying;
+                    r.attempt = reopen.below;
+                    r.holder = reopen.by.to_owned();
+                    r.announced = false;
+                    r.updated_at = now;
+                    r.expires_at = now + RETENTION;
+                }
             }
-            Ok(())
+            Ok(decided)
         })
         .await
     }
@@ -779,10 +880,21 @@ mod tests {
             .finish("job-1", Stage::Processor, 3, failed, None, at(1))
             .await
             .expect("store");
-        store
-            .reopen("job-1", Stage::Processor, 3, at(2))
-            .await
-            .expect("store");
+        let reopen = Reopen {
+            job_id: "job-1",
+            stage: Stage::Processor,
+            fingerprint: "a",
+            legacy_fingerprint: None,
+            status: JobStatus::Failed,
+            attempt: 3,
+            last_error: None,
+            below: 3,
+            by: "dl-1",
+        };
+        assert_eq!(
+            store.reopen(&reopen, at(2)).await.expect("store"),
+            Reopened::Now
+        );
         assert_eq!(
             store.claim(&claim("a", 3, 60), at(3)).await.expect("store"),
             ClaimOutcome::Stale
@@ -791,6 +903,48 @@ mod tests {
             store.claim(&claim("a", 4, 60), at(3)).await.expect("store"),
             ClaimOutcome::Claimed
         );
+    }
+
+    #[tokio::test]
+    async fn every_write_that_changes_a_record_refreshes_its_expiry() {
+        let store = MemoryStore::default();
+        let expiry = || store.get("job-1");
+        let expires = |t: i64| at(t) + RETENTION;
+        store.claim(&claim("a", 1, 60), at(0)).await.expect("store");
+        store
+            .release("job-1", Stage::Processor, 1, "m1", at(10))
+            .await
+            .expect("store");
+        assert_eq!(expiry().await.expect("store")[0].expires_at, expires(10));
+        store
+            .claim(&claim("a", 1, 60), at(20))
+            .await
+            .expect("store");
+        assert_eq!(expiry().await.expect("store")[0].expires_at, expires(20));
+        let failed = Progress::Done(Some(JobStatus::Failed));
+        store
+            .finish("job-1", Stage::Processor, 1, failed, None, at(30))
+            .await
+            .expect("store");
+        assert_eq!(expiry().await.expect("store")[0].expires_at, expires(30));
+        store
+            .announce("job-1", Stage::Processor, at(40))
+            .await
+            .expect("store");
+        assert_eq!(expiry().await.expect("store")[0].expires_at, expires(40));
+        let reopen = Reopen {
+            job_id: "job-1",
+            stage: Stage::Processor,
+            fingerprint: "a",
+            legacy_fingerprint: None,
+            status: JobStatus::Failed,
+            attempt: 1,
+            last_error: None,
+            below: 1,
+            by: "dl-1",
+        };
+        store.reopen(&reopen, at(50)).await.expect("store");
+        assert_eq!(expiry().await.expect("store")[0].expires_at, expires(50));
     }
 
     #[tokio::test]

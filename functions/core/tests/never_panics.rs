@@ -123,7 +123,10 @@ proptest! {
             dead_letters: MemoryQueue::default(),
             topic: MemoryTopic::default(),
             store: MemoryStore::default(),
-            config: IngesterConfig { max_receive_count: 5 },
+            config: IngesterConfig {
+                max_receive_count: 5,
+                max_job_timeout_secs: jobs_core::job::DEFAULT_MAX_TIMEOUT_SECS,
+            },
             telemetry: Default::default(),
         };
         let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");

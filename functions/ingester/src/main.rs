@@ -2,7 +2,7 @@
 //! [`jobs_core::ingester`]. Clients are built once, before the first invocation, each
 //! behind a timeout and a circuit breaker that outlive single invocations.
 
-use jobs_core::aws::{guard_config, number_or, required, sdk_config, Clients};
+use jobs_core::aws::{guard_config, max_job_timeout, number_or, required, sdk_config, Clients};
 use jobs_core::ingester::{Ingester, IngesterConfig};
 use jobs_core::telemetry::Telemetry;
 use jobs_core::Timestamp;
@@ -18,6 +18,7 @@ async fn main() -> Result<(), Error> {
     let topic_arn = required("JOB_END_STATE_TOPIC_ARN")?;
     let table = required("JOBS_TABLE")?;
     let max_receive_count = u32::try_from(number_or("MAX_RECEIVE_COUNT", 5)?).unwrap_or(u32::MAX);
+    let max_job_timeout_secs = max_job_timeout()?;
     let guard = guard_config()?;
     let telemetry = Telemetry::from_env("ingester")?;
 
@@ -28,7 +29,10 @@ async fn main() -> Result<(), Error> {
         dead_letters: clients.queue(dead_letter_url, "dead-letter-queue"),
         topic: clients.topic(topic_arn),
         store: clients.store(table),
-        config: IngesterConfig { max_receive_count },
+        config: IngesterConfig {
+            max_receive_count,
+            max_job_timeout_secs,
+        },
         telemetry: telemetry.instruments(),
     };
     let (ingester, telemetry) = (&ingester, &telemetry);

@@ -2,12 +2,14 @@
 //! to [`jobs_core::processor`]. Clients are built once, before the first invocation,
 //! each behind a timeout and a circuit breaker that outlive single invocations.
 
-use jobs_core::aws::{flag, guard_config, number_or, required, retry_policy, sdk_config, Clients};
+use jobs_core::aws::{
+    deadline_margin, flag, guard_config, required, retry_policy, sdk_config, Clients,
+};
 use jobs_core::processor::{Processor, ProcessorConfig};
 use jobs_core::telemetry::Telemetry;
 use jobs_core::Timestamp;
 use lambda_runtime::{service_fn, Error, LambdaEvent};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
@@ -16,12 +18,12 @@ async fn main() -> Result<(), Error> {
     let dead_letter_url = required("DEAD_LETTER_QUEUE_URL")?;
     let topic_arn = required("JOB_END_STATE_TOPIC_ARN")?;
     let table = required("JOBS_TABLE")?;
+    let guard = guard_config()?;
     let config = ProcessorConfig {
-        deadline_margin: Duration::from_millis(number_or("DEADLINE_MARGIN_MS", 3000)?),
+        deadline_margin: deadline_margin(&guard)?,
         retry: retry_policy()?,
         fault_injection: flag("FAULT_INJECTION")?,
     };
-    let guard = guard_config()?;
     let telemetry = Telemetry::from_env("processor")?;
     if config.fault_injection {
         lambda_runtime::tracing::warn!("FAULT_INJECTION is on: jobs may ask to fail");

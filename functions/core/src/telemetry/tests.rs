@@ -103,6 +103,7 @@ async fn an_invocation_is_exported_before_it_returns() {
         store: crate::state::MemoryStore::default(),
         config: IngesterConfig {
             max_receive_count: 5,
+            max_job_timeout_secs: crate::job::DEFAULT_MAX_TIMEOUT_SECS,
         },
         telemetry: telemetry.instruments(),
     };
