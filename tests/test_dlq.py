@@ -77,7 +77,7 @@ def test_list_dry_run_and_redrive(pipeline):
 
     moved = ops(pipeline, "dlq", "redrive", "--all")
     assert moved.returncode == 0, moved.stderr
-    assert "moved 2, kept 0, failed 0" in moved.stderr
+    assert "moved 2, kept 0, skipped 0, failed 0" in moved.stderr
 
     # Both come back through the pipeline and complete.
     watch = queues[pipeline.settings["demo_subscriber_queue"]]

@@ -27,7 +27,9 @@ SLACK = 4  # seconds of polling and processing around a retry's delay
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory, free_port):
     state = tmp_path_factory.mktemp("reliability")
-    stack = stk.up(port=free_port(), state_dir=state, use_existing=False, fault_injection=True)
+    # As `make up` runs it: telemetry on (the local OTLP receiver), so every producer's
+    # copy of a job carries its own trace context, as it does for users.
+    stack = stk.up(port=free_port(), state_dir=state, use_existing=False, fault_injection=True, receiver=True)
     try:
         yield stack
     finally:
@@ -188,31 +190,67 @@ def test_jobs_sent_while_the_processor_is_down_all_complete(pipeline, tmp_path):
     assert all(n["status"] == "COMPLETED" for n in notes)
 
 
+def expected_end(sent: dict) -> tuple[str, str | None, int]:
+    """(status, last error code, number of errors) the manifest line promises."""
+    if sent["expected_rejection"]:
+        return "REJECTED", sent["expected_rejection"], 1
+    if isinstance(sent["detail"], dict) and "fault" in sent["detail"]:
+        return "COMPLETED", None, MAX_ATTEMPTS - 1  # fails twice, then completes
+    return "COMPLETED", None, 0
+
+
 def test_every_job_has_exactly_one_end_state_under_mixed_load(pipeline, tmp_path):
-    """2,000 jobs: 20% malformed, 10% flaky, 5% sent twice."""
+    """2,000 jobs: 20% malformed, 10% flaky, 5% sent twice, each copy with a fresh trace
+    context. Every job's status, last error code, error count and dead letters are
+    checked against what the generator says it sent."""
     sent = stk.generate(
         pipeline, tmp_path / "load.jsonl",
         *("--count", "2000", "--rate", "200", "--seed", "2026", "--max-job-seconds", "1"),
         *("--malformed-ratio", "0.2", "--flaky-ratio", "0.1", "--duplicate-ratio", "0.05"),
+        timeout=600,
     )
     delivered = [s for s in sent if s["outcome"] == "sent"]
-    ids = {s["job_id"] for s in delivered}
-    repeats = len(delivered) - len(ids)
-    flaky = {s["job_id"] for s in delivered if "fault" in s["detail"]}
-    notes = stk.await_end_states(pipeline, ids, timeout=600)
+    copies: dict[str, list[dict]] = {}
+    for s in delivered:
+        copies.setdefault(s["job_id"], []).append(s)
+    ids = set(copies)
+    repeated = {j: c for j, c in copies.items() if len(c) > 1}
+    assert repeated and any(expected_end(c[0])[0] == "REJECTED" for c in repeated.values())
+    # The copies of a job are the same job sent again, each under its own trace.
+    for job_id, c in repeated.items():
+        assert len({x["trace_id"] for x in c}) == len(c), f"{job_id}: copies share a trace context"
 
-    per_job = Counter(n["job_id"] for n in notes)
-    missing = ids - set(per_job)
-    twice = {j: c for j, c in per_job.items() if c > 1}
-    counts = Counter(n["status"] for n in notes if n["job_id"] in ids)
-    retried = sum(1 for n in notes if n["job_id"] in flaky and len(n["errors"]) == 2)
-    print(f"\nmixed load: {len(sent)} sent ({repeats} repeats), {len(ids)} job ids, end states {dict(counts)}, "
-          f"{retried} flaky jobs completed on their third attempt")
-    assert not missing, f"{len(missing)} jobs never ended: {sorted(missing)[:5]}"
+    notes = stk.await_end_states(pipeline, ids, timeout=600)
+    per_job: dict[str, list[dict]] = {}
+    for n in notes:
+        per_job.setdefault(n["job_id"], []).append(n)
+    missing = sorted(ids - set(per_job))
+    twice = {j: [(n["status"], n["errors"][-1]["code"] if n["errors"] else None) for n in ns]
+             for j, ns in per_job.items() if len(ns) > 1}
+    wrong = []
+    for job_id, ns in per_job.items():
+        status, code, errors = expected_end(copies[job_id][0])
+        n = ns[0]
+        got = (n["status"], n["errors"][-1]["code"] if n["errors"] else None, len(n["errors"]))
+        if got[0] != status or (code and got[1] != code) or got[2] != errors:
+            wrong.append((job_id, got, (status, code, errors)))
+    counts = Counter(n["status"] for n in notes)
+    print(f"\nmixed load: {len(delivered)} sent ({len(delivered) - len(ids)} repeats), {len(ids)} job ids, "
+          f"end states {dict(counts)}")
+    assert not missing, f"{len(missing)} jobs never ended: {missing[:5]}"
     assert not twice, f"jobs with more than one end state: {list(twice.items())[:5]}"
-    assert repeats > 0 and flaky, "the load must contain repeats and flaky jobs"
-    assert all(n["status"] == "COMPLETED" and len(n["errors"]) == 2 for n in notes if n["job_id"] in flaky)
+    assert not wrong, f"{len(wrong)} jobs ended otherwise than sent (job, got, expected): {wrong[:5]}"
+
+    # Exactly one dead letter for each rejected job of this run, and none for the others.
     sqs = pipeline.client("sqs")
+    dead = Counter(
+        body["job_id"]
+        for body in (json.loads(m["Body"]) for m in stk.drain(sqs, pipeline.resources["queues"]["dead-letter-queue"], wait=3))
+        if body.get("job_id") in ids
+    )
+    rejected = {j for j, c in copies.items() if expected_end(c[0])[0] == "REJECTED"}
+    assert set(dead) == rejected, (sorted(set(dead) ^ rejected)[:5])
+    assert all(v == 1 for v in dead.values()), {j: v for j, v in dead.items() if v > 1}
     for name in ("ingester-queue", "jobs-todo"):
         assert stk.queue_depth(sqs, pipeline.resources["queues"][name]) == 0, f"{name} still holds messages"
 
