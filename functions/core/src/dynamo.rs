@@ -2,8 +2,12 @@
 //!
 //! One item per stage and job, keyed `pk = "<stage>#<job_id>"`. A claim is a conditional
 //! `PutItem` that succeeds only for a new job, an expired lease, or the next attempt of a
-//! job waiting for a retry; when the condition fails, the current item is read back and
-//! judged by [`crate::state::decide`], the same rules the in-memory store follows.
+//! job waiting for a retry, or this very claim sent again: the item holds the claim's
+//! `claim_token` ([`crate::state::Claim::token`], unique per delivery), so the SDK's
+//! retry of a claim whose answer was lost succeeds instead of finding the job held by
+//! itself (an item written before tokens has none and behaves as before). When the
+//! condition fails, the current item is read back and judged by
+//! [`crate::state::decide`], the same rules the in-memory store follows.
 //! `expires_at` (epoch seconds) is the table's TTL attribute.
 //!
 //! The writes of several jobs go together as PartiQL statements in one
@@ -15,8 +19,8 @@
 use crate::messages::Stage;
 use crate::ports::PortError;
 use crate::state::{
-    decide, decide_reopen, lost_claim, Claim, ClaimOutcome, Finish, JobState, JobStore, Progress,
-    Reopen, Reopened, RETENTION,
+    decide, decide_reopen, lost_claim, same_claim, split_holder, Claim, ClaimOutcome, Finish,
+    JobState, JobStore, Progress, Reopen, Reopened, RETENTION,
 };
 use crate::Timestamp;
 use async_trait::async_trait;
@@ -145,7 +149,8 @@ fn claim_fields(claim: &Claim<'_>, now: Timestamp) -> Vec<(&'static str, Attribu
         ("fingerprint", s(claim.fingerprint)),
         ("attempt", n(claim.attempt)),
         ("lease_until", n(claim.lease_until.timestamp_millis())),
-        ("holder", s(claim.holder)),
+        ("holder", s(split_holder(claim.holder).0)),
+        ("claim_token", s(split_holder(claim.holder).1)),
         ("announced", AttributeValue::Bool(false)),
         ("updated_ms", n(now.timestamp_millis())),
         ("expires_at", n(expires_at(now))),
@@ -233,6 +238,8 @@ fn from_item(item: &Item) -> Option<JobState> {
         attempt: u32::try_from(number("attempt")?).ok()?,
         lease_until: Utc.timestamp_millis_opt(number("lease_until")?).single()?,
         holder: text("holder").cloned().unwrap_or_default(),
+        // Written before claims carried a token: it matches no claim.
+        token: text("claim_token").cloned().unwrap_or_default(),
         announced: item
             .get("announced")
             .and_then(|v| v.as_bool().ok())
@@ -247,6 +254,7 @@ fn from_item(item: &Item) -> Option<JobState> {
 #[async_trait]
 impl JobStore for DynamoStore {
     async fn claim(&self, claim: &Claim<'_>, now: Timestamp) -> Result<ClaimOutcome, PortError> {
+        let (message_id, token) = split_holder(claim.holder);
         let item: Item = claim_fields(claim, now)
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v))
@@ -256,11 +264,20 @@ impl JobStore for DynamoStore {
             .put_item()
             .table_name(&self.table)
             .set_item(Some(item))
+            // The last line is this very claim sent again (the SDK retries a call whose
+            // answer was lost): the item holds its own token, so the retry succeeds
+            // with the same values. An item without a token (written before tokens)
+            // never matches it.
             .condition_expression(
                 "attribute_not_exists(pk) OR ((fingerprint = :fp OR fingerprint = :legacy_fp) AND \
                  ((progress = :in_progress AND lease_until <= :now) OR \
-                  (progress = :retrying AND attempt < :attempt)))",
+                  (progress = :retrying AND attempt < :attempt) OR \
+                  (progress = :in_progress AND attempt = :attempt AND holder = :holder AND \
+                   claim_token = :token)))",
             )
+            .expression_attribute_values(":holder", s(message_id))
+            // No token (none given) must match no item: no token is ever `-`.
+            .expression_attribute_values(":token", s(if token.is_empty() { "-" } else { token }))
             .expression_attribute_values(":fp", s(claim.fingerprint))
             // A record written before the fingerprint changed format is taken over
             // like any other once its lease ended (see `state::is_legacy`).
@@ -279,6 +296,12 @@ impl JobStore for DynamoStore {
             Err(e) if is_condition_failure(&e) => {
                 let current = self.read(claim.job_id, claim.stage).await?;
                 Ok(match decide(current.as_ref(), claim, now) {
+                    // This claim's own write (a retry racing its first send).
+                    ClaimOutcome::Claimed
+                        if current.as_ref().is_some_and(|c| same_claim(c, claim)) =>
+                    {
+                        ClaimOutcome::Claimed
+                    }
                     // The item changed between the write and the read: let SQS retry.
                     ClaimOutcome::Claimed => ClaimOutcome::Busy { until: now },
                     other => other,
@@ -472,14 +495,21 @@ impl JobStore for DynamoStore {
         holder: &str,
         now: Timestamp,
     ) -> Result<(), PortError> {
+        let (holder, token) = split_holder(holder);
+        let mut condition =
+            "progress = :in_progress AND attempt = :attempt AND holder = :holder".to_owned();
+        if !token.is_empty() {
+            condition.push_str(" AND claim_token = :token");
+        }
         let update = self
             .client
             .update_item()
             .table_name(&self.table)
             .key("pk", s(key(stage, job_id)))
             .update_expression("SET lease_until = :expired, updated_ms = :now, expires_at = :x")
-            .condition_expression(
-                "progress = :in_progress AND attempt = :attempt AND holder = :holder",
+            .condition_expression(condition)
+            .set_expression_attribute_values(
+                (!token.is_empty()).then(|| HashMap::from([(":token".to_owned(), s(token))])),
             )
             .expression_attribute_values(":expired", n(0))
             .expression_attribute_values(":now", n(now.timestamp_millis()))
@@ -678,6 +708,82 @@ mod tests {
                 .unwrap_or_default();
             assert!(params.iter().any(|p| p["N"] == expiry), "{batch}");
         }
+    }
+
+    #[tokio::test]
+    async fn claims_carry_their_token_and_a_retry_of_the_same_claim_passes_the_condition() {
+        let (store, captured) = captured_store();
+        let now = Utc
+            .timestamp_millis_opt(1_790_000_000_123)
+            .single()
+            .expect("time");
+        let holder = crate::state::holder_with_token("m1", "t1");
+        let claim = Claim {
+            job_id: "job-1",
+            stage: Stage::Processor,
+            fingerprint: "fp",
+            legacy_fingerprint: None,
+            attempt: 1,
+            lease_until: now,
+            holder: &holder,
+        };
+        let _ = store.claim(&claim, now).await;
+        let _ = store.claim_all(std::slice::from_ref(&claim), now).await;
+        let _ = store
+            .release("job-1", Stage::Processor, 1, &holder, now)
+            .await;
+        let requests = captured.0.lock().expect("lock").clone();
+        assert_eq!(requests.len(), 3, "{requests:?}");
+        let put = &requests[0];
+        assert_eq!(put["Item"]["claim_token"]["S"], "t1", "{put}");
+        let condition = put["ConditionExpression"].as_str().unwrap_or_default();
+        assert!(
+            condition.contains("holder = :holder AND claim_token = :token"),
+            "{condition}"
+        );
+        assert_eq!(put["ExpressionAttributeValues"][":token"]["S"], "t1");
+        let insert = &requests[1]["Statements"][0];
+        assert!(
+            insert["Statement"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("'claim_token': ?"),
+            "{insert}"
+        );
+        let release = &requests[2];
+        assert!(
+            release["ConditionExpression"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("claim_token = :token"),
+            "{release}"
+        );
+        assert_eq!(release["ExpressionAttributeValues"][":token"]["S"], "t1");
+        // An item written before tokens reads back with none, which no claim matches.
+        let old: Item = [
+            ("pk", s("processor#job-1")),
+            ("job_id", s("job-1")),
+            ("stage", s("processor")),
+            ("progress", s("IN_PROGRESS")),
+            ("fingerprint", s("fp")),
+            ("attempt", n(1)),
+            ("lease_until", n(now.timestamp_millis() + 60_000)),
+            ("holder", s("m1")),
+            ("updated_ms", n(now.timestamp_millis())),
+            ("expires_at", n((now + RETENTION).timestamp())),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let state = from_item(&old).expect("a state");
+        assert_eq!(state.token, "");
+        assert_eq!(
+            decide(Some(&state), &claim, now),
+            ClaimOutcome::Held {
+                until: state.lease_until
+            },
+            "as before tokens"
+        );
     }
 
     #[test]

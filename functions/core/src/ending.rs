@@ -128,7 +128,7 @@ pub async fn give_back<S: JobStore>(
     now: Timestamp,
 ) {
     if let Err(e) = store
-        .release(job_id, stage, attempt, &meta.message_id, now)
+        .release(job_id, stage, attempt, &meta.holder(), now)
         .await
     {
         meta.log.in_scope(|| {

@@ -344,6 +344,7 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Ingester<Q, T, S> {
         };
         let fp = fingerprint(content);
         let legacy = legacy_fingerprint(content);
+        let holder = meta.holder();
         let claim = Claim {
             job_id,
             stage: Stage::Ingester,
@@ -351,11 +352,17 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Ingester<Q, T, S> {
             legacy_fingerprint: Some(&legacy),
             attempt: 1,
             lease_until: deadline,
-            holder: &meta.message_id,
+            holder: &holder,
         };
         let outcome = match self.store.claim(&claim, now).await {
             Ok(outcome) => outcome,
-            Err(e) => return Action::Later(job_id.clone(), e.to_string()),
+            Err(e) => {
+                // The claim may have taken effect with its answer lost: give it back
+                // (only if it holds this delivery's token), so the next delivery takes
+                // the job at once instead of waiting for the lease.
+                give_back(&self.store, Stage::Ingester, job_id, 1, meta, now).await;
+                return Action::Later(job_id.clone(), e.to_string());
+            }
         };
         match outcome {
             ClaimOutcome::Claimed => match verdict {
@@ -1262,5 +1269,87 @@ mod tests {
         let response = handling.await;
         assert_eq!(response.batch_item_failures.len(), 1);
         assert_eq!(ing.jobs_todo.inner.jobs().len(), 1);
+    }
+
+    /// An ingester over another store, for the claim-token tests.
+    fn ingester_over<S: JobStore>(store: S) -> Ingester<MemoryQueue, MemoryTopic, S> {
+        Ingester {
+            source: MemoryQueue::default(),
+            jobs_todo: MemoryQueue::default(),
+            dead_letters: MemoryQueue::default(),
+            topic: MemoryTopic::default(),
+            store,
+            config: IngesterConfig {
+                max_receive_count: 5,
+                max_job_timeout_secs: crate::job::DEFAULT_MAX_TIMEOUT_SECS,
+            },
+            telemetry: Instruments::default(),
+        }
+    }
+
+    /// Each of the fixture's ten records handled once: five forwarded, five rejected.
+    fn ended_once<S: JobStore>(ing: &Ingester<MemoryQueue, MemoryTopic, S>) {
+        let mut forwarded: Vec<_> = ing.jobs_todo.jobs().into_iter().map(|j| j.job_id).collect();
+        forwarded.sort();
+        assert_eq!(
+            forwarded,
+            ["evt-0000", "evt-0001", "evt-0002", "evt-0003", "given-id-7"]
+        );
+        assert_eq!(ing.dead_letters.dead_letters().len(), 5);
+        assert_eq!(ing.topic.notifications().len(), 5);
+    }
+
+    #[tokio::test]
+    async fn a_lost_batched_claim_answer_retried_with_the_same_tokens_is_claimed() {
+        use crate::batching::Batching;
+        // The batch of INSERTs took effect, its answer was lost, the SDK sent it again.
+        let ing = ingester_over(Batching::new(crate::testing::SdkRetry {
+            inner: MemoryStore::default(),
+        }));
+        ing.store.inner().inner.faults.lose_answers(1);
+        let response = ing.handle(batch(), now()).await;
+        assert!(
+            response.batch_item_failures.is_empty(),
+            "claimed, not held: {:?}",
+            response.batch_item_failures
+        );
+        ended_once(&ing);
+        let again = ing.handle(batch(), now() + TimeDelta::seconds(1)).await;
+        assert!(again.batch_item_failures.is_empty());
+        ended_once(&ing);
+    }
+
+    #[tokio::test]
+    async fn a_lost_batched_claim_answer_is_given_back_so_the_next_delivery_goes_at_once() {
+        use crate::batching::Batching;
+        let ing = ingester_over(Batching::new(MemoryStore::default()));
+        ing.store.inner().faults.lose_answers(1);
+        let response = ing.handle(batch(), now()).await;
+        assert_eq!(response.batch_item_failures.len(), 10);
+        assert!(ing.jobs_todo.jobs().is_empty() && ing.topic.notifications().is_empty());
+        // The next deliveries, 15 s later and inside the 30 s lease.
+        let response = ing.handle(batch(), now() + TimeDelta::seconds(15)).await;
+        assert!(
+            response.batch_item_failures.is_empty(),
+            "taken at once, not after the lease: {:?}",
+            response.batch_item_failures
+        );
+        ended_once(&ing);
+    }
+
+    #[tokio::test]
+    async fn a_lost_claim_answer_is_given_back_so_the_next_delivery_goes_at_once() {
+        let ing = ingester_over(MemoryStore::default());
+        // One record's claim (one call each, unbatched) took effect, its answer lost.
+        ing.store.faults.lose_answers(1);
+        let response = ing.handle(batch(), now()).await;
+        assert_eq!(response.batch_item_failures.len(), 1);
+        let response = ing.handle(batch(), now() + TimeDelta::seconds(15)).await;
+        assert!(
+            response.batch_item_failures.is_empty(),
+            "taken at once, not after the lease: {:?}",
+            response.batch_item_failures
+        );
+        ended_once(&ing);
     }
 }

@@ -339,6 +339,7 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Processor<Q, T, S> {
         let deadline = clock.0;
         let fp = fingerprint(content);
         let legacy = legacy_fingerprint(content);
+        let holder = meta.holder();
         let claim = Claim {
             job_id,
             stage: Stage::Processor,
@@ -346,10 +347,16 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Processor<Q, T, S> {
             legacy_fingerprint: Some(&legacy),
             attempt,
             lease_until: deadline,
-            holder: &meta.message_id,
+            holder: &holder,
         };
         let outcome = match self.store.claim(&claim, now).await {
-            Err(e) => Outcome::Unavailable(e),
+            Err(e) => {
+                // The claim may have taken effect with its answer lost: give it back
+                // (only if it holds this delivery's token), so the record's next
+                // delivery takes the job at once instead of waiting for the lease.
+                give_back(&self.store, Stage::Processor, job_id, attempt, meta, now).await;
+                Outcome::Unavailable(e)
+            }
             Ok(ClaimOutcome::Claimed) => match &subject {
                 Subject::Job(job) => self.run(job, meta, clock, now, consumer).await,
                 // Ended like any job, so a redelivery finds it ended instead of
@@ -1266,5 +1273,113 @@ mod tests {
             (dead[0].last_error_code(), dead[0].attempts),
             ("invalid_message", 2)
         );
+    }
+
+    /// The processor over another store, for the claim-token tests.
+    fn processor_over<S: JobStore>(store: S) -> Processor<MemoryQueue, MemoryTopic, S> {
+        Processor {
+            jobs_todo: MemoryQueue::default(),
+            dead_letters: MemoryQueue::default(),
+            topic: MemoryTopic::default(),
+            store,
+            config: ProcessorConfig {
+                deadline_margin: Duration::from_secs(3),
+                retry: RetryPolicy::default(),
+                fault_injection: true,
+            },
+            telemetry: Instruments::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lost_claim_answer_retried_with_its_own_token_runs_the_job_once() {
+        // The claim took effect, its answer was lost, and the SDK sent it again: the
+        // retry finds the record holding its own token and goes ahead.
+        let p = processor_over(crate::testing::SdkRetry {
+            inner: MemoryStore::default(),
+        });
+        p.store.inner.faults.lose_answers(1);
+        let delivery = event(&[job("job-1", 1, report(None))]);
+        let response = p.handle(delivery.clone(), at(60), at(0)).await;
+        assert!(
+            response.batch_item_failures.is_empty(),
+            "claimed, not held: {:?}",
+            response.batch_item_failures
+        );
+        let notes = p.topic.notifications();
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert_eq!(notes[0].status, JobStatus::Completed);
+        // Any later delivery finds the job ended: it runs and ends once.
+        let again = p.handle(delivery, at(60), at(1)).await;
+        assert!(again.batch_item_failures.is_empty());
+        assert_eq!(p.topic.notifications().len(), 1);
+        assert!(p.dead_letters.bodies().is_empty());
+        let record = &p.store.get("job-1").await.expect("store")[0];
+        assert_eq!(
+            (record.progress, record.announced),
+            (Progress::Done(Some(JobStatus::Completed)), true)
+        );
+    }
+
+    #[tokio::test]
+    async fn another_delivery_of_a_running_claim_is_held_even_when_its_answer_is_lost() {
+        let p = processor(MemoryTopic::default());
+        // The first delivery of m-job-1-1 (its own token) holds the job and runs it.
+        let fp = fingerprint(&report(None));
+        let first_delivery = crate::state::holder_with_token("m-job-1-1", "first-delivery");
+        let first = Claim {
+            job_id: "job-1",
+            stage: Stage::Processor,
+            fingerprint: &fp,
+            legacy_fingerprint: None,
+            attempt: 1,
+            lease_until: at(600),
+            holder: &first_delivery,
+        };
+        assert_eq!(
+            p.store.claim(&first, at(0)).await,
+            Ok(ClaimOutcome::Claimed)
+        );
+        // SQS hands the same message to a second invocation at once.
+        let copy = event(&[job("job-1", 1, report(None))]);
+        let response = p.handle(copy.clone(), at(60), at(1)).await;
+        assert_eq!(response.batch_item_failures.len(), 1, "held, kept in SQS");
+        // Once more, its claim's answer lost: its give-back must not free the first's claim.
+        p.store.faults.lose_answers(1);
+        let response = p.handle(copy.clone(), at(60), at(2)).await;
+        assert_eq!(response.batch_item_failures.len(), 1);
+        let response = p.handle(copy, at(60), at(3)).await;
+        assert_eq!(
+            response.batch_item_failures.len(),
+            1,
+            "still held by the first delivery"
+        );
+        assert!(p.topic.notifications().is_empty(), "not run");
+        let record = &p.store.get("job-1").await.expect("store")[0];
+        assert_eq!(
+            (record.lease_until, record.token.as_str()),
+            (at(600), "first-delivery")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_lost_claim_answer_is_given_back_so_the_next_delivery_runs_at_once() {
+        let p = processor(MemoryTopic::default());
+        // The claim took effect but its answer was lost: the record goes back to SQS.
+        p.store.faults.lose_answers(1);
+        let delivery = event(&[job("job-1", 1, report(None))]);
+        let response = p.handle(delivery.clone(), at(600), at(0)).await;
+        assert_eq!(response.batch_item_failures.len(), 1);
+        assert!(p.topic.notifications().is_empty());
+        // Its next delivery, 15 s later and well inside the lease, takes the job.
+        let response = p.handle(delivery, at(600), at(15)).await;
+        assert!(
+            response.batch_item_failures.is_empty(),
+            "taken at once, not after the lease: {:?}",
+            response.batch_item_failures
+        );
+        let notes = p.topic.notifications();
+        assert_eq!(notes.len(), 1);
+        assert_eq!(notes[0].status, JobStatus::Completed);
     }
 }

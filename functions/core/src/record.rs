@@ -23,6 +23,10 @@ pub struct RecordMeta {
     pub message_id: String,
     /// `ApproximateReceiveCount`: 1 on first delivery.
     pub receive_count: u32,
+    /// This delivery's claim token ([`crate::state::claim_token`]), made anew each time
+    /// the record is received and kept for its whole invocation: its claims carry it,
+    /// and its give-back releases only a claim holding it.
+    pub claim_token: String,
     /// The `job` log span: every log line about the record carries its `job_id` and
     /// `trace_id` (filled in by [`RecordMeta::identify`]).
     pub log: tracing::Span,
@@ -36,7 +40,14 @@ impl RecordMeta {
             log: tracing::info_span!("job", job_id = Empty, trace_id = Empty, message_id = %message_id),
             message_id,
             receive_count,
+            claim_token: crate::state::claim_token(),
         }
+    }
+
+    /// What this delivery's claims and give-backs name as their holder: the message
+    /// id with this delivery's claim token ([`crate::state::holder_with_token`]).
+    pub fn holder(&self) -> String {
+        crate::state::holder_with_token(&self.message_id, &self.claim_token)
     }
 
     /// Names the record's job and trace in its log span.

@@ -7,6 +7,11 @@
 //! (`announce`), so a re-delivery neither repeats the work nor the notification, and a
 //! crash between the two only repeats the notification step.
 //!
+//! Each claim carries a token unique to its delivery ([`claim_token`]): a claim sent
+//! again after its answer was lost finds its own write and is claimed, another delivery
+//! of the same message is held, and a delivery whose claim call failed gives back
+//! ([`JobStore::release`]) only a claim holding its own token.
+//!
 //! The claim also carries a fingerprint of the job's content (SHA-256, without the
 //! trace context a sender may change between copies): a job id reused for different
 //! content is a [`ClaimOutcome::Conflict`], not a silent skip. Records written before
@@ -73,6 +78,9 @@ pub struct JobState {
     /// The SQS message id of the delivery holding the claim: its own re-delivery may
     /// resume an unannounced end while the lease lasts, a copy may not.
     pub holder: String,
+    /// The claim token of the delivery holding the claim (see [`Claim::holder`]);
+    /// empty for records written before claims carried one.
+    pub token: String,
     pub announced: bool,
     /// The result or the last error, for people looking at a job.
     pub detail: Option<Value>,
@@ -93,7 +101,13 @@ pub struct Claim<'a> {
     pub legacy_fingerprint: Option<&'a str>,
     pub attempt: u32,
     pub lease_until: Timestamp,
-    /// The SQS message id of this delivery.
+    /// The SQS message id of this delivery, optionally with this delivery's claim
+    /// token ([`holder_with_token`]; a [`claim_token`] made once per record and
+    /// invocation). The record keeps the two apart ([`JobState::holder`],
+    /// [`JobState::token`]). With a token, a retry of this very claim (the SDK's,
+    /// after a lost answer) finds the record holding it and is
+    /// [`ClaimOutcome::Claimed`] again, while another delivery of the same message
+    /// (another token) is still [`ClaimOutcome::Held`]. No token matches nothing.
     pub holder: &'a str,
 }
 
@@ -110,8 +124,9 @@ pub enum ClaimOutcome {
     Busy { until: Timestamp },
     /// This very message came back while its own claim still runs: its earlier
     /// delivery gave the record back without releasing the claim, or SQS delivered it
-    /// twice. It is the job's only copy, so it must stay queued until `until`, never
-    /// be dropped as [`ClaimOutcome::Stale`].
+    /// twice (the other delivery's claim carries another token, [`Claim::holder`]). It is the
+    /// job's only copy, so it must stay queued until `until`, never be dropped as
+    /// [`ClaimOutcome::Stale`].
     Held { until: Timestamp },
     /// This delivery repeats an attempt that runs elsewhere, or one that a newer attempt
     /// superseded. The running attempt's own message stays queued until it ends, so this
@@ -197,7 +212,10 @@ pub trait JobStore: Send + Sync {
 
     /// Ends this attempt's lease early (at the epoch, so no clock can see it still
     /// running), so that its own message, given back to SQS after a failure, can claim
-    /// the job again at once. Does nothing if the attempt no longer holds the job.
+    /// the job again at once. Does nothing if the attempt no longer holds the job, or
+    /// if `holder` carries a token ([`holder_with_token`]) and the claim holding the
+    /// job another (another delivery of the same message holds it); a holder without
+    /// a token checks only the message id.
     async fn release(
         &self,
         job_id: &str,
@@ -232,11 +250,12 @@ pub fn decide(current: Option<&JobState>, claim: &Claim<'_>, now: Timestamp) -> 
             fingerprint: cur.fingerprint.clone(),
         };
     }
+    let (message_id, _) = split_holder(claim.holder);
     match cur.progress {
         // The holder may be announcing right now; if it fails, its own message comes
         // back and resumes, and if it crashed, its lease runs out.
         Progress::Done(_)
-            if !cur.announced && cur.lease_until > now && cur.holder != claim.holder =>
+            if !cur.announced && cur.lease_until > now && cur.holder != message_id =>
         {
             ClaimOutcome::Stale
         }
@@ -245,16 +264,44 @@ pub fn decide(current: Option<&JobState>, claim: &Claim<'_>, now: Timestamp) -> 
             announced: cur.announced,
         },
         Progress::InProgress if cur.lease_until <= now => ClaimOutcome::Claimed,
+        // This very claim again (the SDK's retry after a lost answer): the record
+        // holds its own write. Another delivery of the message has another token.
+        Progress::InProgress if same_claim(cur, claim) => ClaimOutcome::Claimed,
         Progress::InProgress if claim.attempt > cur.attempt => ClaimOutcome::Busy {
             until: cur.lease_until,
         },
-        Progress::InProgress if cur.holder == claim.holder => ClaimOutcome::Held {
+        Progress::InProgress if cur.holder == message_id => ClaimOutcome::Held {
             until: cur.lease_until,
         },
         Progress::InProgress => ClaimOutcome::Stale,
         Progress::Retrying if claim.attempt > cur.attempt => ClaimOutcome::Claimed,
         Progress::Retrying => ClaimOutcome::Stale,
     }
+}
+
+/// Whether `cur` is the record `claim` itself wrote: the same delivery's token (never
+/// empty: records written before tokens match no claim), message id and attempt.
+pub fn same_claim(cur: &JobState, claim: &Claim<'_>) -> bool {
+    let (message_id, token) = split_holder(claim.holder);
+    !token.is_empty()
+        && cur.token == token
+        && cur.holder == message_id
+        && cur.attempt == claim.attempt
+        && cur.progress == Progress::InProgress
+}
+
+/// Sets a holder's message id apart from its claim token: the ASCII unit separator,
+/// which SQS message ids (hex digits and hyphens) never hold.
+pub const TOKEN_SEPARATOR: char = '\u{1f}';
+
+/// The [`Claim::holder`] of a delivery: its message id with its claim token.
+pub fn holder_with_token(message_id: &str, token: &str) -> String {
+    format!("{message_id}{TOKEN_SEPARATOR}{token}")
+}
+
+/// A holder's message id and claim token (empty when it carries none).
+pub fn split_holder(holder: &str) -> (&str, &str) {
+    holder.split_once(TOKEN_SEPARATOR).unwrap_or((holder, ""))
 }
 
 /// An operator's request to reopen the end one dead letter was written for.
@@ -379,6 +426,33 @@ pub fn fingerprint(job: &Value) -> String {
     })
 }
 
+/// A new claim token (see [`Claim::holder`]): 32 hex digits, unique to one claim attempt
+/// (the process, a counter, the clock and the standard library's random hash keys,
+/// through SHA-256), so two deliveries of one message, even in two sandboxes at once,
+/// never share one.
+pub fn claim_token() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static MADE: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    let mut hash = Sha256::new();
+    hash.update(std::process::id().to_le_bytes());
+    hash.update(MADE.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+    hash.update(nanos.to_le_bytes());
+    hash.update(random.to_le_bytes());
+    hash.finalize()[..16]
+        .iter()
+        .fold(String::with_capacity(32), |mut hex, b| {
+            let _ = write!(hex, "{b:02x}");
+            hex
+        })
+}
+
 /// The fingerprint records written before SHA-256 carry: FNV-1a over the whole detail
 /// (trace context included), 16 hex digits. Such records live out their 15 days in the
 /// table; [`decide`] compares them with this.
@@ -483,7 +557,8 @@ fn claimed(claim: &Claim<'_>, now: Timestamp) -> JobState {
         fingerprint: claim.fingerprint.to_owned(),
         attempt: claim.attempt,
         lease_until: claim.lease_until,
-        holder: claim.holder.to_owned(),
+        holder: split_holder(claim.holder).0.to_owned(),
+        token: split_holder(claim.holder).1.to_owned(),
         announced: false,
         detail: None,
         updated_at: now,
@@ -638,9 +713,13 @@ impl JobStore for MemoryStore {
         holder: &str,
         now: Timestamp,
     ) -> Result<(), PortError> {
+        let (message_id, token) = split_holder(holder);
         self.call("UpdateItem", |records| {
             if let Some(r) = records.get_mut(&key_of(job_id, stage)) {
-                if r.progress == Progress::InProgress && r.attempt == attempt && r.holder == holder
+                if r.progress == Progress::InProgress
+                    && r.attempt == attempt
+                    && r.holder == message_id
+                    && (token.is_empty() || r.token == token)
                 {
                     r.lease_until = Timestamp::UNIX_EPOCH;
                     r.updated_at = now;
@@ -843,6 +922,80 @@ mod tests {
         assert_eq!(
             store.claim(&claim("a", 1, 60), at(4)).await.expect("store"),
             ClaimOutcome::Claimed
+        );
+    }
+
+    #[tokio::test]
+    async fn a_claim_retried_with_its_own_token_is_claimed_and_another_delivery_held() {
+        let store = MemoryStore::default();
+        let (t1, t2) = (holder_with_token("m1", "t1"), holder_with_token("m1", "t2"));
+        let mine = Claim {
+            holder: &t1,
+            ..claim("a", 1, 60)
+        };
+        store.faults.lose_answers(1);
+        assert!(store.claim(&mine, at(0)).await.is_err(), "answer lost");
+        assert_eq!(
+            store.claim(&mine, at(0)).await.expect("store"),
+            ClaimOutcome::Claimed,
+            "the same request again finds its own write"
+        );
+        let other = Claim {
+            holder: &t2,
+            ..claim("a", 1, 120)
+        };
+        assert_eq!(
+            store.claim(&other, at(1)).await.expect("store"),
+            ClaimOutcome::Held { until: at(60) },
+            "another delivery of the same message"
+        );
+        let untokened = claim("a", 1, 120);
+        assert_eq!(
+            store.claim(&untokened, at(1)).await.expect("store"),
+            ClaimOutcome::Held { until: at(60) },
+            "an empty token matches nothing"
+        );
+        store
+            .release("job-1", Stage::Processor, 1, &t2, at(2))
+            .await
+            .expect("store");
+        assert_eq!(
+            store.claim(&other, at(3)).await.expect("store"),
+            ClaimOutcome::Held { until: at(60) },
+            "another delivery cannot give the claim back"
+        );
+        store
+            .release("job-1", Stage::Processor, 1, &t1, at(4))
+            .await
+            .expect("store");
+        assert_eq!(
+            store.claim(&other, at(5)).await.expect("store"),
+            ClaimOutcome::Claimed
+        );
+    }
+
+    #[tokio::test]
+    async fn a_batch_of_claims_retried_with_their_tokens_is_claimed() {
+        let store = MemoryStore::default();
+        let (t1, t2) = (holder_with_token("m1", "t1"), holder_with_token("m2", "t2"));
+        let claims = [
+            Claim {
+                holder: &t1,
+                ..claim("a", 1, 60)
+            },
+            Claim {
+                job_id: "job-2",
+                holder: &t2,
+                ..claim("a", 1, 60)
+            },
+        ];
+        store.faults.lose_answers(1);
+        let lost = store.claim_all(&claims, at(0)).await;
+        assert!(lost.iter().all(Result::is_err));
+        let again = store.claim_all(&claims, at(0)).await;
+        assert_eq!(
+            again,
+            [Ok(ClaimOutcome::Claimed), Ok(ClaimOutcome::Claimed)]
         );
     }
 

@@ -8,13 +8,17 @@
 //! value. The topic checks what SNS would deliver to an SQS subscriber. Each also has
 //! [`Faults`]: refuse whole calls, lose the answer of a call that took effect, or be slow.
 
+use crate::messages::Stage;
 use crate::messages::{DeadLetter, EnrichedJob, Notification};
 use crate::ports::{
     sqs_allows, Faults, MessageQueue, OutgoingMessage, PortError, Receipt, Topic, MAX_BATCH,
     MAX_BATCH_BYTES, MAX_MESSAGE_BYTES,
 };
 use crate::record::notification_message;
+use crate::state::{Claim, ClaimOutcome, JobState, JobStore, Progress, Reopen, Reopened};
+use crate::Timestamp;
 use async_trait::async_trait;
+use serde_json::Value;
 use std::sync::Mutex;
 
 fn refused(operation: &'static str, message: impl Into<String>) -> PortError {
@@ -221,6 +225,77 @@ impl Topic for MemoryTopic {
         self.faults.enter("Publish").await?;
         self.take("Publish", notification)?;
         self.faults.leave("Publish")
+    }
+}
+
+/// A store whose claims are retried once, with the very same request, when they fail:
+/// what the AWS SDK does with a `PutItem` or `BatchExecuteStatement` whose answer timed
+/// out (it may have taken effect). Wrap a [`crate::state::MemoryStore`] whose faults
+/// lose answers to see a claim find its own earlier write.
+#[derive(Debug, Default)]
+pub struct SdkRetry<S> {
+    pub inner: S,
+}
+
+#[async_trait]
+impl<S: JobStore> JobStore for SdkRetry<S> {
+    async fn claim(&self, claim: &Claim<'_>, now: Timestamp) -> Result<ClaimOutcome, PortError> {
+        match self.inner.claim(claim, now).await {
+            Err(_) => self.inner.claim(claim, now).await,
+            answered => answered,
+        }
+    }
+
+    async fn claim_all(
+        &self,
+        claims: &[Claim<'_>],
+        now: Timestamp,
+    ) -> Vec<Result<ClaimOutcome, PortError>> {
+        let first = self.inner.claim_all(claims, now).await;
+        if first.iter().all(Result::is_ok) {
+            return first;
+        }
+        // The SDK retries the whole call.
+        self.inner.claim_all(claims, now).await
+    }
+
+    async fn finish(
+        &self,
+        job_id: &str,
+        stage: Stage,
+        attempt: u32,
+        progress: Progress,
+        detail: Option<Value>,
+        now: Timestamp,
+    ) -> Result<(), PortError> {
+        self.inner
+            .finish(job_id, stage, attempt, progress, detail, now)
+            .await
+    }
+
+    async fn announce(&self, job_id: &str, stage: Stage, now: Timestamp) -> Result<(), PortError> {
+        self.inner.announce(job_id, stage, now).await
+    }
+
+    async fn release(
+        &self,
+        job_id: &str,
+        stage: Stage,
+        attempt: u32,
+        holder: &str,
+        now: Timestamp,
+    ) -> Result<(), PortError> {
+        self.inner
+            .release(job_id, stage, attempt, holder, now)
+            .await
+    }
+
+    async fn reopen(&self, reopen: &Reopen<'_>, now: Timestamp) -> Result<Reopened, PortError> {
+        self.inner.reopen(reopen, now).await
+    }
+
+    async fn get(&self, job_id: &str) -> Result<Vec<JobState>, PortError> {
+        self.inner.get(job_id).await
     }
 }
 
