@@ -20,6 +20,7 @@ ROOT = stk.ROOT
 ORIGINAL_JOBS = sorted((ROOT / "functions" / "core" / "fixtures" / "original-jobs").glob("*/*.json"))
 GENERATED = 300
 ORIGINAL_LONG_JOB_SECS = 300  # the original demo's long_running_job runs that long
+MAX_JOB_SECS = int(stk.load_settings()["functions"]["ingester"]["environment"]["MAX_JOB_TIMEOUT_SECONDS"])
 
 
 @pytest.fixture(scope="module")
@@ -170,8 +171,10 @@ def test_each_job_is_one_trace_from_generator_to_processor(pipeline, tmp_path):
         f"ok-clean-{run}": ({"job_type": "data_cleanup", "message": {"target_table": "users", "retention": 30}}, "COMPLETED"),
         f"ok-onboard-{run}": ({"job_type": "user_onboarding", "message": {"user_id": "u1", "user_name": "Ada"}}, "COMPLETED"),
         f"rejected-{run}": ({"job_type": "report_generation", "message": {"filters": "a=1"}}, "REJECTED"),
-        # Longer than the processor's 900 s timeout: fails at once with deadline_exceeded.
-        f"failed-{run}": ({"job_type": "long_running_job", "message": {"task_name": "t", "timeout": 5000}}, "FAILED"),
+        # At the longest timeout the ingester accepts (a longer one is rejected): what the
+        # processor could run on a fresh invocation, which is more than is left after the
+        # claim, so it fails at once with deadline_exceeded instead of being cut off.
+        f"failed-{run}": ({"job_type": "long_running_job", "message": {"task_name": "t", "timeout": MAX_JOB_SECS}}, "FAILED"),
     }
     path = tmp_path / "jobs.jsonl"
     path.write_text("".join(json.dumps({**detail, "id": job_id}) + "\n" for job_id, (detail, _) in jobs.items()))
