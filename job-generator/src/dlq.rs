@@ -841,6 +841,7 @@ mod tests {
             attempt,
             lease_until: chrono::Utc::now() + chrono::TimeDelta::minutes(15),
             holder,
+            token: "",
         };
         assert_eq!(
             store

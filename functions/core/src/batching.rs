@@ -18,7 +18,7 @@
 
 use crate::messages::{Notification, Stage};
 use crate::ports::{PortError, Topic};
-use crate::state::{Claim, ClaimOutcome, Finish, JobState, JobStore, Progress};
+use crate::state::{Claim, ClaimOutcome, Finish, JobState, JobStore, Progress, Release};
 use crate::Timestamp;
 use async_trait::async_trait;
 use serde_json::Value;
@@ -145,6 +145,7 @@ struct OwnedClaim {
     attempt: u32,
     lease_until: Timestamp,
     holder: String,
+    token: String,
     now: Timestamp,
 }
 
@@ -158,6 +159,7 @@ impl OwnedClaim {
             attempt: claim.attempt,
             lease_until: claim.lease_until,
             holder: claim.holder.to_owned(),
+            token: claim.token.to_owned(),
             now,
         }
     }
@@ -171,6 +173,7 @@ impl OwnedClaim {
             attempt: self.attempt,
             lease_until: self.lease_until,
             holder: &self.holder,
+            token: &self.token,
         }
     }
 }
@@ -312,17 +315,8 @@ impl<S: JobStore> JobStore for Batching<S> {
         self.inner.announce_all(jobs, now).await
     }
 
-    async fn release(
-        &self,
-        job_id: &str,
-        stage: Stage,
-        attempt: u32,
-        holder: &str,
-        now: Timestamp,
-    ) -> Result<(), PortError> {
-        self.inner
-            .release(job_id, stage, attempt, holder, now)
-            .await
+    async fn release(&self, release: &Release<'_>, now: Timestamp) -> Result<(), PortError> {
+        self.inner.release(release, now).await
     }
 
     async fn reopen(
@@ -435,17 +429,8 @@ mod tests {
                 .push(("announce", jobs.len()));
             self.store.announce_all(jobs, now).await
         }
-        async fn release(
-            &self,
-            job_id: &str,
-            stage: Stage,
-            attempt: u32,
-            holder: &str,
-            now: Timestamp,
-        ) -> Result<(), PortError> {
-            self.store
-                .release(job_id, stage, attempt, holder, now)
-                .await
+        async fn release(&self, release: &Release<'_>, now: Timestamp) -> Result<(), PortError> {
+            self.store.release(release, now).await
         }
         async fn reopen(
             &self,
@@ -474,6 +459,7 @@ mod tests {
             attempt: 1,
             lease_until: at(60),
             holder: job_id,
+            token: "",
         }
     }
 

@@ -19,8 +19,8 @@
 use crate::messages::Stage;
 use crate::ports::PortError;
 use crate::state::{
-    decide, decide_reopen, lost_claim, same_claim, split_holder, Claim, ClaimOutcome, Finish,
-    JobState, JobStore, Progress, Reopen, Reopened, RETENTION,
+    decide, decide_reopen, lost_claim, same_claim, Claim, ClaimOutcome, Finish, JobState, JobStore,
+    Progress, Release, Reopen, Reopened, RETENTION,
 };
 use crate::Timestamp;
 use async_trait::async_trait;
@@ -149,8 +149,8 @@ fn claim_fields(claim: &Claim<'_>, now: Timestamp) -> Vec<(&'static str, Attribu
         ("fingerprint", s(claim.fingerprint)),
         ("attempt", n(claim.attempt)),
         ("lease_until", n(claim.lease_until.timestamp_millis())),
-        ("holder", s(split_holder(claim.holder).0)),
-        ("claim_token", s(split_holder(claim.holder).1)),
+        ("holder", s(claim.holder)),
+        ("claim_token", s(claim.token)),
         ("announced", AttributeValue::Bool(false)),
         ("updated_ms", n(now.timestamp_millis())),
         ("expires_at", n(expires_at(now))),
@@ -254,7 +254,6 @@ fn from_item(item: &Item) -> Option<JobState> {
 #[async_trait]
 impl JobStore for DynamoStore {
     async fn claim(&self, claim: &Claim<'_>, now: Timestamp) -> Result<ClaimOutcome, PortError> {
-        let (message_id, token) = split_holder(claim.holder);
         let item: Item = claim_fields(claim, now)
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v))
@@ -275,9 +274,16 @@ impl JobStore for DynamoStore {
                   (progress = :in_progress AND attempt = :attempt AND holder = :holder AND \
                    claim_token = :token)))",
             )
-            .expression_attribute_values(":holder", s(message_id))
+            .expression_attribute_values(":holder", s(claim.holder))
             // No token (none given) must match no item: no token is ever `-`.
-            .expression_attribute_values(":token", s(if token.is_empty() { "-" } else { token }))
+            .expression_attribute_values(
+                ":token",
+                s(if claim.token.is_empty() {
+                    "-"
+                } else {
+                    claim.token
+                }),
+            )
             .expression_attribute_values(":fp", s(claim.fingerprint))
             // A record written before the fingerprint changed format is taken over
             // like any other once its lease ended (see `state::is_legacy`).
@@ -487,15 +493,14 @@ impl JobStore for DynamoStore {
             .map_err(|e| port_error("UpdateItem", e))
     }
 
-    async fn release(
-        &self,
-        job_id: &str,
-        stage: Stage,
-        attempt: u32,
-        holder: &str,
-        now: Timestamp,
-    ) -> Result<(), PortError> {
-        let (holder, token) = split_holder(holder);
+    async fn release(&self, release: &Release<'_>, now: Timestamp) -> Result<(), PortError> {
+        let Release {
+            job_id,
+            stage,
+            attempt,
+            holder,
+            token,
+        } = *release;
         let mut condition =
             "progress = :in_progress AND attempt = :attempt AND holder = :holder".to_owned();
         if !token.is_empty() {
@@ -675,7 +680,14 @@ mod tests {
             .finish("job-1", Stage::Processor, 1, done, None, now)
             .await;
         let _ = store.announce("job-1", Stage::Processor, now).await;
-        let _ = store.release("job-1", Stage::Processor, 1, "m1", now).await;
+        let release = Release {
+            job_id: "job-1",
+            stage: Stage::Processor,
+            attempt: 1,
+            holder: "m1",
+            token: "",
+        };
+        let _ = store.release(&release, now).await;
         let finish = Finish {
             job_id: "job-2".into(),
             stage: Stage::Processor,
@@ -717,7 +729,6 @@ mod tests {
             .timestamp_millis_opt(1_790_000_000_123)
             .single()
             .expect("time");
-        let holder = crate::state::holder_with_token("m1", "t1");
         let claim = Claim {
             job_id: "job-1",
             stage: Stage::Processor,
@@ -725,13 +736,19 @@ mod tests {
             legacy_fingerprint: None,
             attempt: 1,
             lease_until: now,
-            holder: &holder,
+            holder: "m1",
+            token: "t1",
         };
         let _ = store.claim(&claim, now).await;
         let _ = store.claim_all(std::slice::from_ref(&claim), now).await;
-        let _ = store
-            .release("job-1", Stage::Processor, 1, &holder, now)
-            .await;
+        let release = Release {
+            job_id: "job-1",
+            stage: Stage::Processor,
+            attempt: 1,
+            holder: "m1",
+            token: "t1",
+        };
+        let _ = store.release(&release, now).await;
         let requests = captured.0.lock().expect("lock").clone();
         assert_eq!(requests.len(), 3, "{requests:?}");
         let put = &requests[0];

@@ -13,7 +13,7 @@
 use crate::messages::{DeadLetter, JobStatus, Notification, Stage, TraceContext};
 use crate::ports::{MessageQueue, PortError, Topic};
 use crate::record::{deliver_dead_letters, publish_all, RecordMeta};
-use crate::state::{JobStore, Progress};
+use crate::state::{JobStore, Progress, Release};
 use crate::Timestamp;
 use futures_util::future::join_all;
 use serde_json::Value;
@@ -127,10 +127,14 @@ pub async fn give_back<S: JobStore>(
     meta: &RecordMeta,
     now: Timestamp,
 ) {
-    if let Err(e) = store
-        .release(job_id, stage, attempt, &meta.holder(), now)
-        .await
-    {
+    let release = Release {
+        job_id,
+        stage,
+        attempt,
+        holder: &meta.message_id,
+        token: &meta.claim_token,
+    };
+    if let Err(e) = store.release(&release, now).await {
         meta.log.in_scope(|| {
             warn!(job_id = %job_id, error = %e, "could not release the claim; the next delivery waits for its lease");
         });
@@ -217,6 +221,7 @@ mod tests {
             attempt: 3,
             lease_until: at(60),
             holder: "m1",
+            token: "",
         };
         assert_eq!(
             store.claim(&claim, at(0)).await.expect("store"),

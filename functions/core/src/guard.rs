@@ -10,7 +10,9 @@
 
 use crate::messages::{Notification, Stage};
 use crate::ports::{MessageQueue, OutgoingMessage, PortError, Receipt, Topic};
-use crate::state::{Claim, ClaimOutcome, Finish, JobState, JobStore, Progress, Reopen, Reopened};
+use crate::state::{
+    Claim, ClaimOutcome, Finish, JobState, JobStore, Progress, Release, Reopen, Reopened,
+};
 use crate::Timestamp;
 use async_trait::async_trait;
 use serde_json::Value;
@@ -290,15 +292,8 @@ impl<S: JobStore> JobStore for Guarded<S> {
         .await
     }
 
-    async fn release(
-        &self,
-        job_id: &str,
-        stage: Stage,
-        attempt: u32,
-        holder: &str,
-        now: Timestamp,
-    ) -> Result<(), PortError> {
-        let call = self.inner.release(job_id, stage, attempt, holder, now);
+    async fn release(&self, release: &Release<'_>, now: Timestamp) -> Result<(), PortError> {
+        let call = self.inner.release(release, now);
         self.call("UpdateItem", call, Result::is_err, Err).await
     }
 

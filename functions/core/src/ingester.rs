@@ -344,7 +344,6 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Ingester<Q, T, S> {
         };
         let fp = fingerprint(content);
         let legacy = legacy_fingerprint(content);
-        let holder = meta.holder();
         let claim = Claim {
             job_id,
             stage: Stage::Ingester,
@@ -352,7 +351,8 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Ingester<Q, T, S> {
             legacy_fingerprint: Some(&legacy),
             attempt: 1,
             lease_until: deadline,
-            holder: &holder,
+            holder: &meta.message_id,
+            token: &meta.claim_token,
         };
         let outcome = match self.store.claim(&claim, now).await {
             Ok(outcome) => outcome,
@@ -1250,6 +1250,7 @@ mod tests {
             attempt: 1,
             lease_until: now() + TimeDelta::seconds(30),
             holder: "m-held",
+            token: "",
         };
         ing.store.claim(&held, now()).await.expect("store");
         let handling = ing.handle(event, now());

@@ -339,7 +339,6 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Processor<Q, T, S> {
         let deadline = clock.0;
         let fp = fingerprint(content);
         let legacy = legacy_fingerprint(content);
-        let holder = meta.holder();
         let claim = Claim {
             job_id,
             stage: Stage::Processor,
@@ -347,7 +346,8 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Processor<Q, T, S> {
             legacy_fingerprint: Some(&legacy),
             attempt,
             lease_until: deadline,
-            holder: &holder,
+            holder: &meta.message_id,
+            token: &meta.claim_token,
         };
         let outcome = match self.store.claim(&claim, now).await {
             Err(e) => {
@@ -1142,6 +1142,7 @@ mod tests {
             attempt: 1,
             lease_until: at(600),
             holder: "m0",
+            token: "",
         };
         p.store.claim(&claim, at(0)).await.expect("store");
         let response = p
@@ -1188,6 +1189,7 @@ mod tests {
             attempt: 1,
             lease_until: at(600),
             holder: "m-job-h-1",
+            token: "",
         };
         p.store.claim(&held, at(0)).await.expect("store");
         let long = json!({"job_type": "long_running_job",
@@ -1326,7 +1328,6 @@ mod tests {
         let p = processor(MemoryTopic::default());
         // The first delivery of m-job-1-1 (its own token) holds the job and runs it.
         let fp = fingerprint(&report(None));
-        let first_delivery = crate::state::holder_with_token("m-job-1-1", "first-delivery");
         let first = Claim {
             job_id: "job-1",
             stage: Stage::Processor,
@@ -1334,7 +1335,8 @@ mod tests {
             legacy_fingerprint: None,
             attempt: 1,
             lease_until: at(600),
-            holder: &first_delivery,
+            holder: "m-job-1-1",
+            token: "first-delivery",
         };
         assert_eq!(
             p.store.claim(&first, at(0)).await,

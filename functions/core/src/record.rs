@@ -44,12 +44,6 @@ impl RecordMeta {
         }
     }
 
-    /// What this delivery's claims and give-backs name as their holder: the message
-    /// id with this delivery's claim token ([`crate::state::holder_with_token`]).
-    pub fn holder(&self) -> String {
-        crate::state::holder_with_token(&self.message_id, &self.claim_token)
-    }
-
     /// Names the record's job and trace in its log span.
     pub fn identify(&self, job_id: &str, trace_id: Option<&str>) {
         self.log.record("job_id", job_id);

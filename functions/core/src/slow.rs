@@ -3,7 +3,7 @@
 
 use crate::messages::{Notification, Stage};
 use crate::ports::{MessageQueue, OutgoingMessage, PortError, Topic};
-use crate::state::{Claim, ClaimOutcome, JobStore, Progress};
+use crate::state::{Claim, ClaimOutcome, JobStore, Progress, Release};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use std::time::Duration;
@@ -71,18 +71,9 @@ impl<S: JobStore> JobStore for Slow<S> {
         self.wait(1).await;
         self.inner.announce(job_id, stage, now).await
     }
-    async fn release(
-        &self,
-        job_id: &str,
-        stage: Stage,
-        attempt: u32,
-        holder: &str,
-        now: DateTime<Utc>,
-    ) -> Result<(), PortError> {
+    async fn release(&self, release: &Release<'_>, now: DateTime<Utc>) -> Result<(), PortError> {
         self.wait(1).await;
-        self.inner
-            .release(job_id, stage, attempt, holder, now)
-            .await
+        self.inner.release(release, now).await
     }
     async fn reopen(
         &self,

@@ -78,7 +78,7 @@ pub struct JobState {
     /// The SQS message id of the delivery holding the claim: its own re-delivery may
     /// resume an unannounced end while the lease lasts, a copy may not.
     pub holder: String,
-    /// The claim token of the delivery holding the claim (see [`Claim::holder`]);
+    /// The claim token of the delivery holding the claim (see [`Claim::token`]);
     /// empty for records written before claims carried one.
     pub token: String,
     pub announced: bool,
@@ -101,14 +101,15 @@ pub struct Claim<'a> {
     pub legacy_fingerprint: Option<&'a str>,
     pub attempt: u32,
     pub lease_until: Timestamp,
-    /// The SQS message id of this delivery, optionally with this delivery's claim
-    /// token ([`holder_with_token`]; a [`claim_token`] made once per record and
-    /// invocation). The record keeps the two apart ([`JobState::holder`],
-    /// [`JobState::token`]). With a token, a retry of this very claim (the SDK's,
-    /// after a lost answer) finds the record holding it and is
-    /// [`ClaimOutcome::Claimed`] again, while another delivery of the same message
-    /// (another token) is still [`ClaimOutcome::Held`]. No token matches nothing.
+    /// The SQS message id of this delivery.
     pub holder: &'a str,
+    /// This delivery's claim token (a [`claim_token`] made once per record and
+    /// invocation), or `""` for none; the record keeps it as [`JobState::token`].
+    /// With a token, a retry of this very claim (the SDK's, after a lost answer) finds
+    /// the record holding it and is [`ClaimOutcome::Claimed`] again, while another
+    /// delivery of the same message (another token) is still [`ClaimOutcome::Held`].
+    /// No token matches nothing.
+    pub token: &'a str,
 }
 
 /// The answer to a claim.
@@ -124,7 +125,7 @@ pub enum ClaimOutcome {
     Busy { until: Timestamp },
     /// This very message came back while its own claim still runs: its earlier
     /// delivery gave the record back without releasing the claim, or SQS delivered it
-    /// twice (the other delivery's claim carries another token, [`Claim::holder`]). It is the
+    /// twice (the other delivery's claim carries another token, [`Claim::token`]). It is the
     /// job's only copy, so it must stay queued until `until`, never be dropped as
     /// [`ClaimOutcome::Stale`].
     Held { until: Timestamp },
@@ -213,17 +214,10 @@ pub trait JobStore: Send + Sync {
     /// Ends this attempt's lease early (at the epoch, so no clock can see it still
     /// running), so that its own message, given back to SQS after a failure, can claim
     /// the job again at once. Does nothing if the attempt no longer holds the job, or
-    /// if `holder` carries a token ([`holder_with_token`]) and the claim holding the
-    /// job another (another delivery of the same message holds it); a holder without
-    /// a token checks only the message id.
-    async fn release(
-        &self,
-        job_id: &str,
-        stage: Stage,
-        attempt: u32,
-        holder: &str,
-        now: Timestamp,
-    ) -> Result<(), PortError>;
+    /// if `release.token` is given and the claim holding the job carries another
+    /// (another delivery of the same message holds it); a release without a token
+    /// checks only the message id.
+    async fn release(&self, release: &Release<'_>, now: Timestamp) -> Result<(), PortError>;
 
     /// Lets a finished job be claimed again by any attempt above `reopen.below`: an
     /// operator redriving one dead letter. Only the end that letter was written for is
@@ -250,12 +244,11 @@ pub fn decide(current: Option<&JobState>, claim: &Claim<'_>, now: Timestamp) -> 
             fingerprint: cur.fingerprint.clone(),
         };
     }
-    let (message_id, _) = split_holder(claim.holder);
     match cur.progress {
         // The holder may be announcing right now; if it fails, its own message comes
         // back and resumes, and if it crashed, its lease runs out.
         Progress::Done(_)
-            if !cur.announced && cur.lease_until > now && cur.holder != message_id =>
+            if !cur.announced && cur.lease_until > now && cur.holder != claim.holder =>
         {
             ClaimOutcome::Stale
         }
@@ -270,7 +263,7 @@ pub fn decide(current: Option<&JobState>, claim: &Claim<'_>, now: Timestamp) -> 
         Progress::InProgress if claim.attempt > cur.attempt => ClaimOutcome::Busy {
             until: cur.lease_until,
         },
-        Progress::InProgress if cur.holder == message_id => ClaimOutcome::Held {
+        Progress::InProgress if cur.holder == claim.holder => ClaimOutcome::Held {
             until: cur.lease_until,
         },
         Progress::InProgress => ClaimOutcome::Stale,
@@ -282,26 +275,24 @@ pub fn decide(current: Option<&JobState>, claim: &Claim<'_>, now: Timestamp) -> 
 /// Whether `cur` is the record `claim` itself wrote: the same delivery's token (never
 /// empty: records written before tokens match no claim), message id and attempt.
 pub fn same_claim(cur: &JobState, claim: &Claim<'_>) -> bool {
-    let (message_id, token) = split_holder(claim.holder);
-    !token.is_empty()
-        && cur.token == token
-        && cur.holder == message_id
+    !claim.token.is_empty()
+        && cur.token == claim.token
+        && cur.holder == claim.holder
         && cur.attempt == claim.attempt
         && cur.progress == Progress::InProgress
 }
 
-/// Sets a holder's message id apart from its claim token: the ASCII unit separator,
-/// which SQS message ids (hex digits and hyphens) never hold.
-pub const TOKEN_SEPARATOR: char = '\u{1f}';
-
-/// The [`Claim::holder`] of a delivery: its message id with its claim token.
-pub fn holder_with_token(message_id: &str, token: &str) -> String {
-    format!("{message_id}{TOKEN_SEPARATOR}{token}")
-}
-
-/// A holder's message id and claim token (empty when it carries none).
-pub fn split_holder(holder: &str) -> (&str, &str) {
-    holder.split_once(TOKEN_SEPARATOR).unwrap_or((holder, ""))
+/// A request to end one attempt's lease early ([`JobStore::release`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Release<'a> {
+    pub job_id: &'a str,
+    pub stage: Stage,
+    pub attempt: u32,
+    /// The SQS message id of the delivery giving the claim back.
+    pub holder: &'a str,
+    /// Its claim token ([`Claim::token`]): only a claim holding it is given back.
+    /// `""` checks only the message id.
+    pub token: &'a str,
 }
 
 /// An operator's request to reopen the end one dead letter was written for.
@@ -426,7 +417,7 @@ pub fn fingerprint(job: &Value) -> String {
     })
 }
 
-/// A new claim token (see [`Claim::holder`]): 32 hex digits, unique to one claim attempt
+/// A new claim token (see [`Claim::token`]): 32 hex digits, unique to one claim attempt
 /// (the process, a counter, the clock and the standard library's random hash keys,
 /// through SHA-256), so two deliveries of one message, even in two sandboxes at once,
 /// never share one.
@@ -557,8 +548,8 @@ fn claimed(claim: &Claim<'_>, now: Timestamp) -> JobState {
         fingerprint: claim.fingerprint.to_owned(),
         attempt: claim.attempt,
         lease_until: claim.lease_until,
-        holder: split_holder(claim.holder).0.to_owned(),
-        token: split_holder(claim.holder).1.to_owned(),
+        holder: claim.holder.to_owned(),
+        token: claim.token.to_owned(),
         announced: false,
         detail: None,
         updated_at: now,
@@ -705,21 +696,13 @@ impl JobStore for MemoryStore {
         .await
     }
 
-    async fn release(
-        &self,
-        job_id: &str,
-        stage: Stage,
-        attempt: u32,
-        holder: &str,
-        now: Timestamp,
-    ) -> Result<(), PortError> {
-        let (message_id, token) = split_holder(holder);
+    async fn release(&self, release: &Release<'_>, now: Timestamp) -> Result<(), PortError> {
         self.call("UpdateItem", |records| {
-            if let Some(r) = records.get_mut(&key_of(job_id, stage)) {
+            if let Some(r) = records.get_mut(&key_of(release.job_id, release.stage)) {
                 if r.progress == Progress::InProgress
-                    && r.attempt == attempt
-                    && r.holder == message_id
-                    && (token.is_empty() || r.token == token)
+                    && r.attempt == release.attempt
+                    && r.holder == release.holder
+                    && (release.token.is_empty() || r.token == release.token)
                 {
                     r.lease_until = Timestamp::UNIX_EPOCH;
                     r.updated_at = now;
@@ -792,6 +775,18 @@ mod tests {
             attempt,
             lease_until: at(lease),
             holder: "m1",
+            token: "",
+        }
+    }
+
+    /// Gives back attempt 1 of `job-1` at the processor.
+    fn release<'a>(holder: &'a str, token: &'a str) -> Release<'a> {
+        Release {
+            job_id: "job-1",
+            stage: Stage::Processor,
+            attempt: 1,
+            holder,
+            token,
         }
     }
 
@@ -907,7 +902,7 @@ mod tests {
         let store = MemoryStore::default();
         store.claim(&claim("a", 1, 60), at(0)).await.expect("store");
         store
-            .release("job-1", Stage::Processor, 1, "m9", at(1))
+            .release(&release("m9", ""), at(1))
             .await
             .expect("store");
         assert_eq!(
@@ -916,7 +911,7 @@ mod tests {
             "another holder cannot release the claim"
         );
         store
-            .release("job-1", Stage::Processor, 1, "m1", at(3))
+            .release(&release("m1", ""), at(3))
             .await
             .expect("store");
         assert_eq!(
@@ -928,9 +923,8 @@ mod tests {
     #[tokio::test]
     async fn a_claim_retried_with_its_own_token_is_claimed_and_another_delivery_held() {
         let store = MemoryStore::default();
-        let (t1, t2) = (holder_with_token("m1", "t1"), holder_with_token("m1", "t2"));
         let mine = Claim {
-            holder: &t1,
+            token: "t1",
             ..claim("a", 1, 60)
         };
         store.faults.lose_answers(1);
@@ -941,7 +935,7 @@ mod tests {
             "the same request again finds its own write"
         );
         let other = Claim {
-            holder: &t2,
+            token: "t2",
             ..claim("a", 1, 120)
         };
         assert_eq!(
@@ -956,7 +950,7 @@ mod tests {
             "an empty token matches nothing"
         );
         store
-            .release("job-1", Stage::Processor, 1, &t2, at(2))
+            .release(&release("m1", "t2"), at(2))
             .await
             .expect("store");
         assert_eq!(
@@ -965,7 +959,7 @@ mod tests {
             "another delivery cannot give the claim back"
         );
         store
-            .release("job-1", Stage::Processor, 1, &t1, at(4))
+            .release(&release("m1", "t1"), at(4))
             .await
             .expect("store");
         assert_eq!(
@@ -977,15 +971,15 @@ mod tests {
     #[tokio::test]
     async fn a_batch_of_claims_retried_with_their_tokens_is_claimed() {
         let store = MemoryStore::default();
-        let (t1, t2) = (holder_with_token("m1", "t1"), holder_with_token("m2", "t2"));
         let claims = [
             Claim {
-                holder: &t1,
+                token: "t1",
                 ..claim("a", 1, 60)
             },
             Claim {
                 job_id: "job-2",
-                holder: &t2,
+                holder: "m2",
+                token: "t2",
                 ..claim("a", 1, 60)
             },
         ];
@@ -1065,7 +1059,7 @@ mod tests {
         let expires = |t: i64| at(t) + RETENTION;
         store.claim(&claim("a", 1, 60), at(0)).await.expect("store");
         store
-            .release("job-1", Stage::Processor, 1, "m1", at(10))
+            .release(&release("m1", ""), at(10))
             .await
             .expect("store");
         assert_eq!(expiry().await.expect("store")[0].expires_at, expires(10));

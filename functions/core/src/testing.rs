@@ -15,7 +15,7 @@ use crate::ports::{
     MAX_BATCH_BYTES, MAX_MESSAGE_BYTES,
 };
 use crate::record::notification_message;
-use crate::state::{Claim, ClaimOutcome, JobState, JobStore, Progress, Reopen, Reopened};
+use crate::state::{Claim, ClaimOutcome, JobState, JobStore, Progress, Release, Reopen, Reopened};
 use crate::Timestamp;
 use async_trait::async_trait;
 use serde_json::Value;
@@ -277,17 +277,8 @@ impl<S: JobStore> JobStore for SdkRetry<S> {
         self.inner.announce(job_id, stage, now).await
     }
 
-    async fn release(
-        &self,
-        job_id: &str,
-        stage: Stage,
-        attempt: u32,
-        holder: &str,
-        now: Timestamp,
-    ) -> Result<(), PortError> {
-        self.inner
-            .release(job_id, stage, attempt, holder, now)
-            .await
+    async fn release(&self, release: &Release<'_>, now: Timestamp) -> Result<(), PortError> {
+        self.inner.release(release, now).await
     }
 
     async fn reopen(&self, reopen: &Reopen<'_>, now: Timestamp) -> Result<Reopened, PortError> {
@@ -507,6 +498,7 @@ mod tests {
             attempt: 1,
             lease_until: at + chrono::TimeDelta::seconds(60),
             holder: "m1",
+            token: "",
         };
         store.faults.lose_answers(1);
         assert!(store.claim(&claim, at).await.is_err());
@@ -550,6 +542,7 @@ mod tests {
             attempt: 1,
             lease_until: at + chrono::TimeDelta::seconds(60),
             holder,
+            token: "",
         };
         let answers = store.claim_all(&[claim("m1"), claim("m2")], at).await;
         assert_eq!(
