@@ -559,13 +559,16 @@ def up(
     receiver: bool = False,
     fault_injection: bool = False,
     fault_proxy: str | None = None,
+    settings_file: Path = SETTINGS_FILE,
 ) -> Stack:
     """`receiver`: without an OTLP endpoint, run the local OTLP receiver (otlp_receiver.py).
     `fault_injection`: let jobs ask the processor to fail (demos and fault tests).
     `fault_proxy`: the URL of a running stack/fault_proxy.py in front of the emulator; the
     functions' AWS_ENDPOINT_URL is then that URL, while provisioning, the generator and the
-    tests (Stack.endpoint, Stack.env) keep talking to the emulator directly."""
-    settings = load_settings()
+    tests (Stack.endpoint, Stack.env) keep talking to the emulator directly.
+    `settings_file`: another pipeline.json (tests with short timeouts), checked by the
+    same rules."""
+    settings = load_settings(settings_file)
     zips = {name: package(binaries / name) for name in FUNCTIONS}
     endpoint, started = start_emulator(state_dir, port, use_existing)
     stack = Stack(endpoint=endpoint, state_dir=state_dir, settings=settings, region=settings["region"], started_here=started)
