@@ -1208,7 +1208,6 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_record_whose_claim_is_held_goes_back_before_the_slow_forward_of_the_rest() {
-        use crate::slow::Slow;
         let detail = |id: &str| {
             serde_json::json!({"id": id, "job_type": "user_onboarding",
                 "message": {"user_id": "1", "user_name": "A"}})
@@ -1224,9 +1223,10 @@ mod tests {
             .collect();
         let event: SqsEvent =
             serde_json::from_value(serde_json::json!({"Records": records})).expect("event");
-        let queue = |secs| Slow {
-            inner: MemoryQueue::default(),
-            delay: std::time::Duration::from_secs(secs),
+        let queue = |secs| {
+            let q = MemoryQueue::default();
+            q.faults.slow_down(std::time::Duration::from_secs(secs));
+            q
         };
         let ing = Ingester {
             source: queue(0),
@@ -1259,7 +1259,7 @@ mod tests {
             _ = &mut handling => panic!("the forward takes 5 s"),
             _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
         }
-        let released = ing.source.inner.released.lock().expect("lock").clone();
+        let released = ing.source.released.lock().expect("lock").clone();
         assert_eq!(
             released,
             [crate::ports::Receipt {
@@ -1269,7 +1269,7 @@ mod tests {
         );
         let response = handling.await;
         assert_eq!(response.batch_item_failures.len(), 1);
-        assert_eq!(ing.jobs_todo.inner.jobs().len(), 1);
+        assert_eq!(ing.jobs_todo.jobs().len(), 1);
     }
 
     /// An ingester over another store, for the claim-token tests.

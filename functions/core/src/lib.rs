@@ -28,6 +28,4 @@ pub mod state;
 pub mod telemetry;
 
 #[cfg(any(test, feature = "testing"))]
-pub mod slow;
-#[cfg(any(test, feature = "testing"))]
 pub mod testing;

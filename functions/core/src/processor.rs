@@ -636,7 +636,6 @@ fn unreadable(body: &str, meta: &RecordMeta, reason: &str) -> (DeadLetter, u32) 
 mod tests {
     use super::*;
     use crate::retry::SQS_MAX_DELAY;
-    use crate::slow::Slow;
     use crate::state::MemoryStore;
     use crate::testing::{MemoryQueue, MemoryTopic};
     use serde_json::json;
@@ -1219,21 +1218,20 @@ mod tests {
     async fn a_job_sized_to_its_budget_leaves_time_for_its_ending_after_a_slow_claim() {
         // Every call may take the 2 s call timeout; the margin holds one ending of them.
         let call = Duration::from_secs(2);
-        let slow = |delay| Slow {
-            inner: MemoryQueue::default(),
-            delay,
+        let slow = || {
+            let q = MemoryQueue::default();
+            q.faults.slow_down(call);
+            q
         };
+        let topic = MemoryTopic::default();
+        topic.faults.slow_down(call);
+        let store = MemoryStore::default();
+        store.faults.slow_down(call);
         let p = Processor {
-            jobs_todo: slow(call),
-            dead_letters: slow(call),
-            topic: Slow {
-                inner: MemoryTopic::default(),
-                delay: call,
-            },
-            store: Slow {
-                inner: MemoryStore::default(),
-                delay: call,
-            },
+            jobs_todo: slow(),
+            dead_letters: slow(),
+            topic,
+            store,
             config: ProcessorConfig {
                 deadline_margin: ending_reserve(call),
                 retry: RetryPolicy::default(),
@@ -1251,7 +1249,7 @@ mod tests {
             .await;
         let took = started.elapsed();
         assert!(response.batch_item_failures.is_empty());
-        let notes = p.topic.inner.notifications();
+        let notes = p.topic.notifications();
         assert_eq!(notes.len(), 1, "announced once");
         assert!(
             took <= Duration::from_secs(60),
