@@ -43,8 +43,9 @@ data "aws_iam_policy_document" "ingester" {
     resources = [aws_sns_topic.job_end_state.arn]
   }
 
-  # Reads both stages' records of a job (to resume an unannounced end); writes only
-  # its own, whose keys start with "ingester#" (functions/core/src/dynamo.rs `key`).
+  # Reads both stages' records of a job (to resume an unannounced end); writes its
+  # own, whose keys start with "ingester#" (functions/core/src/dynamo.rs `key`), and
+  # puts the processor's stop below.
   statement {
     sid       = "ReadJobState"
     actions   = ["dynamodb:GetItem"]
@@ -60,6 +61,23 @@ data "aws_iam_policy_document" "ingester" {
       test     = "ForAllValues:StringLike"
       variable = "dynamodb:LeadingKeys"
       values   = ["ingester#*"]
+    }
+  }
+
+  # A job whose forward failed on its last receive is ended in one transaction with a
+  # stop on the processor's record (attempt 0, ended), written only where the processor
+  # has no record yet, so a forward whose answer was lost cannot also run
+  # (functions/core/src/state.rs `Unforwarded`). Put only: it never updates the
+  # processor's records.
+  statement {
+    sid       = "StopTheProcessorForAnUnforwardedJob"
+    actions   = ["dynamodb:PutItem"]
+    resources = [aws_dynamodb_table.jobs.arn]
+
+    condition {
+      test     = "ForAllValues:StringLike"
+      variable = "dynamodb:LeadingKeys"
+      values   = ["processor#*"]
     }
   }
 

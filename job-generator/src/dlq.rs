@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use jobs_core::messages::{DeadLetter, Stage};
 use jobs_core::record::enriched_message;
 use jobs_core::redrive::{plan, Redrive, Stranded};
-use jobs_core::state::{fingerprint, legacy_fingerprint, JobStore, Reopen, Reopened};
+use jobs_core::state::{fingerprint, legacy_fingerprint, JobStore, Reopen, Reopened, STOP_ATTEMPT};
 use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt::Write as _;
@@ -357,6 +357,25 @@ where
                     Reopened::Now | Reopened::Already | Reopened::NoRecord => {}
                     Reopened::Stale(why) => return Ok(Some(Skip::Delete(why))),
                     Reopened::Keep(why) => return Ok(Some(Skip::Keep(why))),
+                }
+                // A job the ingester could not forward also stopped the processor
+                // (`JobStore::end_unforwarded`): reopen that stop too, or the redriven
+                // job would be dropped there. A stop already taken over means the job
+                // ran since; no stop at all, a letter written before stops existed.
+                if *stage == Stage::Ingester && dl.last_error_code() == "forward_failed" {
+                    let stop = Reopen {
+                        stage: Stage::Processor,
+                        attempt: STOP_ATTEMPT,
+                        below: STOP_ATTEMPT,
+                        ..request
+                    };
+                    let reopened = store.reopen(&stop, now).await.map_err(|e| OpsError {
+                        operation: "reopen the processor's stop",
+                        message: e.to_string(),
+                    })?;
+                    if let Reopened::Keep(why) = reopened {
+                        return Ok(Some(Skip::Keep(why)));
+                    }
                 }
             }
             mailbox
@@ -1082,5 +1101,45 @@ mod tests {
             lines[0]
         );
         assert_eq!(q.dlq.lock().expect("lock").len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_redrive_of_a_job_the_ingester_could_not_forward_lets_the_processor_run_it() {
+        let mut dl = letter("job-1", Stage::Ingester);
+        dl.status = JobStatus::Failed;
+        dl.errors[0].code = "forward_failed".into();
+        let store = MemoryStore::default();
+        claim(&store, &dl, 1, "m-5").await;
+        let fp = jobs_core::state::fingerprint(&dl.job);
+        let note = jobs_core::messages::Notification::for_dead_letter(&dl, chrono::Utc::now());
+        let end = jobs_core::state::Unforwarded {
+            job_id: "job-1",
+            fingerprint: &fp,
+            legacy_fingerprint: None,
+            holder: "m-5",
+            token: "t-5",
+            detail: serde_json::to_value(&note).expect("json"),
+            now: chrono::Utc::now(),
+        };
+        store.end_unforwarded(&end).await.expect("ended");
+        let q = FakeQueues::with(std::slice::from_ref(&dl));
+        let report = redrive(&q, &store, &all(), false).await.expect("redrive");
+        assert_eq!((report.moved, sent(&q)), (1, 1), "{:?}", report.lines);
+        // The redriven event is forwarded again; its copy on jobs-todo must run.
+        let processor = Claim {
+            job_id: "job-1",
+            stage: Stage::Processor,
+            fingerprint: &fp,
+            legacy_fingerprint: None,
+            attempt: 1,
+            lease_until: chrono::Utc::now() + chrono::TimeDelta::minutes(15),
+            holder: "todo-1",
+            token: "",
+        };
+        let outcome = store
+            .claim(&processor, chrono::Utc::now())
+            .await
+            .expect("claim");
+        assert_eq!(outcome, ClaimOutcome::Claimed, "{:?}", report.lines);
     }
 }

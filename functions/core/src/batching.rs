@@ -327,6 +327,13 @@ impl<S: JobStore> JobStore for Batching<S> {
         self.inner.reopen(reopen, now).await
     }
 
+    async fn end_unforwarded(
+        &self,
+        end: &crate::state::Unforwarded<'_>,
+    ) -> Result<crate::state::Forestalled, PortError> {
+        self.inner.end_unforwarded(end).await
+    }
+
     async fn get(&self, job_id: &str) -> Result<Vec<JobState>, PortError> {
         self.inner.get(job_id).await
     }
@@ -438,6 +445,12 @@ mod tests {
             now: Timestamp,
         ) -> Result<crate::state::Reopened, PortError> {
             self.store.reopen(reopen, now).await
+        }
+        async fn end_unforwarded(
+            &self,
+            end: &crate::state::Unforwarded<'_>,
+        ) -> Result<crate::state::Forestalled, PortError> {
+            self.store.end_unforwarded(end).await
         }
         async fn get(&self, job_id: &str) -> Result<Vec<JobState>, PortError> {
             self.store.get(job_id).await

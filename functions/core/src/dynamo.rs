@@ -16,16 +16,20 @@
 //! claimed on its own, under the full rules), finishes and announcements as
 //! conditional `UPDATE`s.
 
-use crate::messages::Stage;
+use crate::messages::{JobStatus, Stage};
 use crate::ports::PortError;
 use crate::state::{
-    decide, decide_reopen, lost_claim, same_claim, Claim, ClaimOutcome, Finish, JobState, JobStore,
-    Progress, Release, Reopen, Reopened, RETENTION,
+    decide, decide_reopen, decide_unforwarded, lost_claim, same_claim, stop_record, Claim,
+    ClaimOutcome, Finish, Forestalled, JobState, JobStore, Progress, Release, Reopen, Reopened,
+    Unforwarded, RETENTION,
 };
 use crate::Timestamp;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_dynamodb::types::{AttributeValue, BatchStatementErrorCodeEnum, BatchStatementRequest};
+use aws_sdk_dynamodb::types::{
+    AttributeValue, BatchStatementErrorCodeEnum, BatchStatementRequest, Put, TransactWriteItem,
+    Update,
+};
 use aws_sdk_dynamodb::Client;
 use chrono::{TimeZone, Utc};
 use futures_util::future::join_all;
@@ -579,6 +583,78 @@ impl JobStore for DynamoStore {
                 reopen.job_id
             ),
         })
+    }
+
+    /// One `TransactWriteItems`: the ingester's record ended (while its attempt holds
+    /// it) and the processor's stop put (while it has no record). Its
+    /// `ClientRequestToken` is the claim token, so DynamoDB treats the SDK's retry of a
+    /// call whose answer was lost as the same call; if the transaction is cancelled
+    /// anyway, the processor's record says why.
+    async fn end_unforwarded(&self, end: &Unforwarded<'_>) -> Result<Forestalled, PortError> {
+        const OP: &str = "TransactWriteItems";
+        let refused = |e: aws_sdk_dynamodb::error::BuildError| PortError::Refused {
+            operation: OP,
+            message: e.to_string(),
+        };
+        let detail = end.detail.to_string();
+        let ended = Update::builder()
+            .table_name(&self.table)
+            .key("pk", s(key(Stage::Ingester, end.job_id)))
+            .update_expression("SET progress = :p, detail = :d, updated_ms = :u, expires_at = :x")
+            .condition_expression("attempt = :attempt AND progress = :in_progress")
+            .expression_attribute_values(":p", s(Progress::Done(Some(JobStatus::Failed)).as_str()))
+            .expression_attribute_values(":d", s(detail.clone()))
+            .expression_attribute_values(":u", n(end.now.timestamp_millis()))
+            .expression_attribute_values(":x", n(expires_at(end.now)))
+            .expression_attribute_values(":attempt", n(1))
+            .expression_attribute_values(":in_progress", s(Progress::InProgress.as_str()))
+            .build()
+            .map_err(refused)?;
+        let stop = stop_record(end);
+        let stop_item: Item = [
+            ("pk", s(key(Stage::Processor, end.job_id))),
+            ("job_id", s(end.job_id)),
+            ("stage", s(Stage::Processor.as_str())),
+            ("progress", s(stop.progress.as_str())),
+            ("fingerprint", s(end.fingerprint)),
+            ("attempt", n(stop.attempt)),
+            ("lease_until", n(stop.lease_until.timestamp_millis())),
+            ("holder", s(end.holder)),
+            ("claim_token", s(end.token)),
+            ("announced", AttributeValue::Bool(stop.announced)),
+            ("detail", s(detail)),
+            ("updated_ms", n(end.now.timestamp_millis())),
+            ("expires_at", n(expires_at(end.now))),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let put = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(stop_item))
+            .condition_expression("attribute_not_exists(pk)")
+            .build()
+            .map_err(refused)?;
+        let sent = self
+            .client
+            .transact_write_items()
+            .transact_items(TransactWriteItem::builder().update(ended).build())
+            .transact_items(TransactWriteItem::builder().put(put).build())
+            .set_client_request_token((!end.token.is_empty()).then(|| end.token.to_owned()))
+            .send()
+            .await;
+        match sent {
+            Ok(_) => Ok(Forestalled::Ended),
+            Err(e) if e.code() == Some("TransactionCanceledException") => {
+                match self.read(end.job_id, Stage::Processor).await? {
+                    Some(processor) => decide_unforwarded(&processor, end),
+                    // Nothing stopped it at the processor: the ingester's attempt no
+                    // longer holds the job, or another write raced this one.
+                    None => Err(lost_claim(OP, end.job_id)),
+                }
+            }
+            Err(e) => Err(port_error(OP, e)),
+        }
     }
 
     async fn get(&self, job_id: &str) -> Result<Vec<JobState>, PortError> {

@@ -302,6 +302,16 @@ impl<S: JobStore> JobStore for Guarded<S> {
         self.call("UpdateItem", call, Result::is_err, Err).await
     }
 
+    async fn end_unforwarded(
+        &self,
+        end: &crate::state::Unforwarded<'_>,
+    ) -> Result<crate::state::Forestalled, PortError> {
+        let call = self.inner.end_unforwarded(end);
+        // A lost claim or another content's record is an answer, not a sick table.
+        let sick = |r: &Result<_, PortError>| matches!(r, Err(PortError::Unreachable { .. }));
+        self.call("TransactWriteItems", call, sick, Err).await
+    }
+
     async fn get(&self, job_id: &str) -> Result<Vec<JobState>, PortError> {
         let call = self.inner.get(job_id);
         self.call("Query", call, Result::is_err, Err).await

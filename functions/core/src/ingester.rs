@@ -17,7 +17,10 @@ use crate::messages::{
 };
 use crate::ports::{send_all, MessageQueue, PortError, Topic};
 use crate::record::{enriched_message, raw_body, retry_soon, RecordMeta, MAX_KEPT_BODY_BYTES};
-use crate::state::{fingerprint, legacy_fingerprint, Claim, ClaimOutcome, JobStore, Progress};
+use crate::state::{
+    fingerprint, legacy_fingerprint, Claim, ClaimOutcome, Forestalled, JobStore, Progress,
+    Unforwarded,
+};
 use crate::telemetry::instruments_prelude::*;
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use chrono::{DateTime, TimeDelta, Utc};
@@ -229,6 +232,7 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Ingester<Q, T, S> {
             .collect();
         let sent = send_all(&self.jobs_todo, &outgoing).await;
         let mut forwarded = Vec::new();
+        let mut last_chances = Vec::new();
         for ((meta, job, producer), result) in forwards.into_iter().zip(sent) {
             let _log = meta.log.clone().entered();
             let consumer = spans.get(&meta.message_id).map(|s| &s.0);
@@ -238,20 +242,10 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Ingester<Q, T, S> {
                     forwarded.push(job.job_id);
                 }
                 Err(e) if meta.receive_count >= self.config.max_receive_count => {
-                    warn!(job_id = %job.job_id, error = %e, "forwarding failed on the last attempt; dead-lettering");
+                    warn!(job_id = %job.job_id, error = %e, "forwarding failed on the last attempt; ending the job unless the processor has it");
                     producer.fail("forward_failed", &e.to_string());
-                    if let Some(c) = consumer {
-                        c.fail("forward_failed", &e.to_string());
-                        c.set_status(JobStatus::Failed);
-                    }
-                    let letter = forward_failed(job, &meta, &e, now);
                     drop(_log);
-                    endings.push(Ending {
-                        notification: Notification::for_dead_letter(&letter, now),
-                        dead_letter: Some(letter),
-                        tracking: Tracking::Finish { attempt: 1 },
-                        meta,
-                    });
+                    last_chances.push((meta, job, e));
                 }
                 Err(e) => {
                     warn!(job_id = %job.job_id, error = %e, "forwarding failed; SQS will retry");
@@ -265,6 +259,37 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Ingester<Q, T, S> {
                 }
             }
             producer.end();
+        }
+        let decided = join_all(
+            last_chances
+                .into_iter()
+                .map(|(meta, job, e)| self.end_unforwarded(meta, job, e, now)),
+        )
+        .await;
+        for (meta, job_id, decision) in decided {
+            let consumer = spans.get(&meta.message_id).map(|s| &s.0);
+            match decision {
+                Ok((Forestalled::Ended, ending)) => {
+                    if let Some(c) = consumer {
+                        let (code, message) = ending_error(&ending);
+                        c.fail(code, message);
+                        c.set_status(JobStatus::Failed);
+                    }
+                    endings.extend(ending);
+                }
+                Ok((Forestalled::Taken, _)) => {
+                    meta.log.in_scope(|| info!(job_id = %job_id, "the forward had reached jobs-todo: the processor has the job"));
+                    forwarded.push(job_id);
+                }
+                Err(e) => {
+                    meta.log.in_scope(|| warn!(job_id = %job_id, error = %e, "could not end the unforwarded job; SQS keeps it"));
+                    if let Some(c) = consumer {
+                        c.fail("state_unavailable", &e.to_string());
+                    }
+                    give_back(&self.store, Stage::Ingester, &job_id, 1, &meta, now).await;
+                    response.add_failure(meta.message_id);
+                }
+            }
         }
         let unforwarded: Vec<&str> = response.batch_item_failures[released..]
             .iter()
@@ -328,6 +353,47 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Ingester<Q, T, S> {
         retry_soon(&self.source, &event.records, &unended).await;
         batch.end();
         response
+    }
+
+    /// Ends a job whose forward failed on its record's last receive, unless the forward
+    /// reached the processor after all ([`JobStore::end_unforwarded`]): the `FAILED`
+    /// ending to announce, recorded already, or [`Forestalled::Taken`].
+    async fn end_unforwarded(
+        &self,
+        meta: RecordMeta,
+        job: EnrichedJob,
+        error: PortError,
+        now: DateTime<Utc>,
+    ) -> (
+        RecordMeta,
+        String,
+        Result<(Forestalled, Option<Ending>), PortError>,
+    ) {
+        let job_id = job.job_id.clone();
+        let fp = fingerprint(&job.job);
+        let legacy = legacy_fingerprint(&job.job);
+        let letter = forward_failed(job, &meta, &error, now);
+        let notification = Notification::for_dead_letter(&letter, now);
+        let end = Unforwarded {
+            job_id: &job_id,
+            fingerprint: &fp,
+            legacy_fingerprint: Some(&legacy),
+            holder: &meta.message_id,
+            token: &meta.claim_token,
+            detail: serde_json::to_value(&notification).unwrap_or_default(),
+            now,
+        };
+        let decided = self.store.end_unforwarded(&end).await;
+        let answer = decided.map(|d| {
+            let ending = (d == Forestalled::Ended).then(|| Ending {
+                meta: meta.clone(),
+                notification,
+                dead_letter: Some(letter),
+                tracking: Tracking::Recorded,
+            });
+            (d, ending)
+        });
+        (meta, job_id, answer)
     }
 
     /// Claims the record's job and decides what to do with it.
@@ -525,6 +591,16 @@ fn reject(
         trace_context,
         job,
     }
+}
+
+/// The code and message of an ending's last error, for its span.
+fn ending_error(ending: &Option<Ending>) -> (&str, &str) {
+    ending
+        .as_ref()
+        .and_then(|e| e.notification.errors.last())
+        .map_or(("forward_failed", ""), |e| {
+            (e.code.as_str(), e.message.as_str())
+        })
 }
 
 fn forward_failed(
@@ -1352,5 +1428,184 @@ mod tests {
             response.batch_item_failures
         );
         ended_once(&ing);
+    }
+
+    /// A processor over the same table, as the pipeline has.
+    fn processor_over<S: JobStore>(
+        store: S,
+    ) -> crate::processor::Processor<MemoryQueue, MemoryTopic, S> {
+        crate::processor::Processor {
+            jobs_todo: MemoryQueue::default(),
+            dead_letters: MemoryQueue::default(),
+            topic: MemoryTopic::default(),
+            store,
+            config: crate::processor::ProcessorConfig {
+                deadline_margin: std::time::Duration::from_secs(3),
+                retry: crate::retry::RetryPolicy::default(),
+                fault_injection: false,
+            },
+            telemetry: Instruments::default(),
+        }
+    }
+
+    /// One EventBridge delivery of `detail` on receive `receive`.
+    fn delivery(message_id: &str, detail: &Value, receive: u32) -> SqsEvent {
+        let mut event = records(&[(message_id.to_owned(), event_body("evt-1", detail))]);
+        event.records[0]
+            .attributes
+            .insert("ApproximateReceiveCount".into(), receive.to_string());
+        event
+    }
+
+    /// The processor handles every message the ingester put on `jobs-todo` (from
+    /// `from` on), each as SQS delivers it: returns what it announced.
+    async fn process_forwarded<S: JobStore>(
+        ing: &Ingester<MemoryQueue, MemoryTopic, S>,
+        store: S,
+        from: usize,
+        at: DateTime<Utc>,
+    ) -> Vec<Notification> {
+        let p = processor_over(store);
+        let bodies: Vec<(String, String)> = ing.jobs_todo.bodies()[from..]
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (format!("todo-{from}-{i}"), b.clone()))
+            .collect();
+        let mut event = records(&bodies);
+        for r in &mut event.records {
+            r.event_source_arn = Some("arn:aws:sqs:us-east-1:000000000000:jobs-todo".into());
+        }
+        let response = p.handle(event, at + TimeDelta::seconds(60), at).await;
+        assert!(
+            response.batch_item_failures.is_empty(),
+            "{:?}",
+            response.batch_item_failures
+        );
+        assert!(p.dead_letters.dead_letters().is_empty());
+        p.topic.notifications()
+    }
+
+    fn ends(notes: &[Notification]) -> Vec<(String, JobStatus, Vec<String>)> {
+        notes
+            .iter()
+            .map(|n| {
+                let codes = n.errors.iter().map(|e| e.code.clone()).collect();
+                (n.job_id.clone(), n.status, codes)
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_forward_whose_answer_was_lost_on_the_last_receive_ends_failed_once() {
+        // SQS took the job, the answer was lost: the ingester gives up on its last
+        // receive, and the copy on jobs-todo must not be run and announced too.
+        let store = MemoryStore::default();
+        let ing = ingester_over(crate::testing::Shared(&store));
+        ing.jobs_todo.faults.lose_answers(1);
+        let response = ing
+            .handle(delivery("m-1", &onboarding("job-5"), 5), now())
+            .await;
+        assert!(response.batch_item_failures.is_empty());
+        assert_eq!(ing.jobs_todo.jobs().len(), 1, "the forward took effect");
+        let failed = vec![(
+            "job-5".to_owned(),
+            JobStatus::Failed,
+            vec!["forward_failed".to_owned()],
+        )];
+        assert_eq!(ends(&ing.topic.notifications()), failed);
+        let letters = ing.dead_letters.dead_letters();
+        assert_eq!(
+            letters
+                .iter()
+                .map(|d| (d.job_id.as_str(), d.last_error_code()))
+                .collect::<Vec<_>>(),
+            [("job-5", "forward_failed")]
+        );
+
+        let later = now() + TimeDelta::seconds(5);
+        let from_processor =
+            process_forwarded(&ing, crate::testing::Shared(&store), 0, later).await;
+        assert_eq!(
+            ends(&from_processor),
+            [],
+            "the forwarded copy was run and announced"
+        );
+        let processor = store.get("job-5").await.expect("store");
+        assert!(
+            processor
+                .iter()
+                .all(|r| r.progress == Progress::Done(Some(JobStatus::Failed))),
+            "{processor:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_forward_the_processor_ran_before_the_last_receive_ends_completed_once() {
+        // Receive 4: forwarded, answer lost, given back. The processor runs the copy.
+        // Receive 5: forwarded again, answer lost again: the processor has the job, so
+        // the ingester records the forward instead of announcing FAILED.
+        let store = MemoryStore::default();
+        let ing = ingester_over(crate::testing::Shared(&store));
+        ing.jobs_todo.faults.lose_answers(2);
+        let fourth = ing
+            .handle(delivery("m-1", &onboarding("job-6"), 4), now())
+            .await;
+        assert_eq!(fourth.batch_item_failures.len(), 1);
+        let t1 = now() + TimeDelta::seconds(2);
+        let first = process_forwarded(&ing, crate::testing::Shared(&store), 0, t1).await;
+        assert_eq!(
+            ends(&first),
+            [("job-6".to_owned(), JobStatus::Completed, vec![])]
+        );
+
+        let t2 = now() + TimeDelta::seconds(40);
+        let fifth = ing
+            .handle(delivery("m-1", &onboarding("job-6"), 5), t2)
+            .await;
+        assert!(fifth.batch_item_failures.is_empty());
+        assert_eq!(
+            ends(&ing.topic.notifications()),
+            [],
+            "FAILED announced after COMPLETED"
+        );
+        assert!(ing.dead_letters.dead_letters().is_empty());
+        let ingester_record = store.get("job-6").await.expect("store");
+        assert!(ingester_record
+            .iter()
+            .any(|r| r.stage == Stage::Ingester && r.progress == Progress::Done(None)));
+        let second = process_forwarded(&ing, crate::testing::Shared(&store), 1, t2).await;
+        assert_eq!(ends(&second), [], "the second copy ran again");
+    }
+
+    #[tokio::test]
+    async fn an_unforwarded_job_whose_ending_could_not_be_written_stays_in_sqs() {
+        // Forward refused, then the table refuses the ending's transaction: nothing is
+        // announced, the record goes back to SQS (and so to its DLQ as it was).
+        let ing = ingester(
+            MemoryQueue::refusing("job-8"),
+            MemoryQueue::default(),
+            MemoryTopic::default(),
+        );
+        ing.store.faults.only("TransactWriteItems");
+        ing.store.faults.refuse_calls(1);
+        let response = ing
+            .handle(delivery("m-8", &onboarding("job-8"), 5), now())
+            .await;
+        let failed: Vec<_> = response
+            .batch_item_failures
+            .iter()
+            .map(|f| f.item_identifier.as_str())
+            .collect();
+        assert_eq!(failed, ["m-8"]);
+        assert_eq!(ends(&ing.topic.notifications()), []);
+        assert!(ing.dead_letters.dead_letters().is_empty());
+        let records = ing.store.get("job-8").await.expect("store");
+        assert_eq!(records.len(), 1, "{records:?}");
+        assert_eq!(records[0].progress, Progress::InProgress);
+        assert_eq!(
+            records[0].lease_until,
+            DateTime::<Utc>::UNIX_EPOCH,
+            "given back"
+        );
     }
 }

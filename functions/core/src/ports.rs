@@ -184,9 +184,23 @@ pub struct Faults {
     refused: AtomicUsize,
     lost: AtomicUsize,
     delay_ms: AtomicU64,
+    only: std::sync::Mutex<Option<&'static str>>,
 }
 
 impl Faults {
+    /// From now on, faults strike only calls of `operation` (for example
+    /// `TransactWriteItems`); the port's other calls go through untouched.
+    pub fn only(&self, operation: &'static str) {
+        *self.only.lock().unwrap_or_else(|e| e.into_inner()) = Some(operation);
+    }
+
+    fn strikes(&self, operation: &str) -> bool {
+        self.only
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none_or(|only| only == operation)
+    }
+
     /// Refuses the next `n` calls whole, as a throttled or failing service does:
     /// nothing of them takes effect.
     pub fn refuse_calls(&self, n: usize) {
@@ -208,6 +222,9 @@ impl Faults {
 
     /// Every call starts here: it waits out the delay, then fails if refused whole.
     pub async fn enter(&self, operation: &'static str) -> Result<(), PortError> {
+        if !self.strikes(operation) {
+            return Ok(());
+        }
         let ms = self.delay_ms.load(Ordering::SeqCst);
         if ms > 0 {
             tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -223,7 +240,7 @@ impl Faults {
 
     /// A call that took effect ends here: it fails if its answer is to be lost.
     pub fn leave(&self, operation: &'static str) -> Result<(), PortError> {
-        if take_one(&self.lost) {
+        if self.strikes(operation) && take_one(&self.lost) {
             return Err(PortError::Unreachable {
                 operation,
                 message: "the call took effect but its answer was lost (test)".into(),

@@ -225,8 +225,103 @@ pub trait JobStore: Send + Sync {
     /// the letter.
     async fn reopen(&self, reopen: &Reopen<'_>, now: Timestamp) -> Result<Reopened, PortError>;
 
+    /// Ends, at the ingester, a job whose forward failed on its record's last receive,
+    /// in one transaction with a stop for the processor, so the job cannot end twice if
+    /// the forward did reach `jobs-todo` (its answer lost): see [`Unforwarded`].
+    async fn end_unforwarded(&self, end: &Unforwarded<'_>) -> Result<Forestalled, PortError>;
+
     /// Every stage's record of a job, for operators.
     async fn get(&self, job_id: &str) -> Result<Vec<JobState>, PortError>;
+}
+
+/// The ingester's end of a job it could not forward on its record's last receive
+/// ([`JobStore::end_unforwarded`]).
+///
+/// A failed forward may still have reached `jobs-todo` (the answer lost after SQS took
+/// the message, or the call cut off by the invocation's end), so announcing `FAILED`
+/// alone could contradict a `COMPLETED` from the processor later. So, in one
+/// transaction, the ingester's record ends `FAILED` and the processor's record is
+/// written as a *stop*: ended `FAILED` at attempt 0 with the same end, already
+/// announced (the ingester announces it), so a forwarded copy that arrives later finds
+/// the job ended and is dropped. The stop is written only if the processor has no
+/// record of the job yet: if it has one, the forward reached it and the processor ends
+/// the job ([`Forestalled::Taken`]). A redrive of the job's dead letter reopens both.
+#[derive(Debug, Clone)]
+pub struct Unforwarded<'a> {
+    pub job_id: &'a str,
+    /// [`fingerprint`] of the job's content, and its [`legacy_fingerprint`].
+    pub fingerprint: &'a str,
+    pub legacy_fingerprint: Option<&'a str>,
+    /// The ingester's claim: the SQS message id and claim token of this delivery. The
+    /// stop keeps them, so this very call sent again finds its own write.
+    pub holder: &'a str,
+    pub token: &'a str,
+    /// The end (the `FAILED` notification), kept on both records.
+    pub detail: Value,
+    pub now: Timestamp,
+}
+
+/// What [`JobStore::end_unforwarded`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forestalled {
+    /// Both records hold the `FAILED` end: announce it.
+    Ended,
+    /// The processor already has a record of the job (the forward reached it): the
+    /// processor ends the job, and the ingester records the forward instead.
+    Taken,
+}
+
+/// The attempt a processor stop ([`Unforwarded`]) is written at: below any real one.
+pub const STOP_ATTEMPT: u32 = 0;
+
+/// The processor's record an [`Unforwarded`] end writes.
+pub fn stop_record(end: &Unforwarded<'_>) -> JobState {
+    JobState {
+        job_id: end.job_id.to_owned(),
+        stage: Stage::Processor,
+        progress: Progress::Done(Some(JobStatus::Failed)),
+        fingerprint: end.fingerprint.to_owned(),
+        attempt: STOP_ATTEMPT,
+        lease_until: Timestamp::UNIX_EPOCH,
+        holder: end.holder.to_owned(),
+        token: end.token.to_owned(),
+        announced: true,
+        detail: Some(end.detail.clone()),
+        updated_at: end.now,
+        expires_at: end.now + RETENTION,
+    }
+}
+
+/// Decides an [`Unforwarded`] end against the processor's record, when one exists
+/// (the transaction wrote nothing): this very end's own stop (written by an earlier
+/// send of the same call whose answer was lost) is [`Forestalled::Ended`]; any record
+/// of the same job means the processor took it. A record of other content under the
+/// id is no sign of this job: refused, so the record stays in SQS untouched.
+pub fn decide_unforwarded(
+    processor: &JobState,
+    end: &Unforwarded<'_>,
+) -> Result<Forestalled, PortError> {
+    let own = !end.token.is_empty()
+        && processor.attempt == STOP_ATTEMPT
+        && processor.holder == end.holder
+        && processor.token == end.token;
+    if own {
+        return Ok(Forestalled::Ended);
+    }
+    if same_content(
+        &processor.fingerprint,
+        end.fingerprint,
+        end.legacy_fingerprint,
+    ) {
+        return Ok(Forestalled::Taken);
+    }
+    Err(PortError::Refused {
+        operation: "TransactWriteItems",
+        message: format!(
+            "job {} has a processor record of other content (fingerprint {}); left for an operator",
+            end.job_id, processor.fingerprint
+        ),
+    })
 }
 
 /// Decides a claim against the current record. Shared by every store so the rules
@@ -733,6 +828,32 @@ impl JobStore for MemoryStore {
         .await
     }
 
+    async fn end_unforwarded(&self, end: &Unforwarded<'_>) -> Result<Forestalled, PortError> {
+        self.call("TransactWriteItems", |records| {
+            if let Some(processor) = records.get(&key_of(end.job_id, Stage::Processor)) {
+                return decide_unforwarded(processor, end);
+            }
+            let Some(ingester) = records
+                .get_mut(&key_of(end.job_id, Stage::Ingester))
+                .filter(|r| holds(Some(&**r), 1))
+            else {
+                return Err(lost_claim("TransactWriteItems", end.job_id));
+            };
+            let failed = Finish {
+                job_id: end.job_id.to_owned(),
+                stage: Stage::Ingester,
+                attempt: 1,
+                progress: Progress::Done(Some(JobStatus::Failed)),
+                detail: Some(end.detail.clone()),
+                now: end.now,
+            };
+            apply_finish(ingester, &failed);
+            records.insert(key_of(end.job_id, Stage::Processor), stop_record(end));
+            Ok(Forestalled::Ended)
+        })
+        .await
+    }
+
     async fn get(&self, job_id: &str) -> Result<Vec<JobState>, PortError> {
         self.call("Query", |records| {
             let mut found: Vec<JobState> = records
@@ -1222,5 +1343,136 @@ mod tests {
         ] {
             assert_eq!(Progress::parse(p.as_str()), Some(p));
         }
+    }
+
+    /// The ingester's claim of `job-1`, on delivery `m1` with token `t1`.
+    async fn claimed_at_the_ingester(store: &MemoryStore, fp: &str) {
+        let mut c = claim(fp, 1, 60);
+        c.stage = Stage::Ingester;
+        c.token = "t1";
+        assert_eq!(
+            store.claim(&c, at(0)).await.expect("store"),
+            ClaimOutcome::Claimed
+        );
+    }
+
+    fn unforwarded<'a>(fp: &'a str, token: &'a str) -> Unforwarded<'a> {
+        Unforwarded {
+            job_id: "job-1",
+            fingerprint: fp,
+            legacy_fingerprint: None,
+            holder: "m1",
+            token,
+            detail: json!({"status": "FAILED"}),
+            now: at(1),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unforwarded_end_stops_the_processor_and_its_lost_answer_is_found_again() {
+        let store = MemoryStore::default();
+        claimed_at_the_ingester(&store, "a").await;
+        store.faults.lose_answers(1);
+        assert!(store
+            .end_unforwarded(&unforwarded("a", "t1"))
+            .await
+            .is_err());
+        // The SDK's retry finds its own stop, not a processor that took the job.
+        let again = store.end_unforwarded(&unforwarded("a", "t1")).await;
+        assert_eq!(again.expect("store"), Forestalled::Ended);
+        let ended = Progress::Done(Some(JobStatus::Failed));
+        let records = store.get("job-1").await.expect("store");
+        assert_eq!(
+            records
+                .iter()
+                .map(|r| (r.stage, r.progress, r.attempt))
+                .collect::<Vec<_>>(),
+            [
+                (Stage::Ingester, ended, 1),
+                (Stage::Processor, ended, STOP_ATTEMPT)
+            ]
+        );
+        // A forwarded copy (attempt 1) finds the job ended and announced by the ingester.
+        assert_eq!(
+            store
+                .claim(&claim("a", 1, 120), at(2))
+                .await
+                .expect("store"),
+            ClaimOutcome::Duplicate {
+                progress: ended,
+                announced: true
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unforwarded_end_leaves_a_job_the_processor_holds_to_the_processor() {
+        let store = MemoryStore::default();
+        claimed_at_the_ingester(&store, "a").await;
+        store.claim(&claim("a", 1, 60), at(0)).await.expect("store");
+        let answer = store.end_unforwarded(&unforwarded("a", "t1")).await;
+        assert_eq!(answer.expect("store"), Forestalled::Taken);
+        let ingester = store.get("job-1").await.expect("store");
+        assert_eq!(
+            ingester[0].progress,
+            Progress::InProgress,
+            "untouched: {ingester:?}"
+        );
+        // Another content's processor record says nothing of this job: refused.
+        let other = MemoryStore::default();
+        claimed_at_the_ingester(&other, "a").await;
+        other.claim(&claim("b", 1, 60), at(0)).await.expect("store");
+        assert!(other
+            .end_unforwarded(&unforwarded("a", "t1"))
+            .await
+            .is_err());
+        // And an ingester attempt that no longer holds the job writes nothing.
+        let lost = MemoryStore::default();
+        assert!(lost.end_unforwarded(&unforwarded("a", "t1")).await.is_err());
+        assert!(lost.get("job-1").await.expect("store").is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_redrive_of_the_unforwarded_letter_reopens_its_stop_once() {
+        let store = MemoryStore::default();
+        claimed_at_the_ingester(&store, "a").await;
+        let mut end = unforwarded("a", "t1");
+        let error = ErrorEntry {
+            stage: Stage::Ingester,
+            code: "forward_failed".into(),
+            message: "lost".into(),
+            field: None,
+            attempt: 5,
+            timestamp: at(1),
+        };
+        end.detail = json!({"errors": [error]});
+        store.end_unforwarded(&end).await.expect("store");
+        let reopen = Reopen {
+            job_id: "job-1",
+            stage: Stage::Processor,
+            fingerprint: "a",
+            legacy_fingerprint: None,
+            status: JobStatus::Failed,
+            attempt: STOP_ATTEMPT,
+            last_error: Some(&error),
+            below: STOP_ATTEMPT,
+            by: "dl-1",
+        };
+        assert_eq!(
+            store.reopen(&reopen, at(2)).await.expect("store"),
+            Reopened::Now
+        );
+        assert_eq!(
+            store.reopen(&reopen, at(3)).await.expect("store"),
+            Reopened::Already
+        );
+        assert_eq!(
+            store
+                .claim(&claim("a", 1, 120), at(4))
+                .await
+                .expect("store"),
+            ClaimOutcome::Claimed,
+            "the redriven job runs"
+        );
     }
 }

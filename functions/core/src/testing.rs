@@ -285,6 +285,17 @@ impl<S: JobStore> JobStore for SdkRetry<S> {
         self.inner.reopen(reopen, now).await
     }
 
+    /// Sent again with the very same request when it fails, as the SDK does.
+    async fn end_unforwarded(
+        &self,
+        end: &crate::state::Unforwarded<'_>,
+    ) -> Result<crate::state::Forestalled, PortError> {
+        match self.inner.end_unforwarded(end).await {
+            Err(_) => self.inner.end_unforwarded(end).await,
+            answered => answered,
+        }
+    }
+
     async fn get(&self, job_id: &str) -> Result<Vec<JobState>, PortError> {
         self.inner.get(job_id).await
     }
@@ -555,5 +566,74 @@ mod tests {
             Ok(ClaimOutcome::Stale),
             "single calls decide against the table as it is"
         );
+    }
+}
+
+/// One store seen by several handlers at once (both stages of a test pipeline): every
+/// call goes to the borrowed store, batch calls included.
+#[derive(Debug)]
+pub struct Shared<'a, S>(pub &'a S);
+
+#[async_trait]
+impl<S: JobStore> JobStore for Shared<'_, S> {
+    async fn claim(&self, claim: &Claim<'_>, now: Timestamp) -> Result<ClaimOutcome, PortError> {
+        self.0.claim(claim, now).await
+    }
+
+    async fn claim_all(
+        &self,
+        claims: &[Claim<'_>],
+        now: Timestamp,
+    ) -> Vec<Result<ClaimOutcome, PortError>> {
+        self.0.claim_all(claims, now).await
+    }
+
+    async fn finish(
+        &self,
+        job_id: &str,
+        stage: Stage,
+        attempt: u32,
+        progress: Progress,
+        detail: Option<Value>,
+        now: Timestamp,
+    ) -> Result<(), PortError> {
+        self.0
+            .finish(job_id, stage, attempt, progress, detail, now)
+            .await
+    }
+
+    async fn finish_all(&self, finishes: &[crate::state::Finish]) -> Vec<Result<(), PortError>> {
+        self.0.finish_all(finishes).await
+    }
+
+    async fn announce(&self, job_id: &str, stage: Stage, now: Timestamp) -> Result<(), PortError> {
+        self.0.announce(job_id, stage, now).await
+    }
+
+    async fn announce_all(
+        &self,
+        jobs: &[(String, Stage)],
+        now: Timestamp,
+    ) -> Vec<Result<(), PortError>> {
+        self.0.announce_all(jobs, now).await
+    }
+
+    async fn release(&self, release: &Release<'_>, now: Timestamp) -> Result<(), PortError> {
+        self.0.release(release, now).await
+    }
+
+    async fn reopen(&self, reopen: &Reopen<'_>, now: Timestamp) -> Result<Reopened, PortError> {
+        self.0.reopen(reopen, now).await
+    }
+
+    async fn end_unforwarded(
+        &self,
+        end: &crate::state::Unforwarded<'_>,
+    ) -> Result<crate::state::Forestalled, PortError> {
+        self.0.end_unforwarded(end).await
+    }
+
+    async fn get(&self, job_id: &str) -> Result<Vec<JobState>, PortError> {
+        self.0.get(job_id).await
     }
 }
