@@ -50,8 +50,11 @@ def log(msg: str) -> None:
 # --------------------------------------------------------------------------- settings
 
 
-def load_settings(path: Path = SETTINGS_FILE) -> dict:
-    """Reads pipeline.json and checks the rules AWS enforces, naming the setting at fault."""
+def load_settings(path: Path = SETTINGS_FILE, min_receive_count: int = 5) -> dict:
+    """Reads pipeline.json and checks the rules AWS enforces, naming the setting at fault.
+    `min_receive_count`: the least `max_receive_count` a work queue may have; 5 is AWS's
+    advice with Lambda (a throttled poller also counts a receive), lowered only by tests that
+    must reach a record's last receive in seconds."""
     try:
         settings = json.loads(path.read_text())
     except (OSError, ValueError) as e:
@@ -73,8 +76,8 @@ def load_settings(path: Path = SETTINGS_FILE) -> dict:
             problems.append(f"functions.{name}.batch_size must be 1..10 without a batching window")
         if not 2 <= fn["maximum_concurrency"] <= 1000:
             problems.append(f"functions.{name}.maximum_concurrency must be 2..1000")
-        if queues[src].get("max_receive_count", 5) < 5:
-            problems.append(f"queues.{src}.max_receive_count must be at least 5 with Lambda")
+        if queues[src].get("max_receive_count", 5) < min_receive_count:
+            problems.append(f"queues.{src}.max_receive_count must be at least {min_receive_count} with Lambda")
     fns = settings.get("functions", {})
     try:
         runs_for = fns["processor"]["timeout_seconds"] - int(fns["processor"]["environment"]["DEADLINE_MARGIN_MS"]) // 1000
@@ -560,6 +563,7 @@ def up(
     fault_injection: bool = False,
     fault_proxy: str | None = None,
     settings_file: Path = SETTINGS_FILE,
+    min_receive_count: int = 5,
 ) -> Stack:
     """`receiver`: without an OTLP endpoint, run the local OTLP receiver (otlp_receiver.py).
     `fault_injection`: let jobs ask the processor to fail (demos and fault tests).
@@ -567,8 +571,8 @@ def up(
     functions' AWS_ENDPOINT_URL is then that URL, while provisioning, the generator and the
     tests (Stack.endpoint, Stack.env) keep talking to the emulator directly.
     `settings_file`: another pipeline.json (tests with short timeouts), checked by the
-    same rules."""
-    settings = load_settings(settings_file)
+    same rules, but for `min_receive_count` (see load_settings)."""
+    settings = load_settings(settings_file, min_receive_count)
     zips = {name: package(binaries / name) for name in FUNCTIONS}
     endpoint, started = start_emulator(state_dir, port, use_existing)
     stack = Stack(endpoint=endpoint, state_dir=state_dir, settings=settings, region=settings["region"], started_here=started)
