@@ -434,11 +434,13 @@ def provision(
     for name in FUNCTIONS:
         fn = s["functions"][name]
         env = dict(fn.get("environment", {}), **common)
-        env["MAX_RECEIVE_COUNT"] = str(receive[fn["source_queue"]])
         # The ingester forwards to jobs-todo; the processor sends retries back to it.
         env["JOBS_TODO_QUEUE_URL"] = urls[s["functions"]["processor"]["source_queue"]]
         if name == "ingester":
             env["INGESTER_QUEUE_URL"] = urls[fn["source_queue"]]
+            # Its last receive dead-letters instead of failing (the processor counts
+            # attempts in the message, not receives).
+            env["MAX_RECEIVE_COUNT"] = str(receive[fn["source_queue"]])
         if name == "processor" and fault_injection:
             env["FAULT_INJECTION"] = "true"
         deploy_function(lam, name, fn, zips[name], role_arn, env)

@@ -56,7 +56,6 @@ resource "aws_lambda_function" "processor" {
   environment {
     variables = merge(local.processor.environment, local.common_environment, {
       JOBS_TODO_QUEUE_URL = aws_sqs_queue.jobs_todo.url
-      MAX_RECEIVE_COUNT   = tostring(local.jobs_todo_queue.max_receive_count)
     }, var.fault_injection ? { FAULT_INJECTION = "true" } : {})
   }
 

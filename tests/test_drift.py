@@ -15,6 +15,7 @@ not enforce IAM, so the least-privilege policies are checked statically in test_
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -299,3 +300,53 @@ def test_the_comparison_sees_every_resource(live, declared):
     assert declared["queues"]["dead-letter-queue"]["policy"], "EventBridge must be let to dead-letter"
     assert all(t[2] == "dead-letter-queue" and t[3] and t[4] for t in declared["rule"]["targets"])
     assert all(f["environment"] for f in live["functions"].values())
+
+
+def function_vars() -> dict[str, dict[str, set[str]]]:
+    """Each function's variables as functions/core/src/config.rs lists them (INGESTER_VARS,
+    PROCESSOR_VARS, COMMON_OPTIONAL), constants resolved from the crate's sources: the
+    lists the functions really read from, not a copy of them here."""
+    src = (stk.ROOT / "functions/core/src").rglob("*.rs")
+    consts = {}
+    for path in src:
+        for name, value in re.findall(r'const ([A-Z_]+): &str = "([A-Z_]+)";', path.read_text()):
+            consts[name] = value
+    text = (stk.ROOT / "functions/core/src/config.rs").read_text()
+
+    def names(body: str) -> set[str]:
+        out = set()
+        for item in re.findall(r'"[A-Z_]+"|[a-z_:]*[A-Z_]{3,}', body):
+            key = item.strip('"').rsplit("::", 1)[-1]
+            out.add(consts.get(key, key) if not item.startswith('"') else key)
+        return out
+
+    common = names(re.search(r"COMMON_OPTIONAL: &\[&str\] = &\[(.*?)\];", text, re.S).group(1))
+    out = {}
+    for fn in ("ingester", "processor"):
+        block = re.search(rf"{fn.upper()}_VARS: FunctionVars = FunctionVars \{{(.*?)\n\}};", text, re.S).group(1)
+        required = names(re.search(r"required: &\[(.*?)\]", block, re.S).group(1))
+        optional = names(re.search(r"optional: &\[(.*?)\]", block, re.S).group(1)) | common
+        out[fn] = {"required": required, "optional": optional}
+    return out
+
+
+def test_the_function_variable_lists_are_read_whole():
+    """The parse above must see what config.rs declares, or the next test proves nothing."""
+    v = function_vars()
+    assert {"INGESTER_QUEUE_URL", "MAX_RECEIVE_COUNT", "JOBS_TABLE"} <= v["ingester"]["required"]
+    assert {"DEADLINE_MARGIN_MS", "FAULT_INJECTION", "TLS_TRUST_ROOTS", "OTEL_EXPORTER_OTLP_ENDPOINT"} <= v["processor"]["optional"]
+    assert "INGESTER_QUEUE_URL" not in v["processor"]["required"] | v["processor"]["optional"]
+
+
+@pytest.mark.parametrize("side", ["live", "declared"])
+@pytest.mark.parametrize("fn", ["ingester", "processor"])
+def test_each_function_is_given_every_variable_it_needs_and_none_it_ignores(live, declared, side, fn):
+    """Guards against a function that stops at init (a required variable missing) and a
+    setting that silently does nothing (a name the function never reads, such as a typo)."""
+    given = set((live if side == "live" else declared)["functions"][fn]["environment"])
+    v = function_vars()[fn]
+    missing = v["required"] - given
+    assert not missing, f"{side} does not set {sorted(missing)} for {fn}"
+    platform = {k for k in given if k.startswith("AWS_")} | {"JOBS_STACK_ID"}
+    ignored = given - v["required"] - v["optional"] - platform
+    assert not ignored, f"{side} sets {sorted(ignored)} for {fn}, which it never reads"

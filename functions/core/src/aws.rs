@@ -1,13 +1,14 @@
-//! The ports implemented on SQS and SNS, and the functions' configuration from the
-//! environment. Clients are built once per process and shared by every invocation.
+//! The ports implemented on SQS and SNS, and the SDK clients behind them. Clients are
+//! built once per process and shared by every invocation; the settings they need come
+//! from [`crate::config`].
 
 use crate::batching::Batching;
+use crate::config::{ConfigError, TrustRoots, TRUST_ROOTS_VAR};
 use crate::dynamo::DynamoStore;
 use crate::guard::{GuardConfig, Guarded};
 use crate::messages::Notification;
 use crate::ports::{MessageQueue, OutgoingMessage, PortError, Receipt, Topic};
 use crate::record::notification_message;
-use crate::retry::{RetryPolicy, SQS_MAX_DELAY};
 use async_trait::async_trait;
 use aws_config::environment::EnvironmentVariableCredentialsProvider;
 use aws_config::{timeout::TimeoutConfig, BehaviorVersion, Region, SdkConfig};
@@ -20,51 +21,23 @@ use std::time::Duration;
 /// The certificate authorities of AWS service endpoints (Amazon Trust Services).
 pub const AMAZON_ROOTS: &[u8] = include_bytes!("../certs/amazon-trust-services.pem");
 
-/// Which certificate authorities the AWS clients trust, from `TLS_TRUST_ROOTS`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TrustRoots {
-    /// Amazon Trust Services only (the default): every AWS endpoint chains to these
-    /// five, and parsing them costs microseconds where the platform store of ~150
-    /// certificates cost about 2 ms of each cold start.
-    Amazon,
-    /// The platform's store, for an endpoint signed by anyone else.
-    Native,
-}
-
-impl TrustRoots {
-    pub fn from_env() -> Result<TrustRoots, ConfigError> {
-        match std::env::var("TLS_TRUST_ROOTS") {
-            Err(_) => Ok(TrustRoots::Amazon),
-            Ok(v) => match v.trim().to_ascii_lowercase().as_str() {
-                "" | "amazon" => Ok(TrustRoots::Amazon),
-                "native" => Ok(TrustRoots::Native),
-                _ => Err(ConfigError::Invalid {
-                    name: "TLS_TRUST_ROOTS",
-                    expected: "amazon or native",
-                    value: v,
-                }),
-            },
-        }
-    }
-
-    fn store(self) -> TrustStore {
-        match self {
-            TrustRoots::Amazon => TrustStore::empty().with_pem_certificate(AMAZON_ROOTS),
-            TrustRoots::Native => TrustStore::default(),
-        }
+/// The trust store `roots` names.
+fn trust_store(roots: TrustRoots) -> TrustStore {
+    match roots {
+        TrustRoots::Amazon => TrustStore::empty().with_pem_certificate(AMAZON_ROOTS),
+        TrustRoots::Native => TrustStore::default(),
     }
 }
 
-/// Loads the SDK configuration once, trusting the roots `TLS_TRUST_ROOTS` names.
+/// Loads the SDK configuration once, trusting `roots` (`TLS_TRUST_ROOTS`).
 /// `AWS_ENDPOINT_URL` (set by emulators) is honoured. Timeouts keep one slow call
 /// from eating the whole invocation.
-pub async fn sdk_config() -> Result<SdkConfig, ConfigError> {
-    let roots = TrustRoots::from_env()?;
+pub async fn sdk_config(roots: TrustRoots) -> Result<SdkConfig, ConfigError> {
     let tls = TlsContext::builder()
-        .with_trust_store(roots.store())
+        .with_trust_store(trust_store(roots))
         .build()
         .map_err(|e| ConfigError::Invalid {
-            name: "TLS_TRUST_ROOTS",
+            name: TRUST_ROOTS_VAR,
             expected: "a usable trust store",
             value: e.to_string(),
         })?;
@@ -110,168 +83,6 @@ impl LambdaGiven {
                 && set("AWS_SECRET_ACCESS_KEY").is_some(),
         }
     }
-}
-
-/// A configuration problem, naming the variable at fault.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("environment variable {0} is required but not set")]
-    Missing(&'static str),
-    #[error("environment variable {name} must be {expected}, got {value:?}")]
-    Invalid {
-        name: &'static str,
-        expected: &'static str,
-        value: String,
-    },
-}
-
-/// Reads a required environment variable.
-pub fn required(name: &'static str) -> Result<String, ConfigError> {
-    match std::env::var(name) {
-        Ok(v) if !v.trim().is_empty() => Ok(v),
-        _ => Err(ConfigError::Missing(name)),
-    }
-}
-
-/// Reads an optional whole-number environment variable.
-pub fn number_or(name: &'static str, default: u64) -> Result<u64, ConfigError> {
-    match std::env::var(name) {
-        Ok(v) if !v.trim().is_empty() => v.trim().parse().map_err(|_| ConfigError::Invalid {
-            name,
-            expected: "a whole number",
-            value: v,
-        }),
-        _ => Ok(default),
-    }
-}
-
-/// Reads an optional on/off environment variable (`true`/`false`, `1`/`0`, `on`/`off`).
-pub fn flag(name: &'static str) -> Result<bool, ConfigError> {
-    match std::env::var(name) {
-        Ok(v) => match v.trim().to_ascii_lowercase().as_str() {
-            "" | "0" | "false" | "off" | "no" => Ok(false),
-            "1" | "true" | "on" | "yes" => Ok(true),
-            _ => Err(ConfigError::Invalid {
-                name,
-                expected: "true or false",
-                value: v,
-            }),
-        },
-        Err(_) => Ok(false),
-    }
-}
-
-/// The retry policy from `MAX_ATTEMPTS` (default 3) and `RETRY_BASE_DELAY_SECONDS`
-/// (default 2).
-pub fn retry_policy() -> Result<RetryPolicy, ConfigError> {
-    let max_attempts = number_or("MAX_ATTEMPTS", 3)?;
-    let max_attempts = u32::try_from(max_attempts)
-        .ok()
-        .filter(|n| (1..=100).contains(n))
-        .ok_or(ConfigError::Invalid {
-            name: "MAX_ATTEMPTS",
-            expected: "a whole number from 1 to 100",
-            value: max_attempts.to_string(),
-        })?;
-    let base = number_or("RETRY_BASE_DELAY_SECONDS", 2)?;
-    if base > SQS_MAX_DELAY.as_secs() {
-        return Err(ConfigError::Invalid {
-            name: "RETRY_BASE_DELAY_SECONDS",
-            expected: "at most 900 (the longest SQS message delay)",
-            value: base.to_string(),
-        });
-    }
-    Ok(RetryPolicy {
-        max_attempts,
-        base_delay: Duration::from_secs(base),
-        max_delay: SQS_MAX_DELAY,
-    })
-}
-
-/// The longest `long_running_job` timeout the ingester accepts, in seconds, from
-/// `MAX_JOB_TIMEOUT_SECONDS` (default [`crate::job::DEFAULT_MAX_TIMEOUT_SECS`], 879: the
-/// processor's 900 s function timeout less its 3 s `DEADLINE_MARGIN_MS`). Set it to the
-/// processor's `timeout_seconds` less its margin whenever either changes.
-pub fn max_job_timeout() -> Result<u64, ConfigError> {
-    max_job_timeout_from(std::env::var(MAX_JOB_TIMEOUT_VAR).ok())
-}
-
-/// The variable [`max_job_timeout`] reads.
-pub const MAX_JOB_TIMEOUT_VAR: &str = "MAX_JOB_TIMEOUT_SECONDS";
-
-fn max_job_timeout_from(value: Option<String>) -> Result<u64, ConfigError> {
-    let invalid = |v: &str| ConfigError::Invalid {
-        name: MAX_JOB_TIMEOUT_VAR,
-        expected: "a whole number of seconds from 1 to 900",
-        value: v.to_owned(),
-    };
-    match value {
-        Some(v) if !v.trim().is_empty() => v
-            .trim()
-            .parse::<u64>()
-            .ok()
-            .filter(|n| (1..=900).contains(n))
-            .ok_or_else(|| invalid(&v)),
-        _ => Ok(crate::job::DEFAULT_MAX_TIMEOUT_SECS),
-    }
-}
-
-/// Timeouts and breaker settings for every downstream call, from `CALL_TIMEOUT_MS`
-/// (default 5000), `BREAKER_FAILURES` (default 5) and `BREAKER_OPEN_SECONDS` (default 10).
-pub fn guard_config() -> Result<GuardConfig, ConfigError> {
-    let defaults = GuardConfig::default();
-    let failures = number_or("BREAKER_FAILURES", u64::from(defaults.failure_threshold))?;
-    Ok(GuardConfig {
-        call_timeout: Duration::from_millis(number_or(
-            "CALL_TIMEOUT_MS",
-            defaults.call_timeout.as_millis() as u64,
-        )?),
-        failure_threshold: u32::try_from(failures).ok().filter(|n| *n >= 1).ok_or(
-            ConfigError::Invalid {
-                name: "BREAKER_FAILURES",
-                expected: "a whole number of at least 1",
-                value: failures.to_string(),
-            },
-        )?,
-        open_for: Duration::from_secs(number_or(
-            "BREAKER_OPEN_SECONDS",
-            defaults.open_for.as_secs(),
-        )?),
-    })
-}
-
-/// The processor's `DEADLINE_MARGIN_MS`: time kept back from the deadline for a job's
-/// ending. By default just enough for one ending under `CALL_TIMEOUT_MS`
-/// ([`crate::processor::ending_reserve`]); a margin below that is refused.
-pub fn deadline_margin(guard: &GuardConfig) -> Result<Duration, ConfigError> {
-    let least = crate::processor::ending_reserve(guard.call_timeout);
-    let margin = Duration::from_millis(number_or(
-        "DEADLINE_MARGIN_MS",
-        u64::try_from(least.as_millis()).unwrap_or(u64::MAX),
-    )?);
-    check_deadline_margin(margin, guard.call_timeout)
-}
-
-/// Refuses a margin that cannot hold one ending of calls that may each take
-/// `call_timeout`, naming both variables.
-pub fn check_deadline_margin(
-    margin: Duration,
-    call_timeout: Duration,
-) -> Result<Duration, ConfigError> {
-    let least = crate::processor::ending_reserve(call_timeout);
-    if margin < least {
-        return Err(ConfigError::Invalid {
-            name: "DEADLINE_MARGIN_MS",
-            expected: "at least 4 x CALL_TIMEOUT_MS + 1000 (an ending's four calls: end state, dead letter, publish, mark)",
-            value: format!(
-                "{} with CALL_TIMEOUT_MS={}, which needs {}",
-                margin.as_millis(),
-                call_timeout.as_millis(),
-                least.as_millis()
-            ),
-        });
-    }
-    Ok(margin)
 }
 
 /// One client per AWS service, built once at start-up and shared by every port of that
@@ -624,52 +435,6 @@ mod tests {
         assert_eq!(certs.len(), 5);
         // A DER certificate is a SEQUENCE with a two-byte length: 0x30 0x82.
         assert!(certs.iter().all(|c| c.as_ref().starts_with(&[0x30, 0x82])));
-    }
-
-    #[test]
-    fn a_deadline_margin_that_cannot_hold_one_ending_is_refused_naming_both_variables() {
-        let five = Duration::from_secs(5);
-        let err = check_deadline_margin(Duration::from_secs(3), five).expect_err("refused");
-        let text = err.to_string();
-        assert!(
-            text.contains("DEADLINE_MARGIN_MS") && text.contains("CALL_TIMEOUT_MS=5000"),
-            "{text}"
-        );
-        assert_eq!(
-            check_deadline_margin(Duration::from_secs(21), five).ok(),
-            Some(Duration::from_secs(21))
-        );
-        // The default is just enough.
-        let guard = GuardConfig::default();
-        std::env::remove_var("DEADLINE_MARGIN_MS");
-        assert_eq!(
-            deadline_margin(&guard).ok(),
-            Some(crate::processor::ending_reserve(guard.call_timeout))
-        );
-    }
-
-    #[test]
-    fn the_trust_roots_setting_is_read_by_name() {
-        // One test for every case: the variable is process-wide.
-        std::env::remove_var("TLS_TRUST_ROOTS");
-        assert_eq!(TrustRoots::from_env().ok(), Some(TrustRoots::Amazon));
-        std::env::set_var("TLS_TRUST_ROOTS", "Native");
-        assert_eq!(TrustRoots::from_env().ok(), Some(TrustRoots::Native));
-        std::env::set_var("TLS_TRUST_ROOTS", "mozilla");
-        let err = TrustRoots::from_env().expect_err("refused");
-        assert!(err.to_string().contains("TLS_TRUST_ROOTS"), "{err}");
-        std::env::remove_var("TLS_TRUST_ROOTS");
-    }
-
-    #[test]
-    fn the_job_timeout_limit_is_read_by_name_with_its_default() {
-        assert_eq!(max_job_timeout_from(None).ok(), Some(879));
-        assert_eq!(max_job_timeout_from(Some(" ".into())).ok(), Some(879));
-        assert_eq!(max_job_timeout_from(Some("600".into())).ok(), Some(600));
-        for bad in ["0", "901", "ten", "-5"] {
-            let err = max_job_timeout_from(Some(bad.into())).expect_err(bad);
-            assert!(err.to_string().contains("MAX_JOB_TIMEOUT_SECONDS"), "{err}");
-        }
     }
 
     #[test]

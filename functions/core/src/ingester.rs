@@ -37,7 +37,7 @@ pub struct IngesterConfig {
     /// notification and the DLQ keeps one shape.
     pub max_receive_count: u32,
     /// The longest `long_running_job` timeout accepted, in seconds
-    /// (`MAX_JOB_TIMEOUT_SECONDS`, [`crate::aws::max_job_timeout`]): what the processor
+    /// (`MAX_JOB_TIMEOUT_SECONDS`, [`crate::config::IngesterSettings`]): what the processor
     /// can run within its function timeout.
     pub max_job_timeout_secs: u64,
 }
