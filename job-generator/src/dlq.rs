@@ -241,7 +241,7 @@ fn describe(dl: &DeadLetter) -> String {
             e.attempt,
             jobs_core::messages::rfc3339::format(&e.timestamp),
             e.stage.as_str(),
-            printable(&e.code),
+            printable(e.code.as_str()),
             printable(&e.message)
         );
     }

@@ -3,6 +3,7 @@
 //! takes its time, but never past the invocation's deadline.
 
 use crate::job::JobSpec;
+use crate::messages::ErrorCode;
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::{json, Map, Value};
 use std::time::Duration;
@@ -22,10 +23,10 @@ pub enum JobError {
 }
 
 impl JobError {
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            JobError::DeadlineExceeded { .. } => "deadline_exceeded",
-            JobError::InjectedFault { .. } => "injected_fault",
+            JobError::DeadlineExceeded { .. } => ErrorCode::DeadlineExceeded,
+            JobError::InjectedFault { .. } => ErrorCode::InjectedFault,
         }
     }
 

@@ -10,10 +10,10 @@
 //! so SQS retries them alone and the rest of the batch is neither lost nor repeated.
 
 use crate::ending::{give_back, recorded, EndPorts, Ending, Tracking};
-use crate::job::{check_timeout, parse_job, raw_job_type, RejectCode, Rejection};
+use crate::job::{check_timeout, parse_job, raw_job_type, Rejection};
 use crate::messages::{
-    written_len, DeadLetter, EnrichedJob, ErrorEntry, EventEnvelope, JobStatus, Notification,
-    Stage, TraceContext, MAX_FORWARD_BYTES,
+    written_len, DeadLetter, EnrichedJob, ErrorCode, ErrorEntry, EventEnvelope, JobStatus,
+    Notification, Stage, TraceContext, MAX_FORWARD_BYTES,
 };
 use crate::ports::{send_all, MessageQueue, PortError, Topic};
 use crate::record::{enriched_message, raw_body, retry_soon, RecordMeta, MAX_KEPT_BODY_BYTES};
@@ -243,15 +243,18 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Ingester<Q, T, S> {
                 }
                 Err(e) if meta.receive_count >= self.config.max_receive_count => {
                     warn!(job_id = %job.job_id, error = %e, "forwarding failed on the last attempt; ending the job unless the processor has it");
-                    producer.fail("forward_failed", &e.to_string());
+                    producer.fail(ErrorCode::ForwardFailed.as_str(), &e.to_string());
                     drop(_log);
                     last_chances.push((meta, job, e));
                 }
                 Err(e) => {
                     warn!(job_id = %job.job_id, error = %e, "forwarding failed; SQS will retry");
-                    producer.fail("forward_failed", &e.to_string());
+                    producer.fail(ErrorCode::ForwardFailed.as_str(), &e.to_string());
                     if let Some(c) = consumer {
-                        c.fail("forward_failed", &format!("{e}; SQS will retry"));
+                        c.fail(
+                            ErrorCode::ForwardFailed.as_str(),
+                            &format!("{e}; SQS will retry"),
+                        );
                     }
                     drop(_log);
                     give_back(&self.store, Stage::Ingester, &job.job_id, 1, &meta, now).await;
@@ -458,7 +461,7 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Ingester<Q, T, S> {
             ClaimOutcome::Conflict { fingerprint } => match verdict {
                 Verdict::Forward(job, t) => {
                     let rejection = Rejection::new(
-                        RejectCode::IdReused,
+                        ErrorCode::IdReused,
                         Some("id"),
                         format!(
                             "id {} was already used for a job with different content (fingerprint {fingerprint}, this one {fp}); send it with a new id",
@@ -494,7 +497,7 @@ fn triage(
     let body = record.body.as_deref().unwrap_or_default();
     let Some(envelope) = EventEnvelope::from_body(body) else {
         let rejection = Rejection::new(
-            crate::job::RejectCode::MalformedEnvelope,
+            crate::job::ErrorCode::MalformedEnvelope,
             None,
             "the message is not an EventBridge event with a detail",
         );
@@ -537,7 +540,7 @@ fn triage(
                 return Verdict::Forward(enriched, envelope.time);
             }
             let rejection = Rejection::new(
-                RejectCode::TooLarge,
+                ErrorCode::TooLarge,
                 None,
                 format!(
                     "the message for the processor would be {forward_size} bytes (the detail with its id, times and trace context, as written); the limit is {MAX_FORWARD_BYTES} bytes"
@@ -582,7 +585,7 @@ fn reject(
         attempts: meta.receive_count,
         errors: vec![ErrorEntry {
             stage: Stage::Ingester,
-            code: rejection.code.as_str().to_owned(),
+            code: rejection.code,
             message: rejection.message,
             field: rejection.field,
             attempt: meta.receive_count,
@@ -598,7 +601,7 @@ fn ending_error(ending: &Option<Ending>) -> (&str, &str) {
     ending
         .as_ref()
         .and_then(|e| e.notification.errors.last())
-        .map_or(("forward_failed", ""), |e| {
+        .map_or((ErrorCode::ForwardFailed.as_str(), ""), |e| {
             (e.code.as_str(), e.message.as_str())
         })
 }
@@ -612,7 +615,7 @@ fn forward_failed(
     let mut errors = job.errors;
     errors.push(ErrorEntry {
         stage: Stage::Ingester,
-        code: "forward_failed".into(),
+        code: ErrorCode::ForwardFailed,
         message: format!("could not forward the job to jobs-todo: {error}"),
         field: None,
         attempt: meta.receive_count,
@@ -1489,7 +1492,11 @@ mod tests {
         notes
             .iter()
             .map(|n| {
-                let codes = n.errors.iter().map(|e| e.code.clone()).collect();
+                let codes = n
+                    .errors
+                    .iter()
+                    .map(|e| e.code.as_str().to_owned())
+                    .collect();
                 (n.job_id.clone(), n.status, codes)
             })
             .collect()

@@ -5,6 +5,7 @@
 //! ignored, so the original demo's job files are accepted unchanged. Validation never
 //! panics; every rejection names the field at fault and says what was expected.
 
+pub use crate::messages::ErrorCode;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::fmt;
@@ -30,7 +31,7 @@ pub fn check_timeout(spec: &JobSpec, max_secs: u64) -> Result<(), Rejection> {
     match spec {
         JobSpec::LongRunningJob { timeout_secs, .. } if *timeout_secs > max_secs => {
             Err(Rejection::new(
-                RejectCode::OutOfRange,
+                ErrorCode::OutOfRange,
                 Some("message.timeout"),
                 format!(
                     "message.timeout must be at most {max_secs} seconds, what the processor can run within its function timeout less its deadline margin, got {timeout_secs}"
@@ -118,54 +119,18 @@ pub struct Job {
     pub spec: JobSpec,
 }
 
-/// Why a job was rejected, as a stable machine-readable code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RejectCode {
-    /// The SQS body was not the EventBridge envelope the rule delivers.
-    MalformedEnvelope,
-    /// The detail was not a JSON object.
-    InvalidDetail,
-    TooLarge,
-    MissingField,
-    WrongType,
-    EmptyString,
-    OutOfRange,
-    UnknownJobType,
-    InvalidId,
-    /// The job's id was already used for a job with different content.
-    IdReused,
-}
-
-impl RejectCode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RejectCode::MalformedEnvelope => "malformed_envelope",
-            RejectCode::InvalidDetail => "invalid_detail",
-            RejectCode::TooLarge => "too_large",
-            RejectCode::MissingField => "missing_field",
-            RejectCode::WrongType => "wrong_type",
-            RejectCode::EmptyString => "empty_string",
-            RejectCode::OutOfRange => "out_of_range",
-            RejectCode::UnknownJobType => "unknown_job_type",
-            RejectCode::InvalidId => "invalid_id",
-            RejectCode::IdReused => "job_id_reused",
-        }
-    }
-}
-
 /// A rejection: the code, the field at fault (dotted path, when there is one) and a
 /// sentence a person can act on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct Rejection {
-    pub code: RejectCode,
+    pub code: ErrorCode,
     pub field: Option<String>,
     pub message: String,
 }
 
 impl Rejection {
-    pub fn new(code: RejectCode, field: Option<&str>, message: impl Into<String>) -> Self {
+    pub fn new(code: ErrorCode, field: Option<&str>, message: impl Into<String>) -> Self {
         Rejection {
             code,
             field: field.map(str::to_owned),
@@ -183,7 +148,7 @@ pub fn parse_job(detail: &Value, written_len: Option<usize>) -> Result<Job, Reje
     let size = written_len.unwrap_or_else(|| crate::messages::written_len(detail));
     if size > MAX_DETAIL_BYTES {
         return Err(Rejection::new(
-            RejectCode::TooLarge,
+            ErrorCode::TooLarge,
             None,
             format!(
                 "the job detail is {size} bytes as written for the next hop (numbers are written out in full, 1e15 as 1000000000000000.0); the limit is {MAX_DETAIL_BYTES} bytes"
@@ -192,7 +157,7 @@ pub fn parse_job(detail: &Value, written_len: Option<usize>) -> Result<Job, Reje
     }
     let Value::Object(obj) = detail else {
         return Err(Rejection::new(
-            RejectCode::InvalidDetail,
+            ErrorCode::InvalidDetail,
             None,
             format!(
                 "the job detail must be a JSON object with job_type and message, got {}",
@@ -205,7 +170,7 @@ pub fn parse_job(detail: &Value, written_len: Option<usize>) -> Result<Job, Reje
     let job_type_name = match obj.get("job_type") {
         None | Some(Value::Null) => {
             return Err(Rejection::new(
-                RejectCode::MissingField,
+                ErrorCode::MissingField,
                 Some("job_type"),
                 "job_type is required",
             ))
@@ -213,7 +178,7 @@ pub fn parse_job(detail: &Value, written_len: Option<usize>) -> Result<Job, Reje
         Some(Value::String(s)) => s.as_str(),
         Some(other) => {
             return Err(Rejection::new(
-                RejectCode::WrongType,
+                ErrorCode::WrongType,
                 Some("job_type"),
                 format!("job_type must be a string, got {}", describe(other)),
             ))
@@ -222,7 +187,7 @@ pub fn parse_job(detail: &Value, written_len: Option<usize>) -> Result<Job, Reje
     let Some(job_type) = JobType::parse(job_type_name) else {
         let known: Vec<&str> = JobType::ALL.iter().map(|t| t.as_str()).collect();
         return Err(Rejection::new(
-            RejectCode::UnknownJobType,
+            ErrorCode::UnknownJobType,
             Some("job_type"),
             format!(
                 "unknown job_type {:?}; expected one of {}",
@@ -234,7 +199,7 @@ pub fn parse_job(detail: &Value, written_len: Option<usize>) -> Result<Job, Reje
     let message = match obj.get("message") {
         None | Some(Value::Null) => {
             return Err(Rejection::new(
-                RejectCode::MissingField,
+                ErrorCode::MissingField,
                 Some("message"),
                 format!("message is required for {job_type}"),
             ))
@@ -242,7 +207,7 @@ pub fn parse_job(detail: &Value, written_len: Option<usize>) -> Result<Job, Reje
         Some(Value::Object(m)) => m,
         Some(other) => {
             return Err(Rejection::new(
-                RejectCode::WrongType,
+                ErrorCode::WrongType,
                 Some("message"),
                 format!("message must be an object, got {}", describe(other)),
             ))
@@ -278,13 +243,13 @@ fn parse_id(obj: &Map<String, Value>) -> Result<Option<String>, Rejection> {
             let chars = s.chars().count();
             if chars == 0 || chars > MAX_ID_CHARS {
                 Err(Rejection::new(
-                    RejectCode::InvalidId,
+                    ErrorCode::InvalidId,
                     Some("id"),
                     format!("id must be 1 to {MAX_ID_CHARS} characters, got {chars}"),
                 ))
             } else if s.chars().any(char::is_control) {
                 Err(Rejection::new(
-                    RejectCode::InvalidId,
+                    ErrorCode::InvalidId,
                     Some("id"),
                     "id must not contain control characters",
                 ))
@@ -293,7 +258,7 @@ fn parse_id(obj: &Map<String, Value>) -> Result<Option<String>, Rejection> {
             }
         }
         Some(other) => Err(Rejection::new(
-            RejectCode::InvalidId,
+            ErrorCode::InvalidId,
             Some("id"),
             format!("id must be a string, got {}", describe(other)),
         )),
@@ -311,18 +276,18 @@ impl Fields<'_> {
         let path = format!("message.{name}");
         match self.message.get(name) {
             None | Some(Value::Null) => Err(Rejection::new(
-                RejectCode::MissingField,
+                ErrorCode::MissingField,
                 Some(&path),
                 format!("{path} is required for {}", self.job_type),
             )),
             Some(Value::String(s)) if s.trim().is_empty() => Err(Rejection::new(
-                RejectCode::EmptyString,
+                ErrorCode::EmptyString,
                 Some(&path),
                 format!("{path} must not be empty"),
             )),
             Some(Value::String(s)) => Ok(s.clone()),
             Some(other) => Err(Rejection::new(
-                RejectCode::WrongType,
+                ErrorCode::WrongType,
                 Some(&path),
                 format!("{path} must be a string, got {}", describe(other)),
             )),
@@ -333,7 +298,7 @@ impl Fields<'_> {
         let path = format!("message.{name}");
         let wrong_type = |v: &Value| {
             Rejection::new(
-                RejectCode::WrongType,
+                ErrorCode::WrongType,
                 Some(&path),
                 format!(
                     "{path} must be an integer greater than 0, got {}",
@@ -343,7 +308,7 @@ impl Fields<'_> {
         };
         match self.message.get(name) {
             None | Some(Value::Null) => Err(Rejection::new(
-                RejectCode::MissingField,
+                ErrorCode::MissingField,
                 Some(&path),
                 format!("{path} is required for {}", self.job_type),
             )),
@@ -351,7 +316,7 @@ impl Fields<'_> {
                 if let Some(u) = n.as_u64() {
                     if u == 0 {
                         Err(Rejection::new(
-                            RejectCode::OutOfRange,
+                            ErrorCode::OutOfRange,
                             Some(&path),
                             format!("{path} must be greater than 0, got 0"),
                         ))
@@ -360,7 +325,7 @@ impl Fields<'_> {
                     }
                 } else if n.as_i64().is_some() {
                     Err(Rejection::new(
-                        RejectCode::OutOfRange,
+                        ErrorCode::OutOfRange,
                         Some(&path),
                         format!("{path} must be greater than 0, got {n}"),
                     ))
@@ -444,12 +409,12 @@ mod tests {
     #[test]
     fn integer_fields_reject_strings_floats_zero_and_negatives() {
         let cases = [
-            (json!("30"), RejectCode::WrongType),
-            (json!(30.5), RejectCode::WrongType),
-            (json!(30.0), RejectCode::WrongType),
-            (json!(0), RejectCode::OutOfRange),
-            (json!(-3), RejectCode::OutOfRange),
-            (json!(true), RejectCode::WrongType),
+            (json!("30"), ErrorCode::WrongType),
+            (json!(30.5), ErrorCode::WrongType),
+            (json!(30.0), ErrorCode::WrongType),
+            (json!(0), ErrorCode::OutOfRange),
+            (json!(-3), ErrorCode::OutOfRange),
+            (json!(true), ErrorCode::WrongType),
         ];
         for (retention, code) in cases {
             let r = reject(json!({"job_type":"data_cleanup",
@@ -462,7 +427,7 @@ mod tests {
     #[test]
     fn reasons_name_the_field() {
         let r = reject(json!({"job_type":"report_generation","message":{"filters":"x"}}));
-        assert_eq!(r.code, RejectCode::MissingField);
+        assert_eq!(r.code, ErrorCode::MissingField);
         assert_eq!(
             r.message,
             "message.report_name is required for report_generation"
@@ -472,23 +437,23 @@ mod tests {
         );
         assert_eq!(
             (r.code, r.field.as_deref()),
-            (RejectCode::EmptyString, Some("message.user_name"))
+            (ErrorCode::EmptyString, Some("message.user_name"))
         );
     }
 
     #[test]
     fn job_type_is_case_sensitive_and_must_be_known() {
         let r = reject(json!({"job_type":"Report_Generation","message":{}}));
-        assert_eq!(r.code, RejectCode::UnknownJobType);
+        assert_eq!(r.code, ErrorCode::UnknownJobType);
         assert!(r.message.contains("\"Report_Generation\""), "{}", r.message);
     }
 
     #[test]
     fn message_must_be_a_present_object() {
         for (message, code) in [
-            (None, RejectCode::MissingField),
-            (Some(Value::Null), RejectCode::MissingField),
-            (Some(json!([1])), RejectCode::WrongType),
+            (None, ErrorCode::MissingField),
+            (Some(Value::Null), ErrorCode::MissingField),
+            (Some(json!([1])), ErrorCode::WrongType),
         ] {
             let mut detail = json!({"job_type":"user_onboarding"});
             if let Some(m) = message {
@@ -500,13 +465,13 @@ mod tests {
 
     #[test]
     fn detail_must_be_an_object_within_the_size_limit() {
-        assert_eq!(reject(json!("just text")).code, RejectCode::InvalidDetail);
-        assert_eq!(reject(json!([1, 2])).code, RejectCode::InvalidDetail);
+        assert_eq!(reject(json!("just text")).code, ErrorCode::InvalidDetail);
+        assert_eq!(reject(json!([1, 2])).code, ErrorCode::InvalidDetail);
         let big = "x".repeat(MAX_DETAIL_BYTES);
         let r = reject(
             json!({"job_type":"report_generation","message":{"report_name":big,"filters":"f"}}),
         );
-        assert_eq!(r.code, RejectCode::TooLarge);
+        assert_eq!(r.code, ErrorCode::TooLarge);
     }
 
     #[test]
@@ -520,7 +485,7 @@ mod tests {
         let r = check_timeout(&job.spec, DEFAULT_MAX_TIMEOUT_SECS).expect_err("too long");
         assert_eq!(
             (r.code, r.field.as_deref()),
-            (RejectCode::OutOfRange, Some("message.timeout"))
+            (ErrorCode::OutOfRange, Some("message.timeout"))
         );
         assert!(r.message.contains("at most 879 seconds"), "{}", r.message);
     }
@@ -534,7 +499,7 @@ mod tests {
         assert!(text.len() < MAX_DETAIL_BYTES);
         let detail: Value = serde_json::from_str(&text).expect("json");
         let r = parse_job(&detail, None).expect_err("too large written out");
-        assert_eq!(r.code, RejectCode::TooLarge);
+        assert_eq!(r.code, ErrorCode::TooLarge);
     }
 
     #[test]
@@ -548,7 +513,7 @@ mod tests {
             let r = reject(
                 json!({"id":id,"job_type":"user_onboarding","message":{"user_id":"1","user_name":"A"}}),
             );
-            assert_eq!(r.code, RejectCode::InvalidId);
+            assert_eq!(r.code, ErrorCode::InvalidId);
         }
     }
 }

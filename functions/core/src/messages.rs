@@ -78,12 +78,121 @@ pub mod rfc3339 {
     }
 }
 
+/// Why a job was rejected or failed: the one vocabulary of error codes, for both
+/// stages, the error history, dead letters, notifications, spans and metrics. On the
+/// wire each is its snake_case name, as before this enum existed; a code this build
+/// does not know (written by a newer one) is kept as it came, not refused.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// The SQS body was not the EventBridge envelope the rule delivers.
+    MalformedEnvelope,
+    /// The detail was not a JSON object.
+    InvalidDetail,
+    TooLarge,
+    MissingField,
+    WrongType,
+    EmptyString,
+    OutOfRange,
+    UnknownJobType,
+    InvalidId,
+    /// The job's id was already used for a job with different content.
+    IdReused,
+    /// The job needs more time than the invocation has left.
+    DeadlineExceeded,
+    /// The job asked to fail (fault injection).
+    InjectedFault,
+    /// The ingester could not forward the job to `jobs-todo`.
+    ForwardFailed,
+    /// A `jobs-todo` message the processor cannot read.
+    InvalidMessage,
+    /// Any other code, as written.
+    Other(String),
+}
+
+impl ErrorCode {
+    const KNOWN: [ErrorCode; 14] = [
+        ErrorCode::MalformedEnvelope,
+        ErrorCode::InvalidDetail,
+        ErrorCode::TooLarge,
+        ErrorCode::MissingField,
+        ErrorCode::WrongType,
+        ErrorCode::EmptyString,
+        ErrorCode::OutOfRange,
+        ErrorCode::UnknownJobType,
+        ErrorCode::InvalidId,
+        ErrorCode::IdReused,
+        ErrorCode::DeadlineExceeded,
+        ErrorCode::InjectedFault,
+        ErrorCode::ForwardFailed,
+        ErrorCode::InvalidMessage,
+    ];
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            ErrorCode::MalformedEnvelope => "malformed_envelope",
+            ErrorCode::InvalidDetail => "invalid_detail",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::MissingField => "missing_field",
+            ErrorCode::WrongType => "wrong_type",
+            ErrorCode::EmptyString => "empty_string",
+            ErrorCode::OutOfRange => "out_of_range",
+            ErrorCode::UnknownJobType => "unknown_job_type",
+            ErrorCode::InvalidId => "invalid_id",
+            ErrorCode::IdReused => "job_id_reused",
+            ErrorCode::DeadlineExceeded => "deadline_exceeded",
+            ErrorCode::InjectedFault => "injected_fault",
+            ErrorCode::ForwardFailed => "forward_failed",
+            ErrorCode::InvalidMessage => "invalid_message",
+            ErrorCode::Other(code) => code,
+        }
+    }
+
+    /// The code named `code`; an unknown name is [`ErrorCode::Other`].
+    pub fn parse(code: &str) -> ErrorCode {
+        ErrorCode::KNOWN
+            .into_iter()
+            .find(|c| c.as_str() == code)
+            .unwrap_or_else(|| ErrorCode::Other(code.to_owned()))
+    }
+}
+
+impl From<&str> for ErrorCode {
+    fn from(code: &str) -> ErrorCode {
+        ErrorCode::parse(code)
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for ErrorCode {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl Serialize for ErrorCode {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for ErrorCode {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let code = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
+        Ok(ErrorCode::parse(&code))
+    }
+}
+
 /// One failed attempt, appended to the job's history (the error-history pattern):
 /// the history travels with the job, so a dead letter explains itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorEntry {
     pub stage: Stage,
-    pub code: String,
+    pub code: ErrorCode,
     pub message: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
@@ -318,6 +427,37 @@ impl EventEnvelope {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_codes_keep_their_wire_names_and_unknown_ones_pass_through() {
+        for code in ErrorCode::KNOWN {
+            let wire = serde_json::to_value(&code).expect("json");
+            assert_eq!(wire, serde_json::Value::String(code.as_str().to_owned()));
+            assert_eq!(
+                serde_json::from_value::<ErrorCode>(wire).expect("json"),
+                code
+            );
+        }
+        // The names the dead letters and notifications always carried.
+        let names: Vec<&str> = ErrorCode::KNOWN.iter().map(ErrorCode::as_str).collect();
+        for old in [
+            "job_id_reused",
+            "forward_failed",
+            "invalid_message",
+            "too_large",
+            "deadline_exceeded",
+            "injected_fault",
+            "malformed_envelope",
+        ] {
+            assert!(names.contains(&old), "{old}");
+        }
+        let newer: ErrorCode = serde_json::from_str("\"quota_exceeded\"").expect("json");
+        assert_eq!(newer, ErrorCode::Other("quota_exceeded".into()));
+        assert_eq!(
+            serde_json::to_string(&newer).expect("json"),
+            "\"quota_exceeded\""
+        );
+    }
     use serde_json::json;
 
     #[test]

@@ -14,7 +14,9 @@ use crate::ending::{give_back, recorded, EndPorts, Ending, Tracking};
 use crate::execute::{execute, JobError};
 use crate::fault::Fault;
 use crate::job::parse_job;
-use crate::messages::{DeadLetter, EnrichedJob, ErrorEntry, JobStatus, Notification, Stage};
+use crate::messages::{
+    DeadLetter, EnrichedJob, ErrorCode, ErrorEntry, JobStatus, Notification, Stage,
+};
 use crate::ports::{send_all, MessageQueue, OutgoingMessage, PortError, Topic};
 use crate::record::{enriched_message, raw_body, retry_soon, RecordMeta};
 use crate::retry::{Decision, RetryPolicy};
@@ -87,7 +89,7 @@ enum Outcome {
     Retry {
         next: EnrichedJob,
         delay: Duration,
-        code: String,
+        code: ErrorCode,
     },
     /// The previous attempt has not handed over yet: look again after `delay`.
     Defer(Duration),
@@ -194,7 +196,7 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Processor<Q, T, S> {
                 let n = &ending.notification;
                 let (job_type, status) = (n.job_type.clone(), n.status);
                 if let Some(last) = n.errors.last().filter(|_| status != JobStatus::Completed) {
-                    consumer.fail(&last.code, &last.message);
+                    consumer.fail(last.code.as_str(), &last.message);
                 }
                 consumer.set_status(status);
                 if let Some(dl) = ending.dead_letter.as_mut() {
@@ -225,7 +227,7 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Processor<Q, T, S> {
             Outcome::Retry { next, delay, code } => {
                 let mut message = enriched_message(&next);
                 message.delay_seconds = u32::try_from(delay.as_secs()).unwrap_or(u32::MAX);
-                consumer.fail(&code, "attempt failed; retrying");
+                consumer.fail(code.as_str(), "attempt failed; retrying");
                 consumer.set_attribute("job.retry_delay_s", delay.as_secs() as i64);
                 if let Some(Err(e)) = send_all(&self.jobs_todo, &[message]).await.pop() {
                     warn!(job_id = %next.job_id, error = %e, "could not send the next attempt; SQS will retry");
@@ -241,7 +243,7 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Processor<Q, T, S> {
                     .await;
                     return Some(message_id);
                 }
-                tel.record_retry(next.job_type.as_str(), &code);
+                tel.record_retry(next.job_type.as_str(), code.as_str());
                 info!(job_id = %next.job_id, next_attempt = next.attempt, delay_s = delay.as_secs(), "attempt failed; retrying");
                 let handed_over = self
                     .store
@@ -407,7 +409,7 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Processor<Q, T, S> {
                     warn!(job_id = %job.job_id, "job id reused for different content");
                     end_untracked(
                         meta,
-                        failure(&job, "job_id_reused", message, Some("id".into())),
+                        failure(&job, ErrorCode::IdReused, message, Some("id".into())),
                     )
                 }
                 // It names a job it is not: end it without touching that job's record.
@@ -449,12 +451,12 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Processor<Q, T, S> {
                 );
                 return give_up(failure(
                     job,
-                    "invalid_message",
+                    ErrorCode::InvalidMessage,
                     msg,
                     Some("job_type".into()),
                 ));
             }
-            Err(r) => return give_up(failure(job, r.code.as_str(), r.message, r.field)),
+            Err(r) => return give_up(failure(job, r.code, r.message, r.field)),
         };
 
         // What is left now (after the claim), less the ending's reserve.
@@ -476,7 +478,7 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Processor<Q, T, S> {
             None => execute(&spec, budget, now).await,
         };
         if let Err(e) = &result {
-            span.fail(e.code(), &e.to_string());
+            span.fail(e.code().as_str(), &e.to_string());
         }
         span.end();
         match result {
@@ -512,10 +514,10 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Processor<Q, T, S> {
                             ..job.clone()
                         },
                         delay,
-                        code: e.code().to_owned(),
+                        code: e.code(),
                     },
                     Decision::GiveUp => {
-                        warn!(job_id = %job.job_id, code = e.code(), attempt = job.attempt, error = %e, "job failed");
+                        warn!(job_id = %job.job_id, code = %e.code(), attempt = job.attempt, error = %e, "job failed");
                         give_up(dl)
                     }
                 }
@@ -525,11 +527,16 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Processor<Q, T, S> {
 }
 
 /// The job as a `FAILED` dead letter, with this attempt's error appended to its history.
-fn failure(job: &EnrichedJob, code: &str, message: String, field: Option<String>) -> DeadLetter {
+fn failure(
+    job: &EnrichedJob,
+    code: ErrorCode,
+    message: String,
+    field: Option<String>,
+) -> DeadLetter {
     let mut errors = job.errors.clone();
     errors.push(ErrorEntry {
         stage: Stage::Processor,
-        code: code.to_owned(),
+        code,
         message,
         field,
         attempt: job.attempt,
@@ -618,7 +625,7 @@ fn unreadable(body: &str, meta: &RecordMeta, reason: &str) -> (DeadLetter, u32) 
         attempts: meta.receive_count,
         errors: vec![ErrorEntry {
             stage: Stage::Processor,
-            code: "invalid_message".into(),
+            code: ErrorCode::InvalidMessage,
             message: reason.to_owned(),
             field: None,
             attempt: meta.receive_count,
