@@ -1,6 +1,6 @@
 """docker-compose.yml checked without a Docker engine: `docker-compose config` (Debian's
 package) must accept it with the shipped .env and with the one-line MiniStack switch, and
-the resolved configuration must keep the promises the README makes about it."""
+the resolved configuration must keep the promises docs/compose.md makes about it."""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ starts the embedded stack, reads back what it really created, evaluates what the
 declares (tests/hcl_eval.py), and compares the two in one normalised shape.
 
 Deliberate differences, all local plumbing, are listed in LOCAL_ONLY_ENV and explained in
-the README: the emulator endpoint, the stack's process marker and the log format variable
+terraform/README.md (Kept in step with `make up`): the emulator endpoint, the stack's process marker and the log format variable
 that AWS sets from LoggingConfig. IAM roles and log groups are not compared: MiniStack does
 not enforce IAM, so the least-privilege policies are checked statically in test_terraform.py.
 """

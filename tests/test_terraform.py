@@ -35,10 +35,11 @@ def test_every_variable_has_a_type_and_a_description(module):
 
 
 def test_every_variable_is_in_the_readme_table(module):
-    """The README's inputs table is written by hand: it must not miss a variable."""
-    readme = (stk.ROOT / "README.md").read_text()
+    """The module's inputs table is written by hand: it must not miss a variable
+    (tests/test_docs.py also checks each row's type, default and description)."""
+    readme = (TF / "README.md").read_text()
     missing = [name for name in module.variables if f"| `{name}` |" not in readme]
-    assert not missing, f"README.md's Deploy to AWS table lacks {missing}"
+    assert not missing, f"terraform/README.md's Inputs table lacks {missing}"
 
 
 def test_the_main_resources_have_plain_names(module):
