@@ -44,7 +44,7 @@ data "aws_iam_policy_document" "ingester" {
   }
 
   # Reads both stages' records of a job (to resume an unannounced end); writes its
-  # own, whose keys start with "ingester#" (functions/core/src/dynamo.rs `key`), and
+  # own, whose keys start with "ingester#" (functions/core/src/store/dynamo.rs `key`), and
   # puts the processor's stop below.
   statement {
     sid       = "ReadJobState"
@@ -67,7 +67,7 @@ data "aws_iam_policy_document" "ingester" {
   # A job whose forward failed on its last receive is ended in one transaction with a
   # stop on the processor's record (attempt 0, ended), written only where the processor
   # has no record yet, so a forward whose answer was lost cannot also run
-  # (functions/core/src/state.rs `Unforwarded`). Put only: it never updates the
+  # (functions/core/src/store/mod.rs `Unforwarded`). Put only: it never updates the
   # processor's records.
   statement {
     sid       = "StopTheProcessorForAnUnforwardedJob"
@@ -115,7 +115,7 @@ data "aws_iam_policy_document" "processor" {
   }
 
   # Reads both stages' records of a job (to resume an unannounced end); writes only
-  # its own, whose keys start with "processor#" (functions/core/src/dynamo.rs `key`).
+  # its own, whose keys start with "processor#" (functions/core/src/store/dynamo.rs `key`).
   statement {
     sid       = "ReadJobState"
     actions   = ["dynamodb:GetItem"]

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use jobs_core::messages::{DeadLetter, Stage};
 use jobs_core::record::enriched_message;
 use jobs_core::redrive::{plan, Redrive, Stranded};
-use jobs_core::state::{fingerprint, legacy_fingerprint, JobStore, Reopen, Reopened, STOP_ATTEMPT};
+use jobs_core::store::{fingerprint, legacy_fingerprint, JobStore, Reopen, Reopened, STOP_ATTEMPT};
 use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt::Write as _;
@@ -258,7 +258,7 @@ enum Skip {
 
 /// Sends the selected dead letters back; with `dry_run`, only says what it would do.
 ///
-/// Each letter reopens only the end it was written for ([`jobs_core::state::decide_reopen`]):
+/// Each letter reopens only the end it was written for ([`jobs_core::store::decide_reopen`]):
 /// a second copy of one letter, or a letter whose redrive was interrupted after the
 /// copy was sent, finds its end reopened already and is deleted unsent (the job then
 /// has no letter left but those of its own later ends); a letter whose id now names
@@ -552,7 +552,7 @@ mod tests {
     use super::*;
     use jobs_core::messages::{EnrichedJob, ErrorEntry, JobStatus};
     use jobs_core::record::dead_letter_message;
-    use jobs_core::state::{Claim, ClaimOutcome, JobState, MemoryStore, Progress};
+    use jobs_core::store::{Claim, ClaimOutcome, JobState, MemoryStore, Progress};
 
     fn body_of(dl: &DeadLetter) -> String {
         dead_letter_message(dl).body
@@ -851,7 +851,7 @@ mod tests {
 
     /// Claims `dl`'s job at `attempt` for `holder`, as a delivery of it would.
     async fn claim(store: &MemoryStore, dl: &DeadLetter, attempt: u32, holder: &str) {
-        let fp = jobs_core::state::fingerprint(&dl.job);
+        let fp = jobs_core::store::fingerprint(&dl.job);
         let claim = Claim {
             job_id: &dl.job_id,
             stage: dl.stage,
@@ -1110,9 +1110,9 @@ mod tests {
         dl.errors[0].code = "forward_failed".into();
         let store = MemoryStore::default();
         claim(&store, &dl, 1, "m-5").await;
-        let fp = jobs_core::state::fingerprint(&dl.job);
+        let fp = jobs_core::store::fingerprint(&dl.job);
         let note = jobs_core::messages::Notification::for_dead_letter(&dl, chrono::Utc::now());
-        let end = jobs_core::state::Unforwarded {
+        let end = jobs_core::store::Unforwarded {
             job_id: "job-1",
             fingerprint: &fp,
             legacy_fingerprint: None,

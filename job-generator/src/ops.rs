@@ -2,8 +2,8 @@
 
 use crate::dlq::{self, Selection, SqsMailbox};
 use clap::{Args, Subcommand};
-use jobs_core::dynamo::DynamoStore;
-use jobs_core::state::JobStore;
+use jobs_core::store::dynamo::DynamoStore;
+use jobs_core::store::JobStore;
 use std::collections::HashSet;
 
 #[derive(Debug, Subcommand)]

@@ -8,7 +8,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use jobs_core::job::parse_job;
 use jobs_core::messages::{EnrichedJob, EventEnvelope, JobStatus, Notification, Stage};
 use jobs_core::record::enriched_message;
-use jobs_core::state::fingerprint;
+use jobs_core::store::fingerprint;
 use std::hint::black_box;
 
 /// An SQS body as the rule delivers it: an EventBridge event around a typical job.

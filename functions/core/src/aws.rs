@@ -4,11 +4,11 @@
 
 use crate::batching::Batching;
 use crate::config::{ConfigError, TrustRoots, TRUST_ROOTS_VAR};
-use crate::dynamo::DynamoStore;
 use crate::guard::{GuardConfig, Guarded};
 use crate::messages::Notification;
 use crate::ports::{MessageQueue, OutgoingMessage, PortError, Receipt, Topic};
 use crate::record::notification_message;
+use crate::store::dynamo::DynamoStore;
 use async_trait::async_trait;
 use aws_config::environment::EnvironmentVariableCredentialsProvider;
 use aws_config::{timeout::TimeoutConfig, BehaviorVersion, Region, SdkConfig};

@@ -18,7 +18,7 @@
 
 use crate::messages::{Notification, Stage};
 use crate::ports::{PortError, Topic};
-use crate::state::{Claim, ClaimOutcome, Finish, JobState, JobStore, Progress, Release};
+use crate::store::{Claim, ClaimOutcome, Finish, JobState, JobStore, Progress, Release};
 use crate::Timestamp;
 use async_trait::async_trait;
 use serde_json::Value;
@@ -321,16 +321,16 @@ impl<S: JobStore> JobStore for Batching<S> {
 
     async fn reopen(
         &self,
-        reopen: &crate::state::Reopen<'_>,
+        reopen: &crate::store::Reopen<'_>,
         now: Timestamp,
-    ) -> Result<crate::state::Reopened, PortError> {
+    ) -> Result<crate::store::Reopened, PortError> {
         self.inner.reopen(reopen, now).await
     }
 
     async fn end_unforwarded(
         &self,
-        end: &crate::state::Unforwarded<'_>,
-    ) -> Result<crate::state::Forestalled, PortError> {
+        end: &crate::store::Unforwarded<'_>,
+    ) -> Result<crate::store::Forestalled, PortError> {
         self.inner.end_unforwarded(end).await
     }
 
@@ -359,7 +359,7 @@ impl<T: Topic> Topic for Batching<T> {
 mod tests {
     use super::*;
     use crate::messages::JobStatus;
-    use crate::state::MemoryStore;
+    use crate::store::MemoryStore;
     use chrono::{TimeZone, Utc};
     use futures_util::future::join_all;
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -441,15 +441,15 @@ mod tests {
         }
         async fn reopen(
             &self,
-            reopen: &crate::state::Reopen<'_>,
+            reopen: &crate::store::Reopen<'_>,
             now: Timestamp,
-        ) -> Result<crate::state::Reopened, PortError> {
+        ) -> Result<crate::store::Reopened, PortError> {
             self.store.reopen(reopen, now).await
         }
         async fn end_unforwarded(
             &self,
-            end: &crate::state::Unforwarded<'_>,
-        ) -> Result<crate::state::Forestalled, PortError> {
+            end: &crate::store::Unforwarded<'_>,
+        ) -> Result<crate::store::Forestalled, PortError> {
             self.store.end_unforwarded(end).await
         }
         async fn get(&self, job_id: &str) -> Result<Vec<JobState>, PortError> {

@@ -7,13 +7,13 @@
 //! 4. mark the record announced.
 //!
 //! A failure in 1 to 3 leaves the SQS record for a retry; the retry finds the recorded
-//! end state (a [`crate::state::ClaimOutcome::Duplicate`] not yet announced) and resumes
+//! end state (a [`crate::store::ClaimOutcome::Duplicate`] not yet announced) and resumes
 //! at step 2 from the stored notification, without running the job again.
 
 use crate::messages::{DeadLetter, JobStatus, Notification, Stage, TraceContext};
 use crate::ports::{MessageQueue, PortError, Topic};
 use crate::record::{deliver_dead_letters, publish_all, RecordMeta};
-use crate::state::{JobStore, Progress, Release};
+use crate::store::{JobStore, Progress, Release};
 use crate::Timestamp;
 use futures_util::future::join_all;
 use serde_json::Value;
@@ -117,7 +117,7 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> EndPorts<'_, Q, T, S> {
 
 /// Releases the claim of a record that goes back to SQS, so that its next delivery
 /// takes the job at once instead of waiting for the lease to run out. If even this
-/// fails, the next delivery finds the claim [`crate::state::ClaimOutcome::Held`] and
+/// fails, the next delivery finds the claim [`crate::store::ClaimOutcome::Held`] and
 /// waits in SQS.
 pub async fn give_back<S: JobStore>(
     store: &S,
@@ -177,7 +177,7 @@ pub async fn recorded<S: JobStore>(
 mod tests {
     use super::*;
     use crate::messages::ErrorEntry;
-    use crate::state::{Claim, ClaimOutcome, MemoryStore};
+    use crate::store::{Claim, ClaimOutcome, MemoryStore};
     use crate::testing::{MemoryQueue, MemoryTopic};
     use aws_lambda_events::sqs::SqsMessage;
     use chrono::DateTime;

@@ -10,7 +10,7 @@
 
 use crate::messages::{Notification, Stage};
 use crate::ports::{MessageQueue, OutgoingMessage, PortError, Receipt, Topic};
-use crate::state::{
+use crate::store::{
     Claim, ClaimOutcome, Finish, JobState, JobStore, Progress, Release, Reopen, Reopened,
 };
 use crate::Timestamp;
@@ -304,8 +304,8 @@ impl<S: JobStore> JobStore for Guarded<S> {
 
     async fn end_unforwarded(
         &self,
-        end: &crate::state::Unforwarded<'_>,
-    ) -> Result<crate::state::Forestalled, PortError> {
+        end: &crate::store::Unforwarded<'_>,
+    ) -> Result<crate::store::Forestalled, PortError> {
         let call = self.inner.end_unforwarded(end);
         // A lost claim or another content's record is an answer, not a sick table.
         let sick = |r: &Result<_, PortError>| matches!(r, Err(PortError::Unreachable { .. }));

@@ -17,7 +17,7 @@ use crate::messages::{
 };
 use crate::ports::{send_all, MessageQueue, PortError, Topic};
 use crate::record::{enriched_message, raw_body, retry_soon, RecordMeta, MAX_KEPT_BODY_BYTES};
-use crate::state::{
+use crate::store::{
     fingerprint, legacy_fingerprint, Claim, ClaimOutcome, Forestalled, JobStore, Progress,
     Unforwarded,
 };
@@ -645,7 +645,7 @@ fn valid_id(detail: &Value) -> Option<String> {
 mod tests {
     use super::*;
     use crate::job::JobType;
-    use crate::state::MemoryStore;
+    use crate::store::MemoryStore;
     use crate::testing::{MemoryQueue, MemoryTopic};
 
     fn batch() -> SqsEvent {
@@ -803,7 +803,7 @@ mod tests {
         assert_eq!(first.batch_item_failures.len(), 1);
         // As if the release had been lost: the claim runs until its lease ends.
         for held in ing.store.records.lock().expect("lock").values_mut() {
-            if held.progress == crate::state::Progress::InProgress {
+            if held.progress == crate::store::Progress::InProgress {
                 held.lease_until = now() + TimeDelta::seconds(30);
             }
         }

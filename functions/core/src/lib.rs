@@ -11,7 +11,6 @@ pub type Timestamp = chrono::DateTime<chrono::Utc>;
 pub mod aws;
 pub mod batching;
 pub mod config;
-pub mod dynamo;
 pub mod ending;
 pub mod execute;
 pub mod fault;
@@ -25,7 +24,7 @@ pub mod processor;
 pub mod record;
 pub mod redrive;
 pub mod retry;
-pub mod state;
+pub mod store;
 pub mod telemetry;
 
 #[cfg(any(test, feature = "testing"))]

@@ -20,7 +20,7 @@ use crate::messages::{
 use crate::ports::{send_all, MessageQueue, OutgoingMessage, PortError, Topic};
 use crate::record::{enriched_message, raw_body, retry_soon, RecordMeta};
 use crate::retry::{Decision, RetryPolicy};
-use crate::state::{fingerprint, legacy_fingerprint, Claim, ClaimOutcome, JobStore, Progress};
+use crate::store::{fingerprint, legacy_fingerprint, Claim, ClaimOutcome, JobStore, Progress};
 use crate::telemetry::instruments_prelude::*;
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use chrono::{DateTime, Utc};
@@ -643,7 +643,7 @@ fn unreadable(body: &str, meta: &RecordMeta, reason: &str) -> (DeadLetter, u32) 
 mod tests {
     use super::*;
     use crate::retry::SQS_MAX_DELAY;
-    use crate::state::MemoryStore;
+    use crate::store::MemoryStore;
     use crate::testing::{MemoryQueue, MemoryTopic};
     use serde_json::json;
     use std::sync::atomic::Ordering;

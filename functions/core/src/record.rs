@@ -23,7 +23,7 @@ pub struct RecordMeta {
     pub message_id: String,
     /// `ApproximateReceiveCount`: 1 on first delivery.
     pub receive_count: u32,
-    /// This delivery's claim token ([`crate::state::claim_token`]), made anew each time
+    /// This delivery's claim token ([`crate::store::claim_token`]), made anew each time
     /// the record is received and kept for its whole invocation: its claims carry it,
     /// and its give-back releases only a claim holding it.
     pub claim_token: String,
@@ -40,7 +40,7 @@ impl RecordMeta {
             log: tracing::info_span!("job", job_id = Empty, trace_id = Empty, message_id = %message_id),
             message_id,
             receive_count,
-            claim_token: crate::state::claim_token(),
+            claim_token: crate::store::claim_token(),
         }
     }
 

@@ -4,7 +4,7 @@
 //! error history kept. A job the ingester rejected goes back to the ingester's queue as
 //! the EventBridge event it came in as, to be validated again (useful once the validator
 //! or the sender was fixed). Either way the job keeps its id, so its state record is
-//! reopened first (see [`crate::state::JobStore::reopen`]) and it still ends once.
+//! reopened first (see [`crate::store::JobStore::reopen`]) and it still ends once.
 
 use crate::job::JobType;
 use crate::messages::{DeadLetter, EnrichedJob, JobStatus, Stage};

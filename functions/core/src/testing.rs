@@ -15,7 +15,7 @@ use crate::ports::{
     MAX_BATCH_BYTES, MAX_MESSAGE_BYTES,
 };
 use crate::record::notification_message;
-use crate::state::{Claim, ClaimOutcome, JobState, JobStore, Progress, Release, Reopen, Reopened};
+use crate::store::{Claim, ClaimOutcome, JobState, JobStore, Progress, Release, Reopen, Reopened};
 use crate::Timestamp;
 use async_trait::async_trait;
 use serde_json::Value;
@@ -230,7 +230,7 @@ impl Topic for MemoryTopic {
 
 /// A store whose claims are retried once, with the very same request, when they fail:
 /// what the AWS SDK does with a `PutItem` or `BatchExecuteStatement` whose answer timed
-/// out (it may have taken effect). Wrap a [`crate::state::MemoryStore`] whose faults
+/// out (it may have taken effect). Wrap a [`crate::store::MemoryStore`] whose faults
 /// lose answers to see a claim find its own earlier write.
 #[derive(Debug, Default)]
 pub struct SdkRetry<S> {
@@ -288,8 +288,8 @@ impl<S: JobStore> JobStore for SdkRetry<S> {
     /// Sent again with the very same request when it fails, as the SDK does.
     async fn end_unforwarded(
         &self,
-        end: &crate::state::Unforwarded<'_>,
-    ) -> Result<crate::state::Forestalled, PortError> {
+        end: &crate::store::Unforwarded<'_>,
+    ) -> Result<crate::store::Forestalled, PortError> {
         match self.inner.end_unforwarded(end).await {
             Err(_) => self.inner.end_unforwarded(end).await,
             answered => answered,
@@ -416,7 +416,7 @@ pub mod exporters {
 mod tests {
     use super::*;
     use crate::messages::{JobStatus, Stage};
-    use crate::state::{Claim, ClaimOutcome, JobStore, MemoryStore};
+    use crate::store::{Claim, ClaimOutcome, JobStore, MemoryStore};
     use std::time::Duration;
 
     fn message(body: &str) -> OutgoingMessage {
@@ -602,7 +602,7 @@ impl<S: JobStore> JobStore for Shared<'_, S> {
             .await
     }
 
-    async fn finish_all(&self, finishes: &[crate::state::Finish]) -> Vec<Result<(), PortError>> {
+    async fn finish_all(&self, finishes: &[crate::store::Finish]) -> Vec<Result<(), PortError>> {
         self.0.finish_all(finishes).await
     }
 
@@ -628,8 +628,8 @@ impl<S: JobStore> JobStore for Shared<'_, S> {
 
     async fn end_unforwarded(
         &self,
-        end: &crate::state::Unforwarded<'_>,
-    ) -> Result<crate::state::Forestalled, PortError> {
+        end: &crate::store::Unforwarded<'_>,
+    ) -> Result<crate::store::Forestalled, PortError> {
         self.0.end_unforwarded(end).await
     }
 

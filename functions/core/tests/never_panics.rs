@@ -6,7 +6,7 @@ use jobs_core::job::{parse_job, JobType};
 use jobs_core::messages::{EnrichedJob, EventEnvelope};
 use jobs_core::processor::{Processor, ProcessorConfig};
 use jobs_core::retry::RetryPolicy;
-use jobs_core::state::MemoryStore;
+use jobs_core::store::MemoryStore;
 use jobs_core::testing::{MemoryQueue, MemoryTopic};
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};

@@ -100,7 +100,7 @@ async fn an_invocation_is_exported_before_it_returns() {
         jobs_todo: MemoryQueue::default(),
         dead_letters: MemoryQueue::default(),
         topic: MemoryTopic::default(),
-        store: crate::state::MemoryStore::default(),
+        store: crate::store::MemoryStore::default(),
         config: IngesterConfig {
             max_receive_count: 5,
             max_job_timeout_secs: crate::job::DEFAULT_MAX_TIMEOUT_SECS,
@@ -180,7 +180,7 @@ async fn a_failed_job_keeps_its_trace_with_an_error() {
         jobs_todo: MemoryQueue::default(),
         dead_letters: MemoryQueue::default(),
         topic: MemoryTopic::default(),
-        store: crate::state::MemoryStore::default(),
+        store: crate::store::MemoryStore::default(),
         config: ProcessorConfig {
             deadline_margin: std::time::Duration::from_secs(3),
             retry: crate::retry::RetryPolicy::default(),

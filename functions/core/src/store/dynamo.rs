@@ -3,11 +3,11 @@
 //! One item per stage and job, keyed `pk = "<stage>#<job_id>"`. A claim is a conditional
 //! `PutItem` that succeeds only for a new job, an expired lease, or the next attempt of a
 //! job waiting for a retry, or this very claim sent again: the item holds the claim's
-//! `claim_token` ([`crate::state::Claim::token`], unique per delivery), so the SDK's
+//! `claim_token` ([`crate::store::Claim::token`], unique per delivery), so the SDK's
 //! retry of a claim whose answer was lost succeeds instead of finding the job held by
 //! itself (an item written before tokens has none and behaves as before). When the
 //! condition fails, the current item is read back and judged by
-//! [`crate::state::decide`], the same rules the in-memory store follows.
+//! [`crate::store::decide`], the same rules the in-memory store follows.
 //! `expires_at` (epoch seconds) is the table's TTL attribute.
 //!
 //! The writes of several jobs go together as PartiQL statements in one
@@ -18,7 +18,7 @@
 
 use crate::messages::{JobStatus, Stage};
 use crate::ports::PortError;
-use crate::state::{
+use crate::store::{
     decide, decide_reopen, decide_unforwarded, lost_claim, same_claim, stop_record, Claim,
     ClaimOutcome, Finish, Forestalled, JobState, JobStore, Progress, Release, Reopen, Reopened,
     Unforwarded, RETENTION,
@@ -290,7 +290,7 @@ impl JobStore for DynamoStore {
             )
             .expression_attribute_values(":fp", s(claim.fingerprint))
             // A record written before the fingerprint changed format is taken over
-            // like any other once its lease ended (see `state::is_legacy`).
+            // like any other once its lease ended (see `store::is_legacy`).
             .expression_attribute_values(
                 ":legacy_fp",
                 s(claim.legacy_fingerprint.unwrap_or(claim.fingerprint)),

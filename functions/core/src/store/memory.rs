@@ -1,0 +1,314 @@
+//! The job state table in memory, for tests and tools: one mutex over a map, deciding
+//! every claim by the same rules as DynamoDB ([`super::decide`]), with [`Faults`] that
+//! refuse calls, lose answers or slow them down as DynamoDB can.
+
+use super::*;
+use crate::ports::Faults;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// The table in memory, for tests. Its [`Faults`] refuse calls, lose answers or slow
+/// them down as DynamoDB can.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    pub records: Mutex<HashMap<(String, &'static str), JobState>>,
+    /// While set, every call fails as if the table could not be reached.
+    pub down: std::sync::atomic::AtomicBool,
+    pub faults: Faults,
+    /// While set, a batch call (`claim_all`, `finish_all`) decides each of its
+    /// statements against the table as it was before the call and applies every one
+    /// that passed, as the emulator did: two claims of one new job in one batch both
+    /// succeed, and so do their two ends.
+    pub snapshot_batches: std::sync::atomic::AtomicBool,
+}
+
+type Records = HashMap<(String, &'static str), JobState>;
+
+impl MemoryStore {
+    fn with<R>(
+        &self,
+        f: impl FnOnce(&mut Records) -> Result<R, PortError>,
+    ) -> Result<R, PortError> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(PortError::Unreachable {
+                operation: "job state",
+                message: "the table is down (test)".into(),
+            });
+        }
+        f(&mut self.records.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// One call: its faults, then `f`; a refusal `f` answers takes no effect.
+    async fn call<R>(
+        &self,
+        operation: &'static str,
+        f: impl FnOnce(&mut Records) -> Result<R, PortError>,
+    ) -> Result<R, PortError> {
+        self.faults.enter(operation).await?;
+        let answer = self.with(f)?;
+        self.faults.leave(operation)?;
+        Ok(answer)
+    }
+
+    /// One batch call of `n` statements: its faults, then `f`, one answer per statement.
+    async fn call_all<R>(
+        &self,
+        n: usize,
+        f: impl FnOnce(&mut Records, bool) -> Vec<Result<R, PortError>>,
+    ) -> Vec<Result<R, PortError>> {
+        const OP: &str = "BatchExecuteStatement";
+        let fail = |e: PortError| (0..n).map(|_| Err(e.clone())).collect();
+        if let Err(e) = self.faults.enter(OP).await {
+            return fail(e);
+        }
+        let snapshot = self
+            .snapshot_batches
+            .load(std::sync::atomic::Ordering::SeqCst);
+        let answers = match self.with(|records| Ok(f(records, snapshot))) {
+            Ok(answers) => answers,
+            Err(e) => return fail(e),
+        };
+        match self.faults.leave(OP) {
+            Ok(()) => answers,
+            Err(e) => fail(e),
+        }
+    }
+}
+
+fn key_of(job_id: &str, stage: Stage) -> (String, &'static str) {
+    (job_id.to_owned(), stage.as_str())
+}
+
+/// The record a successful claim writes.
+fn claimed(claim: &Claim<'_>, now: Timestamp) -> JobState {
+    JobState {
+        job_id: claim.job_id.to_owned(),
+        stage: claim.stage,
+        progress: Progress::InProgress,
+        fingerprint: claim.fingerprint.to_owned(),
+        attempt: claim.attempt,
+        lease_until: claim.lease_until,
+        holder: claim.holder.to_owned(),
+        token: claim.token.to_owned(),
+        announced: false,
+        detail: None,
+        updated_at: now,
+        expires_at: now + RETENTION,
+    }
+}
+
+/// Whether attempt `attempt` still holds this record, so it may record its end.
+fn holds(record: Option<&JobState>, attempt: u32) -> bool {
+    record.is_some_and(|r| r.attempt == attempt && r.progress == Progress::InProgress)
+}
+
+fn apply_finish(record: &mut JobState, f: &Finish) {
+    record.progress = f.progress;
+    record.detail = f.detail.clone();
+    record.updated_at = f.now;
+    record.expires_at = f.now + RETENTION;
+}
+
+#[async_trait]
+impl JobStore for MemoryStore {
+    async fn claim(&self, claim: &Claim<'_>, now: Timestamp) -> Result<ClaimOutcome, PortError> {
+        self.call("PutItem", |records| {
+            let key = key_of(claim.job_id, claim.stage);
+            let outcome = decide(records.get(&key), claim, now);
+            if outcome == ClaimOutcome::Claimed {
+                records.insert(key, claimed(claim, now));
+            }
+            Ok(outcome)
+        })
+        .await
+    }
+
+    async fn claim_all(
+        &self,
+        claims: &[Claim<'_>],
+        now: Timestamp,
+    ) -> Vec<Result<ClaimOutcome, PortError>> {
+        self.call_all(claims.len(), |records, snapshot| {
+            let before = snapshot.then(|| records.clone());
+            claims
+                .iter()
+                .map(|claim| {
+                    let key = key_of(claim.job_id, claim.stage);
+                    let outcome =
+                        decide(before.as_ref().unwrap_or(&*records).get(&key), claim, now);
+                    if outcome == ClaimOutcome::Claimed {
+                        records.insert(key, claimed(claim, now));
+                    }
+                    Ok(outcome)
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn finish(
+        &self,
+        job_id: &str,
+        stage: Stage,
+        attempt: u32,
+        progress: Progress,
+        detail: Option<Value>,
+        now: Timestamp,
+    ) -> Result<(), PortError> {
+        let f = Finish {
+            job_id: job_id.to_owned(),
+            stage,
+            attempt,
+            progress,
+            detail,
+            now,
+        };
+        self.call("UpdateItem", |records| {
+            match records.get_mut(&key_of(job_id, stage)) {
+                Some(r) if holds(Some(r), attempt) => {
+                    apply_finish(r, &f);
+                    Ok(())
+                }
+                _ => Err(lost_claim("finish", job_id)),
+            }
+        })
+        .await
+    }
+
+    async fn finish_all(&self, finishes: &[Finish]) -> Vec<Result<(), PortError>> {
+        self.call_all(finishes.len(), |records, snapshot| {
+            let before = snapshot.then(|| records.clone());
+            finishes
+                .iter()
+                .map(|f| {
+                    let key = key_of(&f.job_id, f.stage);
+                    if !holds(before.as_ref().unwrap_or(&*records).get(&key), f.attempt) {
+                        return Err(lost_claim("finish", &f.job_id));
+                    }
+                    match records.get_mut(&key) {
+                        Some(r) => {
+                            apply_finish(r, f);
+                            Ok(())
+                        }
+                        None => Err(lost_claim("finish", &f.job_id)),
+                    }
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn announce(&self, job_id: &str, stage: Stage, now: Timestamp) -> Result<(), PortError> {
+        self.call("UpdateItem", |records| {
+            match records.get_mut(&key_of(job_id, stage)) {
+                Some(r) => {
+                    r.announced = true;
+                    r.updated_at = now;
+                    r.expires_at = now + RETENTION;
+                    Ok(())
+                }
+                None => Err(lost_claim("announce", job_id)),
+            }
+        })
+        .await
+    }
+
+    async fn announce_all(
+        &self,
+        jobs: &[(String, Stage)],
+        now: Timestamp,
+    ) -> Vec<Result<(), PortError>> {
+        self.call_all(jobs.len(), |records, _| {
+            jobs.iter()
+                .map(
+                    |(job_id, stage)| match records.get_mut(&key_of(job_id, *stage)) {
+                        Some(r) => {
+                            r.announced = true;
+                            r.updated_at = now;
+                            r.expires_at = now + RETENTION;
+                            Ok(())
+                        }
+                        None => Err(lost_claim("announce", job_id)),
+                    },
+                )
+                .collect()
+        })
+        .await
+    }
+
+    async fn release(&self, release: &Release<'_>, now: Timestamp) -> Result<(), PortError> {
+        self.call("UpdateItem", |records| {
+            if let Some(r) = records.get_mut(&key_of(release.job_id, release.stage)) {
+                if r.progress == Progress::InProgress
+                    && r.attempt == release.attempt
+                    && r.holder == release.holder
+                    && (release.token.is_empty() || r.token == release.token)
+                {
+                    r.lease_until = Timestamp::UNIX_EPOCH;
+                    r.updated_at = now;
+                    r.expires_at = now + RETENTION;
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn reopen(&self, reopen: &Reopen<'_>, now: Timestamp) -> Result<Reopened, PortError> {
+        self.call("UpdateItem", |records| {
+            let key = key_of(reopen.job_id, reopen.stage);
+            let decided = decide_reopen(records.get(&key), reopen);
+            if decided == Reopened::Now {
+                if let Some(r) = records.get_mut(&key) {
+                    r.progress = Progress::Retrying;
+                    r.attempt = reopen.below;
+                    r.holder = reopen.by.to_owned();
+                    r.announced = false;
+                    r.updated_at = now;
+                    r.expires_at = now + RETENTION;
+                }
+            }
+            Ok(decided)
+        })
+        .await
+    }
+
+    async fn end_unforwarded(&self, end: &Unforwarded<'_>) -> Result<Forestalled, PortError> {
+        self.call("TransactWriteItems", |records| {
+            if let Some(processor) = records.get(&key_of(end.job_id, Stage::Processor)) {
+                return decide_unforwarded(processor, end);
+            }
+            let Some(ingester) = records
+                .get_mut(&key_of(end.job_id, Stage::Ingester))
+                .filter(|r| holds(Some(&**r), 1))
+            else {
+                return Err(lost_claim("TransactWriteItems", end.job_id));
+            };
+            let failed = Finish {
+                job_id: end.job_id.to_owned(),
+                stage: Stage::Ingester,
+                attempt: 1,
+                progress: Progress::Done(Some(JobStatus::Failed)),
+                detail: Some(end.detail.clone()),
+                now: end.now,
+            };
+            apply_finish(ingester, &failed);
+            records.insert(key_of(end.job_id, Stage::Processor), stop_record(end));
+            Ok(Forestalled::Ended)
+        })
+        .await
+    }
+
+    async fn get(&self, job_id: &str) -> Result<Vec<JobState>, PortError> {
+        self.call("Query", |records| {
+            let mut found: Vec<JobState> = records
+                .values()
+                .filter(|r| r.job_id == job_id)
+                .cloned()
+                .collect();
+            found.sort_by_key(|r| r.stage.as_str());
+            Ok(found)
+        })
+        .await
+    }
+}

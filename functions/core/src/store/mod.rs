@@ -1,0 +1,575 @@
+//! Job state: what makes each stage's effects happen once over at-least-once delivery.
+//!
+//! Before a stage acts on a job it *claims* it with a conditional write keyed by stage
+//! and job id. A claim holds a lease that ends shortly before the invocation's deadline,
+//! so an attempt that crashed can be taken over once its lease ran out. The stage then
+//! records the job's end (`finish`) and, once the end state is announced, marks it
+//! (`announce`), so a re-delivery neither repeats the work nor the notification, and a
+//! crash between the two only repeats the notification step.
+//!
+//! Each claim carries a token unique to its delivery ([`claim_token`]): a claim sent
+//! again after its answer was lost finds its own write and is claimed, another delivery
+//! of the same message is held, and a delivery whose claim call failed gives back
+//! ([`JobStore::release`]) only a claim holding its own token.
+//!
+//! The claim also carries a fingerprint of the job's content (SHA-256, without the
+//! trace context a sender may change between copies): a job id reused for different
+//! content is a [`ClaimOutcome::Conflict`], not a silent skip. Records written before
+//! the fingerprint changed format (16 hex digits of FNV-1a) are compared with the old
+//! function, so a repeat of such a job is still recognised.
+
+pub mod dynamo;
+pub mod memory;
+
+use crate::messages::{ErrorEntry, JobStatus, Stage};
+use crate::telemetry::propagation;
+use crate::Timestamp;
+use async_trait::async_trait;
+use chrono::TimeDelta;
+use futures_util::future::join_all;
+pub use memory::MemoryStore;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::fmt::Write as _;
+
+use crate::ports::PortError;
+
+/// Where a stage stands with a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// An attempt holds the claim until its lease ends.
+    InProgress,
+    /// An attempt failed and the job was sent back for attempt `attempt + 1`.
+    Retrying,
+    /// The stage is done with the job: forwarded, or ended as this status.
+    Done(Option<JobStatus>),
+}
+
+impl Progress {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Progress::InProgress => "IN_PROGRESS",
+            Progress::Retrying => "RETRYING",
+            Progress::Done(None) => "FORWARDED",
+            Progress::Done(Some(s)) => s.as_str(),
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Progress> {
+        Some(match s {
+            "IN_PROGRESS" => Progress::InProgress,
+            "RETRYING" => Progress::Retrying,
+            "FORWARDED" => Progress::Done(None),
+            "COMPLETED" => Progress::Done(Some(JobStatus::Completed)),
+            "FAILED" => Progress::Done(Some(JobStatus::Failed)),
+            "REJECTED" => Progress::Done(Some(JobStatus::Rejected)),
+            _ => return None,
+        })
+    }
+}
+
+/// One stage's record of one job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobState {
+    pub job_id: String,
+    pub stage: Stage,
+    pub progress: Progress,
+    pub fingerprint: String,
+    pub attempt: u32,
+    pub lease_until: Timestamp,
+    /// The SQS message id of the delivery holding the claim: its own re-delivery may
+    /// resume an unannounced end while the lease lasts, a copy may not.
+    pub holder: String,
+    /// The claim token of the delivery holding the claim (see [`Claim::token`]);
+    /// empty for records written before claims carried one.
+    pub token: String,
+    pub announced: bool,
+    /// The result or the last error, for people looking at a job.
+    pub detail: Option<Value>,
+    pub updated_at: Timestamp,
+    /// When the record may be deleted (DynamoDB TTL).
+    pub expires_at: Timestamp,
+}
+
+/// A request to act on a job.
+#[derive(Debug, Clone)]
+pub struct Claim<'a> {
+    pub job_id: &'a str,
+    pub stage: Stage,
+    /// [`fingerprint`] of the job's content.
+    pub fingerprint: &'a str,
+    /// [`legacy_fingerprint`] of the same job, to recognise records written before
+    /// [`fingerprint`] changed format; `None` when there are none to recognise.
+    pub legacy_fingerprint: Option<&'a str>,
+    pub attempt: u32,
+    pub lease_until: Timestamp,
+    /// The SQS message id of this delivery.
+    pub holder: &'a str,
+    /// This delivery's claim token (a [`claim_token`] made once per record and
+    /// invocation), or `""` for none; the record keeps it as [`JobState::token`].
+    /// With a token, a retry of this very claim (the SDK's, after a lost answer) finds
+    /// the record holding it and is [`ClaimOutcome::Claimed`] again, while another
+    /// delivery of the same message (another token) is still [`ClaimOutcome::Held`].
+    /// No token matches nothing.
+    pub token: &'a str,
+}
+
+/// The answer to a claim.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClaimOutcome {
+    /// Go ahead.
+    Claimed,
+    /// The stage already finished this job; `announced` says whether its end state
+    /// went out (if not, announce it now, without doing the work again).
+    Duplicate { progress: Progress, announced: bool },
+    /// An earlier attempt still holds a live lease (it has not yet recorded that it
+    /// handed over to this one): try again shortly.
+    Busy { until: Timestamp },
+    /// This very message came back while its own claim still runs: its earlier
+    /// delivery gave the record back without releasing the claim, or SQS delivered it
+    /// twice (the other delivery's claim carries another token, [`Claim::token`]). It is the
+    /// job's only copy, so it must stay queued until `until`, never be dropped as
+    /// [`ClaimOutcome::Stale`].
+    Held { until: Timestamp },
+    /// This delivery repeats an attempt that runs elsewhere, or one that a newer attempt
+    /// superseded. The running attempt's own message stays queued until it ends, so this
+    /// copy can be dropped without losing the job.
+    Stale,
+    /// The id was seen with different content.
+    Conflict { fingerprint: String },
+}
+
+/// A stage's end of a job (or its hand-over to the next attempt) to record; see
+/// [`JobStore::finish`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finish {
+    pub job_id: String,
+    pub stage: Stage,
+    pub attempt: u32,
+    pub progress: Progress,
+    pub detail: Option<Value>,
+    pub now: Timestamp,
+}
+
+/// How long finished records are kept. Long enough to catch any re-delivery: SQS keeps
+/// messages 14 days at most.
+pub const RETENTION: TimeDelta = TimeDelta::days(15);
+
+/// The job state table.
+#[async_trait]
+pub trait JobStore: Send + Sync {
+    async fn claim(&self, claim: &Claim<'_>, now: Timestamp) -> Result<ClaimOutcome, PortError>;
+
+    /// Records the stage's end with the job, or that it goes back for another attempt
+    /// (`Progress::Retrying`). Only the holder of attempt `attempt` may do so.
+    async fn finish(
+        &self,
+        job_id: &str,
+        stage: Stage,
+        attempt: u32,
+        progress: Progress,
+        detail: Option<Value>,
+        now: Timestamp,
+    ) -> Result<(), PortError>;
+
+    /// Records that the end state was announced.
+    async fn announce(&self, job_id: &str, stage: Stage, now: Timestamp) -> Result<(), PortError>;
+
+    /// Claims several jobs: one answer per claim, in order. A store that can write
+    /// in batches overrides this; by default the claims go one by one, concurrently.
+    async fn claim_all(
+        &self,
+        claims: &[Claim<'_>],
+        now: Timestamp,
+    ) -> Vec<Result<ClaimOutcome, PortError>> {
+        join_all(claims.iter().map(|c| self.claim(c, now))).await
+    }
+
+    /// Records several ends, as [`JobStore::finish`] does each: one result per entry.
+    async fn finish_all(&self, finishes: &[Finish]) -> Vec<Result<(), PortError>> {
+        join_all(finishes.iter().map(|f| {
+            self.finish(
+                &f.job_id,
+                f.stage,
+                f.attempt,
+                f.progress,
+                f.detail.clone(),
+                f.now,
+            )
+        }))
+        .await
+    }
+
+    /// Marks several jobs announced, as [`JobStore::announce`] does each.
+    async fn announce_all(
+        &self,
+        jobs: &[(String, Stage)],
+        now: Timestamp,
+    ) -> Vec<Result<(), PortError>> {
+        join_all(
+            jobs.iter()
+                .map(|(id, stage)| self.announce(id, *stage, now)),
+        )
+        .await
+    }
+
+    /// Ends this attempt's lease early (at the epoch, so no clock can see it still
+    /// running), so that its own message, given back to SQS after a failure, can claim
+    /// the job again at once. Does nothing if the attempt no longer holds the job, or
+    /// if `release.token` is given and the claim holding the job carries another
+    /// (another delivery of the same message holds it); a release without a token
+    /// checks only the message id.
+    async fn release(&self, release: &Release<'_>, now: Timestamp) -> Result<(), PortError>;
+
+    /// Lets a finished job be claimed again by any attempt above `reopen.below`: an
+    /// operator redriving one dead letter. Only the end that letter was written for is
+    /// reopened, and only once (see [`decide_reopen`]); the answer says what to do with
+    /// the letter.
+    async fn reopen(&self, reopen: &Reopen<'_>, now: Timestamp) -> Result<Reopened, PortError>;
+
+    /// Ends, at the ingester, a job whose forward failed on its record's last receive,
+    /// in one transaction with a stop for the processor, so the job cannot end twice if
+    /// the forward did reach `jobs-todo` (its answer lost): see [`Unforwarded`].
+    async fn end_unforwarded(&self, end: &Unforwarded<'_>) -> Result<Forestalled, PortError>;
+
+    /// Every stage's record of a job, for operators.
+    async fn get(&self, job_id: &str) -> Result<Vec<JobState>, PortError>;
+}
+
+/// The ingester's end of a job it could not forward on its record's last receive
+/// ([`JobStore::end_unforwarded`]).
+///
+/// A failed forward may still have reached `jobs-todo` (the answer lost after SQS took
+/// the message, or the call cut off by the invocation's end), so announcing `FAILED`
+/// alone could contradict a `COMPLETED` from the processor later. So, in one
+/// transaction, the ingester's record ends `FAILED` and the processor's record is
+/// written as a *stop*: ended `FAILED` at attempt 0 with the same end, already
+/// announced (the ingester announces it), so a forwarded copy that arrives later finds
+/// the job ended and is dropped. The stop is written only if the processor has no
+/// record of the job yet: if it has one, the forward reached it and the processor ends
+/// the job ([`Forestalled::Taken`]). A redrive of the job's dead letter reopens both.
+#[derive(Debug, Clone)]
+pub struct Unforwarded<'a> {
+    pub job_id: &'a str,
+    /// [`fingerprint`] of the job's content, and its [`legacy_fingerprint`].
+    pub fingerprint: &'a str,
+    pub legacy_fingerprint: Option<&'a str>,
+    /// The ingester's claim: the SQS message id and claim token of this delivery. The
+    /// stop keeps them, so this very call sent again finds its own write.
+    pub holder: &'a str,
+    pub token: &'a str,
+    /// The end (the `FAILED` notification), kept on both records.
+    pub detail: Value,
+    pub now: Timestamp,
+}
+
+/// What [`JobStore::end_unforwarded`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forestalled {
+    /// Both records hold the `FAILED` end: announce it.
+    Ended,
+    /// The processor already has a record of the job (the forward reached it): the
+    /// processor ends the job, and the ingester records the forward instead.
+    Taken,
+}
+
+/// The attempt a processor stop ([`Unforwarded`]) is written at: below any real one.
+pub const STOP_ATTEMPT: u32 = 0;
+
+/// The processor's record an [`Unforwarded`] end writes.
+pub fn stop_record(end: &Unforwarded<'_>) -> JobState {
+    JobState {
+        job_id: end.job_id.to_owned(),
+        stage: Stage::Processor,
+        progress: Progress::Done(Some(JobStatus::Failed)),
+        fingerprint: end.fingerprint.to_owned(),
+        attempt: STOP_ATTEMPT,
+        lease_until: Timestamp::UNIX_EPOCH,
+        holder: end.holder.to_owned(),
+        token: end.token.to_owned(),
+        announced: true,
+        detail: Some(end.detail.clone()),
+        updated_at: end.now,
+        expires_at: end.now + RETENTION,
+    }
+}
+
+/// Decides an [`Unforwarded`] end against the processor's record, when one exists
+/// (the transaction wrote nothing): this very end's own stop (written by an earlier
+/// send of the same call whose answer was lost) is [`Forestalled::Ended`]; any record
+/// of the same job means the processor took it. A record of other content under the
+/// id is no sign of this job: refused, so the record stays in SQS untouched.
+pub fn decide_unforwarded(
+    processor: &JobState,
+    end: &Unforwarded<'_>,
+) -> Result<Forestalled, PortError> {
+    let own = !end.token.is_empty()
+        && processor.attempt == STOP_ATTEMPT
+        && processor.holder == end.holder
+        && processor.token == end.token;
+    if own {
+        return Ok(Forestalled::Ended);
+    }
+    if same_content(
+        &processor.fingerprint,
+        end.fingerprint,
+        end.legacy_fingerprint,
+    ) {
+        return Ok(Forestalled::Taken);
+    }
+    Err(PortError::Refused {
+        operation: "TransactWriteItems",
+        message: format!(
+            "job {} has a processor record of other content (fingerprint {}); left for an operator",
+            end.job_id, processor.fingerprint
+        ),
+    })
+}
+
+/// Decides a claim against the current record. Shared by every store so the rules
+/// live in one place: the DynamoDB store uses it after its conditional write failed.
+pub fn decide(current: Option<&JobState>, claim: &Claim<'_>, now: Timestamp) -> ClaimOutcome {
+    let Some(cur) = current else {
+        return ClaimOutcome::Claimed;
+    };
+    if !same_content(
+        &cur.fingerprint,
+        claim.fingerprint,
+        claim.legacy_fingerprint,
+    ) {
+        return ClaimOutcome::Conflict {
+            fingerprint: cur.fingerprint.clone(),
+        };
+    }
+    match cur.progress {
+        // The holder may be announcing right now; if it fails, its own message comes
+        // back and resumes, and if it crashed, its lease runs out.
+        Progress::Done(_)
+            if !cur.announced && cur.lease_until > now && cur.holder != claim.holder =>
+        {
+            ClaimOutcome::Stale
+        }
+        Progress::Done(_) => ClaimOutcome::Duplicate {
+            progress: cur.progress,
+            announced: cur.announced,
+        },
+        Progress::InProgress if cur.lease_until <= now => ClaimOutcome::Claimed,
+        // This very claim again (the SDK's retry after a lost answer): the record
+        // holds its own write. Another delivery of the message has another token.
+        Progress::InProgress if same_claim(cur, claim) => ClaimOutcome::Claimed,
+        Progress::InProgress if claim.attempt > cur.attempt => ClaimOutcome::Busy {
+            until: cur.lease_until,
+        },
+        Progress::InProgress if cur.holder == claim.holder => ClaimOutcome::Held {
+            until: cur.lease_until,
+        },
+        Progress::InProgress => ClaimOutcome::Stale,
+        Progress::Retrying if claim.attempt > cur.attempt => ClaimOutcome::Claimed,
+        Progress::Retrying => ClaimOutcome::Stale,
+    }
+}
+
+/// Whether `cur` is the record `claim` itself wrote: the same delivery's token (never
+/// empty: records written before tokens match no claim), message id and attempt.
+pub fn same_claim(cur: &JobState, claim: &Claim<'_>) -> bool {
+    !claim.token.is_empty()
+        && cur.token == claim.token
+        && cur.holder == claim.holder
+        && cur.attempt == claim.attempt
+        && cur.progress == Progress::InProgress
+}
+
+/// A request to end one attempt's lease early ([`JobStore::release`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Release<'a> {
+    pub job_id: &'a str,
+    pub stage: Stage,
+    pub attempt: u32,
+    /// The SQS message id of the delivery giving the claim back.
+    pub holder: &'a str,
+    /// Its claim token ([`Claim::token`]): only a claim holding it is given back.
+    /// `""` checks only the message id.
+    pub token: &'a str,
+}
+
+/// An operator's request to reopen the end one dead letter was written for.
+#[derive(Debug, Clone)]
+pub struct Reopen<'a> {
+    pub job_id: &'a str,
+    pub stage: Stage,
+    /// The fingerprint of the letter's job: a record of other content is not its job's.
+    pub fingerprint: &'a str,
+    /// Its [`legacy_fingerprint`], for records written before the format changed.
+    pub legacy_fingerprint: Option<&'a str>,
+    /// The end the letter reports, and the attempt the record holds at that end.
+    pub status: JobStatus,
+    pub attempt: u32,
+    /// The letter's last error: it tells this end from a later one of the same attempt
+    /// (the ingester's attempt is always 1).
+    pub last_error: Option<&'a ErrorEntry>,
+    /// The attempt the reopened record is left at; the redriven copy claims above it.
+    pub below: u32,
+    /// The SQS message id of the dead letter, kept as the reopened record's holder so
+    /// a rerun of the same letter's redrive can tell its own reopening from another's.
+    pub by: &'a str,
+}
+
+/// What a [`Reopen`] found, and so what becomes of the dead letter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reopened {
+    /// The record held the letter's end and is reopened now: send the copy, then
+    /// delete the letter.
+    Now,
+    /// This letter's own earlier redrive reopened the record and nothing claimed it
+    /// since, so its copy may never have gone out: send it again (the claim makes one
+    /// run of two copies), then delete the letter.
+    Already,
+    /// The job has no record (its letter was written without one): send the copy.
+    NoRecord,
+    /// The end this letter was written for was reopened already (by another copy of
+    /// it, or an earlier redrive whose delete was lost), and the job ran or runs again:
+    /// the letter is a stale copy. Delete it without sending: the job's current end,
+    /// if any, has its own letter.
+    Stale(String),
+    /// The record does not belong to this letter (another job's content holds the id),
+    /// or is in a state no redrive explains: keep the letter, touch nothing.
+    Keep(String),
+}
+
+/// Decides a reopen against the current record, for every store alike.
+pub fn decide_reopen(current: Option<&JobState>, reopen: &Reopen<'_>) -> Reopened {
+    let Some(cur) = current else {
+        return Reopened::NoRecord;
+    };
+    if !same_content(
+        &cur.fingerprint,
+        reopen.fingerprint,
+        reopen.legacy_fingerprint,
+    ) {
+        return Reopened::Keep(format!(
+            "job {} now names other content (fingerprint {}, the letter's {}); send it again with a new id",
+            reopen.job_id, cur.fingerprint, reopen.fingerprint
+        ));
+    }
+    let stored_last_error = cur
+        .detail
+        .as_ref()
+        .and_then(|d| d.get("errors"))
+        .and_then(|e| serde_json::from_value::<Vec<ErrorEntry>>(e.clone()).ok())
+        .map(|mut errors| errors.pop());
+    // A detail that cannot be read says nothing against the letter.
+    let same_end = stored_last_error.is_none_or(|last| last.as_ref() == reopen.last_error);
+    if cur.progress == Progress::Done(Some(reopen.status)) && cur.attempt == reopen.attempt {
+        if same_end {
+            return Reopened::Now;
+        }
+        if reopen.stage == Stage::Processor {
+            return Reopened::Keep(format!(
+                "job {} ended {} at attempt {} with another error than this letter's",
+                reopen.job_id,
+                reopen.status.as_str(),
+                reopen.attempt
+            ));
+        }
+    }
+    if cur.progress == Progress::Retrying && cur.attempt == reopen.below && cur.holder == reopen.by
+    {
+        return Reopened::Already;
+    }
+    // A tracked end is recorded before its letter is stored, and only a reopen takes a
+    // record out of its end: anything else means the job moved on since this letter.
+    if cur.attempt < reopen.attempt && reopen.stage == Stage::Processor {
+        return Reopened::Keep(format!(
+            "job {} is at attempt {}, before this letter's attempt {}",
+            reopen.job_id, cur.attempt, reopen.attempt
+        ));
+    }
+    Reopened::Stale(format!(
+        "job {} was redriven already and is now {} at attempt {}",
+        reopen.job_id,
+        cur.progress.as_str(),
+        cur.attempt
+    ))
+}
+
+/// A job's content fingerprint: SHA-256, as 64 hex digits, of its canonical JSON (keys
+/// sorted), without the transport fields a sender may change between copies of one job
+/// (the trace context, [`propagation::DETAIL_FIELDS`]). Only the content decides
+/// whether a second event with the same id is the same job or a reused id.
+pub fn fingerprint(job: &Value) -> String {
+    let canonical = match job {
+        Value::Object(fields) => {
+            let content: std::collections::BTreeMap<&String, &Value> = fields
+                .iter()
+                .filter(|(k, _)| !propagation::DETAIL_FIELDS.contains(&k.as_str()))
+                .collect();
+            serde_json::to_vec(&content)
+        }
+        other => serde_json::to_vec(other),
+    };
+    let digest = Sha256::digest(canonical.unwrap_or_default());
+    digest.iter().fold(String::with_capacity(64), |mut hex, b| {
+        let _ = write!(hex, "{b:02x}");
+        hex
+    })
+}
+
+/// A new claim token (see [`Claim::token`]): 32 hex digits, unique to one claim attempt
+/// (the process, a counter, the clock and the standard library's random hash keys,
+/// through SHA-256), so two deliveries of one message, even in two sandboxes at once,
+/// never share one.
+pub fn claim_token() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static MADE: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    let mut hash = Sha256::new();
+    hash.update(std::process::id().to_le_bytes());
+    hash.update(MADE.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+    hash.update(nanos.to_le_bytes());
+    hash.update(random.to_le_bytes());
+    hash.finalize()[..16]
+        .iter()
+        .fold(String::with_capacity(32), |mut hex, b| {
+            let _ = write!(hex, "{b:02x}");
+            hex
+        })
+}
+
+/// The fingerprint records written before SHA-256 carry: FNV-1a over the whole detail
+/// (trace context included), 16 hex digits. Such records live out their 15 days in the
+/// table; [`decide`] compares them with this.
+pub fn legacy_fingerprint(job: &Value) -> String {
+    let canonical = serde_json::to_vec(job).unwrap_or_default();
+    format!("{:016x}", crate::execute::fnv1a(&[&canonical]))
+}
+
+/// Whether a stored fingerprint is in the old format: 16 hex digits, where
+/// [`fingerprint`] gives 64. A length is no proof of a format, so only this exact shape
+/// is read as old; anything else is compared as it is.
+pub fn is_legacy(stored: &str) -> bool {
+    stored.len() == 16 && stored.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Whether a record's fingerprint names the same content as the claim: equal, or an
+/// old-format one equal to the claim's [`legacy_fingerprint`]. A copy re-sent with a
+/// fresh trace context still conflicts with an old-format record (the old function
+/// hashed the trace context too); that lasts only as long as such records do.
+fn same_content(stored: &str, fingerprint: &str, legacy: Option<&str>) -> bool {
+    stored == fingerprint || legacy.is_some_and(|legacy| is_legacy(stored) && stored == legacy)
+}
+
+pub(crate) fn lost_claim(operation: &'static str, job_id: &str) -> PortError {
+    PortError::Refused {
+        operation,
+        message: format!("job {job_id} is no longer held by this attempt"),
+    }
+}
+
+#[cfg(test)]
+mod tests;

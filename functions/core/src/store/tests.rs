@@ -1,0 +1,598 @@
+use super::*;
+use chrono::{TimeZone, Utc};
+use serde_json::json;
+
+fn at(secs: i64) -> Timestamp {
+    Utc.timestamp_opt(1_790_000_000 + secs, 0)
+        .single()
+        .expect("time")
+}
+
+fn claim<'a>(fp: &'a str, attempt: u32, lease: i64) -> Claim<'a> {
+    Claim {
+        job_id: "job-1",
+        stage: Stage::Processor,
+        fingerprint: fp,
+        legacy_fingerprint: None,
+        attempt,
+        lease_until: at(lease),
+        holder: "m1",
+        token: "",
+    }
+}
+
+/// Gives back attempt 1 of `job-1` at the processor.
+fn release<'a>(holder: &'a str, token: &'a str) -> Release<'a> {
+    Release {
+        job_id: "job-1",
+        stage: Stage::Processor,
+        attempt: 1,
+        holder,
+        token,
+    }
+}
+
+#[tokio::test]
+async fn a_second_claim_of_a_finished_job_is_a_duplicate() {
+    let store = MemoryStore::default();
+    assert_eq!(
+        store.claim(&claim("a", 1, 60), at(0)).await.expect("store"),
+        ClaimOutcome::Claimed
+    );
+    let done = Progress::Done(Some(JobStatus::Completed));
+    store
+        .finish("job-1", Stage::Processor, 1, done, None, at(1))
+        .await
+        .expect("store");
+    assert_eq!(
+        store.claim(&claim("a", 1, 60), at(2)).await.expect("store"),
+        ClaimOutcome::Duplicate {
+            progress: done,
+            announced: false
+        }
+    );
+    store
+        .announce("job-1", Stage::Processor, at(3))
+        .await
+        .expect("store");
+    assert_eq!(
+        store.claim(&claim("a", 1, 60), at(4)).await.expect("store"),
+        ClaimOutcome::Duplicate {
+            progress: done,
+            announced: true
+        }
+    );
+}
+
+#[tokio::test]
+async fn an_unannounced_end_is_resumed_by_its_holder_or_after_the_lease() {
+    let store = MemoryStore::default();
+    store.claim(&claim("a", 1, 60), at(0)).await.expect("store");
+    let done = Progress::Done(Some(JobStatus::Completed));
+    store
+        .finish("job-1", Stage::Processor, 1, done, None, at(1))
+        .await
+        .expect("store");
+    let copy = Claim {
+        holder: "m2",
+        ..claim("a", 1, 120)
+    };
+    assert_eq!(
+        store.claim(&copy, at(2)).await.expect("store"),
+        ClaimOutcome::Stale,
+        "a copy must not announce while the holder may be announcing"
+    );
+    let resumed = ClaimOutcome::Duplicate {
+        progress: done,
+        announced: false,
+    };
+    assert_eq!(
+        store
+            .claim(&claim("a", 1, 120), at(2))
+            .await
+            .expect("store"),
+        resumed,
+        "the holder's own re-delivery resumes"
+    );
+    assert_eq!(
+        store.claim(&copy, at(61)).await.expect("store"),
+        resumed,
+        "anyone resumes once the holder's lease ran out"
+    );
+}
+
+#[tokio::test]
+async fn a_live_lease_keeps_others_out_and_an_expired_one_lets_them_in() {
+    let store = MemoryStore::default();
+    store.claim(&claim("a", 1, 60), at(0)).await.expect("store");
+    let copy = Claim {
+        holder: "m2",
+        ..claim("a", 1, 120)
+    };
+    assert_eq!(
+        store.claim(&copy, at(30)).await.expect("store"),
+        ClaimOutcome::Stale,
+        "a copy of the running attempt"
+    );
+    assert_eq!(
+        store
+            .claim(&claim("a", 1, 120), at(30))
+            .await
+            .expect("store"),
+        ClaimOutcome::Held { until: at(60) },
+        "the running attempt's own message waits for its lease"
+    );
+    assert_eq!(
+        store
+            .claim(&claim("a", 2, 120), at(30))
+            .await
+            .expect("store"),
+        ClaimOutcome::Busy { until: at(60) },
+        "the next attempt waits for the running one to hand over"
+    );
+    assert_eq!(
+        store
+            .claim(&claim("a", 1, 120), at(61))
+            .await
+            .expect("store"),
+        ClaimOutcome::Claimed
+    );
+}
+
+#[tokio::test]
+async fn a_released_claim_is_taken_again_by_its_own_message_only() {
+    let store = MemoryStore::default();
+    store.claim(&claim("a", 1, 60), at(0)).await.expect("store");
+    store
+        .release(&release("m9", ""), at(1))
+        .await
+        .expect("store");
+    assert_eq!(
+        store.claim(&claim("a", 1, 60), at(2)).await.expect("store"),
+        ClaimOutcome::Held { until: at(60) },
+        "another holder cannot release the claim"
+    );
+    store
+        .release(&release("m1", ""), at(3))
+        .await
+        .expect("store");
+    assert_eq!(
+        store.claim(&claim("a", 1, 60), at(4)).await.expect("store"),
+        ClaimOutcome::Claimed
+    );
+}
+
+#[tokio::test]
+async fn a_claim_retried_with_its_own_token_is_claimed_and_another_delivery_held() {
+    let store = MemoryStore::default();
+    let mine = Claim {
+        token: "t1",
+        ..claim("a", 1, 60)
+    };
+    store.faults.lose_answers(1);
+    assert!(store.claim(&mine, at(0)).await.is_err(), "answer lost");
+    assert_eq!(
+        store.claim(&mine, at(0)).await.expect("store"),
+        ClaimOutcome::Claimed,
+        "the same request again finds its own write"
+    );
+    let other = Claim {
+        token: "t2",
+        ..claim("a", 1, 120)
+    };
+    assert_eq!(
+        store.claim(&other, at(1)).await.expect("store"),
+        ClaimOutcome::Held { until: at(60) },
+        "another delivery of the same message"
+    );
+    let untokened = claim("a", 1, 120);
+    assert_eq!(
+        store.claim(&untokened, at(1)).await.expect("store"),
+        ClaimOutcome::Held { until: at(60) },
+        "an empty token matches nothing"
+    );
+    store
+        .release(&release("m1", "t2"), at(2))
+        .await
+        .expect("store");
+    assert_eq!(
+        store.claim(&other, at(3)).await.expect("store"),
+        ClaimOutcome::Held { until: at(60) },
+        "another delivery cannot give the claim back"
+    );
+    store
+        .release(&release("m1", "t1"), at(4))
+        .await
+        .expect("store");
+    assert_eq!(
+        store.claim(&other, at(5)).await.expect("store"),
+        ClaimOutcome::Claimed
+    );
+}
+
+#[tokio::test]
+async fn a_batch_of_claims_retried_with_their_tokens_is_claimed() {
+    let store = MemoryStore::default();
+    let claims = [
+        Claim {
+            token: "t1",
+            ..claim("a", 1, 60)
+        },
+        Claim {
+            job_id: "job-2",
+            holder: "m2",
+            token: "t2",
+            ..claim("a", 1, 60)
+        },
+    ];
+    store.faults.lose_answers(1);
+    let lost = store.claim_all(&claims, at(0)).await;
+    assert!(lost.iter().all(Result::is_err));
+    let again = store.claim_all(&claims, at(0)).await;
+    assert_eq!(
+        again,
+        [Ok(ClaimOutcome::Claimed), Ok(ClaimOutcome::Claimed)]
+    );
+}
+
+#[tokio::test]
+async fn a_retry_is_claimed_by_the_next_attempt_only() {
+    let store = MemoryStore::default();
+    store.claim(&claim("a", 1, 60), at(0)).await.expect("store");
+    store
+        .finish(
+            "job-1",
+            Stage::Processor,
+            1,
+            Progress::Retrying,
+            None,
+            at(1),
+        )
+        .await
+        .expect("store");
+    assert_eq!(
+        store.claim(&claim("a", 1, 60), at(2)).await.expect("store"),
+        ClaimOutcome::Stale
+    );
+    assert_eq!(
+        store.claim(&claim("a", 2, 60), at(3)).await.expect("store"),
+        ClaimOutcome::Claimed
+    );
+}
+
+#[tokio::test]
+async fn a_reopened_job_is_claimed_by_a_later_attempt_only() {
+    let store = MemoryStore::default();
+    store.claim(&claim("a", 3, 60), at(0)).await.expect("store");
+    let failed = Progress::Done(Some(JobStatus::Failed));
+    store
+        .finish("job-1", Stage::Processor, 3, failed, None, at(1))
+        .await
+        .expect("store");
+    let reopen = Reopen {
+        job_id: "job-1",
+        stage: Stage::Processor,
+        fingerprint: "a",
+        legacy_fingerprint: None,
+        status: JobStatus::Failed,
+        attempt: 3,
+        last_error: None,
+        below: 3,
+        by: "dl-1",
+    };
+    assert_eq!(
+        store.reopen(&reopen, at(2)).await.expect("store"),
+        Reopened::Now
+    );
+    assert_eq!(
+        store.claim(&claim("a", 3, 60), at(3)).await.expect("store"),
+        ClaimOutcome::Stale
+    );
+    assert_eq!(
+        store.claim(&claim("a", 4, 60), at(3)).await.expect("store"),
+        ClaimOutcome::Claimed
+    );
+}
+
+#[tokio::test]
+async fn every_write_that_changes_a_record_refreshes_its_expiry() {
+    let store = MemoryStore::default();
+    let expiry = || store.get("job-1");
+    let expires = |t: i64| at(t) + RETENTION;
+    store.claim(&claim("a", 1, 60), at(0)).await.expect("store");
+    store
+        .release(&release("m1", ""), at(10))
+        .await
+        .expect("store");
+    assert_eq!(expiry().await.expect("store")[0].expires_at, expires(10));
+    store
+        .claim(&claim("a", 1, 60), at(20))
+        .await
+        .expect("store");
+    assert_eq!(expiry().await.expect("store")[0].expires_at, expires(20));
+    let failed = Progress::Done(Some(JobStatus::Failed));
+    store
+        .finish("job-1", Stage::Processor, 1, failed, None, at(30))
+        .await
+        .expect("store");
+    assert_eq!(expiry().await.expect("store")[0].expires_at, expires(30));
+    store
+        .announce("job-1", Stage::Processor, at(40))
+        .await
+        .expect("store");
+    assert_eq!(expiry().await.expect("store")[0].expires_at, expires(40));
+    let reopen = Reopen {
+        job_id: "job-1",
+        stage: Stage::Processor,
+        fingerprint: "a",
+        legacy_fingerprint: None,
+        status: JobStatus::Failed,
+        attempt: 1,
+        last_error: None,
+        below: 1,
+        by: "dl-1",
+    };
+    store.reopen(&reopen, at(50)).await.expect("store");
+    assert_eq!(expiry().await.expect("store")[0].expires_at, expires(50));
+}
+
+#[tokio::test]
+async fn reused_ids_with_other_content_conflict() {
+    let store = MemoryStore::default();
+    store.claim(&claim("a", 1, 60), at(0)).await.expect("store");
+    assert_eq!(
+        store
+            .claim(&claim("b", 1, 60), at(100))
+            .await
+            .expect("store"),
+        ClaimOutcome::Conflict {
+            fingerprint: "a".into()
+        }
+    );
+}
+
+#[tokio::test]
+async fn only_the_holder_may_finish() {
+    let store = MemoryStore::default();
+    store.claim(&claim("a", 1, 60), at(0)).await.expect("store");
+    let failed = Progress::Done(Some(JobStatus::Failed));
+    assert!(store
+        .finish("job-1", Stage::Processor, 2, failed, None, at(1))
+        .await
+        .is_err());
+    assert!(store
+        .finish("job-2", Stage::Processor, 1, failed, None, at(1))
+        .await
+        .is_err());
+}
+
+#[test]
+fn the_fingerprint_ignores_key_order_and_sees_content() {
+    let a = fingerprint(&json!({"job_type": "x", "message": {"a": 1, "b": 2}}));
+    let b = fingerprint(&json!({"message": {"b": 2, "a": 1}, "job_type": "x"}));
+    let c = fingerprint(&json!({"job_type": "x", "message": {"a": 1, "b": 3}}));
+    assert_eq!(a, b);
+    assert_ne!(a, c);
+}
+
+#[test]
+fn the_fingerprint_is_a_sha256_of_the_canonical_content() {
+    // printf '%s' '{"job_type":"x","message":{"a":1}}' | sha256sum
+    assert_eq!(
+        fingerprint(&json!({"message": {"a": 1}, "job_type": "x"})),
+        "3ab929ff8b86b571d6ff27ab1e850751a8f46132f11da30f892f15e4eef036e4"
+    );
+}
+
+#[test]
+fn the_fingerprint_leaves_out_the_trace_context_a_sender_may_change() {
+    let job = json!({"job_type": "x", "message": {"a": 1}});
+    let mut nested = job.clone();
+    nested["trace_context"] = json!({"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "tracestate": "a=b"});
+    let mut flat = job.clone();
+    flat["traceparent"] = json!("00-5759e988bd862e3fe1be46a994272793-53995c3f42cd8ad8-01");
+    flat["tracestate"] = json!("c=d");
+    assert_eq!(fingerprint(&nested), fingerprint(&job));
+    assert_eq!(fingerprint(&flat), fingerprint(&job));
+    let mut nested_message = job.clone();
+    nested_message["message"]["traceparent"] = json!("x");
+    assert_ne!(
+        fingerprint(&nested_message),
+        fingerprint(&job),
+        "only the top-level fields"
+    );
+}
+
+#[tokio::test]
+async fn a_record_with_the_old_fingerprint_is_compared_the_old_way() {
+    let store = MemoryStore::default();
+    let job = json!({"job_type": "x", "message": {"a": 1},
+        "trace_context": {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}});
+    let (fp, old) = (fingerprint(&job), legacy_fingerprint(&job));
+    assert!(is_legacy(&old) && !is_legacy(&fp), "{old} {fp}");
+    // Written before the upgrade: the old function's fingerprint, ended and announced.
+    store
+        .claim(&claim(&old, 1, 60), at(0))
+        .await
+        .expect("store");
+    let done = Progress::Done(Some(JobStatus::Completed));
+    store
+        .finish("job-1", Stage::Processor, 1, done, None, at(1))
+        .await
+        .expect("store");
+    store
+        .announce("job-1", Stage::Processor, at(2))
+        .await
+        .expect("store");
+    let again = Claim {
+        legacy_fingerprint: Some(&old),
+        ..claim(&fp, 1, 60)
+    };
+    assert_eq!(
+        store.claim(&again, at(3)).await.expect("store"),
+        ClaimOutcome::Duplicate {
+            progress: done,
+            announced: true
+        },
+        "the same job, recognised by the old function"
+    );
+    let other = json!({"job_type": "x", "message": {"a": 2}});
+    let (other_fp, other_old) = (fingerprint(&other), legacy_fingerprint(&other));
+    let reused = Claim {
+        legacy_fingerprint: Some(&other_old),
+        ..claim(&other_fp, 1, 60)
+    };
+    assert_eq!(
+        store.claim(&reused, at(4)).await.expect("store"),
+        ClaimOutcome::Conflict { fingerprint: old },
+        "other content under the id still conflicts"
+    );
+    // Only the old shape is read the old way: a stored value that is not 16 hex
+    // digits must equal the new fingerprint.
+    assert!(!is_legacy("0123456789abcdeg") && !is_legacy(&fp[..15]));
+}
+
+#[test]
+fn progress_round_trips_through_its_name() {
+    for p in [
+        Progress::InProgress,
+        Progress::Retrying,
+        Progress::Done(None),
+        Progress::Done(Some(JobStatus::Completed)),
+        Progress::Done(Some(JobStatus::Failed)),
+        Progress::Done(Some(JobStatus::Rejected)),
+    ] {
+        assert_eq!(Progress::parse(p.as_str()), Some(p));
+    }
+}
+
+/// The ingester's claim of `job-1`, on delivery `m1` with token `t1`.
+async fn claimed_at_the_ingester(store: &MemoryStore, fp: &str) {
+    let mut c = claim(fp, 1, 60);
+    c.stage = Stage::Ingester;
+    c.token = "t1";
+    assert_eq!(
+        store.claim(&c, at(0)).await.expect("store"),
+        ClaimOutcome::Claimed
+    );
+}
+
+fn unforwarded<'a>(fp: &'a str, token: &'a str) -> Unforwarded<'a> {
+    Unforwarded {
+        job_id: "job-1",
+        fingerprint: fp,
+        legacy_fingerprint: None,
+        holder: "m1",
+        token,
+        detail: json!({"status": "FAILED"}),
+        now: at(1),
+    }
+}
+
+#[tokio::test]
+async fn an_unforwarded_end_stops_the_processor_and_its_lost_answer_is_found_again() {
+    let store = MemoryStore::default();
+    claimed_at_the_ingester(&store, "a").await;
+    store.faults.lose_answers(1);
+    assert!(store
+        .end_unforwarded(&unforwarded("a", "t1"))
+        .await
+        .is_err());
+    // The SDK's retry finds its own stop, not a processor that took the job.
+    let again = store.end_unforwarded(&unforwarded("a", "t1")).await;
+    assert_eq!(again.expect("store"), Forestalled::Ended);
+    let ended = Progress::Done(Some(JobStatus::Failed));
+    let records = store.get("job-1").await.expect("store");
+    assert_eq!(
+        records
+            .iter()
+            .map(|r| (r.stage, r.progress, r.attempt))
+            .collect::<Vec<_>>(),
+        [
+            (Stage::Ingester, ended, 1),
+            (Stage::Processor, ended, STOP_ATTEMPT)
+        ]
+    );
+    // A forwarded copy (attempt 1) finds the job ended and announced by the ingester.
+    assert_eq!(
+        store
+            .claim(&claim("a", 1, 120), at(2))
+            .await
+            .expect("store"),
+        ClaimOutcome::Duplicate {
+            progress: ended,
+            announced: true
+        }
+    );
+}
+
+#[tokio::test]
+async fn an_unforwarded_end_leaves_a_job_the_processor_holds_to_the_processor() {
+    let store = MemoryStore::default();
+    claimed_at_the_ingester(&store, "a").await;
+    store.claim(&claim("a", 1, 60), at(0)).await.expect("store");
+    let answer = store.end_unforwarded(&unforwarded("a", "t1")).await;
+    assert_eq!(answer.expect("store"), Forestalled::Taken);
+    let ingester = store.get("job-1").await.expect("store");
+    assert_eq!(
+        ingester[0].progress,
+        Progress::InProgress,
+        "untouched: {ingester:?}"
+    );
+    // Another content's processor record says nothing of this job: refused.
+    let other = MemoryStore::default();
+    claimed_at_the_ingester(&other, "a").await;
+    other.claim(&claim("b", 1, 60), at(0)).await.expect("store");
+    assert!(other
+        .end_unforwarded(&unforwarded("a", "t1"))
+        .await
+        .is_err());
+    // And an ingester attempt that no longer holds the job writes nothing.
+    let lost = MemoryStore::default();
+    assert!(lost.end_unforwarded(&unforwarded("a", "t1")).await.is_err());
+    assert!(lost.get("job-1").await.expect("store").is_empty());
+}
+
+#[tokio::test]
+async fn a_redrive_of_the_unforwarded_letter_reopens_its_stop_once() {
+    let store = MemoryStore::default();
+    claimed_at_the_ingester(&store, "a").await;
+    let mut end = unforwarded("a", "t1");
+    let error = ErrorEntry {
+        stage: Stage::Ingester,
+        code: "forward_failed".into(),
+        message: "lost".into(),
+        field: None,
+        attempt: 5,
+        timestamp: at(1),
+    };
+    end.detail = json!({"errors": [error]});
+    store.end_unforwarded(&end).await.expect("store");
+    let reopen = Reopen {
+        job_id: "job-1",
+        stage: Stage::Processor,
+        fingerprint: "a",
+        legacy_fingerprint: None,
+        status: JobStatus::Failed,
+        attempt: STOP_ATTEMPT,
+        last_error: Some(&error),
+        below: STOP_ATTEMPT,
+        by: "dl-1",
+    };
+    assert_eq!(
+        store.reopen(&reopen, at(2)).await.expect("store"),
+        Reopened::Now
+    );
+    assert_eq!(
+        store.reopen(&reopen, at(3)).await.expect("store"),
+        Reopened::Already
+    );
+    assert_eq!(
+        store
+            .claim(&claim("a", 1, 120), at(4))
+            .await
+            .expect("store"),
+        ClaimOutcome::Claimed,
+        "the redriven job runs"
+    );
+}
