@@ -833,14 +833,14 @@ mod tests {
         claim(store, dl, attempt, holder).await;
         let note = jobs_core::messages::Notification::for_dead_letter(dl, now);
         store
-            .finish(
-                &dl.job_id,
-                dl.stage,
+            .finish(&jobs_core::store::Finish {
+                job_id: dl.job_id.clone(),
+                stage: dl.stage,
                 attempt,
-                Progress::Done(Some(dl.status)),
-                serde_json::to_value(&note).ok(),
+                progress: Progress::Done(Some(dl.status)),
+                detail: serde_json::to_value(&note).ok(),
                 now,
-            )
+            })
             .await
             .expect("finish");
         store
@@ -908,7 +908,14 @@ mod tests {
         let now = chrono::Utc::now();
         let done = Progress::Done(Some(JobStatus::Completed));
         store
-            .finish("job-1", Stage::Processor, 4, done, None, now)
+            .finish(&jobs_core::store::Finish {
+                job_id: "job-1".into(),
+                stage: Stage::Processor,
+                attempt: 4,
+                progress: done,
+                detail: None,
+                now,
+            })
             .await
             .expect("finish");
         store

@@ -18,10 +18,9 @@
 
 use crate::messages::{Notification, Stage};
 use crate::ports::{PortError, Topic};
-use crate::store::{Claim, ClaimOutcome, Finish, JobState, JobStore, Progress, Release};
+use crate::store::{Claim, ClaimOutcome, Finish, JobState, JobStore, Release};
 use crate::Timestamp;
 use async_trait::async_trait;
-use serde_json::Value;
 use std::future::Future;
 use std::sync::Mutex;
 use tokio::sync::oneshot;
@@ -246,23 +245,8 @@ impl<S: JobStore> JobStore for Batching<S> {
         answer.unwrap_or_else(|| Err(lost("claim")))
     }
 
-    async fn finish(
-        &self,
-        job_id: &str,
-        stage: Stage,
-        attempt: u32,
-        progress: Progress,
-        detail: Option<Value>,
-        now: Timestamp,
-    ) -> Result<(), PortError> {
-        let finish = Finish {
-            job_id: job_id.to_owned(),
-            stage,
-            attempt,
-            progress,
-            detail,
-            now,
-        };
+    async fn finish(&self, finish: &Finish) -> Result<(), PortError> {
+        let finish = finish.clone();
         let send = |reqs: Vec<Finish>| async move {
             let keys: Vec<String> = reqs.iter().map(|f| item_key(f.stage, &f.job_id)).collect();
             let round = |calls: Vec<usize>| {
@@ -359,9 +343,10 @@ impl<T: Topic> Topic for Batching<T> {
 mod tests {
     use super::*;
     use crate::messages::JobStatus;
-    use crate::store::MemoryStore;
+    use crate::store::{MemoryStore, Progress};
     use chrono::{TimeZone, Utc};
     use futures_util::future::join_all;
+    use serde_json::Value;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// A memory store that counts the batches it is handed.
@@ -384,19 +369,9 @@ mod tests {
             self.single.fetch_add(1, Ordering::SeqCst);
             self.store.claim(c, now).await
         }
-        async fn finish(
-            &self,
-            job_id: &str,
-            stage: Stage,
-            attempt: u32,
-            progress: Progress,
-            detail: Option<Value>,
-            now: Timestamp,
-        ) -> Result<(), PortError> {
+        async fn finish(&self, finish: &Finish) -> Result<(), PortError> {
             self.single.fetch_add(1, Ordering::SeqCst);
-            self.store
-                .finish(job_id, stage, attempt, progress, detail, now)
-                .await
+            self.store.finish(finish).await
         }
         async fn announce(
             &self,
@@ -503,12 +478,18 @@ mod tests {
 
         let done = Progress::Done(Some(JobStatus::Completed));
         let claimed: Vec<&String> = ids.iter().filter(|id| *id != "job-3").collect();
-        let finished = join_all(
-            claimed
-                .iter()
-                .map(|id| store.finish(id, Stage::Processor, 1, done, None, at(2))),
-        )
-        .await;
+        let finishes: Vec<Finish> = claimed
+            .iter()
+            .map(|id| Finish {
+                job_id: id.to_string(),
+                stage: Stage::Processor,
+                attempt: 1,
+                progress: done,
+                detail: None,
+                now: at(2),
+            })
+            .collect();
+        let finished = join_all(finishes.iter().map(|f| store.finish(f))).await;
         assert!(finished.iter().all(Result::is_ok));
         let announced = join_all(
             claimed

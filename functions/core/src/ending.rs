@@ -103,14 +103,14 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> EndPorts<'_, Q, T, S> {
         let n = &ending.notification;
         let detail = serde_json::to_value(n).ok();
         self.store
-            .finish(
-                &n.job_id,
-                self.stage,
+            .finish(&crate::store::Finish {
+                job_id: n.job_id.clone(),
+                stage: self.stage,
                 attempt,
-                Progress::Done(Some(n.status)),
+                progress: Progress::Done(Some(n.status)),
                 detail,
                 now,
-            )
+            })
             .await
     }
 }

@@ -10,12 +10,9 @@
 
 use crate::messages::{Notification, Stage};
 use crate::ports::{MessageQueue, OutgoingMessage, PortError, Receipt, Topic};
-use crate::store::{
-    Claim, ClaimOutcome, Finish, JobState, JobStore, Progress, Release, Reopen, Reopened,
-};
+use crate::store::{Claim, ClaimOutcome, Finish, JobState, JobStore, Release, Reopen, Reopened};
 use crate::Timestamp;
 use async_trait::async_trait;
-use serde_json::Value;
 use std::future::Future;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -225,18 +222,8 @@ impl<S: JobStore> JobStore for Guarded<S> {
         self.call("PutItem", call, Result::is_err, Err).await
     }
 
-    async fn finish(
-        &self,
-        job_id: &str,
-        stage: Stage,
-        attempt: u32,
-        progress: Progress,
-        detail: Option<Value>,
-        now: Timestamp,
-    ) -> Result<(), PortError> {
-        let call = self
-            .inner
-            .finish(job_id, stage, attempt, progress, detail, now);
+    async fn finish(&self, finish: &Finish) -> Result<(), PortError> {
+        let call = self.inner.finish(finish);
         // A lost claim is an answer, not a sick table.
         let sick = |r: &Result<(), PortError>| matches!(r, Err(PortError::Unreachable { .. }));
         self.call("UpdateItem", call, sick, Err).await

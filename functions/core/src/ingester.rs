@@ -306,7 +306,14 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Ingester<Q, T, S> {
             let done = Progress::Done(None);
             let marked = self
                 .store
-                .finish(job_id, Stage::Ingester, 1, done, None, now)
+                .finish(&crate::store::Finish {
+                    job_id: job_id.into(),
+                    stage: Stage::Ingester,
+                    attempt: 1,
+                    progress: done,
+                    detail: None,
+                    now,
+                })
                 .await;
             if let Err(e) = marked {
                 warn!(job_id = %job_id, error = %e, "could not record the forward");

@@ -247,16 +247,17 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Processor<Q, T, S> {
                 info!(job_id = %next.job_id, next_attempt = next.attempt, delay_s = delay.as_secs(), "attempt failed; retrying");
                 let handed_over = self
                     .store
-                    .finish(
-                        &next.job_id,
-                        Stage::Processor,
-                        next.attempt - 1,
-                        Progress::Retrying,
-                        next.errors
+                    .finish(&crate::store::Finish {
+                        job_id: next.job_id.clone(),
+                        stage: Stage::Processor,
+                        attempt: next.attempt - 1,
+                        progress: Progress::Retrying,
+                        detail: next
+                            .errors
                             .last()
                             .and_then(|e| serde_json::to_value(e).ok()),
-                        Utc::now(),
-                    )
+                        now: Utc::now(),
+                    })
                     .await;
                 // The next attempt is queued either way; if the hand-over was not
                 // recorded it waits for this attempt's lease to end.

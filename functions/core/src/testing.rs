@@ -15,10 +15,9 @@ use crate::ports::{
     MAX_BATCH_BYTES, MAX_MESSAGE_BYTES,
 };
 use crate::record::notification_message;
-use crate::store::{Claim, ClaimOutcome, JobState, JobStore, Progress, Release, Reopen, Reopened};
+use crate::store::{Claim, ClaimOutcome, Finish, JobState, JobStore, Release, Reopen, Reopened};
 use crate::Timestamp;
 use async_trait::async_trait;
-use serde_json::Value;
 use std::sync::Mutex;
 
 fn refused(operation: &'static str, message: impl Into<String>) -> PortError {
@@ -259,18 +258,8 @@ impl<S: JobStore> JobStore for SdkRetry<S> {
         self.inner.claim_all(claims, now).await
     }
 
-    async fn finish(
-        &self,
-        job_id: &str,
-        stage: Stage,
-        attempt: u32,
-        progress: Progress,
-        detail: Option<Value>,
-        now: Timestamp,
-    ) -> Result<(), PortError> {
-        self.inner
-            .finish(job_id, stage, attempt, progress, detail, now)
-            .await
+    async fn finish(&self, finish: &Finish) -> Result<(), PortError> {
+        self.inner.finish(finish).await
     }
 
     async fn announce(&self, job_id: &str, stage: Stage, now: Timestamp) -> Result<(), PortError> {
@@ -588,18 +577,8 @@ impl<S: JobStore> JobStore for Shared<'_, S> {
         self.0.claim_all(claims, now).await
     }
 
-    async fn finish(
-        &self,
-        job_id: &str,
-        stage: Stage,
-        attempt: u32,
-        progress: Progress,
-        detail: Option<Value>,
-        now: Timestamp,
-    ) -> Result<(), PortError> {
-        self.0
-            .finish(job_id, stage, attempt, progress, detail, now)
-            .await
+    async fn finish(&self, finish: &Finish) -> Result<(), PortError> {
+        self.0.finish(finish).await
     }
 
     async fn finish_all(&self, finishes: &[crate::store::Finish]) -> Vec<Result<(), PortError>> {

@@ -449,16 +449,18 @@ impl JobStore for DynamoStore {
         results
     }
 
-    async fn finish(
-        &self,
-        job_id: &str,
-        stage: Stage,
-        attempt: u32,
-        progress: Progress,
-        detail: Option<serde_json::Value>,
-        now: Timestamp,
-    ) -> Result<(), PortError> {
-        let detail = detail.map_or_else(|| "null".to_owned(), |d| d.to_string());
+    async fn finish(&self, finish: &Finish) -> Result<(), PortError> {
+        let Finish {
+            ref job_id,
+            stage,
+            attempt,
+            progress,
+            ref detail,
+            now,
+        } = *finish;
+        let detail = detail
+            .as_ref()
+            .map_or_else(|| "null".to_owned(), Value::to_string);
         let update = self
             .client
             .update_item()
@@ -753,7 +755,14 @@ mod tests {
         let expiry = (now + RETENTION).timestamp().to_string();
         let done = Progress::Done(Some(crate::messages::JobStatus::Completed));
         let _ = store
-            .finish("job-1", Stage::Processor, 1, done, None, now)
+            .finish(&crate::store::Finish {
+                job_id: "job-1".into(),
+                stage: Stage::Processor,
+                attempt: 1,
+                progress: done,
+                detail: None,
+                now,
+            })
             .await;
         let _ = store.announce("job-1", Stage::Processor, now).await;
         let release = Release {

@@ -146,27 +146,12 @@ impl JobStore for MemoryStore {
         .await
     }
 
-    async fn finish(
-        &self,
-        job_id: &str,
-        stage: Stage,
-        attempt: u32,
-        progress: Progress,
-        detail: Option<Value>,
-        now: Timestamp,
-    ) -> Result<(), PortError> {
-        let f = Finish {
-            job_id: job_id.to_owned(),
-            stage,
-            attempt,
-            progress,
-            detail,
-            now,
-        };
+    async fn finish(&self, finish: &Finish) -> Result<(), PortError> {
+        let (f, job_id) = (finish, finish.job_id.as_str());
         self.call("UpdateItem", |records| {
-            match records.get_mut(&key_of(job_id, stage)) {
-                Some(r) if holds(Some(r), attempt) => {
-                    apply_finish(r, &f);
+            match records.get_mut(&key_of(job_id, f.stage)) {
+                Some(r) if holds(Some(r), f.attempt) => {
+                    apply_finish(r, f);
                     Ok(())
                 }
                 _ => Err(lost_claim("finish", job_id)),

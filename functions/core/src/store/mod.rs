@@ -162,15 +162,7 @@ pub trait JobStore: Send + Sync {
 
     /// Records the stage's end with the job, or that it goes back for another attempt
     /// (`Progress::Retrying`). Only the holder of attempt `attempt` may do so.
-    async fn finish(
-        &self,
-        job_id: &str,
-        stage: Stage,
-        attempt: u32,
-        progress: Progress,
-        detail: Option<Value>,
-        now: Timestamp,
-    ) -> Result<(), PortError>;
+    async fn finish(&self, finish: &Finish) -> Result<(), PortError>;
 
     /// Records that the end state was announced.
     async fn announce(&self, job_id: &str, stage: Stage, now: Timestamp) -> Result<(), PortError>;
@@ -187,17 +179,7 @@ pub trait JobStore: Send + Sync {
 
     /// Records several ends, as [`JobStore::finish`] does each: one result per entry.
     async fn finish_all(&self, finishes: &[Finish]) -> Vec<Result<(), PortError>> {
-        join_all(finishes.iter().map(|f| {
-            self.finish(
-                &f.job_id,
-                f.stage,
-                f.attempt,
-                f.progress,
-                f.detail.clone(),
-                f.now,
-            )
-        }))
-        .await
+        join_all(finishes.iter().map(|f| self.finish(f))).await
     }
 
     /// Marks several jobs announced, as [`JobStore::announce`] does each.

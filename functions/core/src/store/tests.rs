@@ -41,7 +41,14 @@ async fn a_second_claim_of_a_finished_job_is_a_duplicate() {
     );
     let done = Progress::Done(Some(JobStatus::Completed));
     store
-        .finish("job-1", Stage::Processor, 1, done, None, at(1))
+        .finish(&crate::store::Finish {
+            job_id: "job-1".into(),
+            stage: Stage::Processor,
+            attempt: 1,
+            progress: done,
+            detail: None,
+            now: at(1),
+        })
         .await
         .expect("store");
     assert_eq!(
@@ -70,7 +77,14 @@ async fn an_unannounced_end_is_resumed_by_its_holder_or_after_the_lease() {
     store.claim(&claim("a", 1, 60), at(0)).await.expect("store");
     let done = Progress::Done(Some(JobStatus::Completed));
     store
-        .finish("job-1", Stage::Processor, 1, done, None, at(1))
+        .finish(&crate::store::Finish {
+            job_id: "job-1".into(),
+            stage: Stage::Processor,
+            attempt: 1,
+            progress: done,
+            detail: None,
+            now: at(1),
+        })
         .await
         .expect("store");
     let copy = Claim {
@@ -240,14 +254,14 @@ async fn a_retry_is_claimed_by_the_next_attempt_only() {
     let store = MemoryStore::default();
     store.claim(&claim("a", 1, 60), at(0)).await.expect("store");
     store
-        .finish(
-            "job-1",
-            Stage::Processor,
-            1,
-            Progress::Retrying,
-            None,
-            at(1),
-        )
+        .finish(&crate::store::Finish {
+            job_id: "job-1".into(),
+            stage: Stage::Processor,
+            attempt: 1,
+            progress: Progress::Retrying,
+            detail: None,
+            now: at(1),
+        })
         .await
         .expect("store");
     assert_eq!(
@@ -266,7 +280,14 @@ async fn a_reopened_job_is_claimed_by_a_later_attempt_only() {
     store.claim(&claim("a", 3, 60), at(0)).await.expect("store");
     let failed = Progress::Done(Some(JobStatus::Failed));
     store
-        .finish("job-1", Stage::Processor, 3, failed, None, at(1))
+        .finish(&crate::store::Finish {
+            job_id: "job-1".into(),
+            stage: Stage::Processor,
+            attempt: 3,
+            progress: failed,
+            detail: None,
+            now: at(1),
+        })
         .await
         .expect("store");
     let reopen = Reopen {
@@ -312,7 +333,14 @@ async fn every_write_that_changes_a_record_refreshes_its_expiry() {
     assert_eq!(expiry().await.expect("store")[0].expires_at, expires(20));
     let failed = Progress::Done(Some(JobStatus::Failed));
     store
-        .finish("job-1", Stage::Processor, 1, failed, None, at(30))
+        .finish(&crate::store::Finish {
+            job_id: "job-1".into(),
+            stage: Stage::Processor,
+            attempt: 1,
+            progress: failed,
+            detail: None,
+            now: at(30),
+        })
         .await
         .expect("store");
     assert_eq!(expiry().await.expect("store")[0].expires_at, expires(30));
@@ -357,11 +385,25 @@ async fn only_the_holder_may_finish() {
     store.claim(&claim("a", 1, 60), at(0)).await.expect("store");
     let failed = Progress::Done(Some(JobStatus::Failed));
     assert!(store
-        .finish("job-1", Stage::Processor, 2, failed, None, at(1))
+        .finish(&crate::store::Finish {
+            job_id: "job-1".into(),
+            stage: Stage::Processor,
+            attempt: 2,
+            progress: failed,
+            detail: None,
+            now: at(1)
+        })
         .await
         .is_err());
     assert!(store
-        .finish("job-2", Stage::Processor, 1, failed, None, at(1))
+        .finish(&crate::store::Finish {
+            job_id: "job-2".into(),
+            stage: Stage::Processor,
+            attempt: 1,
+            progress: failed,
+            detail: None,
+            now: at(1)
+        })
         .await
         .is_err());
 }
@@ -417,7 +459,14 @@ async fn a_record_with_the_old_fingerprint_is_compared_the_old_way() {
         .expect("store");
     let done = Progress::Done(Some(JobStatus::Completed));
     store
-        .finish("job-1", Stage::Processor, 1, done, None, at(1))
+        .finish(&crate::store::Finish {
+            job_id: "job-1".into(),
+            stage: Stage::Processor,
+            attempt: 1,
+            progress: done,
+            detail: None,
+            now: at(1),
+        })
         .await
         .expect("store");
     store
