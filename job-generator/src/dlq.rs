@@ -11,7 +11,9 @@ use async_trait::async_trait;
 use jobs_core::messages::{DeadLetter, Stage};
 use jobs_core::record::enriched_message;
 use jobs_core::redrive::{plan, Redrive, Stranded};
-use jobs_core::store::{fingerprint, legacy_fingerprint, JobStore, Reopen, Reopened, STOP_ATTEMPT};
+use jobs_core::store::{
+    fingerprint, legacy_fingerprint, OperatorStore, Reopen, Reopened, STOP_ATTEMPT,
+};
 use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt::Write as _;
@@ -271,7 +273,7 @@ pub async fn redrive<M, S>(
 ) -> Result<Report, OpsError>
 where
     M: Mailbox + Sync,
-    S: JobStore + ?Sized,
+    S: OperatorStore + ?Sized,
 {
     let mut report = Report::default();
     let now = chrono::Utc::now();
@@ -552,7 +554,7 @@ mod tests {
     use super::*;
     use jobs_core::messages::{EnrichedJob, ErrorEntry, JobStatus};
     use jobs_core::record::dead_letter_message;
-    use jobs_core::store::{Claim, ClaimOutcome, JobState, MemoryStore, Progress};
+    use jobs_core::store::{Claim, ClaimOutcome, JobState, JobStore, MemoryStore, Progress};
 
     fn body_of(dl: &DeadLetter) -> String {
         dead_letter_message(dl).body

@@ -303,14 +303,6 @@ impl<S: JobStore> JobStore for Batching<S> {
         self.inner.release(release, now).await
     }
 
-    async fn reopen(
-        &self,
-        reopen: &crate::store::Reopen<'_>,
-        now: Timestamp,
-    ) -> Result<crate::store::Reopened, PortError> {
-        self.inner.reopen(reopen, now).await
-    }
-
     async fn end_unforwarded(
         &self,
         end: &crate::store::Unforwarded<'_>,
@@ -413,13 +405,6 @@ mod tests {
         }
         async fn release(&self, release: &Release<'_>, now: Timestamp) -> Result<(), PortError> {
             self.store.release(release, now).await
-        }
-        async fn reopen(
-            &self,
-            reopen: &crate::store::Reopen<'_>,
-            now: Timestamp,
-        ) -> Result<crate::store::Reopened, PortError> {
-            self.store.reopen(reopen, now).await
         }
         async fn end_unforwarded(
             &self,

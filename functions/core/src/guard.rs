@@ -10,7 +10,7 @@
 
 use crate::messages::{Notification, Stage};
 use crate::ports::{MessageQueue, OutgoingMessage, PortError, Receipt, Topic};
-use crate::store::{Claim, ClaimOutcome, Finish, JobState, JobStore, Release, Reopen, Reopened};
+use crate::store::{Claim, ClaimOutcome, Finish, JobState, JobStore, Release};
 use crate::Timestamp;
 use async_trait::async_trait;
 use std::future::Future;
@@ -281,11 +281,6 @@ impl<S: JobStore> JobStore for Guarded<S> {
 
     async fn release(&self, release: &Release<'_>, now: Timestamp) -> Result<(), PortError> {
         let call = self.inner.release(release, now);
-        self.call("UpdateItem", call, Result::is_err, Err).await
-    }
-
-    async fn reopen(&self, reopen: &Reopen<'_>, now: Timestamp) -> Result<Reopened, PortError> {
-        let call = self.inner.reopen(reopen, now);
         self.call("UpdateItem", call, Result::is_err, Err).await
     }
 

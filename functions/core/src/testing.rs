@@ -15,7 +15,7 @@ use crate::ports::{
     MAX_BATCH_BYTES, MAX_MESSAGE_BYTES,
 };
 use crate::record::notification_message;
-use crate::store::{Claim, ClaimOutcome, Finish, JobState, JobStore, Release, Reopen, Reopened};
+use crate::store::{Claim, ClaimOutcome, Finish, JobState, JobStore, Release};
 use crate::Timestamp;
 use async_trait::async_trait;
 use std::sync::Mutex;
@@ -268,10 +268,6 @@ impl<S: JobStore> JobStore for SdkRetry<S> {
 
     async fn release(&self, release: &Release<'_>, now: Timestamp) -> Result<(), PortError> {
         self.inner.release(release, now).await
-    }
-
-    async fn reopen(&self, reopen: &Reopen<'_>, now: Timestamp) -> Result<Reopened, PortError> {
-        self.inner.reopen(reopen, now).await
     }
 
     /// Sent again with the very same request when it fails, as the SDK does.
@@ -599,10 +595,6 @@ impl<S: JobStore> JobStore for Shared<'_, S> {
 
     async fn release(&self, release: &Release<'_>, now: Timestamp) -> Result<(), PortError> {
         self.0.release(release, now).await
-    }
-
-    async fn reopen(&self, reopen: &Reopen<'_>, now: Timestamp) -> Result<Reopened, PortError> {
-        self.0.reopen(reopen, now).await
     }
 
     async fn end_unforwarded(

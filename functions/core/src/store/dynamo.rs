@@ -20,8 +20,8 @@ use crate::messages::{JobStatus, Stage};
 use crate::ports::PortError;
 use crate::store::{
     decide, decide_reopen, decide_unforwarded, lost_claim, same_claim, stop_record, Claim,
-    ClaimOutcome, Finish, Forestalled, JobState, JobStore, Progress, Release, Reopen, Reopened,
-    Unforwarded, RETENTION,
+    ClaimOutcome, Finish, Forestalled, JobState, JobStore, OperatorStore, Progress, Release,
+    Reopen, Reopened, Unforwarded, RETENTION,
 };
 use crate::Timestamp;
 use async_trait::async_trait;
@@ -537,56 +537,6 @@ impl JobStore for DynamoStore {
         }
     }
 
-    /// Reads the record, decides by [`decide_reopen`], and writes only if the item is
-    /// still the one read (same `updated_ms`, progress and attempt); if it changed in
-    /// between, decides again on what it became.
-    async fn reopen(&self, reopen: &Reopen<'_>, now: Timestamp) -> Result<Reopened, PortError> {
-        for _ in 0..3 {
-            let current = self.read(reopen.job_id, reopen.stage).await?;
-            let decided = decide_reopen(current.as_ref(), reopen);
-            let (Reopened::Now, Some(seen)) = (&decided, current) else {
-                return Ok(decided);
-            };
-            let update = self
-                .client
-                .update_item()
-                .table_name(&self.table)
-                .key("pk", s(key(reopen.stage, reopen.job_id)))
-                .update_expression(
-                    "SET progress = :retrying, attempt = :a, holder = :by, announced = :f, \
-                     updated_ms = :u, expires_at = :x",
-                )
-                .condition_expression(
-                    "progress = :done AND attempt = :ended AND fingerprint = :fp \
-                     AND updated_ms = :seen",
-                )
-                .expression_attribute_values(":retrying", s(Progress::Retrying.as_str()))
-                .expression_attribute_values(":a", n(reopen.below))
-                .expression_attribute_values(":by", s(reopen.by))
-                .expression_attribute_values(":f", AttributeValue::Bool(false))
-                .expression_attribute_values(":u", n(now.timestamp_millis()))
-                .expression_attribute_values(":x", n(expires_at(now)))
-                .expression_attribute_values(":done", s(seen.progress.as_str()))
-                .expression_attribute_values(":ended", n(seen.attempt))
-                .expression_attribute_values(":fp", s(&seen.fingerprint))
-                .expression_attribute_values(":seen", n(seen.updated_at.timestamp_millis()))
-                .send()
-                .await;
-            match update {
-                Ok(_) => return Ok(Reopened::Now),
-                Err(e) if is_condition_failure(&e) => continue, // changed since the read
-                Err(e) => return Err(port_error("UpdateItem", e)),
-            }
-        }
-        Err(PortError::Refused {
-            operation: "UpdateItem",
-            message: format!(
-                "job {} kept changing while it was being reopened; try again",
-                reopen.job_id
-            ),
-        })
-    }
-
     /// One `TransactWriteItems`: the ingester's record ended (while its attempt holds
     /// it) and the processor's stop put (while it has no record). Its
     /// `ClientRequestToken` is the claim token, so DynamoDB treats the SDK's retry of a
@@ -665,6 +615,59 @@ impl JobStore for DynamoStore {
             found.extend(self.read(job_id, stage).await?);
         }
         Ok(found)
+    }
+}
+
+#[async_trait]
+impl OperatorStore for DynamoStore {
+    /// Reads the record, decides by [`decide_reopen`], and writes only if the item is
+    /// still the one read (same `updated_ms`, progress and attempt); if it changed in
+    /// between, decides again on what it became.
+    async fn reopen(&self, reopen: &Reopen<'_>, now: Timestamp) -> Result<Reopened, PortError> {
+        for _ in 0..3 {
+            let current = self.read(reopen.job_id, reopen.stage).await?;
+            let decided = decide_reopen(current.as_ref(), reopen);
+            let (Reopened::Now, Some(seen)) = (&decided, current) else {
+                return Ok(decided);
+            };
+            let update = self
+                .client
+                .update_item()
+                .table_name(&self.table)
+                .key("pk", s(key(reopen.stage, reopen.job_id)))
+                .update_expression(
+                    "SET progress = :retrying, attempt = :a, holder = :by, announced = :f, \
+                     updated_ms = :u, expires_at = :x",
+                )
+                .condition_expression(
+                    "progress = :done AND attempt = :ended AND fingerprint = :fp \
+                     AND updated_ms = :seen",
+                )
+                .expression_attribute_values(":retrying", s(Progress::Retrying.as_str()))
+                .expression_attribute_values(":a", n(reopen.below))
+                .expression_attribute_values(":by", s(reopen.by))
+                .expression_attribute_values(":f", AttributeValue::Bool(false))
+                .expression_attribute_values(":u", n(now.timestamp_millis()))
+                .expression_attribute_values(":x", n(expires_at(now)))
+                .expression_attribute_values(":done", s(seen.progress.as_str()))
+                .expression_attribute_values(":ended", n(seen.attempt))
+                .expression_attribute_values(":fp", s(&seen.fingerprint))
+                .expression_attribute_values(":seen", n(seen.updated_at.timestamp_millis()))
+                .send()
+                .await;
+            match update {
+                Ok(_) => return Ok(Reopened::Now),
+                Err(e) if is_condition_failure(&e) => continue, // changed since the read
+                Err(e) => return Err(port_error("UpdateItem", e)),
+            }
+        }
+        Err(PortError::Refused {
+            operation: "UpdateItem",
+            message: format!(
+                "job {} kept changing while it was being reopened; try again",
+                reopen.job_id
+            ),
+        })
     }
 }
 

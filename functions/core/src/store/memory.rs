@@ -239,25 +239,6 @@ impl JobStore for MemoryStore {
         .await
     }
 
-    async fn reopen(&self, reopen: &Reopen<'_>, now: Timestamp) -> Result<Reopened, PortError> {
-        self.call("UpdateItem", |records| {
-            let key = key_of(reopen.job_id, reopen.stage);
-            let decided = decide_reopen(records.get(&key), reopen);
-            if decided == Reopened::Now {
-                if let Some(r) = records.get_mut(&key) {
-                    r.progress = Progress::Retrying;
-                    r.attempt = reopen.below;
-                    r.holder = reopen.by.to_owned();
-                    r.announced = false;
-                    r.updated_at = now;
-                    r.expires_at = now + RETENTION;
-                }
-            }
-            Ok(decided)
-        })
-        .await
-    }
-
     async fn end_unforwarded(&self, end: &Unforwarded<'_>) -> Result<Forestalled, PortError> {
         self.call("TransactWriteItems", |records| {
             if let Some(processor) = records.get(&key_of(end.job_id, Stage::Processor)) {
@@ -293,6 +274,28 @@ impl JobStore for MemoryStore {
                 .collect();
             found.sort_by_key(|r| r.stage.as_str());
             Ok(found)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl OperatorStore for MemoryStore {
+    async fn reopen(&self, reopen: &Reopen<'_>, now: Timestamp) -> Result<Reopened, PortError> {
+        self.call("UpdateItem", |records| {
+            let key = key_of(reopen.job_id, reopen.stage);
+            let decided = decide_reopen(records.get(&key), reopen);
+            if decided == Reopened::Now {
+                if let Some(r) = records.get_mut(&key) {
+                    r.progress = Progress::Retrying;
+                    r.attempt = reopen.below;
+                    r.holder = reopen.by.to_owned();
+                    r.announced = false;
+                    r.updated_at = now;
+                    r.expires_at = now + RETENTION;
+                }
+            }
+            Ok(decided)
         })
         .await
     }

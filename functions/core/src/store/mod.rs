@@ -203,12 +203,6 @@ pub trait JobStore: Send + Sync {
     /// checks only the message id.
     async fn release(&self, release: &Release<'_>, now: Timestamp) -> Result<(), PortError>;
 
-    /// Lets a finished job be claimed again by any attempt above `reopen.below`: an
-    /// operator redriving one dead letter. Only the end that letter was written for is
-    /// reopened, and only once (see [`decide_reopen`]); the answer says what to do with
-    /// the letter.
-    async fn reopen(&self, reopen: &Reopen<'_>, now: Timestamp) -> Result<Reopened, PortError>;
-
     /// Ends, at the ingester, a job whose forward failed on its record's last receive,
     /// in one transaction with a stop for the processor, so the job cannot end twice if
     /// the forward did reach `jobs-todo` (its answer lost): see [`Unforwarded`].
@@ -306,6 +300,17 @@ pub fn decide_unforwarded(
             end.job_id, processor.fingerprint
         ),
     })
+}
+
+/// What only operators do to the job state table, apart from what the functions do:
+/// the functions' stores (behind their breakers and batching) do not offer it at all.
+#[async_trait]
+pub trait OperatorStore: JobStore {
+    /// Lets a finished job be claimed again by any attempt above `reopen.below`: an
+    /// operator redriving one dead letter. Only the end that letter was written for is
+    /// reopened, and only once (see [`decide_reopen`]); the answer says what to do with
+    /// the letter.
+    async fn reopen(&self, reopen: &Reopen<'_>, now: Timestamp) -> Result<Reopened, PortError>;
 }
 
 /// Decides a claim against the current record. Shared by every store so the rules
