@@ -137,18 +137,43 @@ impl SqsQueue {
     }
 }
 
-fn sdk_failure<E, R>(operation: &'static str, e: aws_sdk_sqs::error::SdkError<E, R>) -> PortError
-where
-    E: std::error::Error + 'static,
-    R: std::fmt::Debug,
-{
-    use aws_sdk_sqs::error::{DisplayErrorContext, SdkError};
-    let unreachable = matches!(e, SdkError::DispatchFailure(_) | SdkError::TimeoutError(_));
-    let message = DisplayErrorContext(&e).to_string();
-    if unreachable {
-        PortError::Unreachable { operation, message }
-    } else {
-        PortError::Refused { operation, message }
+impl PortError {
+    /// The one rule for every AWS service: a call that got no usable answer (no
+    /// connection, a timeout, an answer that could not be read) is `Unreachable`, and
+    /// may have taken effect; a call the service answered with an error, or one that
+    /// could not even be built, is `Refused`, with the service's code and message.
+    /// The circuit breaker and the lost-answer handling rely on exactly this split.
+    pub fn from_sdk<E, R>(
+        operation: &'static str,
+        e: aws_sdk_sqs::error::SdkError<E, R>,
+    ) -> PortError
+    where
+        E: std::error::Error + aws_sdk_sqs::error::ProvideErrorMetadata + 'static,
+        R: std::fmt::Debug,
+    {
+        use aws_sdk_sqs::error::{DisplayErrorContext, SdkError};
+        match &e {
+            SdkError::DispatchFailure(_)
+            | SdkError::TimeoutError(_)
+            | SdkError::ResponseError(_) => PortError::Unreachable {
+                operation,
+                message: DisplayErrorContext(&e).to_string(),
+            },
+            SdkError::ServiceError(service) => {
+                let err = service.err();
+                let message = match (err.code(), err.message()) {
+                    (Some(code), Some(text)) => format!("{code}: {text}"),
+                    (Some(code), None) => code.to_owned(),
+                    (None, Some(text)) => text.to_owned(),
+                    (None, None) => DisplayErrorContext(&e).to_string(),
+                };
+                PortError::Refused { operation, message }
+            }
+            _ => PortError::Refused {
+                operation,
+                message: DisplayErrorContext(&e).to_string(),
+            },
+        }
     }
 }
 
@@ -217,7 +242,7 @@ impl MessageQueue for SqsQueue {
                 results
             }
             Err(e) => {
-                let err = sdk_failure(OP, e);
+                let err = PortError::from_sdk(OP, e);
                 messages.iter().map(|_| Err(err.clone())).collect()
             }
         }
@@ -249,7 +274,7 @@ impl MessageQueue for SqsQueue {
                 .set_entries(Some(entries))
                 .send()
                 .await
-                .map_err(|e| sdk_failure(OP, e))?;
+                .map_err(|e| PortError::from_sdk(OP, e))?;
             if let Some(failed) = out.failed().first() {
                 return Err(PortError::Refused {
                     operation: OP,
@@ -331,21 +356,6 @@ fn sns_message(
     Ok((message.body, attributes))
 }
 
-fn sns_failure<E, R>(operation: &'static str, e: aws_sdk_sns::error::SdkError<E, R>) -> PortError
-where
-    E: std::error::Error + 'static,
-    R: std::fmt::Debug,
-{
-    use aws_sdk_sns::error::{DisplayErrorContext, SdkError};
-    let message = DisplayErrorContext(&e).to_string();
-    match e {
-        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
-            PortError::Unreachable { operation, message }
-        }
-        _ => PortError::Refused { operation, message },
-    }
-}
-
 #[async_trait]
 impl Topic for SnsTopic {
     async fn publish(&self, notification: &Notification) -> Result<(), PortError> {
@@ -359,7 +369,7 @@ impl Topic for SnsTopic {
             .send()
             .await
             .map(|_| ())
-            .map_err(|e| sns_failure(OP, e))
+            .map_err(|e| PortError::from_sdk(OP, e))
     }
 
     /// One `PublishBatch` call ([`crate::ports::publish_batched`] keeps it within
@@ -414,7 +424,7 @@ impl Topic for SnsTopic {
                 results
             }
             Err(e) => {
-                let e = sns_failure(OP, e);
+                let e = PortError::from_sdk(OP, e);
                 notifications.iter().map(|_| Err(e.clone())).collect()
             }
         }
@@ -424,6 +434,34 @@ impl Topic for SnsTopic {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_service_error_maps_by_one_rule_that_tells_no_answer_from_a_refusal() {
+        use aws_sdk_dynamodb::error::{ErrorMetadata, SdkError};
+        use aws_sdk_dynamodb::operation::put_item::PutItemError;
+        type E = SdkError<PutItemError, ()>;
+        let throttled = PutItemError::generic(
+            ErrorMetadata::builder()
+                .code("ThrottlingException")
+                .message("Rate exceeded")
+                .build(),
+        );
+        let refused = PortError::from_sdk("PutItem", E::service_error(throttled, ()));
+        assert_eq!(
+            refused,
+            PortError::Refused {
+                operation: "PutItem",
+                message: "ThrottlingException: Rate exceeded".into()
+            }
+        );
+        // No usable answer: the call may have taken effect.
+        for lost in [E::timeout_error("slow"), E::response_error("garbled", ())] {
+            let e = PortError::from_sdk("PutItem", lost);
+            assert!(matches!(e, PortError::Unreachable { .. }), "{e:?}");
+        }
+        let unbuilt = PortError::from_sdk("PutItem", E::construction_failure("no key"));
+        assert!(matches!(unbuilt, PortError::Refused { .. }), "{unbuilt:?}");
+    }
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::CertificateDer;
 

@@ -121,7 +121,7 @@ impl DynamoStore {
                     chunk.iter().map(|_| Statement::Failed(e.clone())).collect()
                 }
                 Err(e) => {
-                    let e = port_error(OP, e);
+                    let e = PortError::from_sdk(OP, e);
                     chunk.iter().map(|_| Statement::Failed(e.clone())).collect()
                 }
             }
@@ -138,7 +138,7 @@ impl DynamoStore {
             .consistent_read(true)
             .send()
             .await
-            .map_err(|e| port_error("GetItem", e))?;
+            .map_err(|e| PortError::from_sdk("GetItem", e))?;
         Ok(out.item.as_ref().and_then(from_item))
     }
 }
@@ -196,24 +196,6 @@ fn s(v: impl Into<String>) -> AttributeValue {
 
 fn n(v: impl ToString) -> AttributeValue {
     AttributeValue::N(v.to_string())
-}
-
-fn port_error<E: ProvideErrorMetadata, R>(operation: &'static str, e: SdkError<E, R>) -> PortError {
-    match &e {
-        SdkError::ServiceError(service) => PortError::Refused {
-            operation,
-            message: service
-                .err()
-                .message()
-                .or(service.err().code())
-                .unwrap_or("refused")
-                .to_owned(),
-        },
-        _ => PortError::Unreachable {
-            operation,
-            message: e.to_string(),
-        },
-    }
 }
 
 fn is_condition_failure<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> bool {
@@ -317,7 +299,7 @@ impl JobStore for DynamoStore {
                     other => other,
                 })
             }
-            Err(e) => Err(port_error("PutItem", e)),
+            Err(e) => Err(PortError::from_sdk("PutItem", e)),
         }
     }
 
@@ -479,7 +461,7 @@ impl JobStore for DynamoStore {
         match update {
             Ok(_) => Ok(()),
             Err(e) if is_condition_failure(&e) => Err(lost_claim("UpdateItem", job_id)),
-            Err(e) => Err(port_error("UpdateItem", e)),
+            Err(e) => Err(PortError::from_sdk("UpdateItem", e)),
         }
     }
 
@@ -496,7 +478,7 @@ impl JobStore for DynamoStore {
             .send()
             .await
             .map(|_| ())
-            .map_err(|e| port_error("UpdateItem", e))
+            .map_err(|e| PortError::from_sdk("UpdateItem", e))
     }
 
     async fn release(&self, release: &Release<'_>, now: Timestamp) -> Result<(), PortError> {
@@ -533,7 +515,7 @@ impl JobStore for DynamoStore {
         match update {
             Ok(_) => Ok(()),
             Err(e) if is_condition_failure(&e) => Ok(()), // no longer ours: nothing to release
-            Err(e) => Err(port_error("UpdateItem", e)),
+            Err(e) => Err(PortError::from_sdk("UpdateItem", e)),
         }
     }
 
@@ -605,7 +587,7 @@ impl JobStore for DynamoStore {
                     None => Err(lost_claim(OP, end.job_id)),
                 }
             }
-            Err(e) => Err(port_error(OP, e)),
+            Err(e) => Err(PortError::from_sdk(OP, e)),
         }
     }
 
@@ -658,7 +640,7 @@ impl OperatorStore for DynamoStore {
             match update {
                 Ok(_) => return Ok(Reopened::Now),
                 Err(e) if is_condition_failure(&e) => continue, // changed since the read
-                Err(e) => return Err(port_error("UpdateItem", e)),
+                Err(e) => return Err(PortError::from_sdk("UpdateItem", e)),
             }
         }
         Err(PortError::Refused {
