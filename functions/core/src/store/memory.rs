@@ -102,6 +102,21 @@ fn holds(record: Option<&JobState>, attempt: u32) -> bool {
     record.is_some_and(|r| r.attempt == attempt && r.progress == Progress::InProgress)
 }
 
+fn mark_announced(
+    records: &mut Records,
+    job_id: &str,
+    stage: Stage,
+    now: Timestamp,
+) -> Result<(), PortError> {
+    let record = records
+        .get_mut(&key_of(job_id, stage))
+        .ok_or_else(|| lost_claim("announce", job_id))?;
+    record.announced = true;
+    record.updated_at = now;
+    record.expires_at = now + RETENTION;
+    Ok(())
+}
+
 fn apply_finish(record: &mut JobState, f: &Finish) {
     record.progress = f.progress;
     record.detail = f.detail.clone();
@@ -185,15 +200,7 @@ impl JobStore for MemoryStore {
 
     async fn announce(&self, job_id: &str, stage: Stage, now: Timestamp) -> Result<(), PortError> {
         self.call("UpdateItem", |records| {
-            match records.get_mut(&key_of(job_id, stage)) {
-                Some(r) => {
-                    r.announced = true;
-                    r.updated_at = now;
-                    r.expires_at = now + RETENTION;
-                    Ok(())
-                }
-                None => Err(lost_claim("announce", job_id)),
-            }
+            mark_announced(records, job_id, stage, now)
         })
         .await
     }
@@ -205,17 +212,7 @@ impl JobStore for MemoryStore {
     ) -> Vec<Result<(), PortError>> {
         self.call_all(jobs.len(), |records, _| {
             jobs.iter()
-                .map(
-                    |(job_id, stage)| match records.get_mut(&key_of(job_id, *stage)) {
-                        Some(r) => {
-                            r.announced = true;
-                            r.updated_at = now;
-                            r.expires_at = now + RETENTION;
-                            Ok(())
-                        }
-                        None => Err(lost_claim("announce", job_id)),
-                    },
-                )
+                .map(|(job_id, stage)| mark_announced(records, job_id, *stage, now))
                 .collect()
         })
         .await
