@@ -24,6 +24,8 @@ pub struct Held {
     pub message_id: String,
     pub receipt: String,
     pub body: String,
+    /// When SQS accepted the message (`SentTimestamp`, epoch milliseconds), if known.
+    pub sent_at_ms: Option<i64>,
 }
 
 /// Where a redriven message goes.
@@ -113,7 +115,17 @@ pub struct Report {
 /// Reads every DLQ message once (up to the selection's max matches), hands each match to
 /// `act`, and releases whatever `act` did not consume. Messages seen twice in one run
 /// (released ones can come back at once) are skipped by message id.
-async fn sweep<M, F>(mailbox: &M, selection: &Selection, mut act: F) -> Result<(), OpsError>
+/// `before_ms`: act only on messages SQS accepted before then (epoch milliseconds);
+/// later ones are held like unselected ones and put back at the end. A redrive passes
+/// its own start: a job it sends back may be rejected or fail again within
+/// milliseconds, and that new dead letter must wait for the next redrive, or one
+/// command would redrive and announce the job again and again without end.
+async fn sweep<M, F>(
+    mailbox: &M,
+    selection: &Selection,
+    before_ms: Option<i64>,
+    mut act: F,
+) -> Result<(), OpsError>
 where
     M: Mailbox + Sync,
     F: AsyncFnMut(&Held, Letter) -> Result<bool, OpsError>,
@@ -133,7 +145,8 @@ where
             }
             for held in fresh {
                 let letter = Letter::of(&held.body);
-                if !selection.matches(&letter) || matched >= selection.max {
+                let newer = before_ms.is_some_and(|t| held.sent_at_ms.is_none_or(|at| at >= t));
+                if newer || !selection.matches(&letter) || matched >= selection.max {
                     to_release.push(held);
                     continue;
                 }
@@ -198,6 +211,7 @@ pub async fn list<M: Mailbox + Sync>(
     sweep(
         mailbox,
         selection,
+        None,
         async |held: &Held, letter: Letter| {
             lines.push(match letter {
                 Letter::Dead(dl) => describe(&dl),
@@ -277,145 +291,151 @@ where
 {
     let mut report = Report::default();
     let now = chrono::Utc::now();
-    sweep(mailbox, selection, async |held: &Held, letter: Letter| {
-        let raw = |body: String| jobs_core::ports::OutgoingMessage {
-            body,
-            attributes: vec![],
-            delay_seconds: 0,
-        };
-        // What to send where, and which end of which state record to reopen first:
-        // the processor's record holds the letter's attempt, the ingester's attempt 1.
-        let (job_id, to, message, reopen) = match letter {
-            Letter::Dead(dl) => match plan(&dl, now) {
-                Redrive::JobsTodo(job) => (
-                    dl.job_id.clone(),
+    let started = Some(now.timestamp_millis());
+    sweep(
+        mailbox,
+        selection,
+        started,
+        async |held: &Held, letter: Letter| {
+            let raw = |body: String| jobs_core::ports::OutgoingMessage {
+                body,
+                attributes: vec![],
+                delay_seconds: 0,
+            };
+            // What to send where, and which end of which state record to reopen first:
+            // the processor's record holds the letter's attempt, the ingester's attempt 1.
+            let (job_id, to, message, reopen) = match letter {
+                Letter::Dead(dl) => match plan(&dl, now) {
+                    Redrive::JobsTodo(job) => (
+                        dl.job_id.clone(),
+                        Destination::JobsTodo,
+                        enriched_message(&job),
+                        Some((dl, Stage::Processor, job.attempt - 1, job.attempt - 1)),
+                    ),
+                    Redrive::Ingester(event) => (
+                        dl.job_id.clone(),
+                        Destination::Ingester,
+                        raw(jobs_core::messages::sqs_safe_json(event.to_string())),
+                        Some((dl, Stage::Ingester, 1, 0)),
+                    ),
+                    Redrive::Keep(why) => {
+                        report.kept += 1;
+                        report.lines.push(format!("{}: kept, {why}", dl.job_id));
+                        return Ok(false);
+                    }
+                },
+                // The job never ended, so there is no end to reopen: its own claim
+                // (lease long expired) lets it run on.
+                Letter::Stranded(Stranded::Job(job)) => (
+                    job.job_id.clone(),
                     Destination::JobsTodo,
                     enriched_message(&job),
-                    Some((dl, Stage::Processor, job.attempt - 1, job.attempt - 1)),
+                    None,
                 ),
-                Redrive::Ingester(event) => (
-                    dl.job_id.clone(),
+                Letter::Stranded(Stranded::Event { job_id }) => (
+                    job_id.unwrap_or_else(|| held.message_id.clone()),
                     Destination::Ingester,
-                    raw(jobs_core::messages::sqs_safe_json(event.to_string())),
-                    Some((dl, Stage::Ingester, 1, 0)),
+                    raw(held.body.clone()),
+                    None,
                 ),
-                Redrive::Keep(why) => {
+                Letter::Unknown => {
                     report.kept += 1;
-                    report.lines.push(format!("{}: kept, {why}", dl.job_id));
+                    report.lines.push(format!(
+                        "{}: kept, not a dead letter of this pipeline",
+                        held.message_id
+                    ));
                     return Ok(false);
                 }
-            },
-            // The job never ended, so there is no end to reopen: its own claim
-            // (lease long expired) lets it run on.
-            Letter::Stranded(Stranded::Job(job)) => (
-                job.job_id.clone(),
-                Destination::JobsTodo,
-                enriched_message(&job),
-                None,
-            ),
-            Letter::Stranded(Stranded::Event { job_id }) => (
-                job_id.unwrap_or_else(|| held.message_id.clone()),
-                Destination::Ingester,
-                raw(held.body.clone()),
-                None,
-            ),
-            Letter::Unknown => {
-                report.kept += 1;
-                report.lines.push(format!(
-                    "{}: kept, not a dead letter of this pipeline",
-                    held.message_id
-                ));
+            };
+            let target = match to {
+                Destination::JobsTodo => "jobs-todo",
+                Destination::Ingester => "ingester-queue",
+            };
+            if dry_run {
+                report.lines.push(format!("{job_id}: would go to {target}"));
+                report.moved += 1;
                 return Ok(false);
             }
-        };
-        let target = match to {
-            Destination::JobsTodo => "jobs-todo",
-            Destination::Ingester => "ingester-queue",
-        };
-        if dry_run {
-            report.lines.push(format!("{job_id}: would go to {target}"));
-            report.moved += 1;
-            return Ok(false);
-        }
-        let sent = async {
-            if let Some((dl, stage, attempt, below)) = &reopen {
-                let (fingerprint, legacy) = (fingerprint(&dl.job), legacy_fingerprint(&dl.job));
-                let request = Reopen {
-                    job_id: &job_id,
-                    stage: *stage,
-                    fingerprint: &fingerprint,
-                    legacy_fingerprint: Some(&legacy),
-                    status: dl.status,
-                    attempt: *attempt,
-                    last_error: dl.errors.last(),
-                    below: *below,
-                    by: &held.message_id,
-                };
-                let reopened = store.reopen(&request, now).await.map_err(|e| OpsError {
-                    operation: "reopen job state",
-                    message: e.to_string(),
-                })?;
-                match reopened {
-                    Reopened::Now | Reopened::Already | Reopened::NoRecord => {}
-                    Reopened::Stale(why) => return Ok(Some(Skip::Delete(why))),
-                    Reopened::Keep(why) => return Ok(Some(Skip::Keep(why))),
-                }
-                // A job the ingester could not forward also stopped the processor
-                // (`JobStore::end_unforwarded`): reopen that stop too, or the redriven
-                // job would be dropped there. A stop already taken over means the job
-                // ran since; no stop at all, a letter written before stops existed.
-                if *stage == Stage::Ingester && dl.last_error_code() == "forward_failed" {
-                    let stop = Reopen {
-                        stage: Stage::Processor,
-                        attempt: STOP_ATTEMPT,
-                        below: STOP_ATTEMPT,
-                        ..request
+            let sent = async {
+                if let Some((dl, stage, attempt, below)) = &reopen {
+                    let (fingerprint, legacy) = (fingerprint(&dl.job), legacy_fingerprint(&dl.job));
+                    let request = Reopen {
+                        job_id: &job_id,
+                        stage: *stage,
+                        fingerprint: &fingerprint,
+                        legacy_fingerprint: Some(&legacy),
+                        status: dl.status,
+                        attempt: *attempt,
+                        last_error: dl.errors.last(),
+                        below: *below,
+                        by: &held.message_id,
                     };
-                    let reopened = store.reopen(&stop, now).await.map_err(|e| OpsError {
-                        operation: "reopen the processor's stop",
+                    let reopened = store.reopen(&request, now).await.map_err(|e| OpsError {
+                        operation: "reopen job state",
                         message: e.to_string(),
                     })?;
-                    if let Reopened::Keep(why) = reopened {
-                        return Ok(Some(Skip::Keep(why)));
+                    match reopened {
+                        Reopened::Now | Reopened::Already | Reopened::NoRecord => {}
+                        Reopened::Stale(why) => return Ok(Some(Skip::Delete(why))),
+                        Reopened::Keep(why) => return Ok(Some(Skip::Keep(why))),
+                    }
+                    // A job the ingester could not forward also stopped the processor
+                    // (`JobStore::end_unforwarded`): reopen that stop too, or the redriven
+                    // job would be dropped there. A stop already taken over means the job
+                    // ran since; no stop at all, a letter written before stops existed.
+                    if *stage == Stage::Ingester && dl.last_error_code() == "forward_failed" {
+                        let stop = Reopen {
+                            stage: Stage::Processor,
+                            attempt: STOP_ATTEMPT,
+                            below: STOP_ATTEMPT,
+                            ..request
+                        };
+                        let reopened = store.reopen(&stop, now).await.map_err(|e| OpsError {
+                            operation: "reopen the processor's stop",
+                            message: e.to_string(),
+                        })?;
+                        if let Reopened::Keep(why) = reopened {
+                            return Ok(Some(Skip::Keep(why)));
+                        }
                     }
                 }
+                mailbox
+                    .send(to, &message.body, &message.attributes)
+                    .await
+                    .map(|()| None)
             }
-            mailbox
-                .send(to, &message.body, &message.attributes)
-                .await
-                .map(|()| None)
-        }
-        .await;
-        match sent {
-            // A stale copy: its end was reopened already and the job ran or runs on,
-            // so the job keeps exactly the letters of its own ends.
-            Ok(Some(Skip::Delete(why))) => {
-                mailbox.delete(held).await?;
-                report.skipped += 1;
-                report.lines.push(format!(
-                    "{job_id}: skipped and deleted as a stale copy, {why}"
-                ));
-                Ok(true)
+            .await;
+            match sent {
+                // A stale copy: its end was reopened already and the job ran or runs on,
+                // so the job keeps exactly the letters of its own ends.
+                Ok(Some(Skip::Delete(why))) => {
+                    mailbox.delete(held).await?;
+                    report.skipped += 1;
+                    report.lines.push(format!(
+                        "{job_id}: skipped and deleted as a stale copy, {why}"
+                    ));
+                    Ok(true)
+                }
+                Ok(Some(Skip::Keep(why))) => {
+                    report.kept += 1;
+                    report.lines.push(format!("{job_id}: kept, {why}"));
+                    Ok(false)
+                }
+                Ok(None) => {
+                    // Only now that the copy is accepted may the original go.
+                    mailbox.delete(held).await?;
+                    report.moved += 1;
+                    report.lines.push(format!("{job_id}: sent to {target}"));
+                    Ok(true)
+                }
+                Err(e) => {
+                    report.failed += 1;
+                    report.lines.push(format!("{job_id}: left in the DLQ, {e}"));
+                    Ok(false)
+                }
             }
-            Ok(Some(Skip::Keep(why))) => {
-                report.kept += 1;
-                report.lines.push(format!("{job_id}: kept, {why}"));
-                Ok(false)
-            }
-            Ok(None) => {
-                // Only now that the copy is accepted may the original go.
-                mailbox.delete(held).await?;
-                report.moved += 1;
-                report.lines.push(format!("{job_id}: sent to {target}"));
-                Ok(true)
-            }
-            Err(e) => {
-                report.failed += 1;
-                report.lines.push(format!("{job_id}: left in the DLQ, {e}"));
-                Ok(false)
-            }
-        }
-    })
+        },
+    )
     .await?;
     Ok(report)
 }
@@ -478,6 +498,9 @@ impl Mailbox for SqsMailbox {
             .receive_message()
             .queue_url(&self.dead_letters)
             .max_number_of_messages(10)
+            .message_system_attribute_names(
+                aws_sdk_sqs::types::MessageSystemAttributeName::SentTimestamp,
+            )
             .visibility_timeout(HOLD_SECS)
             .wait_time_seconds(1)
             .send()
@@ -488,10 +511,18 @@ impl Mailbox for SqsMailbox {
             .unwrap_or_default()
             .into_iter()
             .filter_map(|m| {
+                let sent_at_ms = m
+                    .attributes
+                    .as_ref()
+                    .and_then(|a| {
+                        a.get(&aws_sdk_sqs::types::MessageSystemAttributeName::SentTimestamp)
+                    })
+                    .and_then(|t| t.parse().ok());
                 Some(Held {
                     message_id: m.message_id?,
                     receipt: m.receipt_handle?,
                     body: m.body.unwrap_or_default(),
+                    sent_at_ms,
                 })
             })
             .collect())
@@ -582,6 +613,7 @@ mod tests {
                     message_id: format!("m{i}"),
                     receipt: format!("r{i}"),
                     body: body_of(dl),
+                    sent_at_ms: Some(0),
                 })
                 .collect();
             q
@@ -737,6 +769,7 @@ mod tests {
                 message_id: format!("m{i}"),
                 receipt: format!("r{i}"),
                 body: body.clone(),
+                sent_at_ms: Some(0),
             })
             .collect();
         let listed = list(&q, &all()).await.expect("list");
@@ -894,6 +927,7 @@ mod tests {
             message_id: id.into(),
             receipt: format!("r-{id}-{}", q.log().len()),
             body: body_of(dl),
+            sent_at_ms: Some(0),
         });
     }
 
@@ -1062,6 +1096,7 @@ mod tests {
             message_id: "m-\u{202a}".into(),
             receipt: "r-s".into(),
             body: stranded,
+            sent_at_ms: Some(0),
         });
         let lines = list(&q, &all()).await.expect("list");
         let text = lines.join("\n");
@@ -1150,5 +1185,80 @@ mod tests {
             .await
             .expect("claim");
         assert_eq!(outcome, ClaimOutcome::Claimed, "{:?}", report.lines);
+    }
+
+    /// A mailbox whose every redriven copy is rejected again at once, as the ingester
+    /// does with a job nothing was fixed in: the job ends anew and a new dead letter,
+    /// sent now, lands in the DLQ while the redrive is still sweeping it.
+    struct Bouncing<'a> {
+        q: FakeQueues,
+        store: &'a MemoryStore,
+        again: DeadLetter,
+    }
+
+    #[async_trait]
+    impl Mailbox for Bouncing<'_> {
+        async fn receive(&self) -> Result<Vec<Held>, OpsError> {
+            self.q.receive().await
+        }
+        async fn release(&self, held: &Held) -> Result<(), OpsError> {
+            self.q.release(held).await
+        }
+        async fn delete(&self, held: &Held) -> Result<(), OpsError> {
+            self.q.delete(held).await
+        }
+        async fn send(
+            &self,
+            to: Destination,
+            body: &str,
+            attributes: &[(&'static str, String)],
+        ) -> Result<(), OpsError> {
+            self.q.send(to, body, attributes).await?;
+            let n = sent(&self.q);
+            if n <= 5 {
+                ended(self.store, &self.again, &format!("e-again-{n}")).await;
+                self.q.dlq.lock().expect("lock").push(Held {
+                    message_id: format!("again-{n}"),
+                    receipt: format!("r-again-{n}"),
+                    body: body_of(&self.again),
+                    sent_at_ms: Some(chrono::Utc::now().timestamp_millis()),
+                });
+            }
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_letter_written_while_the_redrive_runs_waits_for_the_next_one() {
+        let first = letter("job-1", Stage::Ingester);
+        let store = MemoryStore::default();
+        ended(&store, &first, "e-1").await;
+        let mut again = first.clone();
+        again.errors[0].message = "still failing".into();
+        let mailbox = Bouncing {
+            q: FakeQueues::with(std::slice::from_ref(&first)),
+            store: &store,
+            again,
+        };
+        let report = redrive(&mailbox, &store, &all(), false)
+            .await
+            .expect("redrive");
+        assert_eq!(
+            sent(&mailbox.q),
+            1,
+            "redriven again within one command: {:?}",
+            report.lines
+        );
+        assert_eq!((report.moved, report.skipped), (1, 0), "{:?}", report.lines);
+        // The new letter is left for the next redrive, and it is the only one.
+        let left: Vec<String> = mailbox
+            .q
+            .dlq
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|h| h.message_id.clone())
+            .collect();
+        assert_eq!(left, ["again-1"]);
     }
 }
