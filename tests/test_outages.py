@@ -7,9 +7,9 @@ functions behind stack/fault_proxy.py:
    once, before the invocation's deadline, with its message deleted from jobs-todo.
 2. SNS down for longer than the retry schedule: records exhaust their receives and SQS
    moves them to the DLQ next to the dead letters stored on every receive; once SNS is
-   back an operator runs `job-generator dlq redrive --all`, and every job must end once.
-   Today it does not: the redrive never returns and announces the rejected job again
-   and again (REDRIVE_LOOP below; a third test shows the same without an outage).
+   back an operator runs `job-generator dlq redrive --all`, and every job must end once,
+   and the redrive must return (it once redrove the dead letters its own redriven jobs
+   wrote, without end; a third test checks that without an outage).
 
 Each test asserts every job's single end state (status, attempts, error codes and its
 dead letters), not counts.
@@ -289,17 +289,9 @@ class RedriveLoop(AssertionError):
     """A redrive that never ends and announces a job again and again (REDRIVE_LOOP)."""
 
 
-# The bug these tests show (job-generator/src/dlq.rs, `sweep`): a run reads the DLQ
-# until a receive brings no message it has not seen, so it also receives the dead
-# letters that the jobs it just sent back write when they end again. Each such letter
-# holds its job's current end, so `reopen` answers Now and the job is sent back once
-# more: a rejected job is validated, rejected, dead-lettered and announced REJECTED
-# again about every 100 ms (a processor failure likewise, its attempt and history
-# growing), until the run is stopped. Marked strict: once fixed, remove the marks.
-REDRIVE_LOOP = pytest.mark.xfail(
-    raises=RedriveLoop, strict=True,
-    reason="bug: `dlq redrive` redrives the dead letters its own redriven jobs write, without end",
-)
+# A redrive that reads the dead letters its own redriven jobs write would send them back
+# again, and so on without end (each such letter holds its job's current end): the
+# redrive acts only on letters sent before it started (job-generator/src/dlq.rs, `sweep`).
 
 
 def redrive(stack: stk.Stack, *args: str, timeout: float) -> dict:
@@ -363,7 +355,6 @@ SNS_DOWN = [
 ]
 
 
-@REDRIVE_LOOP
 def test_an_sns_outage_longer_than_the_retry_schedule_ends_every_job_once_after_a_redrive(outage):
     """SNS refuses every call until both jobs' records have used up their receives
     (maxReceiveCount 5):
@@ -452,7 +443,6 @@ def test_an_sns_outage_longer_than_the_retry_schedule_ends_every_job_once_after_
     assert f"moved 3, kept 0, skipped {receives - 1}, failed 0" in redriven["stderr"], redriven
 
 
-@REDRIVE_LOOP
 def test_a_redriven_rejection_is_validated_once_more_and_ends_once_more(outage):
     """The outage test's bug without an outage: one rejected job, announced and
     dead-lettered once; the operator redrives it by id. It must be validated once
