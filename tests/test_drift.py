@@ -1,6 +1,6 @@
 """The embedded stack and the Terraform must describe the same pipeline.
 
-`make up` provisions MiniStack with stack/stack.py; real deployments and docker-compose use
+`make up` provisions MiniStack with stack/provision.py; real deployments and docker-compose use
 terraform/. Both read terraform/pipeline.json, but each also states things of its own (SSE,
 policies, environment, mapping options), and either could hard-code a value. This test
 starts the embedded stack, reads back what it really created, evaluates what the Terraform
