@@ -30,7 +30,7 @@ What the proxy understands of AWS:
 The request is forwarded with its original `Host` header (SigV4 signs it; the SDK signed the
 proxy's address) and every other header unchanged, except hop-by-hop ones (Connection,
 Transfer-Encoding: a chunked body is forwarded with a Content-Length). MiniStack does not check
-signatures unless AUTH=true, and since stack.py pins MINISTACK_HOST, its queue URLs keep naming
+signatures unless AUTH=true, and since stack/emulator.py pins MINISTACK_HOST, its queue URLs keep naming
 the emulator whatever Host a request carries.
 
 Rules (a JSON list; a request gets the first rule, in order, whose filters match it, that has

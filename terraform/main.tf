@@ -1,5 +1,5 @@
 # pipeline.json holds every name and setting the pipeline depends on. The embedded stack
-# (stack/stack.py, `make up`) reads the same file, and tests/test_drift.py compares what
+# (stack/settings.py, `make up`) reads the same file, and tests/test_drift.py compares what
 # each side really declares, so local runs and real deployments cannot disagree silently.
 locals {
   pipeline = jsondecode(file("${path.module}/pipeline.json"))

@@ -6,8 +6,6 @@ the 6x rule kept) so that it takes minutes, not the production hour and a half.
 
 from __future__ import annotations
 
-import copy
-import json
 import os
 import signal
 import time
@@ -16,30 +14,24 @@ from pathlib import Path
 import pytest
 
 import stack as stk
+from helpers import DEADLINE_MARGIN_SECONDS, JOBS_TODO, put_jobs, state_record, wait_for
 
 PROCESSOR_TIMEOUT = 30
 JOB_SECS = 6
 
 
-def short_settings(path: Path) -> Path:
-    s = copy.deepcopy(stk.load_settings())
+def short_settings() -> dict:
+    s = stk.load_settings()
     s["functions"]["processor"]["timeout_seconds"] = PROCESSOR_TIMEOUT
-    s["queues"]["jobs-todo"]["visibility_timeout_seconds"] = 6 * PROCESSOR_TIMEOUT
-    margin_secs = int(s["functions"]["processor"]["environment"]["DEADLINE_MARGIN_MS"]) // 1000
-    s["functions"]["ingester"]["environment"]["MAX_JOB_TIMEOUT_SECONDS"] = str(PROCESSOR_TIMEOUT - margin_secs)
-    path.write_text(json.dumps(s))
-    return path
+    s["queues"][JOBS_TODO]["visibility_timeout_seconds"] = 6 * PROCESSOR_TIMEOUT
+    s["functions"]["ingester"]["environment"]["MAX_JOB_TIMEOUT_SECONDS"] = str(PROCESSOR_TIMEOUT - DEADLINE_MARGIN_SECONDS)
+    return s
 
 
 @pytest.fixture(scope="module")
-def short(tmp_path_factory, free_port):
-    state = tmp_path_factory.mktemp("crash")
-    settings = short_settings(state / "pipeline.json")
-    stack = stk.up(port=free_port(), state_dir=state, use_existing=False, receiver=True, settings_file=settings)
-    try:
+def short(start_stack):
+    with start_stack("crash", receiver=True, settings=short_settings()) as stack:
         yield stack
-    finally:
-        stk.down(state)
 
 
 def workers_of(stack: stk.Stack, function: str) -> list[int]:
@@ -56,31 +48,16 @@ def workers_of(stack: stk.Stack, function: str) -> list[int]:
     return found
 
 
-def processor_record(stack: stk.Stack, job_id: str) -> dict | None:
-    item = stack.client("dynamodb").get_item(
-        TableName=stack.settings["state_table"], Key={"pk": {"S": f"processor#{job_id}"}}, ConsistentRead=True
-    ).get("Item")
-    return item and {k: next(iter(v.values())) for k, v in item.items()}
-
-
 def test_a_worker_killed_mid_job_leaves_the_job_to_run_again_and_end_once(short):
     job_id = f"crash-{int(time.time())}"
-    out = short.client("events").put_events(Entries=[{
-        "Source": "jobs", "DetailType": "JobEvent", "EventBusName": "default",
-        "Detail": json.dumps({"id": job_id, "job_type": "long_running_job",
-                              "message": {"task_name": "killed", "timeout": JOB_SECS}}),
-    }])
-    assert out["FailedEntryCount"] == 0, out
+    put_jobs(short, [{"id": job_id, "job_type": "long_running_job", "message": {"task_name": "killed", "timeout": JOB_SECS}}])
 
     # Wait until the processor holds the job, then kill every processor worker.
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        record = processor_record(short, job_id)
-        if record and record.get("progress") == "IN_PROGRESS":
-            break
-        time.sleep(0.2)
-    else:
-        pytest.fail(f"the processor never claimed {job_id}")
+    wait_for(
+        f"the processor to claim {job_id}",
+        lambda: (state_record(short, "processor", job_id) or {}).get("progress") == "IN_PROGRESS",
+        timeout=60, every=0.2,
+    )
     killed = workers_of(short, "processor")
     assert killed, "no processor worker to kill"
     for pid in killed:

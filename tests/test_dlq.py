@@ -1,6 +1,7 @@
 """`job-generator dlq` against the embedded stack: listing leaves the queue as it was,
 a dry run moves nothing, and a redrive sends a failed job back to jobs-todo and a
-rejected one back to the ingester, deleting each dead letter only once its copy is out."""
+rejected one back to the ingester, deleting each dead letter only once its copy is out.
+On conftest.py's `pipeline`, the stack as `make up` starts it."""
 
 from __future__ import annotations
 
@@ -8,21 +9,10 @@ import json
 import subprocess
 import time
 
-import pytest
-
 import stack as stk
+from helpers import INGESTER_QUEUE, JOBS_TODO, MAX_ATTEMPTS
 
 GENERATOR = stk.RELEASE / "job-generator"
-
-
-@pytest.fixture(scope="module")
-def pipeline(tmp_path_factory, free_port):
-    state = tmp_path_factory.mktemp("dlq")
-    stack = stk.up(port=free_port(), state_dir=state, use_existing=False, receiver=False)
-    try:
-        yield stack
-    finally:
-        stk.down(state)
 
 
 def ops(stack: stk.Stack, *args: str) -> subprocess.CompletedProcess:
@@ -38,9 +28,9 @@ def dead_letter(job_id: str, stage: str, job: dict) -> str:
             "job_type": job.get("job_type"),
             "status": status,
             "stage": stage,
-            "attempts": 3,
+            "attempts": MAX_ATTEMPTS,
             "errors": [
-                {"stage": stage, "code": "downstream_unavailable", "message": "the test put it here", "attempt": 3,
+                {"stage": stage, "code": "downstream_unavailable", "message": "the test put it here", "attempt": MAX_ATTEMPTS,
                  "timestamp": "2026-11-23T10:00:00.000Z"}
             ],
             "job": job,
@@ -68,8 +58,8 @@ def test_list_dry_run_and_redrive(pipeline):
 
     dry = ops(pipeline, "dlq", "redrive", "--all", "--dry-run")
     assert dry.returncode == 0, dry.stderr
-    assert "job-redrive-1: would go to jobs-todo" in dry.stdout
-    assert "job-redrive-2: would go to ingester-queue" in dry.stdout
+    assert f"job-redrive-1: would go to {JOBS_TODO}" in dry.stdout
+    assert f"job-redrive-2: would go to {INGESTER_QUEUE}" in dry.stdout
     assert depth(sqs, dlq) == 2, "a dry run moves nothing"
 
     refused = ops(pipeline, "dlq", "redrive")
@@ -90,6 +80,6 @@ def test_list_dry_run_and_redrive(pipeline):
     assert set(ended) == {"job-redrive-1", "job-redrive-2"}
     assert all(n["status"] == "COMPLETED" for n in ended.values()), ended
     # The processor failure kept its history and came back as its next attempt.
-    assert ended["job-redrive-1"]["attempts"] >= 4
+    assert ended["job-redrive-1"]["attempts"] >= MAX_ATTEMPTS + 1
     assert [e["code"] for e in ended["job-redrive-1"]["errors"]] == ["downstream_unavailable"]
     assert depth(sqs, dlq) == 0

@@ -1,6 +1,6 @@
 """The embedded stack and the Terraform must describe the same pipeline.
 
-`make up` provisions MiniStack with stack/stack.py; real deployments and docker-compose use
+`make up` provisions MiniStack with stack/provision.py; real deployments and docker-compose use
 terraform/. Both read terraform/pipeline.json, but each also states things of its own (SSE,
 policies, environment, mapping options), and either could hard-code a value. This test
 starts the embedded stack, reads back what it really created, evaluates what the Terraform
@@ -21,19 +21,16 @@ import pytest
 
 import stack as stk
 from hcl_eval import JsonDoc, Module, Ref
+from helpers import DEAD_LETTER_QUEUE, INGESTER_QUEUE, SETTINGS
 
 LOCAL_ONLY_ENV = {"JOBS_STACK_ID", "AWS_ENDPOINT_URL", "AWS_LAMBDA_LOG_FORMAT", "OTEL_EXPORTER_OTLP_ENDPOINT"}
 FUNCTIONS = {"ingester": "aws_lambda_function.ingester", "processor": "aws_lambda_function.processor"}
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory, free_port):
-    state = tmp_path_factory.mktemp("drift")
-    stack = stk.up(port=free_port(), state_dir=state, use_existing=False)
-    try:
-        yield described(stack)
-    finally:
-        stk.down(state)
+def live(pipeline):
+    """What conftest.py's `pipeline` (the stack as `make up` starts it) really provisioned."""
+    return described(pipeline)
 
 
 @pytest.fixture(scope="module")
@@ -294,11 +291,11 @@ def test_the_embedded_stack_provisions_what_terraform_declares(live, declared, p
 
 def test_the_comparison_sees_every_resource(live, declared):
     """An empty or partial read on both sides would compare equal; it must not."""
-    assert set(declared["queues"]) == {"ingester-queue", "jobs-todo", "dead-letter-queue"}
-    assert set(declared["functions"]) == set(declared["mappings"]) == {"ingester", "processor"}
-    assert declared["rule"]["targets"] and declared["queues"]["ingester-queue"]["policy"]
-    assert declared["queues"]["dead-letter-queue"]["policy"], "EventBridge must be let to dead-letter"
-    assert all(t[2] == "dead-letter-queue" and t[3] and t[4] for t in declared["rule"]["targets"])
+    assert set(declared["queues"]) == set(SETTINGS["queues"])
+    assert set(declared["functions"]) == set(declared["mappings"]) == set(stk.FUNCTIONS)
+    assert declared["rule"]["targets"] and declared["queues"][INGESTER_QUEUE]["policy"]
+    assert declared["queues"][DEAD_LETTER_QUEUE]["policy"], "EventBridge must be let to dead-letter"
+    assert all(t[2] == DEAD_LETTER_QUEUE and t[3] and t[4] for t in declared["rule"]["targets"])
     assert all(f["environment"] for f in live["functions"].values())
 
 

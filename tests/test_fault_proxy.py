@@ -27,6 +27,7 @@ import pytest
 
 import fault_proxy as fp
 import stack as stk
+from helpers import SETTINGS, onboarding, put_jobs
 
 SCOPE = "AWS4-HMAC-SHA256 Credential=test/20261123/us-east-1/{service}/aws4_request, SignedHeaders=host;x-amz-date, Signature=abc"
 
@@ -429,20 +430,10 @@ def test_cli_serves_and_stops_on_sigterm(upstream, free_port, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def faulty(tmp_path_factory, free_port):
+def faulty(start_stack):
     """MiniStack through `stack.up`, with the proxy in front of it for the functions."""
-    state = tmp_path_factory.mktemp("fault-proxy")
-    port = free_port()
-    proxy = fp.FaultProxy(f"http://127.0.0.1:{port}")
-    proxy.start()
-    try:
-        stack = stk.up(port=port, state_dir=state, use_existing=False, fault_proxy=proxy.url)
-        try:
-            yield stack, proxy
-        finally:
-            stk.down(state)
-    finally:
-        proxy.stop()
+    with start_stack("fault-proxy", proxy=True) as (stack, proxy):
+        yield stack, proxy
 
 
 @pytest.fixture
@@ -458,7 +449,7 @@ def via(proxy: fp.FaultProxy, service: str, attempts: int = 3):
     from botocore.config import Config
 
     return boto3.client(
-        service, endpoint_url=proxy.url, region_name="us-east-1", aws_access_key_id="test",
+        service, endpoint_url=proxy.url, region_name=SETTINGS["region"], aws_access_key_id="test",
         aws_secret_access_key="test",
         config=Config(retries={"total_max_attempts": attempts, "mode": "standard"}, connect_timeout=5, read_timeout=10),
     )
@@ -547,11 +538,7 @@ def test_the_functions_calls_go_through_the_proxy_and_retry_its_throttling(live)
     proxy.set_rules([{"service": "dynamodb", "body_contains": job, "times": 1,
                       "status": 400, "error_code": "ThrottlingException"}])
     since = proxy.log()[-1]["seq"] if proxy.log() else 0
-    detail = {"id": job, "job_type": "user_onboarding", "message": {"user_id": job, "user_name": "Ada"}}
-    out = stack.client("events").put_events(
-        Entries=[{"Source": "jobs", "DetailType": "JobEvent", "Detail": json.dumps(detail), "EventBusName": "default"}]
-    )
-    assert out["FailedEntryCount"] == 0
+    put_jobs(stack, [onboarding(job)])
     (note,) = stk.await_end_states(stack, {job}, timeout=30, linger=0)
     assert (note["status"], note["errors"], note["attempts"]) == ("COMPLETED", [], 1), note
     (rule,) = proxy.rules()

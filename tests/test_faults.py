@@ -8,40 +8,18 @@ One MiniStack serves the module, started through `stack.up()` as `make up` does
 
 from __future__ import annotations
 
-import json
 import time
 
 import pytest
 
 import stack as stk
-from fault_proxy import FaultProxy
+from helpers import onboarding, put_jobs
 
 
 @pytest.fixture(scope="module")
-def faulty(tmp_path_factory, free_port):
-    state = tmp_path_factory.mktemp("faults")
-    port = free_port()
-    proxy = FaultProxy(f"http://127.0.0.1:{port}")
-    url = proxy.start()
-    try:
-        stack = stk.up(port=port, state_dir=state, use_existing=False, receiver=True, fault_proxy=url)
-        try:
-            yield stack, proxy
-        finally:
-            stk.down(state)
-    finally:
-        proxy.stop()
-
-
-def put_job(stack: stk.Stack, detail: dict) -> None:
-    out = stack.client("events").put_events(
-        Entries=[{"Source": "jobs", "DetailType": "JobEvent", "Detail": json.dumps(detail), "EventBusName": "default"}]
-    )
-    assert out["FailedEntryCount"] == 0, out
-
-
-def onboarding(job_id: str) -> dict:
-    return {"id": job_id, "job_type": "user_onboarding", "message": {"user_id": job_id, "user_name": "Ada"}}
+def faulty(start_stack):
+    with start_stack("faults", receiver=True, proxy=True) as (stack, proxy):
+        yield stack, proxy
 
 
 @pytest.mark.parametrize("stage", ["ingester", "processor"])
@@ -53,7 +31,7 @@ def test_a_lost_claim_answer_does_not_hold_the_job_until_its_lease_ends(faulty, 
     job_id = f"lost-claim-{stage}-{int(time.time())}"
     proxy.set_rules([{"service": "dynamodb", "body_contains": f"{stage}#{job_id}", "times": 1, "drop_answer": True}])
     try:
-        put_job(stack, onboarding(job_id))
+        put_jobs(stack, [onboarding(job_id)])
         notes = stk.await_end_states(stack, {job_id}, timeout=60)
     finally:
         proxy.clear()

@@ -1,7 +1,8 @@
 """End-to-end tests against the embedded stack.
 
 Each module starts its own MiniStack on a free port through `stack.up()`, the code path
-`make up` runs, and stops it with `stack.down()`. Nothing assumes a running emulator.
+`make up` runs, and stops it with `stack.down()` (conftest.py's `pipeline`). Nothing
+assumes a running emulator.
 """
 
 from __future__ import annotations
@@ -15,31 +16,12 @@ import pytest
 
 import otlp_receiver
 import stack as stk
+from helpers import DEAD_LETTER_QUEUE, EVENT_BUS, INGESTER_QUEUE, JOBS_TODO, MAX_JOB_SECONDS, WORK_QUEUES, wait_for
 
 ROOT = stk.ROOT
 ORIGINAL_JOBS = sorted((ROOT / "functions" / "core" / "fixtures" / "original-jobs").glob("*/*.json"))
 GENERATED = 300
 ORIGINAL_LONG_JOB_SECS = 300  # the original demo's long_running_job runs that long
-MAX_JOB_SECS = int(stk.load_settings()["functions"]["ingester"]["environment"]["MAX_JOB_TIMEOUT_SECONDS"])
-
-
-@pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
-    state = tmp_path_factory.mktemp("stack")
-    # As `make up`: with the local OTLP receiver, so every job here is traced too.
-    stack = stk.up(port=stk_free_port(), state_dir=state, use_existing=False, receiver=True)
-    try:
-        yield stack
-    finally:
-        stk.down(state)
-
-
-def stk_free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_every_job_ends_exactly_once_in_the_right_state(pipeline, tmp_path):
@@ -89,7 +71,7 @@ def test_every_job_ends_exactly_once_in_the_right_state(pipeline, tmp_path):
     assert not wrong, f"{len(wrong)} jobs ended in the wrong state: {wrong[:5]}"
 
     # Every rejection, and only those, sits in the DLQ once, with the job as it was sent.
-    dead = stk.drain(sqs, queues["dead-letter-queue"], wait=2)
+    dead = stk.drain(sqs, queues[DEAD_LETTER_QUEUE], wait=2)
     dead_ids = Counter(json.loads(m["Body"])["job_id"] for m in dead)
     rejected = {j for j, (status, _) in expected.items() if status == "REJECTED"}
     assert set(dead_ids) == rejected and max(dead_ids.values()) == 1, (dead_ids, rejected)
@@ -110,16 +92,16 @@ def test_every_job_ends_exactly_once_in_the_right_state(pipeline, tmp_path):
 
     counts = Counter(n["status"] for n in notes)
     print(f"\nconservation: {len(expected)} jobs, {dict(counts)}, {len(dead)} dead letters")
-    for name in ("ingester-queue", "jobs-todo"):
+    for name in WORK_QUEUES:
         assert stk.queue_depth(sqs, queues[name]) == 0, f"{name} still holds messages"
 
 
-def test_the_generator_refuses_to_send_where_no_rule_routes_jobs(tmp_path):
+def test_the_generator_refuses_to_send_where_no_rule_routes_jobs(tmp_path, free_port):
     """EventBridge accepts events no rule matches and drops them: a generator run before
     provisioning (e.g. `docker compose run job-generator` while terraform still runs)
     must fail by name instead of reporting every job as sent."""
     state = tmp_path / "stack"
-    endpoint, _ = stk.start_emulator(state, stk_free_port(), use_existing=False)
+    endpoint, _ = stk.start_emulator(state, free_port(), use_existing=False)
     try:
         bare = stk.Stack(endpoint=endpoint, state_dir=state, settings=stk.load_settings())
         with pytest.raises(stk.StackError) as refused:
@@ -133,9 +115,9 @@ def test_the_generator_refuses_to_send_where_no_rule_routes_jobs(tmp_path):
         stk.stop_processes(state)
 
 
-def test_up_is_idempotent_and_down_stops_every_process(tmp_path):
+def test_up_is_idempotent_and_down_stops_every_process(tmp_path, free_port):
     state = tmp_path / "stack"
-    port = stk_free_port()
+    port = free_port()
     stack = stk.up(port=port, state_dir=state, use_existing=False)
     pid = stk.read_pid(state)
     again = stk.up(port=port, state_dir=state, use_existing=False)
@@ -149,11 +131,7 @@ def test_up_is_idempotent_and_down_stops_every_process(tmp_path):
     # Start function workers, so there is something that could outlive MiniStack.
     stk.generate(stack, tmp_path / "m.jsonl", "--count", "3", "--rate", "10", "--seed", "1", "--malformed-ratio", "0")
     marker = (state / "stack-id").read_text().strip()
-    deadline = time.monotonic() + 30
-    while not stk.marked_pids(marker) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    workers = stk.marked_pids(marker)
-    assert workers, "the functions should have started workers"
+    workers = wait_for("the functions to start workers", lambda: stk.marked_pids(marker), timeout=30, every=0.5)
 
     stk.down(state)
     assert not stk.alive(pid)
@@ -174,7 +152,7 @@ def test_each_job_is_one_trace_from_generator_to_processor(pipeline, tmp_path):
         # At the longest timeout the ingester accepts (a longer one is rejected): what the
         # processor could run on a fresh invocation, which is more than is left after the
         # claim, so it fails at once with deadline_exceeded instead of being cut off.
-        f"failed-{run}": ({"job_type": "long_running_job", "message": {"task_name": "t", "timeout": MAX_JOB_SECS}}, "FAILED"),
+        f"failed-{run}": ({"job_type": "long_running_job", "message": {"task_name": "t", "timeout": MAX_JOB_SECONDS}}, "FAILED"),
     }
     path = tmp_path / "jobs.jsonl"
     path.write_text("".join(json.dumps({**detail, "id": job_id}) + "\n" for job_id, (detail, _) in jobs.items()))
@@ -217,15 +195,15 @@ def test_each_job_is_one_trace_from_generator_to_processor(pipeline, tmp_path):
         def parent(span):
             return by_id.get(span["parent_span_id"])
 
-        sent = one("send default", "job-generator")
+        sent = one(f"send {EVENT_BUS}", "job-generator")
         assert sent["kind"] == "PRODUCER" and sent["parent_span_id"] is None
-        assert sent["attributes"]["messaging.destination.name"] == "default"
+        assert sent["attributes"]["messaging.destination.name"] == EVENT_BUS
         assert sent["attributes"]["messaging.message.id"] == manifest[job_id]["event_id"]
 
-        ingest = one("process ingester-queue", "ingester")
+        ingest = one(f"process {INGESTER_QUEUE}", "ingester")
         assert ingest["kind"] == "CONSUMER" and parent(ingest) is sent
         attrs = ingest["attributes"]
-        assert attrs["messaging.system"] == "aws_sqs" and attrs["messaging.destination.name"] == "ingester-queue"
+        assert attrs["messaging.system"] == "aws_sqs" and attrs["messaging.destination.name"] == INGESTER_QUEUE
         assert attrs["messaging.message.id"] and attrs["faas.invocation_id"] and "faas.coldstart" in attrs
         assert attrs["job.id"] == job_id and attrs["job.type"] == detail["job_type"]
         # The invocation's batch span links to the message it processed.
@@ -238,11 +216,11 @@ def test_each_job_is_one_trace_from_generator_to_processor(pipeline, tmp_path):
             assert not [s for s in trace if s["service"] == "processor"], "a rejected job never reaches the processor"
             continue
         assert ingest["status"] != "ERROR", ingest
-        forward = one("send jobs-todo", "ingester")
+        forward = one(f"send {JOBS_TODO}", "ingester")
         assert forward["kind"] == "PRODUCER" and parent(forward) is ingest
         assert forward["attributes"]["messaging.system"] == "aws_sqs"
-        assert forward["attributes"]["messaging.destination.name"] == "jobs-todo"
-        process = one("process jobs-todo", "processor")
+        assert forward["attributes"]["messaging.destination.name"] == JOBS_TODO
+        process = one(f"process {JOBS_TODO}", "processor")
         assert process["kind"] == "CONSUMER" and parent(process) is forward
         assert process["attributes"]["messaging.message.id"] and process["attributes"]["job.type"] == detail["job_type"]
         execute = one(f"execute {detail['job_type']}", "processor")

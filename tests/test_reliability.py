@@ -11,44 +11,26 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from collections import Counter
 from statistics import mean
 
 import pytest
 
 import stack as stk
+from helpers import (
+    DEAD_LETTER_QUEUE, INGESTER_QUEUE, JOBS_TODO, MAX_ATTEMPTS, RETRY_BASE_DELAY_SECONDS, WORK_QUEUES, onboarding,
+    put_jobs, set_polling, wait_for,
+)
 
-BASE_DELAY = 2  # RETRY_BASE_DELAY_SECONDS in terraform/pipeline.json
-MAX_ATTEMPTS = 3  # MAX_ATTEMPTS there
 SLACK = 4  # seconds of polling and processing around a retry's delay
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory, free_port):
-    state = tmp_path_factory.mktemp("reliability")
-    # As `make up` runs it: telemetry on (the local OTLP receiver), so every producer's
-    # copy of a job carries its own trace context, as it does for users.
-    stack = stk.up(port=free_port(), state_dir=state, use_existing=False, fault_injection=True, receiver=True)
-    try:
+def pipeline(start_stack):
+    """conftest.py's `pipeline` (as `make up` runs it: telemetry on, so every producer's copy
+    of a job carries its own trace context, as it does for users), with fault injection on."""
+    with start_stack("reliability", receiver=True, fault_injection=True) as stack:
         yield stack
-    finally:
-        stk.down(state)
-
-
-def put_jobs(stack: stk.Stack, details: list[dict]) -> None:
-    events = stack.client("events")
-    for i in range(0, len(details), 10):
-        entries = [
-            {"Source": "jobs", "DetailType": "JobEvent", "Detail": json.dumps(d), "EventBusName": "default"}
-            for d in details[i : i + 10]
-        ]
-        out = events.put_events(Entries=entries)
-        assert out["FailedEntryCount"] == 0, out
-
-
-def onboarding(job_id: str, **extra) -> dict:
-    return {"id": job_id, "job_type": "user_onboarding", "message": {"user_id": job_id, "user_name": "Ada"}, **extra}
 
 
 def processor_log_lines(stack: stk.Stack, job_id: str, text: str) -> int:
@@ -67,7 +49,7 @@ def test_duplicates_run_once_and_end_once(pipeline):
         "job": onboarding("dup-messages"),
     }
     sqs = pipeline.client("sqs")
-    todo = pipeline.resources["queues"]["jobs-todo"]
+    todo = pipeline.resources["queues"][JOBS_TODO]
 
     def send_copies(n: int) -> None:
         put_jobs(pipeline, [onboarding("dup-events")] * n)
@@ -99,13 +81,10 @@ def test_after_a_restart_completed_jobs_are_not_run_again(pipeline):
     assert workers, "the functions' worker processes should be running"
     for pid in workers:
         os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(stk.alive(p) for p in workers):
-        time.sleep(0.2)
-    assert not any(stk.alive(p) for p in workers)
+    wait_for("the killed workers to be gone", lambda: not any(stk.alive(p) for p in workers), timeout=10, every=0.2)
 
     sqs = pipeline.client("sqs")
-    todo = pipeline.resources["queues"]["jobs-todo"]
+    todo = pipeline.resources["queues"][JOBS_TODO]
     for j in before:
         enriched = {"job_id": j["id"], "job_type": j["job_type"], "status": "NEW",
                     "received_at": "2026-11-23T10:00:00.000Z", "attempt": 1, "errors": [], "job": j}
@@ -152,13 +131,13 @@ def test_flaky_jobs_retry_with_growing_delays_and_keep_their_history(pipeline):
         for k in range(MAX_ATTEMPTS - 1):
             gap = times[k + 1] - times[k]
             # Full jitter: each wait lies within its doubling ceiling (plus polling).
-            assert 0 <= gap <= BASE_DELAY * 2**k + SLACK, (d["id"], k, gap)
+            assert 0 <= gap <= RETRY_BASE_DELAY_SECONDS * 2**k + SLACK, (d["id"], k, gap)
             gaps[k].append(gap)
     print(f"\nmean wait before attempt 2: {mean(gaps[0]):.2f} s, before attempt 3: {mean(gaps[1]):.2f} s")
     assert mean(gaps[1]) > mean(gaps[0]), gaps
 
     sqs = pipeline.client("sqs")
-    dead = [json.loads(m["Body"]) for m in stk.drain(sqs, pipeline.resources["queues"]["dead-letter-queue"], wait=2)]
+    dead = [json.loads(m["Body"]) for m in stk.drain(sqs, pipeline.resources["queues"][DEAD_LETTER_QUEUE], wait=2)]
     doomed_dead = Counter(d["job_id"] for d in dead if d["job_id"].startswith("doomed-"))
     assert doomed_dead == {d["id"]: 1 for d in doomed}, doomed_dead
     assert all(len(d["errors"]) == MAX_ATTEMPTS for d in dead if d["job_id"].startswith("doomed-"))
@@ -167,23 +146,20 @@ def test_flaky_jobs_retry_with_growing_delays_and_keep_their_history(pipeline):
 def test_jobs_sent_while_the_processor_is_down_all_complete(pipeline, tmp_path):
     """The original demo's recovery scenario: the processor's mapping disabled while
     200 jobs arrive, then enabled again."""
-    lam, sqs = pipeline.client("lambda"), pipeline.client("sqs")
-    (mapping,) = lam.list_event_source_mappings(FunctionName="processor")["EventSourceMappings"]
-    lam.update_event_source_mapping(UUID=mapping["UUID"], Enabled=False)
+    sqs = pipeline.client("sqs")
+    set_polling(pipeline, "processor", False)
     try:
         sent = stk.generate(pipeline, tmp_path / "down.jsonl", "--count", "200", "--rate", "100", "--seed", "7",
                         "--max-job-seconds", "1", "--malformed-ratio", "0")
         ids = {s["job_id"] for s in sent if s["outcome"] == "sent"}
         assert len(ids) == 200
-        todo = pipeline.resources["queues"]["jobs-todo"]
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and stk.queue_depth(sqs, todo) < 200:
-            time.sleep(1)
+        todo = pipeline.resources["queues"][JOBS_TODO]
+        wait_for(f"the ingester to forward 200 jobs to {JOBS_TODO}", lambda: stk.queue_depth(sqs, todo) >= 200, timeout=120)
         assert stk.queue_depth(sqs, todo) == 200, "the ingester forwards while the processor is down"
         early = stk.await_end_states(pipeline, ids, timeout=3)
         assert not early, f"{len(early)} jobs ended while the processor was down"
     finally:
-        lam.update_event_source_mapping(UUID=mapping["UUID"], Enabled=True)
+        set_polling(pipeline, "processor", True)
     notes = stk.await_end_states(pipeline, ids, timeout=180)
     per_job = Counter(n["job_id"] for n in notes)
     assert set(per_job) == ids and max(per_job.values()) == 1
@@ -245,13 +221,13 @@ def test_every_job_has_exactly_one_end_state_under_mixed_load(pipeline, tmp_path
     sqs = pipeline.client("sqs")
     dead = Counter(
         body["job_id"]
-        for body in (json.loads(m["Body"]) for m in stk.drain(sqs, pipeline.resources["queues"]["dead-letter-queue"], wait=3))
+        for body in (json.loads(m["Body"]) for m in stk.drain(sqs, pipeline.resources["queues"][DEAD_LETTER_QUEUE], wait=3))
         if body.get("job_id") in ids
     )
     rejected = {j for j, c in copies.items() if expected_end(c[0])[0] == "REJECTED"}
     assert set(dead) == rejected, (sorted(set(dead) ^ rejected)[:5])
     assert all(v == 1 for v in dead.values()), {j: v for j, v in dead.items() if v > 1}
-    for name in ("ingester-queue", "jobs-todo"):
+    for name in WORK_QUEUES:
         assert stk.queue_depth(sqs, pipeline.resources["queues"][name]) == 0, f"{name} still holds messages"
 
 
@@ -267,8 +243,8 @@ def test_records_wait_in_sqs_while_a_dependency_is_down(pipeline):
         ids = {j["id"] for j in jobs}
         early = stk.await_end_states(pipeline, ids, timeout=10, linger=0)
         assert not early, f"{len(early)} jobs ended without their state table"
-        held = stk.queue_depth(sqs, pipeline.resources["queues"]["ingester-queue"])
-        assert held == 20, f"the records must wait in ingester-queue, found {held}"
+        held = stk.queue_depth(sqs, pipeline.resources["queues"][INGESTER_QUEUE])
+        assert held == 20, f"the records must wait in {INGESTER_QUEUE}, found {held}"
     finally:
         stk.ensure_table(ddb, table)
     notes = stk.await_end_states(pipeline, ids, timeout=150)

@@ -22,7 +22,7 @@ def test_the_shipped_settings_follow_the_aws_rules():
     for fn in s["functions"].values():
         q = s["queues"][fn["source_queue"]]
         assert q["visibility_timeout_seconds"] >= 6 * fn["timeout_seconds"]
-        assert q["max_receive_count"] == 5
+        assert q["max_receive_count"] == stk.MIN_RECEIVE_COUNT
 
 
 @pytest.mark.parametrize(

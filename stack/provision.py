@@ -1,0 +1,256 @@
+"""Provisioning: every resource of the pipeline created or brought back to its settings.
+
+`provision` creates, or updates in place, the queues (the DLQ first, with the redrive
+policies pointing at it), the end-state topic and its demo subscriber, the rule and its
+target, the queue policies, the state table, the role, the functions and their event
+source mappings, as the Terraform declares them (tests/test_drift.py compares the two).
+Every step is idempotent: running it again on a provisioned emulator changes nothing but
+the code and configuration it deploys. `package` makes the Lambda zips from the release
+binaries.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import platform
+import time
+import zipfile
+from pathlib import Path
+
+from common import StackError
+from emulator import Stack
+
+ACCOUNT = "000000000000"
+FUNCTIONS = ("ingester", "processor")
+TOPIC_KMS_KEY = "alias/aws/sns"  # terraform: var.topic_kms_key_id
+
+
+def package(binary: Path) -> bytes:
+    """A Lambda zip holding the binary as an executable `bootstrap`."""
+    if not binary.is_file():
+        raise StackError(f"{binary} is missing: build it with `cargo build --release` (make build)")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        info = zipfile.ZipInfo("bootstrap", date_time=(2026, 1, 1, 0, 0, 0))
+        info.external_attr = 0o100755 << 16
+        info.compress_type = zipfile.ZIP_DEFLATED
+        z.writestr(info, binary.read_bytes())
+    return buf.getvalue()
+
+
+def queue_arn(stack: Stack, name: str) -> str:
+    return f"arn:aws:sqs:{stack.region}:{ACCOUNT}:{name}"
+
+
+def provision(
+    stack: Stack, zips: dict[str, bytes], marker: str, otlp_endpoint: str | None, fault_injection: bool = False,
+    functions_endpoint: str | None = None,
+) -> dict:
+    """Creates or updates every resource; returns their URLs and ARNs. `functions_endpoint`:
+    where the functions send their AWS calls, if not to the emulator (see `up`'s fault_proxy)."""
+    s = stack.settings
+    sqs, sns, events, lam, iam = (stack.client(n) for n in ("sqs", "sns", "events", "lambda", "iam"))
+    dlq_name = s["dead_letter_queue"]
+    urls = {}
+    # The DLQ first: the work queues' redrive policies point at it.
+    for name in sorted(s["queues"], key=lambda n: n != dlq_name):
+        q = s["queues"][name]
+        attrs = {
+            "VisibilityTimeout": str(q["visibility_timeout_seconds"]),
+            "MessageRetentionPeriod": str(q["message_retention_seconds"]),
+            "SqsManagedSseEnabled": "true",
+        }
+        if "max_receive_count" in q:
+            attrs["RedrivePolicy"] = json.dumps(
+                {"deadLetterTargetArn": queue_arn(stack, dlq_name), "maxReceiveCount": q["max_receive_count"]}
+            )
+        url = sqs.create_queue(QueueName=name)["QueueUrl"]
+        sqs.set_queue_attributes(QueueUrl=url, Attributes=attrs)
+        urls[name] = url
+
+    work_queues = [queue_arn(stack, n) for n, q in s["queues"].items() if "max_receive_count" in q]
+    sqs.set_queue_attributes(
+        QueueUrl=urls[dlq_name],
+        Attributes={"RedriveAllowPolicy": json.dumps({"redrivePermission": "byQueue", "sourceQueueArns": work_queues})},
+    )
+
+    topic_arn = sns.create_topic(Name=s["topic"], Attributes={"KmsMasterKeyId": TOPIC_KMS_KEY})["TopicArn"]
+    watch = s["demo_subscriber_queue"]
+    watch_url = sqs.create_queue(QueueName=watch, Attributes={"MessageRetentionPeriod": "1209600"})["QueueUrl"]
+    urls[watch] = watch_url
+    subs = sns.list_subscriptions_by_topic(TopicArn=topic_arn).get("Subscriptions", [])
+    if not any(x["Endpoint"] == queue_arn(stack, watch) for x in subs):
+        sns.subscribe(
+            TopicArn=topic_arn,
+            Protocol="sqs",
+            Endpoint=queue_arn(stack, watch),
+            Attributes={"RawMessageDelivery": "true"},
+        )
+
+    rule = s["rule"]
+    events.put_rule(
+        Name=rule["name"], EventBusName=s["event_bus"], EventPattern=json.dumps(rule["event_pattern"]), State="ENABLED"
+    )
+    target_queue = s["functions"]["ingester"]["source_queue"]
+    # Undeliverable events go to the DLQ as they are (MiniStack 1.5.33 stores these
+    # settings but drops such events; AWS applies them).
+    events.put_targets(
+        Rule=rule["name"],
+        EventBusName=s["event_bus"],
+        Targets=[{
+            "Id": target_queue,
+            "Arn": queue_arn(stack, target_queue),
+            "RetryPolicy": {
+                "MaximumEventAgeInSeconds": rule["retry"]["maximum_event_age_seconds"],
+                "MaximumRetryAttempts": rule["retry"]["maximum_retry_attempts"],
+            },
+            "DeadLetterConfig": {"Arn": queue_arn(stack, dlq_name)},
+        }],
+    )
+
+    # The same grants the Terraform gives: only this rule may send to the ingester's
+    # queue, and dead-letter what it cannot deliver.
+    rule_arn = events.describe_rule(Name=rule["name"], EventBusName=s["event_bus"])["Arn"]
+    for name, sid in ((target_queue, "EventBridgeSendsJobs"), (dlq_name, "EventBridgeDeadLettersUndeliverableJobs")):
+        sqs.set_queue_attributes(
+            QueueUrl=urls[name],
+            Attributes={"Policy": json.dumps(event_queue_policy(queue_arn(stack, name), rule_arn, sid))},
+        )
+
+    ensure_table(stack.client("dynamodb"), s["state_table"])
+
+    role_arn = ensure_role(iam)
+    receive = {name: q.get("max_receive_count", 5) for name, q in s["queues"].items()}
+    common = {
+        "DEAD_LETTER_QUEUE_URL": urls[dlq_name],
+        "JOB_END_STATE_TOPIC_ARN": topic_arn,
+        "JOBS_TABLE": s["state_table"],
+        "JOBS_STACK_ID": marker,
+        # MiniStack's provided.al2023 workers get no endpoint of their own (1.5.33);
+        # without it the SDK would call real AWS.
+        "AWS_ENDPOINT_URL": functions_endpoint or stack.endpoint,
+        # On AWS this comes from LoggingConfig (the variable is reserved there).
+        "AWS_LAMBDA_LOG_FORMAT": "JSON",
+    }
+    if otlp_endpoint:
+        common["OTEL_EXPORTER_OTLP_ENDPOINT"] = otlp_endpoint
+    for name in FUNCTIONS:
+        fn = s["functions"][name]
+        env = dict(fn.get("environment", {}), **common)
+        # The ingester forwards to jobs-todo; the processor sends retries back to it.
+        env["JOBS_TODO_QUEUE_URL"] = urls[s["functions"]["processor"]["source_queue"]]
+        if name == "ingester":
+            env["INGESTER_QUEUE_URL"] = urls[fn["source_queue"]]
+            # Its last receive dead-letters instead of failing (the processor counts
+            # attempts in the message, not receives).
+            env["MAX_RECEIVE_COUNT"] = str(receive[fn["source_queue"]])
+        if name == "processor" and fault_injection:
+            env["FAULT_INJECTION"] = "true"
+        deploy_function(lam, name, fn, zips[name], role_arn, env)
+        ensure_mapping(lam, name, fn, queue_arn(stack, fn["source_queue"]))
+    return {"queues": urls, "topic_arn": topic_arn, "role_arn": role_arn}
+
+
+def event_queue_policy(queue: str, rule_arn: str, sid: str) -> dict:
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": sid,
+                "Effect": "Allow",
+                "Principal": {"Service": "events.amazonaws.com"},
+                "Action": "sqs:SendMessage",
+                "Resource": queue,
+                "Condition": {"ArnEquals": {"aws:SourceArn": rule_arn}},
+            }
+        ],
+    }
+
+
+def ensure_table(ddb, name: str) -> None:
+    """The job state table, as terraform/state.tf declares it."""
+    try:
+        ddb.describe_table(TableName=name)
+    except ddb.exceptions.ResourceNotFoundException:
+        ddb.create_table(
+            TableName=name,
+            BillingMode="PAY_PER_REQUEST",
+            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+            SSESpecification={"Enabled": True},
+        )
+        ddb.get_waiter("table_exists").wait(TableName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 30})
+    ttl = ddb.describe_time_to_live(TableName=name).get("TimeToLiveDescription", {})
+    if ttl.get("TimeToLiveStatus") not in ("ENABLED", "ENABLING"):  # AWS refuses enabling it twice
+        ddb.update_time_to_live(TableName=name, TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires_at"})
+    backups = ddb.describe_continuous_backups(TableName=name)["ContinuousBackupsDescription"]
+    if backups.get("PointInTimeRecoveryDescription", {}).get("PointInTimeRecoveryStatus") != "ENABLED":
+        ddb.update_continuous_backups(
+            TableName=name, PointInTimeRecoverySpecification={"PointInTimeRecoveryEnabled": True}
+        )
+
+
+def ensure_role(iam) -> str:
+    name = "job-pipeline-local"
+    try:
+        return iam.get_role(RoleName=name)["Role"]["Arn"]
+    except iam.exceptions.NoSuchEntityException:
+        trust = {
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}],
+        }
+        return iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
+
+
+def deploy_function(lam, name: str, fn: dict, zip_bytes: bytes, role_arn: str, env: dict) -> None:
+    config = {
+        "Runtime": "provided.al2023",
+        "Handler": "bootstrap",
+        "Role": role_arn,
+        "Timeout": fn["timeout_seconds"],
+        "MemorySize": fn["memory_mb"],
+        "Environment": {"Variables": env},
+        "LoggingConfig": {"LogFormat": "JSON"},
+    }
+    try:
+        lam.get_function(FunctionName=name)
+    except lam.exceptions.ResourceNotFoundException:
+        lam.create_function(FunctionName=name, Code={"ZipFile": zip_bytes}, Architectures=[host_architecture()], **config)
+        wait_active(lam, name)
+        return
+    lam.update_function_code(FunctionName=name, ZipFile=zip_bytes)
+    wait_active(lam, name)
+    lam.update_function_configuration(FunctionName=name, **config)
+    wait_active(lam, name)
+
+
+def host_architecture() -> str:
+    """MiniStack runs the binary as a local process, so it must be the host's instruction set."""
+    return "arm64" if platform.machine() in ("aarch64", "arm64") else "x86_64"
+
+
+def wait_active(lam, name: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        cfg = lam.get_function_configuration(FunctionName=name)
+        if cfg.get("State", "Active") == "Active" and cfg.get("LastUpdateStatus", "Successful") != "InProgress":
+            return
+        time.sleep(0.2)
+    raise StackError(f"function {name} did not become Active within {timeout:.0f} s")
+
+
+def ensure_mapping(lam, name: str, fn: dict, source_arn: str) -> None:
+    settings = {
+        "BatchSize": fn["batch_size"],
+        "MaximumBatchingWindowInSeconds": fn["maximum_batching_window_seconds"],
+        "FunctionResponseTypes": ["ReportBatchItemFailures"],
+        "ScalingConfig": {"MaximumConcurrency": fn["maximum_concurrency"]},
+    }
+    existing = lam.list_event_source_mappings(FunctionName=name, EventSourceArn=source_arn).get(
+        "EventSourceMappings", []
+    )
+    if existing:
+        lam.update_event_source_mapping(UUID=existing[0]["UUID"], Enabled=True, **settings)
+    else:
+        lam.create_event_source_mapping(FunctionName=name, EventSourceArn=source_arn, Enabled=True, **settings)

@@ -1,0 +1,73 @@
+"""The pipeline's settings: terraform/pipeline.json, the file the Terraform reads too.
+
+`load_settings` returns the file as a dict only once it passes the rules AWS enforces on
+the resources the settings describe (visibility timeout at least 6 x the function timeout,
+batch sizes, concurrency, receive counts, EventBridge retry limits) and the pipeline's own
+(the ingester accepts no job longer than the processor can run). A broken file is refused
+with every problem named by its setting's path, before anything is started or created.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from common import ROOT, StackError
+
+SETTINGS_FILE = ROOT / "terraform" / "pipeline.json"
+# AWS's advice for a queue a Lambda polls: a throttled poller's receive counts too.
+MIN_RECEIVE_COUNT = 5
+
+
+def load_settings(path: Path = SETTINGS_FILE, min_receive_count: int = MIN_RECEIVE_COUNT) -> dict:
+    """Reads pipeline.json and checks the rules AWS enforces, naming the setting at fault.
+    `min_receive_count`: the least `max_receive_count` a work queue may have; 5 is AWS's
+    advice with Lambda (a throttled poller also counts a receive), lowered only by tests that
+    must reach a record's last receive in seconds."""
+    try:
+        settings = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise StackError(f"cannot read {path}: {e}") from e
+    problems = []
+    queues = settings.get("queues", {})
+    for name, fn in settings.get("functions", {}).items():
+        src = fn.get("source_queue")
+        if src not in queues:
+            problems.append(f"functions.{name}.source_queue: {src!r} is not in queues")
+            continue
+        visibility = queues[src]["visibility_timeout_seconds"]
+        if visibility < 6 * fn["timeout_seconds"]:
+            problems.append(
+                f"queues.{src}.visibility_timeout_seconds is {visibility}; it must be at least 6 x "
+                f"functions.{name}.timeout_seconds ({fn['timeout_seconds']}) = {6 * fn['timeout_seconds']}"
+            )
+        if not 1 <= fn["batch_size"] <= 10:
+            problems.append(f"functions.{name}.batch_size must be 1..10 without a batching window")
+        if not 2 <= fn["maximum_concurrency"] <= 1000:
+            problems.append(f"functions.{name}.maximum_concurrency must be 2..1000")
+        if queues[src].get("max_receive_count", 5) < min_receive_count:
+            problems.append(f"queues.{src}.max_receive_count must be at least {min_receive_count} with Lambda")
+    fns = settings.get("functions", {})
+    try:
+        runs_for = fns["processor"]["timeout_seconds"] - int(fns["processor"]["environment"]["DEADLINE_MARGIN_MS"]) // 1000
+        accepted = int(fns["ingester"]["environment"]["MAX_JOB_TIMEOUT_SECONDS"])
+        if accepted > runs_for:
+            problems.append(
+                f"functions.ingester.environment.MAX_JOB_TIMEOUT_SECONDS is {accepted}; the processor can run a job "
+                f"for at most {runs_for} s (functions.processor.timeout_seconds less DEADLINE_MARGIN_MS)"
+            )
+    except (KeyError, ValueError, TypeError) as e:
+        problems.append(f"functions.ingester.environment.MAX_JOB_TIMEOUT_SECONDS and the processor's timeout and "
+                        f"DEADLINE_MARGIN_MS must be set as whole numbers ({e!r})")
+    retry = settings.get("rule", {}).get("retry", {})
+    if not 60 <= retry.get("maximum_event_age_seconds", 0) <= 86400:
+        problems.append("rule.retry.maximum_event_age_seconds must be 60..86400 (EventBridge's limits)")
+    if not 0 <= retry.get("maximum_retry_attempts", -1) <= 185:
+        problems.append("rule.retry.maximum_retry_attempts must be 0..185 (EventBridge's limits)")
+    if not isinstance(settings.get("state_table"), str) or not settings["state_table"]:
+        problems.append("state_table must name the job state table")
+    if settings.get("dead_letter_queue") not in queues:
+        problems.append("dead_letter_queue must name one of queues")
+    if problems:
+        raise StackError(f"{path.name} is invalid:\n  " + "\n  ".join(problems))
+    return settings
