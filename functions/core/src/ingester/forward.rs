@@ -1,0 +1,196 @@
+//! Forwarding valid jobs to `jobs-todo` in batches, and what becomes of each record
+//! whose forward failed: back to SQS, or, on its last receive, ended `FAILED` unless the
+//! forward reached the processor after all ([`JobStore::end_unforwarded`]).
+
+use super::{Ingester, Run};
+use crate::ending::{give_back, Ending, Tracking};
+use crate::messages::{
+    DeadLetter, EnrichedJob, ErrorCode, ErrorEntry, JobStatus, Notification, Stage,
+};
+use crate::ports::{send_all, MessageQueue, PortError, Topic};
+use crate::record::{enriched_message, RecordMeta};
+use crate::store::{fingerprint, legacy_fingerprint, Forestalled, JobStore, Unforwarded};
+use chrono::{DateTime, Utc};
+use futures_util::future::join_all;
+use tracing::{info, warn};
+
+/// A record's last receive whose forward failed, and the error.
+type LastChance = (RecordMeta, EnrichedJob, PortError);
+
+impl<Q: MessageQueue, T: Topic, S: JobStore> Ingester<Q, T, S> {
+    /// Sends every forward, then settles each record by its result; returns the ids of
+    /// the jobs now on jobs-todo, to be marked forwarded.
+    pub(super) async fn forward(&self, run: &mut Run, now: DateTime<Utc>) -> Vec<String> {
+        let forwards = std::mem::take(&mut run.forwards);
+        let outgoing: Vec<_> = forwards
+            .iter()
+            .map(|(_, job, _)| enriched_message(job))
+            .collect();
+        let sent = send_all(&self.jobs_todo, &outgoing).await;
+        let mut forwarded = Vec::new();
+        let mut last_chances = Vec::new();
+        for ((meta, job, producer), result) in forwards.into_iter().zip(sent) {
+            match result {
+                Ok(()) => {
+                    meta.log.in_scope(
+                        || info!(job_id = %job.job_id, job_type = %job.job_type, "job forwarded"),
+                    );
+                    forwarded.push(job.job_id);
+                }
+                Err(e) => {
+                    producer.fail(ErrorCode::ForwardFailed.as_str(), &e.to_string());
+                    if meta.receive_count >= self.config.max_receive_count {
+                        meta.log.in_scope(|| warn!(job_id = %job.job_id, error = %e, "forwarding failed on the last attempt; ending the job unless the processor has it"));
+                        last_chances.push((meta, job, e));
+                    } else {
+                        self.retry_forward(run, meta, &job.job_id, &e, now).await;
+                    }
+                }
+            }
+            producer.end();
+        }
+        self.settle_last_chances(run, last_chances, &mut forwarded, now)
+            .await;
+        forwarded
+    }
+
+    /// A failed forward with receives left: the claim is given back and SQS retries.
+    async fn retry_forward(
+        &self,
+        run: &mut Run,
+        meta: RecordMeta,
+        job_id: &str,
+        e: &PortError,
+        now: DateTime<Utc>,
+    ) {
+        meta.log
+            .in_scope(|| warn!(job_id = %job_id, error = %e, "forwarding failed; SQS will retry"));
+        if let Some(c) = run.consumer(&meta) {
+            c.fail(
+                ErrorCode::ForwardFailed.as_str(),
+                &format!("{e}; SQS will retry"),
+            );
+        }
+        give_back(&self.store, Stage::Ingester, job_id, 1, &meta, now).await;
+        run.response.add_failure(meta.message_id);
+    }
+
+    /// Ends the last receives whose forward failed, all at once: each as `FAILED`, as a
+    /// forward when the processor has the job, or back to SQS when it cannot be decided.
+    async fn settle_last_chances(
+        &self,
+        run: &mut Run,
+        last_chances: Vec<LastChance>,
+        forwarded: &mut Vec<String>,
+        now: DateTime<Utc>,
+    ) {
+        let decided = join_all(
+            last_chances
+                .into_iter()
+                .map(|(meta, job, e)| self.end_unforwarded(meta, job, e, now)),
+        )
+        .await;
+        for (meta, job_id, decision) in decided {
+            match decision {
+                Ok((Forestalled::Ended, ending)) => {
+                    if let Some(c) = run.consumer(&meta) {
+                        let (code, message) = ending_error(&ending);
+                        c.fail(code, message);
+                        c.set_status(JobStatus::Failed);
+                    }
+                    run.endings.extend(ending);
+                }
+                Ok((Forestalled::Taken, _)) => {
+                    meta.log.in_scope(|| info!(job_id = %job_id, "the forward had reached jobs-todo: the processor has the job"));
+                    forwarded.push(job_id);
+                }
+                Err(e) => {
+                    meta.log.in_scope(|| warn!(job_id = %job_id, error = %e, "could not end the unforwarded job; SQS keeps it"));
+                    if let Some(c) = run.consumer(&meta) {
+                        c.fail("state_unavailable", &e.to_string());
+                    }
+                    give_back(&self.store, Stage::Ingester, &job_id, 1, &meta, now).await;
+                    run.response.add_failure(meta.message_id);
+                }
+            }
+        }
+    }
+
+    /// Ends a job whose forward failed on its record's last receive, unless the forward
+    /// reached the processor after all ([`JobStore::end_unforwarded`]): the `FAILED`
+    /// ending to announce, recorded already, or [`Forestalled::Taken`].
+    async fn end_unforwarded(
+        &self,
+        meta: RecordMeta,
+        job: EnrichedJob,
+        error: PortError,
+        now: DateTime<Utc>,
+    ) -> (
+        RecordMeta,
+        String,
+        Result<(Forestalled, Option<Ending>), PortError>,
+    ) {
+        let job_id = job.job_id.clone();
+        let fp = fingerprint(&job.job);
+        let legacy = legacy_fingerprint(&job.job);
+        let letter = forward_failed(job, &meta, &error, now);
+        let notification = Notification::for_dead_letter(&letter, now);
+        let end = Unforwarded {
+            job_id: &job_id,
+            fingerprint: &fp,
+            legacy_fingerprint: Some(&legacy),
+            holder: &meta.message_id,
+            token: &meta.claim_token,
+            detail: serde_json::to_value(&notification).unwrap_or_default(),
+            now,
+        };
+        let decided = self.store.end_unforwarded(&end).await;
+        let answer = decided.map(|d| {
+            let ending = (d == Forestalled::Ended).then(|| Ending {
+                meta: meta.clone(),
+                notification,
+                dead_letter: Some(letter),
+                tracking: Tracking::Recorded,
+            });
+            (d, ending)
+        });
+        (meta, job_id, answer)
+    }
+}
+
+/// The code and message of an ending's last error, for its span.
+fn ending_error(ending: &Option<Ending>) -> (&str, &str) {
+    ending
+        .as_ref()
+        .and_then(|e| e.notification.errors.last())
+        .map_or((ErrorCode::ForwardFailed.as_str(), ""), |e| {
+            (e.code.as_str(), e.message.as_str())
+        })
+}
+
+fn forward_failed(
+    job: EnrichedJob,
+    meta: &RecordMeta,
+    error: &PortError,
+    now: DateTime<Utc>,
+) -> DeadLetter {
+    let mut errors = job.errors;
+    errors.push(ErrorEntry {
+        stage: Stage::Ingester,
+        code: ErrorCode::ForwardFailed,
+        message: format!("could not forward the job to jobs-todo: {error}"),
+        field: None,
+        attempt: meta.receive_count,
+        timestamp: now,
+    });
+    DeadLetter {
+        job_id: job.job_id,
+        job_type: Some(job.job_type.as_str().to_owned()),
+        status: JobStatus::Failed,
+        stage: Stage::Ingester,
+        attempts: meta.receive_count,
+        errors,
+        trace_context: job.trace_context,
+        job: job.job,
+    }
+}
