@@ -137,11 +137,17 @@ impl IngesterSettings {
 
     pub fn from_vars(var: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let vars = Vars(var);
-        let max_receive_count = vars.number_in("MAX_RECEIVE_COUNT", None, 1..=1000)?;
+        let max_receive_count = vars.number_in(
+            "MAX_RECEIVE_COUNT",
+            None,
+            1..=1000,
+            "a whole number from 1 to 1000 (the queue's maxReceiveCount)",
+        )?;
         let max_job_timeout_secs = vars.number_in(
             MAX_JOB_TIMEOUT_VAR,
             Some(crate::job::DEFAULT_MAX_TIMEOUT_SECS),
             1..=900,
+            "a whole number of seconds from 1 to 900",
         )?;
         Ok(IngesterSettings {
             source_url: vars.required("INGESTER_QUEUE_URL")?,
@@ -211,12 +217,14 @@ impl Vars<'_> {
         }
     }
 
-    /// A whole number in `range`; `default: None` makes it required.
+    /// A whole number in `range` (`expected` says which, for the error); `default:
+    /// None` makes it required.
     fn number_in(
         &self,
         name: &'static str,
         default: Option<u64>,
         range: std::ops::RangeInclusive<u64>,
+        expected: &'static str,
     ) -> Result<u64, ConfigError> {
         let value = match default {
             Some(d) => self.number_or(name, d),
@@ -227,7 +235,7 @@ impl Vars<'_> {
         }
         Err(ConfigError::Invalid {
             name,
-            expected: range_text(name),
+            expected,
             value: value.to_string(),
         })
     }
@@ -246,18 +254,6 @@ impl Vars<'_> {
                 value: v,
             }),
         }
-    }
-}
-
-/// What [`Vars::number_in`] says it expected, per variable.
-fn range_text(name: &str) -> &'static str {
-    match name {
-        "MAX_RECEIVE_COUNT" => "a whole number from 1 to 1000 (the queue's maxReceiveCount)",
-        MAX_JOB_TIMEOUT_VAR => "a whole number of seconds from 1 to 900",
-        "MAX_ATTEMPTS" => "a whole number from 1 to 100",
-        "RETRY_BASE_DELAY_SECONDS" => "at most 900 (the longest SQS message delay)",
-        "BREAKER_FAILURES" => "a whole number of at least 1",
-        _ => "a whole number in range",
     }
 }
 
@@ -285,6 +281,7 @@ fn guard(vars: &Vars<'_>) -> Result<GuardConfig, ConfigError> {
         "BREAKER_FAILURES",
         Some(u64::from(defaults.failure_threshold)),
         1..=u64::from(u32::MAX),
+        "a whole number of at least 1",
     )?;
     Ok(GuardConfig {
         call_timeout: Duration::from_millis(vars.number_or("CALL_TIMEOUT_MS", timeout_ms)?),
@@ -298,11 +295,17 @@ fn guard(vars: &Vars<'_>) -> Result<GuardConfig, ConfigError> {
 /// The retry policy from `MAX_ATTEMPTS` (default 3) and `RETRY_BASE_DELAY_SECONDS`
 /// (default 2).
 fn retry_policy(vars: &Vars<'_>) -> Result<RetryPolicy, ConfigError> {
-    let max_attempts = vars.number_in("MAX_ATTEMPTS", Some(3), 1..=100)?;
+    let max_attempts = vars.number_in(
+        "MAX_ATTEMPTS",
+        Some(3),
+        1..=100,
+        "a whole number from 1 to 100",
+    )?;
     let base = vars.number_in(
         "RETRY_BASE_DELAY_SECONDS",
         Some(2),
         0..=SQS_MAX_DELAY.as_secs(),
+        "at most 900 (the longest SQS message delay)",
     )?;
     Ok(RetryPolicy {
         max_attempts: u32::try_from(max_attempts).unwrap_or(100),
