@@ -680,27 +680,17 @@ mod tests {
     }
 
     fn letter(id: &str, stage: Stage) -> DeadLetter {
-        DeadLetter {
-            job_id: id.into(),
-            job_type: Some("user_onboarding".into()),
-            status: if stage == Stage::Processor {
-                JobStatus::Failed
-            } else {
-                JobStatus::Rejected
-            },
-            stage,
-            attempts: 3,
-            errors: vec![ErrorEntry {
-                stage,
-                code: "injected".into(),
-                message: "failed on purpose".into(),
-                field: None,
-                attempt: 3,
-                timestamp: chrono::Utc::now(),
-            }],
-            trace_context: None,
-            job: json!({"job_type": "user_onboarding", "message": {"user_id": "1", "user_name": "A"}}),
-        }
+        let status = if stage == Stage::Processor {
+            JobStatus::Failed
+        } else {
+            JobStatus::Rejected
+        };
+        let now = chrono::Utc::now();
+        let error = ErrorEntry::new(stage, "injected".into(), "failed on purpose", 3, now);
+        let job =
+            json!({"job_type": "user_onboarding", "message": {"user_id": "1", "user_name": "A"}});
+        let job_type = Some("user_onboarding".into());
+        DeadLetter::new(id.into(), job_type, status, error, job)
     }
 
     fn all() -> Selection {

@@ -6,7 +6,7 @@
 use chrono::Utc;
 use criterion::{criterion_group, criterion_main, Criterion};
 use jobs_core::job::parse_job;
-use jobs_core::messages::{EnrichedJob, EventEnvelope, JobStatus, Notification, Stage};
+use jobs_core::messages::{EnrichedJob, EventEnvelope, JobStatus, Notification};
 use jobs_core::record::enriched_message;
 use jobs_core::store::fingerprint;
 use std::hint::black_box;
@@ -54,16 +54,7 @@ fn per_job(c: &mut Criterion) {
     let result = serde_json::json!({"report": "Quarterly Sales", "rows": 4711, "checksum": "00f067aa0ba902b7"});
     c.bench_function("processor: build the notification", |b| {
         b.iter(|| {
-            let n = Notification {
-                job_id: job.job_id.clone(),
-                job_type: Some(job.job_type.as_str().to_owned()),
-                status: JobStatus::Completed,
-                stage: Stage::Processor,
-                attempts: job.attempt,
-                errors: job.errors.clone(),
-                result: Some(result.clone()),
-                timestamp: Utc::now(),
-            };
+            let n = Notification::completed(&job, result.clone(), Utc::now());
             black_box(serde_json::to_string(&n).expect("serializes"))
         })
     });

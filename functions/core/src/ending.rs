@@ -160,16 +160,8 @@ pub async fn recorded<S: JobStore>(
     else {
         return Ok(None);
     };
-    let dead_letter = (stored.status != JobStatus::Completed).then(|| DeadLetter {
-        job_id: stored.job_id.clone(),
-        job_type: stored.job_type.clone(),
-        status: stored.status,
-        stage: stored.stage,
-        attempts: stored.attempts,
-        errors: stored.errors.clone(),
-        trace_context: trace_context.cloned(),
-        job: job.clone(),
-    });
+    let dead_letter = (stored.status != JobStatus::Completed)
+        .then(|| DeadLetter::for_notification(&stored, trace_context.cloned(), job.clone()));
     Ok(Some((stored, dead_letter)))
 }
 
@@ -193,23 +185,17 @@ mod tests {
     }
 
     fn failed_note(job_id: &str) -> Notification {
-        Notification {
-            job_id: job_id.into(),
-            job_type: Some("report_generation".into()),
-            status: JobStatus::Failed,
-            stage: Stage::Processor,
-            attempts: 3,
-            errors: vec![ErrorEntry {
-                stage: Stage::Processor,
-                code: "injected_fault".into(),
-                message: "asked to fail".into(),
-                field: None,
-                attempt: 3,
-                timestamp: at(0),
-            }],
-            result: None,
-            timestamp: at(0),
-        }
+        let error = ErrorEntry::new(
+            Stage::Processor,
+            "injected_fault".into(),
+            "asked to fail",
+            3,
+            at(0),
+        );
+        let job_type = Some("report_generation".into());
+        let job = serde_json::json!({"job_type": "report_generation"});
+        let dl = DeadLetter::new(job_id.into(), job_type, JobStatus::Failed, error, job);
+        Notification::for_dead_letter(&dl, at(0))
     }
 
     async fn claimed(store: &MemoryStore, job_id: &str) {
@@ -234,16 +220,8 @@ mod tests {
         let store = MemoryStore::default();
         claimed(&store, "job-1").await;
         let note = failed_note("job-1");
-        let dl = DeadLetter {
-            job_id: "job-1".into(),
-            job_type: note.job_type.clone(),
-            status: note.status,
-            stage: note.stage,
-            attempts: 3,
-            errors: note.errors.clone(),
-            trace_context: None,
-            job: serde_json::json!({"job_type": "report_generation"}),
-        };
+        let job = serde_json::json!({"job_type": "report_generation"});
+        let dl = DeadLetter::for_notification(&note, None, job);
         // The topic is down: the end is recorded, the record stays in SQS.
         let (dlq, down) = (MemoryQueue::default(), MemoryTopic::refusing("job-1"));
         let ports = EndPorts {

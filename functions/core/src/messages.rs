@@ -201,6 +201,31 @@ pub struct ErrorEntry {
     pub timestamp: DateTime<Utc>,
 }
 
+impl ErrorEntry {
+    /// The error `code` with `message`, raised at `stage` on `attempt`, about no one field.
+    pub fn new(
+        stage: Stage,
+        code: ErrorCode,
+        message: impl Into<String>,
+        attempt: u32,
+        timestamp: DateTime<Utc>,
+    ) -> ErrorEntry {
+        ErrorEntry {
+            stage,
+            code,
+            message: message.into(),
+            field: None,
+            attempt,
+            timestamp,
+        }
+    }
+
+    /// The same error, naming the field of the job it is about.
+    pub fn on_field(self, field: Option<String>) -> ErrorEntry {
+        ErrorEntry { field, ..self }
+    }
+}
+
 /// W3C trace context carried with the job across hops that drop transport headers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TraceContext {
@@ -274,6 +299,72 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
+    /// A job that ends with its first error, `error`: a letter is written at the stage
+    /// and the attempt of its last error, so both are read from it. No trace context;
+    /// add one with [`DeadLetter::with_trace_context`].
+    pub fn new(
+        job_id: String,
+        job_type: Option<String>,
+        status: JobStatus,
+        error: ErrorEntry,
+        job: Value,
+    ) -> DeadLetter {
+        DeadLetter {
+            job_id,
+            job_type,
+            status,
+            stage: error.stage,
+            attempts: error.attempt,
+            errors: vec![error],
+            trace_context: None,
+            job,
+        }
+    }
+
+    /// The enriched `job` given up as `FAILED`, with `error` appended to the history it
+    /// carried.
+    pub fn failed(job: EnrichedJob, error: ErrorEntry) -> DeadLetter {
+        let mut errors = job.errors;
+        let (stage, attempts) = (error.stage, error.attempt);
+        errors.push(error);
+        DeadLetter {
+            job_id: job.job_id,
+            job_type: Some(job.job_type.as_str().to_owned()),
+            status: JobStatus::Failed,
+            stage,
+            attempts,
+            errors,
+            trace_context: job.trace_context,
+            job: job.job,
+        }
+    }
+
+    /// The letter behind an end-state notification that was not `COMPLETED`, for `job`
+    /// as sent: the notification keeps everything else a letter says.
+    pub fn for_notification(
+        note: &Notification,
+        trace_context: Option<TraceContext>,
+        job: Value,
+    ) -> DeadLetter {
+        DeadLetter {
+            job_id: note.job_id.clone(),
+            job_type: note.job_type.clone(),
+            status: note.status,
+            stage: note.stage,
+            attempts: note.attempts,
+            errors: note.errors.clone(),
+            trace_context,
+            job,
+        }
+    }
+
+    pub fn with_trace_context(self, trace_context: Option<TraceContext>) -> DeadLetter {
+        DeadLetter {
+            trace_context,
+            ..self
+        }
+    }
+
     /// The most recent error: what the DLQ's `error_code` attribute reports.
     pub fn last_error_code(&self) -> &str {
         self.errors.last().map_or("unknown", |e| e.code.as_str())
@@ -296,6 +387,21 @@ pub struct Notification {
 }
 
 impl Notification {
+    /// The `COMPLETED` announcement of `job` with its `result`. Only the processor
+    /// completes a job, so the stage is the processor's.
+    pub fn completed(job: &EnrichedJob, result: Value, timestamp: DateTime<Utc>) -> Notification {
+        Notification {
+            job_id: job.job_id.clone(),
+            job_type: Some(job.job_type.as_str().to_owned()),
+            status: JobStatus::Completed,
+            stage: Stage::Processor,
+            attempts: job.attempt,
+            errors: job.errors.clone(),
+            result: Some(result),
+            timestamp,
+        }
+    }
+
     /// The notification that announces a dead letter.
     pub fn for_dead_letter(dl: &DeadLetter, timestamp: DateTime<Utc>) -> Notification {
         Notification {

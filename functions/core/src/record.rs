@@ -270,23 +270,9 @@ mod tests {
     use serde_json::json;
 
     fn letter(job: Value, job_type: Option<String>) -> DeadLetter {
-        DeadLetter {
-            job_id: "job-1".into(),
-            job_type,
-            status: JobStatus::Rejected,
-            stage: Stage::Ingester,
-            attempts: 1,
-            errors: vec![ErrorEntry {
-                stage: Stage::Ingester,
-                code: "too_large".into(),
-                message: "too large".into(),
-                field: None,
-                attempt: 1,
-                timestamp: chrono::Utc::now(),
-            }],
-            trace_context: None,
-            job,
-        }
+        let now = chrono::Utc::now();
+        let error = ErrorEntry::new(Stage::Ingester, "too_large".into(), "too large", 1, now);
+        DeadLetter::new("job-1".into(), job_type, JobStatus::Rejected, error, job)
     }
 
     #[test]

@@ -136,27 +136,21 @@ mod tests {
     use chrono::Utc;
 
     fn dead_letter(stage: Stage, job_type: Option<&str>) -> DeadLetter {
-        DeadLetter {
-            job_id: "job-7".into(),
-            job_type: job_type.map(str::to_owned),
-            status: if stage == Stage::Ingester {
-                JobStatus::Rejected
-            } else {
-                JobStatus::Failed
-            },
-            stage,
-            attempts: 3,
-            errors: vec![ErrorEntry {
-                stage,
-                code: "injected".into(),
-                message: "failed on purpose".into(),
-                field: None,
-                attempt: 3,
-                timestamp: Utc::now(),
-            }],
-            trace_context: None,
-            job: json!({"job_type": "data_cleanup", "message": {"target_table": "t", "retention": 3}}),
-        }
+        let status = if stage == Stage::Ingester {
+            JobStatus::Rejected
+        } else {
+            JobStatus::Failed
+        };
+        let error = ErrorEntry::new(stage, "injected".into(), "failed on purpose", 3, Utc::now());
+        let job =
+            json!({"job_type": "data_cleanup", "message": {"target_table": "t", "retention": 3}});
+        DeadLetter::new(
+            "job-7".into(),
+            job_type.map(str::to_owned),
+            status,
+            error,
+            job,
+        )
     }
 
     #[test]

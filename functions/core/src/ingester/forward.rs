@@ -174,23 +174,12 @@ fn forward_failed(
     error: &PortError,
     now: DateTime<Utc>,
 ) -> DeadLetter {
-    let mut errors = job.errors;
-    errors.push(ErrorEntry {
-        stage: Stage::Ingester,
-        code: ErrorCode::ForwardFailed,
-        message: format!("could not forward the job to jobs-todo: {error}"),
-        field: None,
-        attempt: meta.receive_count,
-        timestamp: now,
-    });
-    DeadLetter {
-        job_id: job.job_id,
-        job_type: Some(job.job_type.as_str().to_owned()),
-        status: JobStatus::Failed,
-        stage: Stage::Ingester,
-        attempts: meta.receive_count,
-        errors,
-        trace_context: job.trace_context,
-        job: job.job,
-    }
+    let error = ErrorEntry::new(
+        Stage::Ingester,
+        ErrorCode::ForwardFailed,
+        format!("could not forward the job to jobs-todo: {error}"),
+        meta.receive_count,
+        now,
+    );
+    DeadLetter::failed(job, error)
 }

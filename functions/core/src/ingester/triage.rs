@@ -113,23 +113,17 @@ pub(super) fn reject(
     meta: &RecordMeta,
     now: DateTime<Utc>,
 ) -> DeadLetter {
-    DeadLetter {
-        job_id,
-        job_type: raw_job_type(&job).map(str::to_owned),
-        status: JobStatus::Rejected,
-        stage: Stage::Ingester,
-        attempts: meta.receive_count,
-        errors: vec![ErrorEntry {
-            stage: Stage::Ingester,
-            code: rejection.code,
-            message: rejection.message,
-            field: rejection.field,
-            attempt: meta.receive_count,
-            timestamp: now,
-        }],
-        trace_context,
-        job,
-    }
+    let error = ErrorEntry::new(
+        Stage::Ingester,
+        rejection.code,
+        rejection.message,
+        meta.receive_count,
+        now,
+    )
+    .on_field(rejection.field);
+    let job_type = raw_job_type(&job).map(str::to_owned);
+    DeadLetter::new(job_id, job_type, JobStatus::Rejected, error, job)
+        .with_trace_context(trace_context)
 }
 
 /// The sender's id when it is usable, so even a rejected job keeps the id it was sent with.

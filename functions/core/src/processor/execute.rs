@@ -127,16 +127,7 @@ fn revalidate(job: &EnrichedJob) -> Result<JobSpec, Box<DeadLetter>> {
 fn completed(meta: &RecordMeta, job: &EnrichedJob, result: Value) -> Outcome {
     Outcome::End(Ending {
         meta: meta.clone(),
-        notification: Notification {
-            job_id: job.job_id.clone(),
-            job_type: Some(job.job_type.as_str().to_owned()),
-            status: JobStatus::Completed,
-            stage: Stage::Processor,
-            attempts: job.attempt,
-            errors: job.errors.clone(),
-            result: Some(result),
-            timestamp: Utc::now(),
-        },
+        notification: Notification::completed(job, result, Utc::now()),
         dead_letter: None,
         tracking: Tracking::Finish {
             attempt: job.attempt,
@@ -163,25 +154,9 @@ pub(super) fn failure(
     message: String,
     field: Option<String>,
 ) -> DeadLetter {
-    let mut errors = job.errors.clone();
-    errors.push(ErrorEntry {
-        stage: Stage::Processor,
-        code,
-        message,
-        field,
-        attempt: job.attempt,
-        timestamp: Utc::now(),
-    });
-    DeadLetter {
-        job_id: job.job_id.clone(),
-        job_type: Some(job.job_type.as_str().to_owned()),
-        status: JobStatus::Failed,
-        stage: Stage::Processor,
-        attempts: job.attempt,
-        errors,
-        trace_context: job.trace_context.clone(),
-        job: job.job.clone(),
-    }
+    let error =
+        ErrorEntry::new(Stage::Processor, code, message, job.attempt, Utc::now()).on_field(field);
+    DeadLetter::failed(job.clone(), error)
 }
 
 pub(super) fn end_untracked(meta: &RecordMeta, dl: DeadLetter) -> Outcome {
@@ -212,24 +187,21 @@ pub(super) fn unreadable(body: &str, meta: &RecordMeta, reason: &str) -> (DeadLe
         .and_then(|a| u32::try_from(a).ok())
         .filter(|a| *a >= 1)
         .unwrap_or(1);
-    let dl = DeadLetter {
-        job_id: field("job_id").unwrap_or_else(|| meta.message_id.clone()),
-        job_type: field("job_type"),
-        status: JobStatus::Failed,
-        stage: Stage::Processor,
-        attempts: meta.receive_count,
-        errors: vec![ErrorEntry {
-            stage: Stage::Processor,
-            code: ErrorCode::InvalidMessage,
-            message: reason.to_owned(),
-            field: None,
-            attempt: meta.receive_count,
-            timestamp: Utc::now(),
-        }],
-        trace_context: None,
-        job: parsed
+    let error = ErrorEntry::new(
+        Stage::Processor,
+        ErrorCode::InvalidMessage,
+        reason,
+        meta.receive_count,
+        Utc::now(),
+    );
+    let dl = DeadLetter::new(
+        field("job_id").unwrap_or_else(|| meta.message_id.clone()),
+        field("job_type"),
+        JobStatus::Failed,
+        error,
+        parsed
             .and_then(|p| p.get("job").cloned())
             .unwrap_or_else(|| raw_body(body)),
-    };
+    );
     (dl, attempt)
 }

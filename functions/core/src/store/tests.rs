@@ -607,14 +607,7 @@ async fn a_redrive_of_the_unforwarded_letter_reopens_its_stop_once() {
     let store = MemoryStore::default();
     claimed_at_the_ingester(&store, "a").await;
     let mut end = unforwarded("a", "t1");
-    let error = ErrorEntry {
-        stage: Stage::Ingester,
-        code: "forward_failed".into(),
-        message: "lost".into(),
-        field: None,
-        attempt: 5,
-        timestamp: at(1),
-    };
+    let error = ErrorEntry::new(Stage::Ingester, "forward_failed".into(), "lost", 5, at(1));
     end.detail = json!({"errors": [error]});
     store.end_unforwarded(&end).await.expect("store");
     let reopen = Reopen {
