@@ -158,6 +158,13 @@ struct Totals {
     unsent: u64,
 }
 
+impl Totals {
+    /// The jobs given to EventBridge, whatever became of them.
+    fn attempted(&self) -> u64 {
+        self.sent + self.refused + self.unsent
+    }
+}
+
 /// Where jobs come from.
 enum Source {
     Generated {
@@ -262,6 +269,49 @@ async fn main() {
 }
 
 async fn run(args: Args) -> Result<Totals, Failure> {
+    check_args(&args)?;
+    let seed = args.seed.unwrap_or_else(|| rand::rng().random());
+    let source = source(&args, seed)?;
+    let minutes = args
+        .minutes
+        .or((args.count.is_none() && args.file.is_none()).then_some(1.0));
+    let started = Instant::now();
+    let deadline = minutes.map(|m| started + Duration::from_secs_f64(m * 60.0));
+    let sink = connect(&args).await;
+    if !args.skip_route_check {
+        check_route(&sink).await?;
+    }
+    let manifest = match &args.manifest {
+        Some(p) => Some(std::io::BufWriter::new(
+            std::fs::File::create(p)
+                .or_else(|e| fail(format!("cannot create {}: {e}", p.display())))?,
+        )),
+        None => None,
+    };
+    let telemetry = Telemetry::from_env("job-generator")
+        .or_else(|e| fail(format!("cannot set up telemetry: {e}")))?;
+    let mut traffic = Traffic {
+        instruments: telemetry.instruments(),
+        progress: Progress::new(args.count, minutes),
+        pacing_rng: StdRng::seed_from_u64(seed ^ 0x5eed),
+        policy: RetryPolicy::default(),
+        totals: Totals::default(),
+        args: &args,
+        source,
+        sink,
+        manifest,
+        started,
+        deadline,
+    };
+    traffic.run(&telemetry).await?;
+    telemetry.shutdown().await;
+    let totals = traffic.totals;
+    print_summary(&totals, started.elapsed().as_secs_f64());
+    Ok(totals)
+}
+
+/// Refuses ratios, rates and durations that make no sense, naming the flag.
+fn check_args(args: &Args) -> Result<(), Failure> {
     for (flag, ratio) in [
         ("--malformed-ratio", args.malformed_ratio),
         ("--flaky-ratio", args.flaky_ratio),
@@ -277,8 +327,12 @@ async fn run(args: Args) -> Result<Totals, Failure> {
     if args.minutes.is_some_and(|m| !(m > 0.0 && m.is_finite())) {
         return fail("--minutes must be a positive number");
     }
-    let seed = args.seed.unwrap_or_else(|| rand::rng().random());
-    let mut source = match &args.file {
+    Ok(())
+}
+
+/// The jobs of `--file`, else the catalogue drawn from with `seed`.
+fn source(args: &Args, seed: u64) -> Result<Source, Failure> {
+    Ok(match &args.file {
         Some(path) => Source::File(read_jobs(path)?.into_iter()),
         None => Source::Generated {
             rng: Box::new(StdRng::seed_from_u64(seed)),
@@ -290,13 +344,11 @@ async fn run(args: Args) -> Result<Totals, Failure> {
             duplicate_ratio: args.duplicate_ratio,
             repeat: None,
         },
-    };
-    let minutes = args
-        .minutes
-        .or((args.count.is_none() && args.file.is_none()).then_some(1.0));
-    let started = Instant::now();
-    let deadline = minutes.map(|m| started + Duration::from_secs_f64(m * 60.0));
+    })
+}
 
+/// The bus to send to; an endpoint (an emulator) without credentials gets test ones.
+async fn connect(args: &Args) -> EventBridge {
     let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .region(aws_config::Region::new(args.region.clone()));
     if let Some(url) = &args.endpoint_url {
@@ -305,115 +357,13 @@ async fn run(args: Args) -> Result<Totals, Failure> {
             loader = loader.test_credentials();
         }
     }
-    let sink = EventBridge {
+    EventBridge {
         client: aws_sdk_eventbridge::Client::new(&loader.load().await),
         bus: args.bus.clone(),
-    };
-    if !args.skip_route_check {
-        check_route(&sink).await?;
     }
-    let mut manifest = match &args.manifest {
-        Some(p) => Some(std::io::BufWriter::new(
-            std::fs::File::create(p)
-                .or_else(|e| fail(format!("cannot create {}: {e}", p.display())))?,
-        )),
-        None => None,
-    };
+}
 
-    let telemetry = Telemetry::from_env("job-generator")
-        .or_else(|e| fail(format!("cannot set up telemetry: {e}")))?;
-    let instruments = telemetry.instruments();
-    let progress = Progress::new(args.count, minutes);
-    let mut pacing_rng = StdRng::seed_from_u64(seed ^ 0x5eed);
-    let policy = RetryPolicy::default();
-    let mut totals = Totals::default();
-    let stop = tokio::signal::ctrl_c();
-    tokio::pin!(stop);
-
-    'run: loop {
-        let due = match args.rate {
-            Some(rate) => {
-                let owed = (started.elapsed().as_secs_f64() * rate).floor() as u64 + 1;
-                owed.saturating_sub(totals.sent + totals.refused + totals.unsent)
-                    .clamp(1, 5 * MAX_ENTRIES as u64)
-            }
-            None if args.file.is_some() => MAX_ENTRIES as u64,
-            None => pacing_rng
-                .random_range(args.burst.0..=args.burst.1)
-                .round()
-                .max(1.0) as u64,
-        };
-        let room = args.count.map_or(due, |c| {
-            c.saturating_sub(totals.sent + totals.refused + totals.unsent)
-        });
-        let mut batch: Vec<Planned> = (0..due.min(room)).map_while(|_| source.next()).collect();
-        if batch.is_empty() {
-            break;
-        }
-        // One PRODUCER span per job, each the root of the job's trace; its context
-        // travels in the detail (EventBridge keeps no headers).
-        let spans: Vec<JobSpan> = batch
-            .iter_mut()
-            .map(|p| producer_span(&instruments, &args.bus, p))
-            .collect();
-        let details: Vec<String> = batch.iter().map(|p| p.detail.to_string()).collect();
-        let report = send(&sink, &details, &policy, deadline, &mut pacing_rng).await;
-        totals.retried += report.retried;
-        for (i, event_id) in &report.accepted {
-            totals.sent += 1;
-            totals.malformed += u64::from(batch[*i].expected_rejection.is_some());
-            spans[*i].set_attribute("messaging.message.id", event_id.clone());
-            if batch[*i].job_id().is_none() {
-                spans[*i].set_job(event_id, None);
-            }
-            record(
-                &mut manifest,
-                &batch[*i],
-                Some(event_id),
-                "sent",
-                &spans[*i],
-            )?;
-        }
-        for (i, why) in &report.refused {
-            totals.refused += 1;
-            spans[*i].fail("refused", why);
-            progress.println(format!("refused by EventBridge: {why}"));
-            record(&mut manifest, &batch[*i], None, "refused", &spans[*i])?;
-        }
-        for (i, why) in &report.unsent {
-            totals.unsent += 1;
-            spans[*i].fail("unsent", why);
-            progress.println(format!("not sent: {why}"));
-            record(&mut manifest, &batch[*i], None, "unsent", &spans[*i])?;
-        }
-        spans.iter().for_each(JobSpan::end);
-        progress.update(&totals, started);
-        telemetry.flush_if_due().await;
-
-        let pause = match args.rate {
-            Some(rate) => {
-                let next_due = (totals.sent + totals.refused + totals.unsent) as f64 / rate;
-                Duration::from_secs_f64((next_due - started.elapsed().as_secs_f64()).max(0.0))
-            }
-            None if args.file.is_some() => Duration::ZERO,
-            None => Duration::from_secs_f64(pacing_rng.random_range(args.pause.0..=args.pause.1)),
-        };
-        let wake = deadline.map_or(Instant::now() + pause, |d| d.min(Instant::now() + pause));
-        tokio::select! {
-            _ = tokio::time::sleep_until(wake) => {}
-            _ = &mut stop => { progress.println("interrupted".into()); break 'run; }
-        }
-        if deadline.is_some_and(|d| Instant::now() >= d) {
-            break;
-        }
-    }
-    if let Some(m) = manifest.as_mut() {
-        m.flush()
-            .or_else(|e| fail(format!("cannot write the manifest: {e}")))?;
-    }
-    progress.finish();
-    telemetry.shutdown().await;
-    let secs = started.elapsed().as_secs_f64();
+fn print_summary(totals: &Totals, secs: f64) {
     println!(
         "sent {} jobs in {:.1} s ({:.2} jobs/s): {} valid, {} malformed; refused by EventBridge: {}; \
          entries retried: {}; unsent: {}",
@@ -426,7 +376,150 @@ async fn run(args: Args) -> Result<Totals, Failure> {
         totals.retried,
         totals.unsent
     );
-    Ok(totals)
+}
+
+/// A run in progress: where the jobs come from and go, and what has happened so far.
+struct Traffic<'a> {
+    args: &'a Args,
+    source: Source,
+    sink: EventBridge,
+    manifest: Option<std::io::BufWriter<std::fs::File>>,
+    instruments: Instruments,
+    progress: Progress,
+    /// Draws burst sizes, pauses and retry jitter, apart from the jobs' own draws so
+    /// that a seed gives the same jobs whatever the pacing.
+    pacing_rng: StdRng,
+    policy: RetryPolicy,
+    totals: Totals,
+    started: Instant,
+    deadline: Option<Instant>,
+}
+
+impl Traffic<'_> {
+    /// Sends batch after batch until the jobs, the time or the user run out, then
+    /// flushes the manifest.
+    async fn run(&mut self, telemetry: &Telemetry) -> Result<(), Failure> {
+        let stop = tokio::signal::ctrl_c();
+        tokio::pin!(stop);
+        loop {
+            let mut batch: Vec<Planned> = (0..self.batch_size())
+                .map_while(|_| self.source.next())
+                .collect();
+            if batch.is_empty() {
+                break;
+            }
+            self.send(&mut batch).await?;
+            self.progress.update(&self.totals, self.started);
+            telemetry.flush_if_due().await;
+            let pause = self.pause();
+            let wake = self
+                .deadline
+                .map_or(Instant::now() + pause, |d| d.min(Instant::now() + pause));
+            tokio::select! {
+                _ = tokio::time::sleep_until(wake) => {}
+                _ = &mut stop => { self.progress.println("interrupted".into()); break; }
+            }
+            if self.deadline.is_some_and(|d| Instant::now() >= d) {
+                break;
+            }
+        }
+        if let Some(m) = self.manifest.as_mut() {
+            m.flush()
+                .or_else(|e| fail(format!("cannot write the manifest: {e}")))?;
+        }
+        self.progress.finish();
+        Ok(())
+    }
+
+    /// How many jobs the next batch takes: what the rate owes (at least one, at most
+    /// five batches' worth), a whole batch from a file, else a random burst; never more
+    /// than `--count` leaves.
+    fn batch_size(&mut self) -> u64 {
+        let args = self.args;
+        let done = self.totals.attempted();
+        let due = match args.rate {
+            Some(rate) => {
+                let owed = (self.started.elapsed().as_secs_f64() * rate).floor() as u64 + 1;
+                owed.saturating_sub(done).clamp(1, 5 * MAX_ENTRIES as u64)
+            }
+            None if args.file.is_some() => MAX_ENTRIES as u64,
+            None => self
+                .pacing_rng
+                .random_range(args.burst.0..=args.burst.1)
+                .round()
+                .max(1.0) as u64,
+        };
+        let room = args.count.map_or(due, |c| c.saturating_sub(done));
+        due.min(room)
+    }
+
+    /// Sends one batch and counts, reports and records what became of each job.
+    async fn send(&mut self, batch: &mut [Planned]) -> Result<(), Failure> {
+        // One PRODUCER span per job, each the root of the job's trace; its context
+        // travels in the detail (EventBridge keeps no headers).
+        let spans: Vec<JobSpan> = batch
+            .iter_mut()
+            .map(|p| producer_span(&self.instruments, &self.args.bus, p))
+            .collect();
+        let details: Vec<String> = batch.iter().map(|p| p.detail.to_string()).collect();
+        let report = send(
+            &self.sink,
+            &details,
+            &self.policy,
+            self.deadline,
+            &mut self.pacing_rng,
+        )
+        .await;
+        let totals = &mut self.totals;
+        totals.retried += report.retried;
+        for (i, event_id) in &report.accepted {
+            totals.sent += 1;
+            totals.malformed += u64::from(batch[*i].expected_rejection.is_some());
+            spans[*i].set_attribute("messaging.message.id", event_id.clone());
+            if batch[*i].job_id().is_none() {
+                spans[*i].set_job(event_id, None);
+            }
+            record(
+                &mut self.manifest,
+                &batch[*i],
+                Some(event_id),
+                "sent",
+                &spans[*i],
+            )?;
+        }
+        for (i, why) in &report.refused {
+            totals.refused += 1;
+            spans[*i].fail("refused", why);
+            self.progress
+                .println(format!("refused by EventBridge: {why}"));
+            record(&mut self.manifest, &batch[*i], None, "refused", &spans[*i])?;
+        }
+        for (i, why) in &report.unsent {
+            totals.unsent += 1;
+            spans[*i].fail("unsent", why);
+            self.progress.println(format!("not sent: {why}"));
+            record(&mut self.manifest, &batch[*i], None, "unsent", &spans[*i])?;
+        }
+        spans.iter().for_each(JobSpan::end);
+        Ok(())
+    }
+
+    /// How long to wait before the next batch: until the rate is owed one again, none
+    /// between the batches of a file, else a random pause.
+    fn pause(&mut self) -> Duration {
+        let args = self.args;
+        match args.rate {
+            Some(rate) => {
+                let next_due = self.totals.attempted() as f64 / rate;
+                let elapsed = self.started.elapsed().as_secs_f64();
+                Duration::from_secs_f64((next_due - elapsed).max(0.0))
+            }
+            None if args.file.is_some() => Duration::ZERO,
+            None => {
+                Duration::from_secs_f64(self.pacing_rng.random_range(args.pause.0..=args.pause.1))
+            }
+        }
+    }
 }
 
 /// Starts the `send <bus>` span for a job and writes its context into the detail as
