@@ -272,6 +272,33 @@ enum Skip {
     Keep(String),
 }
 
+impl Destination {
+    /// The queue's name, as the report says it.
+    fn queue_name(self) -> &'static str {
+        match self {
+            Destination::JobsTodo => "jobs-todo",
+            Destination::Ingester => "ingester-queue",
+        }
+    }
+}
+
+/// Where one letter goes, and which end of which state record to reopen first.
+struct Move {
+    job_id: String,
+    to: Destination,
+    message: jobs_core::ports::OutgoingMessage,
+    reopen: Option<EndToReopen>,
+}
+
+/// The end a dead letter was written for: the processor's record holds the letter's
+/// attempt, the ingester's attempt 1.
+struct EndToReopen {
+    letter: DeadLetter,
+    stage: Stage,
+    attempt: u32,
+    below: u32,
+}
+
 /// Sends the selected dead letters back; with `dry_run`, only says what it would do.
 ///
 /// Each letter reopens only the end it was written for ([`jobs_core::store::decide_reopen`]):
@@ -297,147 +324,193 @@ where
         selection,
         started,
         async |held: &Held, letter: Letter| {
-            let raw = |body: String| jobs_core::ports::OutgoingMessage {
-                body,
-                attributes: vec![],
-                delay_seconds: 0,
-            };
-            // What to send where, and which end of which state record to reopen first:
-            // the processor's record holds the letter's attempt, the ingester's attempt 1.
-            let (job_id, to, message, reopen) = match letter {
-                Letter::Dead(dl) => match plan(&dl, now) {
-                    Redrive::JobsTodo(job) => (
-                        dl.job_id.clone(),
-                        Destination::JobsTodo,
-                        enriched_message(&job),
-                        Some((dl, Stage::Processor, job.attempt - 1, job.attempt - 1)),
-                    ),
-                    Redrive::Ingester(event) => (
-                        dl.job_id.clone(),
-                        Destination::Ingester,
-                        raw(jobs_core::messages::sqs_safe_json(event.to_string())),
-                        Some((dl, Stage::Ingester, 1, 0)),
-                    ),
-                    Redrive::Keep(why) => {
-                        report.kept += 1;
-                        report.lines.push(format!("{}: kept, {why}", dl.job_id));
-                        return Ok(false);
-                    }
-                },
-                // The job never ended, so there is no end to reopen: its own claim
-                // (lease long expired) lets it run on.
-                Letter::Stranded(Stranded::Job(job)) => (
-                    job.job_id.clone(),
-                    Destination::JobsTodo,
-                    enriched_message(&job),
-                    None,
-                ),
-                Letter::Stranded(Stranded::Event { job_id }) => (
-                    job_id.unwrap_or_else(|| held.message_id.clone()),
-                    Destination::Ingester,
-                    raw(held.body.clone()),
-                    None,
-                ),
-                Letter::Unknown => {
+            let mv = match plan_move(held, letter, now) {
+                Ok(mv) => mv,
+                Err(kept) => {
                     report.kept += 1;
-                    report.lines.push(format!(
-                        "{}: kept, not a dead letter of this pipeline",
-                        held.message_id
-                    ));
+                    report.lines.push(kept);
                     return Ok(false);
                 }
             };
-            let target = match to {
-                Destination::JobsTodo => "jobs-todo",
-                Destination::Ingester => "ingester-queue",
-            };
+            let target = mv.to.queue_name();
             if dry_run {
-                report.lines.push(format!("{job_id}: would go to {target}"));
+                report
+                    .lines
+                    .push(format!("{}: would go to {target}", mv.job_id));
                 report.moved += 1;
                 return Ok(false);
             }
             let sent = async {
-                if let Some((dl, stage, attempt, below)) = &reopen {
-                    let (fingerprint, legacy) = (fingerprint(&dl.job), legacy_fingerprint(&dl.job));
-                    let request = Reopen {
-                        job_id: &job_id,
-                        stage: *stage,
-                        fingerprint: &fingerprint,
-                        legacy_fingerprint: Some(&legacy),
-                        status: dl.status,
-                        attempt: *attempt,
-                        last_error: dl.errors.last(),
-                        below: *below,
-                        by: &held.message_id,
-                    };
-                    let reopened = store.reopen(&request, now).await.map_err(|e| OpsError {
-                        operation: "reopen job state",
-                        message: e.to_string(),
-                    })?;
-                    match reopened {
-                        Reopened::Now | Reopened::Already | Reopened::NoRecord => {}
-                        Reopened::Stale(why) => return Ok(Some(Skip::Delete(why))),
-                        Reopened::Keep(why) => return Ok(Some(Skip::Keep(why))),
-                    }
-                    // A job the ingester could not forward also stopped the processor
-                    // (`JobStore::end_unforwarded`): reopen that stop too, or the redriven
-                    // job would be dropped there. A stop already taken over means the job
-                    // ran since; no stop at all, a letter written before stops existed.
-                    if *stage == Stage::Ingester && dl.last_error_code() == "forward_failed" {
-                        let stop = Reopen {
-                            stage: Stage::Processor,
-                            attempt: STOP_ATTEMPT,
-                            below: STOP_ATTEMPT,
-                            ..request
-                        };
-                        let reopened = store.reopen(&stop, now).await.map_err(|e| OpsError {
-                            operation: "reopen the processor's stop",
-                            message: e.to_string(),
-                        })?;
-                        if let Reopened::Keep(why) = reopened {
-                            return Ok(Some(Skip::Keep(why)));
-                        }
+                if let Some(end) = &mv.reopen {
+                    if let Some(skip) =
+                        reopen(store, end, &mv.job_id, &held.message_id, now).await?
+                    {
+                        return Ok(Some(skip));
                     }
                 }
                 mailbox
-                    .send(to, &message.body, &message.attributes)
+                    .send(mv.to, &mv.message.body, &mv.message.attributes)
                     .await
                     .map(|()| None)
             }
             .await;
-            match sent {
-                // A stale copy: its end was reopened already and the job ran or runs on,
-                // so the job keeps exactly the letters of its own ends.
-                Ok(Some(Skip::Delete(why))) => {
-                    mailbox.delete(held).await?;
-                    report.skipped += 1;
-                    report.lines.push(format!(
-                        "{job_id}: skipped and deleted as a stale copy, {why}"
-                    ));
-                    Ok(true)
-                }
-                Ok(Some(Skip::Keep(why))) => {
-                    report.kept += 1;
-                    report.lines.push(format!("{job_id}: kept, {why}"));
-                    Ok(false)
-                }
-                Ok(None) => {
-                    // Only now that the copy is accepted may the original go.
-                    mailbox.delete(held).await?;
-                    report.moved += 1;
-                    report.lines.push(format!("{job_id}: sent to {target}"));
-                    Ok(true)
-                }
-                Err(e) => {
-                    report.failed += 1;
-                    report.lines.push(format!("{job_id}: left in the DLQ, {e}"));
-                    Ok(false)
-                }
-            }
+            settle(mailbox, held, &mut report, &mv.job_id, target, sent).await
         },
     )
     .await?;
     Ok(report)
+}
+
+/// What to send where for `letter`; the report's line when it is kept instead.
+fn plan_move(
+    held: &Held,
+    letter: Letter,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Move, String> {
+    let raw = |body: String| jobs_core::ports::OutgoingMessage {
+        body,
+        attributes: vec![],
+        delay_seconds: 0,
+    };
+    let reopen = |letter, stage, attempt, below| {
+        Some(EndToReopen {
+            letter,
+            stage,
+            attempt,
+            below,
+        })
+    };
+    Ok(match letter {
+        Letter::Dead(dl) => match plan(&dl, now) {
+            Redrive::JobsTodo(job) => Move {
+                job_id: dl.job_id.clone(),
+                to: Destination::JobsTodo,
+                message: enriched_message(&job),
+                reopen: reopen(dl, Stage::Processor, job.attempt - 1, job.attempt - 1),
+            },
+            Redrive::Ingester(event) => Move {
+                job_id: dl.job_id.clone(),
+                to: Destination::Ingester,
+                message: raw(jobs_core::messages::sqs_safe_json(event.to_string())),
+                reopen: reopen(dl, Stage::Ingester, 1, 0),
+            },
+            Redrive::Keep(why) => return Err(format!("{}: kept, {why}", dl.job_id)),
+        },
+        // The job never ended, so there is no end to reopen: its own claim
+        // (lease long expired) lets it run on.
+        Letter::Stranded(Stranded::Job(job)) => Move {
+            job_id: job.job_id.clone(),
+            to: Destination::JobsTodo,
+            message: enriched_message(&job),
+            reopen: None,
+        },
+        Letter::Stranded(Stranded::Event { job_id }) => Move {
+            job_id: job_id.unwrap_or_else(|| held.message_id.clone()),
+            to: Destination::Ingester,
+            message: raw(held.body.clone()),
+            reopen: None,
+        },
+        Letter::Unknown => {
+            return Err(format!(
+                "{}: kept, not a dead letter of this pipeline",
+                held.message_id
+            ))
+        }
+    })
+}
+
+/// Reopens the end `end` names, by the DLQ message `by`; why not to send the letter
+/// when that end is not its own to reopen.
+async fn reopen<S: OperatorStore + ?Sized>(
+    store: &S,
+    end: &EndToReopen,
+    job_id: &str,
+    by: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Option<Skip>, OpsError> {
+    let dl = &end.letter;
+    let (fingerprint, legacy) = (fingerprint(&dl.job), legacy_fingerprint(&dl.job));
+    let request = Reopen {
+        job_id,
+        stage: end.stage,
+        fingerprint: &fingerprint,
+        legacy_fingerprint: Some(&legacy),
+        status: dl.status,
+        attempt: end.attempt,
+        last_error: dl.errors.last(),
+        below: end.below,
+        by,
+    };
+    let reopened = store.reopen(&request, now).await.map_err(|e| OpsError {
+        operation: "reopen job state",
+        message: e.to_string(),
+    })?;
+    match reopened {
+        Reopened::Now | Reopened::Already | Reopened::NoRecord => {}
+        Reopened::Stale(why) => return Ok(Some(Skip::Delete(why))),
+        Reopened::Keep(why) => return Ok(Some(Skip::Keep(why))),
+    }
+    // A job the ingester could not forward also stopped the processor
+    // (`JobStore::end_unforwarded`): reopen that stop too, or the redriven
+    // job would be dropped there. A stop already taken over means the job
+    // ran since; no stop at all, a letter written before stops existed.
+    if end.stage == Stage::Ingester && dl.last_error_code() == "forward_failed" {
+        let stop = Reopen {
+            stage: Stage::Processor,
+            attempt: STOP_ATTEMPT,
+            below: STOP_ATTEMPT,
+            ..request
+        };
+        let reopened = store.reopen(&stop, now).await.map_err(|e| OpsError {
+            operation: "reopen the processor's stop",
+            message: e.to_string(),
+        })?;
+        if let Reopened::Keep(why) = reopened {
+            return Ok(Some(Skip::Keep(why)));
+        }
+    }
+    Ok(None)
+}
+
+/// Deletes, keeps or leaves the held letter by what became of its move, and reports
+/// it; whether the letter was consumed.
+async fn settle<M: Mailbox + Sync>(
+    mailbox: &M,
+    held: &Held,
+    report: &mut Report,
+    job_id: &str,
+    target: &str,
+    sent: Result<Option<Skip>, OpsError>,
+) -> Result<bool, OpsError> {
+    match sent {
+        // A stale copy: its end was reopened already and the job ran or runs on,
+        // so the job keeps exactly the letters of its own ends.
+        Ok(Some(Skip::Delete(why))) => {
+            mailbox.delete(held).await?;
+            report.skipped += 1;
+            report.lines.push(format!(
+                "{job_id}: skipped and deleted as a stale copy, {why}"
+            ));
+            Ok(true)
+        }
+        Ok(Some(Skip::Keep(why))) => {
+            report.kept += 1;
+            report.lines.push(format!("{job_id}: kept, {why}"));
+            Ok(false)
+        }
+        Ok(None) => {
+            // Only now that the copy is accepted may the original go.
+            mailbox.delete(held).await?;
+            report.moved += 1;
+            report.lines.push(format!("{job_id}: sent to {target}"));
+            Ok(true)
+        }
+        Err(e) => {
+            report.failed += 1;
+            report.lines.push(format!("{job_id}: left in the DLQ, {e}"));
+            Ok(false)
+        }
+    }
 }
 
 /// The mailbox on SQS: the DLQ and the two queues redrives go to, by URL.
