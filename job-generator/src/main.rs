@@ -347,20 +347,27 @@ fn source(args: &Args, seed: u64) -> Result<Source, Failure> {
     })
 }
 
-/// The bus to send to; an endpoint (an emulator) without credentials gets test ones.
+/// The bus to send to.
 async fn connect(args: &Args) -> EventBridge {
+    let sdk = sdk_config(&args.region, args.endpoint_url.as_deref()).await;
+    EventBridge {
+        client: aws_sdk_eventbridge::Client::new(&sdk),
+        bus: args.bus.clone(),
+    }
+}
+
+/// The SDK's configuration for `region`, at `endpoint_url` when one is given; an
+/// endpoint (an emulator) without credentials in the environment gets test ones.
+async fn sdk_config(region: &str, endpoint_url: Option<&str>) -> aws_config::SdkConfig {
     let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new(args.region.clone()));
-    if let Some(url) = &args.endpoint_url {
+        .region(aws_config::Region::new(region.to_owned()));
+    if let Some(url) = endpoint_url {
         loader = loader.endpoint_url(url);
         if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
             loader = loader.test_credentials();
         }
     }
-    EventBridge {
-        client: aws_sdk_eventbridge::Client::new(&loader.load().await),
-        bus: args.bus.clone(),
-    }
+    loader.load().await
 }
 
 fn print_summary(totals: &Totals, secs: f64) {

@@ -76,15 +76,7 @@ pub struct Target {
 
 impl Target {
     async fn sdk(&self) -> aws_config::SdkConfig {
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .region(aws_config::Region::new(self.region.clone()));
-        if let Some(url) = &self.endpoint_url {
-            loader = loader.endpoint_url(url);
-            if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
-                loader = loader.test_credentials();
-            }
-        }
-        loader.load().await
+        crate::sdk_config(&self.region, self.endpoint_url.as_deref()).await
     }
 
     async fn mailbox(&self, sdk: &aws_config::SdkConfig) -> Result<SqsMailbox, String> {
@@ -121,14 +113,7 @@ async fn execute(command: Command) -> Result<i32, String> {
                         job_ids: job_ids.into_iter().collect(),
                         max,
                     };
-                    let lines = dlq::list(&mailbox, &selection)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    for line in &lines {
-                        println!("{line}");
-                    }
-                    eprintln!("{} dead letter(s)", lines.len());
-                    Ok(0)
+                    list(&mailbox, &selection).await
                 }
                 DlqAction::Redrive {
                     job_ids,
@@ -142,57 +127,83 @@ async fn execute(command: Command) -> Result<i32, String> {
                     };
                     let store =
                         DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), &target.table);
-                    let report = dlq::redrive(&mailbox, &store, &selection, dry_run)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    for line in &report.lines {
-                        println!("{}", dlq::printable(line));
-                    }
-                    let verb = if dry_run { "would move" } else { "moved" };
-                    eprintln!(
-                        "{verb} {}, kept {}, skipped {}, failed {}",
-                        report.moved, report.kept, report.skipped, report.failed
-                    );
-                    Ok(i32::from(report.failed > 0))
+                    redrive(&mailbox, &store, &selection, dry_run).await
                 }
             }
         }
-        Command::Job { job_id, target } => {
-            let sdk = target.sdk().await;
-            let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), &target.table);
-            let states = store.get(&job_id).await.map_err(|e| e.to_string())?;
-            if states.is_empty() {
-                println!(
-                    "{}: no state recorded (never claimed, or expired)",
-                    dlq::printable(&job_id)
-                );
-            }
-            for s in &states {
-                println!(
-                    "{}  {}: {}  attempt {}  announced {}  updated {}",
-                    dlq::printable(&job_id),
-                    s.stage.as_str(),
-                    s.progress.as_str(),
-                    s.attempt,
-                    s.announced,
-                    jobs_core::messages::rfc3339::format(&s.updated_at)
-                );
-                if let Some(detail) = &s.detail {
-                    println!("    {}", dlq::printable(&detail.to_string()));
-                }
-            }
-            let mailbox = target.mailbox(&sdk).await?;
-            let selection = Selection {
-                job_ids: [job_id].into(),
-                max: usize::MAX,
-            };
-            for line in dlq::list(&mailbox, &selection)
-                .await
-                .map_err(|e| e.to_string())?
-            {
-                println!("dead letter: {line}");
-            }
-            Ok(0)
+        Command::Job { job_id, target } => show_job(job_id, &target).await,
+    }
+}
+
+/// `dlq list`: the letters on stdout, their count on stderr.
+async fn list(mailbox: &SqsMailbox, selection: &Selection) -> Result<i32, String> {
+    let lines = dlq::list(mailbox, selection)
+        .await
+        .map_err(|e| e.to_string())?;
+    for line in &lines {
+        println!("{line}");
+    }
+    eprintln!("{} dead letter(s)", lines.len());
+    Ok(0)
+}
+
+/// `dlq redrive`: a line per letter, the tally on stderr; 1 when a letter could not
+/// be moved.
+async fn redrive(
+    mailbox: &SqsMailbox,
+    store: &DynamoStore,
+    selection: &Selection,
+    dry_run: bool,
+) -> Result<i32, String> {
+    let report = dlq::redrive(mailbox, store, selection, dry_run)
+        .await
+        .map_err(|e| e.to_string())?;
+    for line in &report.lines {
+        println!("{}", dlq::printable(line));
+    }
+    let verb = if dry_run { "would move" } else { "moved" };
+    eprintln!(
+        "{verb} {}, kept {}, skipped {}, failed {}",
+        report.moved, report.kept, report.skipped, report.failed
+    );
+    Ok(i32::from(report.failed > 0))
+}
+
+/// `job <id>`: the job's state records, then the dead letters it left.
+async fn show_job(job_id: String, target: &Target) -> Result<i32, String> {
+    let sdk = target.sdk().await;
+    let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), &target.table);
+    let states = store.get(&job_id).await.map_err(|e| e.to_string())?;
+    if states.is_empty() {
+        println!(
+            "{}: no state recorded (never claimed, or expired)",
+            dlq::printable(&job_id)
+        );
+    }
+    for s in &states {
+        println!(
+            "{}  {}: {}  attempt {}  announced {}  updated {}",
+            dlq::printable(&job_id),
+            s.stage.as_str(),
+            s.progress.as_str(),
+            s.attempt,
+            s.announced,
+            jobs_core::messages::rfc3339::format(&s.updated_at)
+        );
+        if let Some(detail) = &s.detail {
+            println!("    {}", dlq::printable(&detail.to_string()));
         }
     }
+    let mailbox = target.mailbox(&sdk).await?;
+    let selection = Selection {
+        job_ids: [job_id].into(),
+        max: usize::MAX,
+    };
+    for line in dlq::list(&mailbox, &selection)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        println!("dead letter: {line}");
+    }
+    Ok(0)
 }
