@@ -14,7 +14,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use jobs_core::telemetry::{propagation, Instruments, JobSpan, Telemetry};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use send::{send, EntryOutcome, EventSink, RetryPolicy, MAX_ENTRIES};
+use send::{send, EntryOutcome, EventSink, RetryPolicy, MAX_ENTRIES, PUT_EVENTS_RETRY};
 use serde_json::{json, Value};
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
@@ -294,7 +294,7 @@ async fn run(args: Args) -> Result<Totals, Failure> {
         instruments: telemetry.instruments(),
         progress: Progress::new(args.count, minutes),
         pacing_rng: StdRng::seed_from_u64(seed ^ 0x5eed),
-        policy: RetryPolicy::default(),
+        policy: PUT_EVENTS_RETRY,
         totals: Totals::default(),
         args: &args,
         source,

@@ -31,33 +31,22 @@ fn retryable(code: &str) -> bool {
     )
 }
 
-/// How hard to try.
-#[derive(Debug, Clone)]
-pub struct RetryPolicy {
-    pub max_attempts: u32,
-    pub base_delay: Duration,
-    pub max_delay: Duration,
-}
+/// How hard to try: the pipeline's own policy type, so that both backoffs are the
+/// one rule (full jitter under a doubling ceiling).
+pub use jobs_core::retry::RetryPolicy;
 
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy {
-            max_attempts: 6,
-            base_delay: Duration::from_millis(100),
-            max_delay: Duration::from_secs(5),
-        }
-    }
-}
+/// Six attempts, the retries from up to 100 ms to up to 5 s apart: a run's events
+/// are worth a few seconds of waiting for a throttled bus, not minutes.
+pub const PUT_EVENTS_RETRY: RetryPolicy = RetryPolicy {
+    max_attempts: 6,
+    base_delay: Duration::from_millis(100),
+    max_delay: Duration::from_secs(5),
+};
 
-impl RetryPolicy {
-    /// Full jitter: a uniform delay up to the exponential ceiling for this retry.
-    fn delay<R: Rng>(&self, retry: u32, rng: &mut R) -> Duration {
-        let ceiling = self
-            .base_delay
-            .saturating_mul(2u32.saturating_pow(retry))
-            .min(self.max_delay);
-        ceiling.mul_f64(rng.random::<f64>())
-    }
+/// Full jitter: a uniform delay up to the policy's ceiling after failed attempt
+/// `attempt` (1-based).
+fn delay<R: Rng>(policy: &RetryPolicy, attempt: u32, rng: &mut R) -> Duration {
+    policy.ceiling(attempt).mul_f64(rng.random::<f64>())
 }
 
 /// The fate of each detail handed to [`send`], by its index.
@@ -86,46 +75,17 @@ pub async fn send<S: EventSink, R: Rng>(
         let mut again = Vec::new();
         let mut last_error = String::new();
         for chunk in pending.chunks(MAX_ENTRIES) {
-            let batch: Vec<String> = chunk.iter().map(|&i| details[i].clone()).collect();
-            let call = sink.put(&batch);
-            let result = match deadline {
-                Some(d) => tokio::time::timeout_at(d, call)
-                    .await
-                    .unwrap_or_else(|_| Err("the run ended".into())),
-                None => call.await,
-            };
-            match result {
-                Ok(outcomes) => {
-                    for (pos, &i) in chunk.iter().enumerate() {
-                        match outcomes.get(pos) {
-                            Some(EntryOutcome::Accepted { event_id }) => {
-                                report.accepted.push((i, event_id.clone()))
-                            }
-                            Some(EntryOutcome::Refused { code, message }) if !retryable(code) => {
-                                report.refused.push((i, format!("{code}: {message}")));
-                            }
-                            Some(EntryOutcome::Refused { code, message }) => {
-                                last_error = format!("{code}: {message}");
-                                again.push(i);
-                            }
-                            None => {
-                                last_error = "EventBridge returned no outcome for the entry".into();
-                                again.push(i);
-                            }
-                        }
-                    }
-                }
-                Err(e) => {
-                    last_error = e;
-                    again.extend_from_slice(chunk);
-                }
+            let put = put_chunk(sink, details, chunk, deadline, &mut report).await;
+            if let Some(e) = put.last_error {
+                last_error = e;
             }
+            again.extend(put.again);
         }
         attempt += 1;
         if again.is_empty() {
             break;
         }
-        let delay = policy.delay(attempt - 1, rng);
+        let delay = delay(policy, attempt, rng);
         let out_of_time = deadline.is_some_and(|d| Instant::now() + delay >= d);
         if attempt >= policy.max_attempts || out_of_time {
             let why = if out_of_time {
@@ -145,6 +105,63 @@ pub async fn send<S: EventSink, R: Rng>(
         pending = again;
     }
     report
+}
+
+/// What one `PutEvents` call leaves to send again, and the last reason why.
+#[derive(Default)]
+struct Put {
+    again: Vec<usize>,
+    last_error: Option<String>,
+}
+
+impl Put {
+    fn retry(&mut self, i: usize, why: String) {
+        self.again.push(i);
+        self.last_error = Some(why);
+    }
+}
+
+/// Puts the details at `chunk` in one call, cut off at the deadline. Accepted and
+/// refused entries go in `report`; a failed call leaves the whole chunk to retry.
+async fn put_chunk<S: EventSink>(
+    sink: &S,
+    details: &[String],
+    chunk: &[usize],
+    deadline: Option<Instant>,
+    report: &mut SendReport,
+) -> Put {
+    let batch: Vec<String> = chunk.iter().map(|&i| details[i].clone()).collect();
+    let call = sink.put(&batch);
+    let result = match deadline {
+        Some(d) => tokio::time::timeout_at(d, call)
+            .await
+            .unwrap_or_else(|_| Err("the run ended".into())),
+        None => call.await,
+    };
+    let mut put = Put::default();
+    let outcomes = match result {
+        Ok(outcomes) => outcomes,
+        Err(e) => {
+            put.again.extend_from_slice(chunk);
+            put.last_error = Some(e);
+            return put;
+        }
+    };
+    for (pos, &i) in chunk.iter().enumerate() {
+        match outcomes.get(pos) {
+            Some(EntryOutcome::Accepted { event_id }) => {
+                report.accepted.push((i, event_id.clone()))
+            }
+            Some(EntryOutcome::Refused { code, message }) if !retryable(code) => {
+                report.refused.push((i, format!("{code}: {message}")));
+            }
+            Some(EntryOutcome::Refused { code, message }) => {
+                put.retry(i, format!("{code}: {message}"));
+            }
+            None => put.retry(i, "EventBridge returned no outcome for the entry".into()),
+        }
+    }
+    put
 }
 
 #[cfg(test)]
@@ -209,7 +226,7 @@ mod tests {
         let report = send(
             &sink,
             &details(23),
-            &RetryPolicy::default(),
+            &PUT_EVENTS_RETRY,
             None,
             &mut StdRng::seed_from_u64(1),
         )
@@ -229,7 +246,7 @@ mod tests {
         };
         let policy = RetryPolicy {
             max_attempts: 3,
-            ..RetryPolicy::default()
+            ..PUT_EVENTS_RETRY
         };
         let report = send(
             &sink,
@@ -257,7 +274,7 @@ mod tests {
         let deadline = Instant::now() + Duration::from_millis(1);
         let policy = RetryPolicy {
             base_delay: Duration::from_secs(1),
-            ..RetryPolicy::default()
+            ..PUT_EVENTS_RETRY
         };
         let report = send(
             &sink,
