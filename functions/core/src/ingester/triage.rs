@@ -2,7 +2,7 @@
 //! same record always gets the same verdict.
 
 use super::Verdict;
-use crate::job::{check_timeout, parse_job, raw_job_type, Rejection};
+use crate::job::{check_timeout, parse_job, raw_job_type, Job, Rejection};
 use crate::messages::{
     written_len, DeadLetter, EnrichedJob, ErrorCode, ErrorEntry, EventEnvelope, JobStatus, Stage,
     TraceContext, MAX_FORWARD_BYTES,
@@ -32,22 +32,7 @@ pub(super) fn triage(
 ) -> Verdict {
     let body = record.body.as_deref().unwrap_or_default();
     let Some(envelope) = EventEnvelope::from_body(body) else {
-        let rejection = Rejection::new(
-            crate::job::ErrorCode::MalformedEnvelope,
-            None,
-            "the message is not an EventBridge event with a detail",
-        );
-        return Verdict::Reject(
-            reject(
-                meta.message_id.clone(),
-                None,
-                raw_body(body),
-                rejection,
-                meta,
-                now,
-            ),
-            None,
-        );
+        return not_an_event(body, meta, now);
     };
     // The limits apply to the detail as it is written on, not as it came: numbers are
     // written out in full, so a detail can grow several times over.
@@ -60,29 +45,12 @@ pub(super) fn triage(
         .and_then(|job| check_timeout(&job.spec, max_timeout_secs).map(|()| job));
     let (detail, rejection) = match parsed {
         Ok(job) => {
-            let enriched = EnrichedJob {
-                job_id: job.id.unwrap_or_else(|| fallback_id.clone()),
-                job_type: job.spec.job_type(),
-                status: JobStatus::New,
-                received_at: now,
-                event_time: envelope.time.clone(),
-                attempt: 1,
-                trace_context: propagation::detail_trace_context(&envelope.detail),
-                errors: Vec::new(),
-                job: envelope.detail,
-            };
-            let forward_size = enriched_message(&enriched).size();
-            if forward_size <= MAX_FORWARD_BYTES {
-                return Verdict::Forward(enriched, envelope.time);
+            let time = envelope.time.clone();
+            let enriched = enrich(job, envelope.detail, time, fallback_id.clone(), now);
+            match too_large_to_forward(&enriched) {
+                None => return Verdict::Forward(enriched, envelope.time),
+                Some(rejection) => (enriched.job, rejection),
             }
-            let rejection = Rejection::new(
-                ErrorCode::TooLarge,
-                None,
-                format!(
-                    "the message for the processor would be {forward_size} bytes (the detail with its id, times and trace context, as written); the limit is {MAX_FORWARD_BYTES} bytes"
-                ),
-            );
-            (enriched.job, rejection)
         }
         Err(rejection) => (envelope.detail, rejection),
     };
@@ -103,6 +71,62 @@ pub(super) fn triage(
         ),
         envelope.time,
     )
+}
+
+/// A body that is not an EventBridge event: rejected as it came, under its SQS
+/// message id.
+fn not_an_event(body: &str, meta: &RecordMeta, now: DateTime<Utc>) -> Verdict {
+    let rejection = Rejection::new(
+        crate::job::ErrorCode::MalformedEnvelope,
+        None,
+        "the message is not an EventBridge event with a detail",
+    );
+    let dl = reject(
+        meta.message_id.clone(),
+        None,
+        raw_body(body),
+        rejection,
+        meta,
+        now,
+    );
+    Verdict::Reject(dl, None)
+}
+
+/// The valid `job` as the first attempt's message for the processor: under its own
+/// id, else `fallback_id`, carrying the trace context its detail brought.
+fn enrich(
+    job: Job,
+    detail: Value,
+    event_time: Option<String>,
+    fallback_id: String,
+    now: DateTime<Utc>,
+) -> EnrichedJob {
+    EnrichedJob {
+        job_id: job.id.unwrap_or(fallback_id),
+        job_type: job.spec.job_type(),
+        status: JobStatus::New,
+        received_at: now,
+        event_time,
+        attempt: 1,
+        trace_context: propagation::detail_trace_context(&detail),
+        errors: Vec::new(),
+        job: detail,
+    }
+}
+
+/// The rejection of a valid job whose message would be over [`MAX_FORWARD_BYTES`]
+/// as written; `None` when it fits.
+fn too_large_to_forward(enriched: &EnrichedJob) -> Option<Rejection> {
+    let forward_size = enriched_message(enriched).size();
+    (forward_size > MAX_FORWARD_BYTES).then(|| {
+        Rejection::new(
+            ErrorCode::TooLarge,
+            None,
+            format!(
+                "the message for the processor would be {forward_size} bytes (the detail with its id, times and trace context, as written); the limit is {MAX_FORWARD_BYTES} bytes"
+            ),
+        )
+    })
 }
 
 pub(super) fn reject(
