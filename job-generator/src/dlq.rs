@@ -11,9 +11,7 @@ use async_trait::async_trait;
 use jobs_core::messages::{DeadLetter, Stage};
 use jobs_core::record::enriched_message;
 use jobs_core::redrive::{plan, Redrive, Stranded};
-use jobs_core::store::{
-    fingerprint, legacy_fingerprint, OperatorStore, Reopen, Reopened, STOP_ATTEMPT,
-};
+use jobs_core::store::{Fingerprints, OperatorStore, Reopen, Reopened, STOP_ATTEMPT};
 use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt::Write as _;
@@ -429,12 +427,12 @@ async fn reopen<S: OperatorStore + ?Sized>(
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<Option<Skip>, OpsError> {
     let dl = &end.letter;
-    let (fingerprint, legacy) = (fingerprint(&dl.job), legacy_fingerprint(&dl.job));
+    let prints = Fingerprints::of(&dl.job);
     let request = Reopen {
         job_id,
         stage: end.stage,
-        fingerprint: &fingerprint,
-        legacy_fingerprint: Some(&legacy),
+        fingerprint: &prints.current,
+        legacy_fingerprint: Some(&prints.legacy),
         status: dl.status,
         attempt: end.attempt,
         last_error: dl.errors.last(),

@@ -9,7 +9,7 @@ use crate::job::{ErrorCode, Rejection};
 use crate::messages::Stage;
 use crate::ports::{MessageQueue, Topic};
 use crate::record::RecordMeta;
-use crate::store::{fingerprint, legacy_fingerprint, Claim, ClaimOutcome, JobStore, Progress};
+use crate::store::{Claim, ClaimOutcome, Fingerprints, JobStore, Progress};
 use chrono::{DateTime, Utc};
 
 impl<Q: MessageQueue, T: Topic, S: JobStore> Ingester<Q, T, S> {
@@ -25,18 +25,8 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Ingester<Q, T, S> {
             Verdict::Forward(job, _) => (&job.job_id, &job.job, job.trace_context.as_ref()),
             Verdict::Reject(dl, _) => (&dl.job_id, &dl.job, dl.trace_context.as_ref()),
         };
-        let fp = fingerprint(content);
-        let legacy = legacy_fingerprint(content);
-        let claim = Claim {
-            job_id,
-            stage: Stage::Ingester,
-            fingerprint: &fp,
-            legacy_fingerprint: Some(&legacy),
-            attempt: 1,
-            lease_until: deadline,
-            holder: &meta.message_id,
-            token: &meta.claim_token,
-        };
+        let prints = Fingerprints::of(content);
+        let claim = Claim::for_delivery(meta, job_id, Stage::Ingester, 1, &prints, deadline);
         let outcome = match self.store.claim(&claim, now).await {
             Ok(outcome) => outcome,
             Err(e) => {
@@ -72,21 +62,35 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Ingester<Q, T, S> {
                 format!("an earlier delivery of this record holds the job until {until}"),
             ),
             // Another job owns the id; this one is rejected without touching its record.
-            ClaimOutcome::Conflict { fingerprint } => match verdict {
-                Verdict::Forward(job, t) => {
-                    let rejection = Rejection::new(
-                        ErrorCode::IdReused,
-                        Some("id"),
-                        format!(
-                            "id {} was already used for a job with different content (fingerprint {fingerprint}, this one {fp}); send it with a new id",
-                            job.job_id
-                        ),
-                    );
-                    let dl = reject(job.job_id, job.trace_context, job.job, rejection, meta, now);
-                    Action::End(dl, Tracking::Untracked, t)
-                }
-                Verdict::Reject(dl, t) => Action::End(dl, Tracking::Untracked, t),
-            },
+            ClaimOutcome::Conflict { fingerprint } => {
+                id_reused(verdict, &fingerprint, &prints.current, meta, now)
+            }
         }
+    }
+}
+
+/// The verdict on a job whose id another job's record holds: a job that would have
+/// been forwarded is rejected instead, and neither ending touches that record.
+fn id_reused(
+    verdict: Verdict,
+    theirs: &str,
+    ours: &str,
+    meta: &RecordMeta,
+    now: DateTime<Utc>,
+) -> Action {
+    match verdict {
+        Verdict::Forward(job, t) => {
+            let rejection = Rejection::new(
+                ErrorCode::IdReused,
+                Some("id"),
+                format!(
+                    "id {} was already used for a job with different content (fingerprint {theirs}, this one {ours}); send it with a new id",
+                    job.job_id
+                ),
+            );
+            let dl = reject(job.job_id, job.trace_context, job.job, rejection, meta, now);
+            Action::End(dl, Tracking::Untracked, t)
+        }
+        Verdict::Reject(dl, t) => Action::End(dl, Tracking::Untracked, t),
     }
 }

@@ -9,7 +9,7 @@ use crate::messages::{
 };
 use crate::ports::{send_all, MessageQueue, PortError, Topic};
 use crate::record::{enriched_message, RecordMeta};
-use crate::store::{fingerprint, legacy_fingerprint, Forestalled, JobStore, Unforwarded};
+use crate::store::{Fingerprints, Forestalled, JobStore, Unforwarded};
 use chrono::{DateTime, Utc};
 use futures_util::future::join_all;
 use tracing::{info, warn};
@@ -131,14 +131,13 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Ingester<Q, T, S> {
         Result<(Forestalled, Option<Ending>), PortError>,
     ) {
         let job_id = job.job_id.clone();
-        let fp = fingerprint(&job.job);
-        let legacy = legacy_fingerprint(&job.job);
+        let prints = Fingerprints::of(&job.job);
         let letter = forward_failed(job, &meta, &error, now);
         let notification = Notification::for_dead_letter(&letter, now);
         let end = Unforwarded {
             job_id: &job_id,
-            fingerprint: &fp,
-            legacy_fingerprint: Some(&legacy),
+            fingerprint: &prints.current,
+            legacy_fingerprint: Some(&prints.legacy),
             holder: &meta.message_id,
             token: &meta.claim_token,
             detail: serde_json::to_value(&notification).unwrap_or_default(),

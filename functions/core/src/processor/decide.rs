@@ -7,7 +7,7 @@ use crate::ending::{give_back, recorded, Ending, Tracking};
 use crate::messages::{EnrichedJob, ErrorCode, Notification, Stage};
 use crate::ports::{MessageQueue, Topic};
 use crate::record::RecordMeta;
-use crate::store::{fingerprint, legacy_fingerprint, Claim, ClaimOutcome, JobStore};
+use crate::store::{Claim, ClaimOutcome, Fingerprints, JobStore};
 use crate::telemetry::instruments_prelude::*;
 use aws_lambda_events::sqs::SqsMessage;
 use chrono::{DateTime, Utc};
@@ -27,18 +27,8 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Processor<Q, T, S> {
     ) -> (Outcome, Option<String>) {
         let subject = read(record, meta, consumer);
         let (job_id, content, attempt) = subject.key();
-        let fp = fingerprint(content);
-        let legacy = legacy_fingerprint(content);
-        let claim = Claim {
-            job_id,
-            stage: Stage::Processor,
-            fingerprint: &fp,
-            legacy_fingerprint: Some(&legacy),
-            attempt,
-            lease_until: clock.0,
-            holder: &meta.message_id,
-            token: &meta.claim_token,
-        };
+        let prints = Fingerprints::of(content);
+        let claim = Claim::for_delivery(meta, job_id, Stage::Processor, attempt, &prints, clock.0);
         let outcome = match self.store.claim(&claim, now).await {
             Err(e) => {
                 // The claim may have taken effect with its answer lost: give it back
@@ -48,7 +38,10 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Processor<Q, T, S> {
                 Outcome::Unavailable(e)
             }
             Ok(ClaimOutcome::Claimed) => self.claimed(&subject, meta, clock, now, consumer).await,
-            Ok(answer) => self.not_claimed(answer, &subject, meta, &fp, now).await,
+            Ok(answer) => {
+                self.not_claimed(answer, &subject, meta, &prints.current, now)
+                    .await
+            }
         };
         let event_time = match &subject {
             Subject::Job(job) => job.event_time.clone(),

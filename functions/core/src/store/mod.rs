@@ -22,6 +22,7 @@ pub mod dynamo;
 pub mod memory;
 
 use crate::messages::{ErrorEntry, JobStatus, Stage};
+use crate::record::RecordMeta;
 use crate::telemetry::propagation;
 use crate::Timestamp;
 use async_trait::async_trait;
@@ -112,6 +113,48 @@ pub struct Claim<'a> {
     /// delivery of the same message (another token) is still [`ClaimOutcome::Held`].
     /// No token matches nothing.
     pub token: &'a str,
+}
+
+impl<'a> Claim<'a> {
+    /// The claim of one delivery of a record (`meta`) on `job_id` at `stage`: it
+    /// carries both fingerprints of the job's content and is held by the record's
+    /// message id and claim token until `lease_until`.
+    pub fn for_delivery(
+        meta: &'a RecordMeta,
+        job_id: &'a str,
+        stage: Stage,
+        attempt: u32,
+        prints: &'a Fingerprints,
+        lease_until: Timestamp,
+    ) -> Claim<'a> {
+        Claim {
+            job_id,
+            stage,
+            fingerprint: &prints.current,
+            legacy_fingerprint: Some(&prints.legacy),
+            attempt,
+            lease_until,
+            holder: &meta.message_id,
+            token: &meta.claim_token,
+        }
+    }
+}
+
+/// A job content's [`fingerprint`] and its [`legacy_fingerprint`]: what a request
+/// compares with a record to tell the same job from a reused id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fingerprints {
+    pub current: String,
+    pub legacy: String,
+}
+
+impl Fingerprints {
+    pub fn of(job: &Value) -> Fingerprints {
+        Fingerprints {
+            current: fingerprint(job),
+            legacy: legacy_fingerprint(job),
+        }
+    }
 }
 
 /// The answer to a claim.
