@@ -27,8 +27,8 @@ use crate::Timestamp;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::{
-    AttributeValue, BatchStatementErrorCodeEnum, BatchStatementRequest, Put, TransactWriteItem,
-    Update,
+    AttributeValue, BatchStatementErrorCodeEnum, BatchStatementRequest, BatchStatementResponse,
+    Put, TransactWriteItem, Update,
 };
 use aws_sdk_dynamodb::Client;
 use chrono::{TimeZone, Utc};
@@ -45,6 +45,34 @@ pub struct DynamoStore {
 
 type Item = HashMap<String, AttributeValue>;
 
+const BATCH_EXECUTE: &str = "BatchExecuteStatement";
+
+/// One statement's answer within a `BatchExecuteStatement`: done, or refused with
+/// its error code (which tells a failed condition from anything else).
+fn statement_answer(r: &BatchStatementResponse) -> Statement {
+    match r.error() {
+        None => Statement::Done,
+        Some(e) => {
+            let code = e
+                .code()
+                .cloned()
+                .unwrap_or_else(|| BatchStatementErrorCodeEnum::from("Unknown"));
+            let message = format!(
+                "{}: {}",
+                code.as_str(),
+                e.message().unwrap_or("no reason given")
+            );
+            Statement::Refused(
+                code,
+                PortError::Refused {
+                    operation: BATCH_EXECUTE,
+                    message,
+                },
+            )
+        }
+    }
+}
+
 impl DynamoStore {
     pub fn new(client: Client, table: impl Into<String>) -> Self {
         Self {
@@ -56,77 +84,73 @@ impl DynamoStore {
     /// Runs PartiQL write statements, 25 to a `BatchExecuteStatement`, all batches at
     /// once; one result per statement, in order.
     async fn execute_all(&self, statements: Vec<(String, Vec<AttributeValue>)>) -> Vec<Statement> {
-        const OP: &str = "BatchExecuteStatement";
-        let chunks = statements.chunks(MAX_STATEMENTS).map(|chunk| async move {
-            let requests = chunk
-                .iter()
-                .map(|(sql, params)| {
-                    BatchStatementRequest::builder()
-                        .statement(sql)
-                        .set_parameters(Some(params.clone()))
-                        .build()
-                })
-                .collect::<Result<Vec<_>, _>>();
-            let requests = match requests {
-                Ok(r) => r,
-                Err(e) => {
-                    let e = PortError::Refused {
-                        operation: OP,
-                        message: e.to_string(),
-                    };
-                    return chunk.iter().map(|_| Statement::Failed(e.clone())).collect();
-                }
-            };
-            let sent = self
-                .client
-                .batch_execute_statement()
-                .set_statements(Some(requests))
-                .send()
-                .await;
-            match sent {
-                Ok(out) if out.responses().len() == chunk.len() => {
-                    out.responses()
-                        .iter()
-                        .map(|r| match r.error() {
-                            None => Statement::Done,
-                            Some(e) => {
-                                let code = e.code().cloned().unwrap_or_else(|| {
-                                    BatchStatementErrorCodeEnum::from("Unknown")
-                                });
-                                let message = format!(
-                                    "{}: {}",
-                                    code.as_str(),
-                                    e.message().unwrap_or("no reason given")
-                                );
-                                Statement::Refused(
-                                    code,
-                                    PortError::Refused {
-                                        operation: OP,
-                                        message,
-                                    },
-                                )
-                            }
-                        })
-                        .collect::<Vec<_>>()
-                }
-                Ok(out) => {
-                    let e = PortError::Refused {
-                        operation: OP,
-                        message: format!(
-                            "{} answers for {} statements",
-                            out.responses().len(),
-                            chunk.len()
-                        ),
-                    };
-                    chunk.iter().map(|_| Statement::Failed(e.clone())).collect()
-                }
-                Err(e) => {
-                    let e = PortError::from_sdk(OP, e);
-                    chunk.iter().map(|_| Statement::Failed(e.clone())).collect()
-                }
-            }
-        });
+        let chunks = statements
+            .chunks(MAX_STATEMENTS)
+            .map(|chunk| self.execute_batch(chunk));
         join_all(chunks).await.into_iter().flatten().collect()
+    }
+
+    /// One `BatchExecuteStatement` of up to [`MAX_STATEMENTS`]: each statement's own
+    /// answer, or the call's failure for every one of them.
+    async fn execute_batch(&self, chunk: &[(String, Vec<AttributeValue>)]) -> Vec<Statement> {
+        let every = |e: PortError| chunk.iter().map(|_| Statement::Failed(e.clone())).collect();
+        let requests = chunk
+            .iter()
+            .map(|(sql, params)| {
+                BatchStatementRequest::builder()
+                    .statement(sql)
+                    .set_parameters(Some(params.clone()))
+                    .build()
+            })
+            .collect::<Result<Vec<_>, _>>();
+        let requests = match requests {
+            Ok(r) => r,
+            Err(e) => {
+                return every(PortError::Refused {
+                    operation: BATCH_EXECUTE,
+                    message: e.to_string(),
+                })
+            }
+        };
+        let sent = self
+            .client
+            .batch_execute_statement()
+            .set_statements(Some(requests))
+            .send()
+            .await;
+        match sent {
+            Ok(out) if out.responses().len() == chunk.len() => {
+                out.responses().iter().map(statement_answer).collect()
+            }
+            Ok(out) => every(PortError::Refused {
+                operation: BATCH_EXECUTE,
+                message: format!(
+                    "{} answers for {} statements",
+                    out.responses().len(),
+                    chunk.len()
+                ),
+            }),
+            Err(e) => every(PortError::from_sdk(BATCH_EXECUTE, e)),
+        }
+    }
+
+    /// Why the table refused `claim`'s conditional write: the current item, judged by
+    /// the same rules the in-memory store follows.
+    async fn judge_refused(
+        &self,
+        claim: &Claim<'_>,
+        now: Timestamp,
+    ) -> Result<ClaimOutcome, PortError> {
+        let current = self.read(claim.job_id, claim.stage).await?;
+        Ok(match decide(current.as_ref(), claim, now) {
+            // This claim's own write (a retry racing its first send).
+            ClaimOutcome::Claimed if current.as_ref().is_some_and(|c| same_claim(c, claim)) => {
+                ClaimOutcome::Claimed
+            }
+            // The item changed between the write and the read: let SQS retry.
+            ClaimOutcome::Claimed => ClaimOutcome::Busy { until: now },
+            other => other,
+        })
     }
 
     async fn read(&self, job_id: &str, stage: Stage) -> Result<Option<JobState>, PortError> {
@@ -202,6 +226,31 @@ fn is_condition_failure<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> bool 
     e.as_service_error()
         .and_then(ProvideErrorMetadata::code)
         .is_some_and(|c| c == "ConditionalCheckFailedException")
+}
+
+/// The item of `state`, as [`from_item`] reads it back.
+fn to_item(state: &JobState) -> Item {
+    let mut item: Item = [
+        ("pk", s(key(state.stage, &state.job_id))),
+        ("job_id", s(&state.job_id)),
+        ("stage", s(state.stage.as_str())),
+        ("progress", s(state.progress.as_str())),
+        ("fingerprint", s(&state.fingerprint)),
+        ("attempt", n(state.attempt)),
+        ("lease_until", n(state.lease_until.timestamp_millis())),
+        ("holder", s(&state.holder)),
+        ("claim_token", s(&state.token)),
+        ("announced", AttributeValue::Bool(state.announced)),
+        ("updated_ms", n(state.updated_at.timestamp_millis())),
+        ("expires_at", n(state.expires_at.timestamp())),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    if let Some(detail) = &state.detail {
+        item.insert("detail".to_owned(), s(detail.to_string()));
+    }
+    item
 }
 
 fn from_item(item: &Item) -> Option<JobState> {
@@ -285,20 +334,7 @@ impl JobStore for DynamoStore {
             .await;
         match put {
             Ok(_) => Ok(ClaimOutcome::Claimed),
-            Err(e) if is_condition_failure(&e) => {
-                let current = self.read(claim.job_id, claim.stage).await?;
-                Ok(match decide(current.as_ref(), claim, now) {
-                    // This claim's own write (a retry racing its first send).
-                    ClaimOutcome::Claimed
-                        if current.as_ref().is_some_and(|c| same_claim(c, claim)) =>
-                    {
-                        ClaimOutcome::Claimed
-                    }
-                    // The item changed between the write and the read: let SQS retry.
-                    ClaimOutcome::Claimed => ClaimOutcome::Busy { until: now },
-                    other => other,
-                })
-            }
+            Err(e) if is_condition_failure(&e) => self.judge_refused(claim, now).await,
             Err(e) => Err(PortError::from_sdk("PutItem", e)),
         }
     }
@@ -530,39 +566,20 @@ impl JobStore for DynamoStore {
             operation: OP,
             message: e.to_string(),
         };
-        let detail = end.detail.to_string();
         let ended = Update::builder()
             .table_name(&self.table)
             .key("pk", s(key(Stage::Ingester, end.job_id)))
             .update_expression("SET progress = :p, detail = :d, updated_ms = :u, expires_at = :x")
             .condition_expression("attempt = :attempt AND progress = :in_progress")
             .expression_attribute_values(":p", s(Progress::Done(Some(JobStatus::Failed)).as_str()))
-            .expression_attribute_values(":d", s(detail.clone()))
+            .expression_attribute_values(":d", s(end.detail.to_string()))
             .expression_attribute_values(":u", n(end.now.timestamp_millis()))
             .expression_attribute_values(":x", n(expires_at(end.now)))
             .expression_attribute_values(":attempt", n(1))
             .expression_attribute_values(":in_progress", s(Progress::InProgress.as_str()))
             .build()
             .map_err(refused)?;
-        let stop = stop_record(end);
-        let stop_item: Item = [
-            ("pk", s(key(Stage::Processor, end.job_id))),
-            ("job_id", s(end.job_id)),
-            ("stage", s(Stage::Processor.as_str())),
-            ("progress", s(stop.progress.as_str())),
-            ("fingerprint", s(end.fingerprint)),
-            ("attempt", n(stop.attempt)),
-            ("lease_until", n(stop.lease_until.timestamp_millis())),
-            ("holder", s(end.holder)),
-            ("claim_token", s(end.token)),
-            ("announced", AttributeValue::Bool(stop.announced)),
-            ("detail", s(detail)),
-            ("updated_ms", n(end.now.timestamp_millis())),
-            ("expires_at", n(expires_at(end.now))),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
+        let stop_item = to_item(&stop_record(end));
         let put = Put::builder()
             .table_name(&self.table)
             .set_item(Some(stop_item))
