@@ -186,44 +186,10 @@ impl MessageQueue for SqsQueue {
 
     async fn send_batch(&self, messages: &[OutgoingMessage]) -> Vec<Result<(), PortError>> {
         const OP: &str = "SendMessageBatch";
-        let refused = |message: String| {
-            Err(PortError::Refused {
-                operation: OP,
-                message,
-            })
-        };
         // An entry is sent only once SQS acknowledges it: anything not listed as
         // successful counts as failed.
-        let mut results: Vec<Result<(), PortError>> = messages
-            .iter()
-            .map(|_| refused("not acknowledged by SQS".into()))
-            .collect();
-        let mut entries = Vec::with_capacity(messages.len());
-        for (i, m) in messages.iter().enumerate() {
-            let mut entry = SendMessageBatchRequestEntry::builder()
-                .id(i.to_string())
-                .message_body(&m.body);
-            if m.delay_seconds > 0 {
-                let delay = m
-                    .delay_seconds
-                    .min(crate::retry::SQS_MAX_DELAY.as_secs() as u32);
-                entry = entry.delay_seconds(i32::try_from(delay).unwrap_or(900));
-            }
-            for (name, value) in &m.attributes {
-                let attr = MessageAttributeValue::builder()
-                    .data_type("String")
-                    .string_value(value)
-                    .build();
-                match attr {
-                    Ok(attr) => entry = entry.message_attributes(*name, attr),
-                    Err(e) => results[i] = refused(e.to_string()),
-                }
-            }
-            match entry.build() {
-                Ok(entry) => entries.push(entry),
-                Err(e) => results[i] = refused(e.to_string()),
-            }
-        }
+        let mut results = unacknowledged(messages.len(), OP, "SQS");
+        let entries = sqs_entries(messages, &mut results, OP);
         if entries.is_empty() {
             return results;
         }
@@ -304,6 +270,88 @@ impl SnsTopic {
     }
 }
 
+/// The results of a batch call before its answer: every entry refused as not
+/// acknowledged by `service`, until [`settle_entries`] reads what it acknowledged.
+fn unacknowledged(
+    count: usize,
+    operation: &'static str,
+    service: &str,
+) -> Vec<Result<(), PortError>> {
+    (0..count)
+        .map(|_| {
+            Err(PortError::Refused {
+                operation,
+                message: format!("not acknowledged by {service}"),
+            })
+        })
+        .collect()
+}
+
+/// The `SendMessageBatch` entries of `messages`, each with its index as its id; the
+/// `results` slot of a message SQS would not take says why.
+fn sqs_entries(
+    messages: &[OutgoingMessage],
+    results: &mut [Result<(), PortError>],
+    operation: &'static str,
+) -> Vec<SendMessageBatchRequestEntry> {
+    let refused = |message: String| Err(PortError::Refused { operation, message });
+    let mut entries = Vec::with_capacity(messages.len());
+    for (i, m) in messages.iter().enumerate() {
+        let mut entry = SendMessageBatchRequestEntry::builder()
+            .id(i.to_string())
+            .message_body(&m.body);
+        if m.delay_seconds > 0 {
+            let delay = m
+                .delay_seconds
+                .min(crate::retry::SQS_MAX_DELAY.as_secs() as u32);
+            entry = entry.delay_seconds(i32::try_from(delay).unwrap_or(900));
+        }
+        for (name, value) in &m.attributes {
+            let attr = MessageAttributeValue::builder()
+                .data_type("String")
+                .string_value(value)
+                .build();
+            match attr {
+                Ok(attr) => entry = entry.message_attributes(*name, attr),
+                Err(e) => results[i] = refused(e.to_string()),
+            }
+        }
+        match entry.build() {
+            Ok(entry) => entries.push(entry),
+            Err(e) => results[i] = refused(e.to_string()),
+        }
+    }
+    entries
+}
+
+/// The `PublishBatch` entries of `notifications`, each with its index as its id; the
+/// `results` slot of a notification SNS would not take says why.
+fn sns_entries(
+    notifications: &[Notification],
+    results: &mut [Result<(), PortError>],
+    operation: &'static str,
+) -> Vec<aws_sdk_sns::types::PublishBatchRequestEntry> {
+    let mut entries = Vec::with_capacity(notifications.len());
+    for (i, n) in notifications.iter().enumerate() {
+        let entry = sns_message(n, operation).and_then(|(message, attributes)| {
+            aws_sdk_sns::types::PublishBatchRequestEntry::builder()
+                .id(i.to_string())
+                .message(message)
+                .set_message_attributes(Some(attributes))
+                .build()
+                .map_err(|e| PortError::Refused {
+                    operation,
+                    message: e.to_string(),
+                })
+        });
+        match entry {
+            Ok(entry) => entries.push(entry),
+            Err(e) => results[i] = Err(e),
+        }
+    }
+    entries
+}
+
 /// Marks the entries of a batch call that the service acknowledged or refused, by the
 /// ids (entry indexes) it echoes back. An entry it does not mention keeps its error:
 /// nothing counts as sent without an acknowledgement.
@@ -377,35 +425,9 @@ impl Topic for SnsTopic {
     /// notification is published only once SNS acknowledges it: anything not listed as
     /// successful fails.
     async fn publish_batch(&self, notifications: &[Notification]) -> Vec<Result<(), PortError>> {
-        use aws_sdk_sns::types::PublishBatchRequestEntry;
         const OP: &str = "PublishBatch";
-        let mut results: Vec<Result<(), PortError>> = notifications
-            .iter()
-            .map(|_| {
-                Err(PortError::Refused {
-                    operation: OP,
-                    message: "not acknowledged by SNS".into(),
-                })
-            })
-            .collect();
-        let mut entries = Vec::with_capacity(notifications.len());
-        for (i, n) in notifications.iter().enumerate() {
-            let entry = sns_message(n, OP).and_then(|(message, attributes)| {
-                PublishBatchRequestEntry::builder()
-                    .id(i.to_string())
-                    .message(message)
-                    .set_message_attributes(Some(attributes))
-                    .build()
-                    .map_err(|e| PortError::Refused {
-                        operation: OP,
-                        message: e.to_string(),
-                    })
-            });
-            match entry {
-                Ok(entry) => entries.push(entry),
-                Err(e) => results[i] = Err(e),
-            }
-        }
+        let mut results = unacknowledged(notifications.len(), OP, "SNS");
+        let entries = sns_entries(notifications, &mut results, OP);
         if entries.is_empty() {
             return results;
         }
