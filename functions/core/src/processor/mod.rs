@@ -148,26 +148,8 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Processor<Q, T, S> {
                 &batch,
                 invocation,
             );
-            async move {
-                let (outcome, event_time) = self
-                    .decide(record, &meta, (deadline, started), now, &consumer)
-                    .await;
-                let failed = self
-                    .settle(outcome, record, meta, event_time, &consumer)
-                    .await;
-                // Back to SQS soon now, not once the batch's longest job is done.
-                if let Some(id) = &failed {
-                    retry_soon(
-                        &self.jobs_todo,
-                        std::slice::from_ref(record),
-                        &[id.as_str()],
-                    )
-                    .await;
-                }
-                consumer.end();
-                failed
-            }
-            .instrument(log)
+            self.process(record, meta, consumer, (deadline, started), now)
+                .instrument(log)
         });
         let mut response = SqsBatchResponse::default();
         for id in futures_util::future::join_all(runs)
@@ -179,6 +161,32 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Processor<Q, T, S> {
         }
         batch.end();
         response
+    }
+
+    /// One record, from its claim to its end; its message id when it goes back to SQS.
+    async fn process(
+        &self,
+        record: &SqsMessage,
+        meta: RecordMeta,
+        consumer: JobSpan,
+        clock: (DateTime<Utc>, tokio::time::Instant),
+        now: DateTime<Utc>,
+    ) -> Option<String> {
+        let (outcome, event_time) = self.decide(record, &meta, clock, now, &consumer).await;
+        let failed = self
+            .settle(outcome, record, meta, event_time, &consumer)
+            .await;
+        // Back to SQS soon now, not once the batch's longest job is done.
+        if let Some(id) = &failed {
+            retry_soon(
+                &self.jobs_todo,
+                std::slice::from_ref(record),
+                &[id.as_str()],
+            )
+            .await;
+        }
+        consumer.end();
+        failed
     }
 }
 
