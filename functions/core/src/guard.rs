@@ -163,6 +163,18 @@ impl<P> Guarded<P> {
             }
         }
     }
+
+    /// A batch call of `n` entries: the dependency is sick only when every entry
+    /// failed, and an open circuit refuses each entry.
+    async fn call_batch<T: Clone>(
+        &self,
+        operation: &'static str,
+        n: usize,
+        fut: impl Future<Output = Vec<Result<T, PortError>>>,
+    ) -> Vec<Result<T, PortError>> {
+        self.call(operation, fut, |r| all_failed(r), |e| vec![Err(e); n])
+            .await
+    }
 }
 
 /// A batch where every entry failed says the dependency is in trouble; a single
@@ -174,14 +186,9 @@ fn all_failed<T>(results: &[Result<T, PortError>]) -> bool {
 #[async_trait]
 impl<Q: MessageQueue> MessageQueue for Guarded<Q> {
     async fn send_batch(&self, messages: &[OutgoingMessage]) -> Vec<Result<(), PortError>> {
-        let n = messages.len();
-        self.call(
-            "SendMessageBatch",
-            self.inner.send_batch(messages),
-            |results| all_failed(results),
-            |e| vec![Err(e); n],
-        )
-        .await
+        let call = self.inner.send_batch(messages);
+        self.call_batch("SendMessageBatch", messages.len(), call)
+            .await
     }
 
     fn name(&self) -> &str {
@@ -208,9 +215,8 @@ impl<T: Topic> Topic for Guarded<T> {
     }
 
     async fn publish_batch(&self, notifications: &[Notification]) -> Vec<Result<(), PortError>> {
-        let n = notifications.len();
         let call = self.inner.publish_batch(notifications);
-        self.call("PublishBatch", call, |r| all_failed(r), |e| vec![Err(e); n])
+        self.call_batch("PublishBatch", notifications.len(), call)
             .await
     }
 }
@@ -239,15 +245,9 @@ impl<S: JobStore> JobStore for Guarded<S> {
         claims: &[Claim<'_>],
         now: Timestamp,
     ) -> Vec<Result<ClaimOutcome, PortError>> {
-        let n = claims.len();
         let call = self.inner.claim_all(claims, now);
-        self.call(
-            "BatchExecuteStatement",
-            call,
-            |r| all_failed(r),
-            |e| vec![Err(e); n],
-        )
-        .await
+        self.call_batch("BatchExecuteStatement", claims.len(), call)
+            .await
     }
 
     async fn finish_all(&self, finishes: &[Finish]) -> Vec<Result<(), PortError>> {
@@ -268,15 +268,9 @@ impl<S: JobStore> JobStore for Guarded<S> {
         jobs: &[(String, Stage)],
         now: Timestamp,
     ) -> Vec<Result<(), PortError>> {
-        let n = jobs.len();
         let call = self.inner.announce_all(jobs, now);
-        self.call(
-            "BatchExecuteStatement",
-            call,
-            |r| all_failed(r),
-            |e| vec![Err(e); n],
-        )
-        .await
+        self.call_batch("BatchExecuteStatement", jobs.len(), call)
+            .await
     }
 
     async fn release(&self, release: &Release<'_>, now: Timestamp) -> Result<(), PortError> {

@@ -147,15 +147,8 @@ pub async fn send_all<Q: MessageQueue + ?Sized>(
     queue: &Q,
     messages: &[OutgoingMessage],
 ) -> Vec<Result<(), PortError>> {
-    let ranges = batch_ranges(messages.iter().map(OutgoingMessage::size));
-    let batches = ranges
-        .into_iter()
-        .map(|range| queue.send_batch(&messages[range]));
-    futures_util::future::join_all(batches)
-        .await
-        .into_iter()
-        .flatten()
-        .collect()
+    let sizes = messages.iter().map(OutgoingMessage::size);
+    in_batches(sizes, |range| queue.send_batch(&messages[range])).await
 }
 
 /// Publishes any number of notifications in batches that SNS takes ([`batch_ranges`],
@@ -167,9 +160,20 @@ pub async fn publish_batched<T: Topic + ?Sized>(
     let sizes = notifications
         .iter()
         .map(|n| crate::record::notification_message(n).size());
-    let batches = batch_ranges(sizes)
-        .into_iter()
-        .map(|range| topic.publish_batch(&notifications[range]));
+    in_batches(sizes, |range| topic.publish_batch(&notifications[range])).await
+}
+
+/// Calls `batch` for each range [`batch_ranges`] makes of items of `sizes`, all at
+/// once; one result per item, in order.
+async fn in_batches<F, Fut>(
+    sizes: impl IntoIterator<Item = usize>,
+    batch: F,
+) -> Vec<Result<(), PortError>>
+where
+    F: FnMut(std::ops::Range<usize>) -> Fut,
+    Fut: std::future::Future<Output = Vec<Result<(), PortError>>>,
+{
+    let batches = batch_ranges(sizes).into_iter().map(batch);
     futures_util::future::join_all(batches)
         .await
         .into_iter()
