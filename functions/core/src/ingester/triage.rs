@@ -1,8 +1,8 @@
 //! Triage: what validation makes of one record, before any call is made. Pure: the
 //! same record always gets the same verdict.
 
-use super::Verdict;
-use crate::job::{check_timeout, parse_job, raw_job_type, Rejection};
+use super::{IngesterConfig, Verdict};
+use crate::job::{parse_job_with, raw_job_type, Job, Rejection};
 use crate::messages::{
     written_len, DeadLetter, EnrichedJob, ErrorCode, ErrorEntry, EventEnvelope, JobStatus, Stage,
     TraceContext, MAX_FORWARD_BYTES,
@@ -27,7 +27,7 @@ pub(crate) fn source_queue(event: &SqsEvent) -> String {
 pub(super) fn triage(
     record: &SqsMessage,
     meta: &RecordMeta,
-    max_timeout_secs: u64,
+    config: &IngesterConfig,
     now: DateTime<Utc>,
 ) -> Verdict {
     let body = record.body.as_deref().unwrap_or_default();
@@ -56,34 +56,13 @@ pub(super) fn triage(
         .id
         .clone()
         .unwrap_or_else(|| meta.message_id.clone());
-    let parsed = parse_job(&envelope.detail, Some(size))
-        .and_then(|job| check_timeout(&job.spec, max_timeout_secs).map(|()| job));
+    let parsed = parse_job_with(&config.kinds, &envelope.detail, Some(size))
+        .and_then(|job| job.spec.admit(config.max_job_timeout_secs).map(|()| job));
     let (detail, rejection) = match parsed {
-        Ok(job) => {
-            let enriched = EnrichedJob {
-                job_id: job.id.unwrap_or_else(|| fallback_id.clone()),
-                job_type: job.spec.job_type(),
-                status: JobStatus::New,
-                received_at: now,
-                event_time: envelope.time.clone(),
-                attempt: 1,
-                trace_context: propagation::detail_trace_context(&envelope.detail),
-                errors: Vec::new(),
-                job: envelope.detail,
-            };
-            let forward_size = enriched_message(&enriched).size();
-            if forward_size <= MAX_FORWARD_BYTES {
-                return Verdict::Forward(enriched, envelope.time);
-            }
-            let rejection = Rejection::new(
-                ErrorCode::TooLarge,
-                None,
-                format!(
-                    "the message for the processor would be {forward_size} bytes (the detail with its id, times and trace context, as written); the limit is {MAX_FORWARD_BYTES} bytes"
-                ),
-            );
-            (enriched.job, rejection)
-        }
+        Ok(job) => match enrich(job, envelope.detail, &envelope.time, &fallback_id, now) {
+            Ok(enriched) => return Verdict::Forward(enriched, envelope.time),
+            Err(refused) => refused,
+        },
         Err(rejection) => (envelope.detail, rejection),
     };
     let job_id = valid_id(&detail).unwrap_or(fallback_id);
@@ -103,6 +82,40 @@ pub(super) fn triage(
         ),
         envelope.time,
     )
+}
+
+/// A valid job as the enriched message for the processor; the detail back with a
+/// rejection when that message would be too large to forward.
+fn enrich(
+    job: Job,
+    detail: Value,
+    event_time: &Option<String>,
+    fallback_id: &str,
+    now: DateTime<Utc>,
+) -> Result<EnrichedJob, (Value, Rejection)> {
+    let enriched = EnrichedJob {
+        job_id: job.id.unwrap_or_else(|| fallback_id.to_owned()),
+        job_type: job.spec.job_type().into(),
+        status: JobStatus::New,
+        received_at: now,
+        event_time: event_time.clone(),
+        attempt: 1,
+        trace_context: propagation::detail_trace_context(&detail),
+        errors: Vec::new(),
+        job: detail,
+    };
+    let forward_size = enriched_message(&enriched).size();
+    if forward_size <= MAX_FORWARD_BYTES {
+        return Ok(enriched);
+    }
+    let rejection = Rejection::new(
+        ErrorCode::TooLarge,
+        None,
+        format!(
+            "the message for the processor would be {forward_size} bytes (the detail with its id, times and trace context, as written); the limit is {MAX_FORWARD_BYTES} bytes"
+        ),
+    );
+    Err((enriched.job, rejection))
 }
 
 pub(super) fn reject(
