@@ -243,6 +243,35 @@ mod tests {
     }
 
     #[test]
+    fn the_original_demos_job_files_keep_their_verdicts() {
+        let file = |text: &str| serde_json::from_str::<Value>(text).expect("json");
+        let good = [
+            include_str!("../fixtures/original-jobs/good/report_generation.json"),
+            include_str!("../fixtures/original-jobs/good/data_cleanup.json"),
+            include_str!("../fixtures/original-jobs/good/user_onboarding.json"),
+            include_str!("../fixtures/original-jobs/good/long_running_job.json"),
+        ];
+        for text in good {
+            let detail = file(text);
+            let job = parse_job(&detail, None).expect("valid");
+            assert_eq!(Some(job.spec.job_type()), raw_job_type(&detail));
+        }
+        let bad = [
+            (
+                include_str!("../fixtures/original-jobs/bad/report_missing_name.json"),
+                ErrorCode::MissingField,
+            ),
+            (
+                include_str!("../fixtures/original-jobs/bad/unknown_job_type.json"),
+                ErrorCode::UnknownJobType,
+            ),
+        ];
+        for (text, code) in bad {
+            assert_eq!(reject(file(text)).code, code, "{text}");
+        }
+    }
+
+    #[test]
     fn keeps_a_given_id_and_ignores_unknown_fields() {
         let job = parse_job(
             &json!({"id":"abc-1","extra":1,"job_type":"user_onboarding",
