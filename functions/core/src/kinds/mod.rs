@@ -1,22 +1,24 @@
-//! Job kinds: each kind of job is one module here holding its message schema and
-//! validation, its execution and the sample jobs the generator sends, and the kinds
-//! the pipeline knows are the one list [`BUILTIN`].
+//! Job kinds: each kind of job is one file here, holding its `message` schema and
+//! validation, its execution and the sample jobs the generator sends; [`BUILTIN`] is
+//! the one list of the kinds the pipeline knows.
 //!
-//! Everything that depends on the kind goes through a [`Registry`]: the ingester's
-//! validation, the processor's execution, the generator's catalogue and the metrics'
-//! closed set of `job.type`s. A registry is a value (the handlers take it in their
-//! config, [`Registry::builtin`] by default), so a test can run the pipeline with a
-//! kind of its own. To add a kind, write a file beside these that implements
-//! [`JobKind`] for a unit struct, and add that struct to [`BUILTIN`]; the compiler
-//! checks the rest.
+//! Whatever depends on the kind goes through a [`Registry`] (the ingester's
+//! validation, the processor's execution, the generator's catalogue, the metrics'
+//! `job.type`s), and a kind is written only through [`JobKind`], so its rejections
+//! name their field as `message.<name>` ([`Fields`]) and its work is given the budget
+//! left before the deadline. A registry is a value the handlers take in their config
+//! ([`Registry::builtin`] by default), so a test can run the pipeline with a kind of
+//! its own (`kinds/tests/fifth.rs`). To add a kind, write a file beside these that
+//! implements [`JobKind`] for a unit struct and add that struct to [`BUILTIN`]; the
+//! compiler checks the rest.
 
-mod data_cleanup;
+pub mod data_cleanup;
 mod draw;
 mod fields;
-mod long_running_job;
+pub mod long_running_job;
 mod registry;
-mod report_generation;
-mod user_onboarding;
+pub mod report_generation;
+pub mod user_onboarding;
 
 pub use data_cleanup::DataCleanup;
 pub use draw::{pick, Draw};
