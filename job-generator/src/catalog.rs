@@ -1,7 +1,9 @@
-//! Realistic jobs to send: the four good kinds with randomised fields, and a catalogue
-//! of the malformed jobs real senders produce, each with the rejection it must earn.
+//! Realistic jobs to send: valid jobs of every kind the registry knows, with
+//! randomised fields, and the malformed jobs real senders produce, each with the
+//! rejection it must earn. The samples are each kind's own ([`jobs_core::kinds`]).
 
-use rand::seq::IndexedRandom;
+use jobs_core::kinds::{Draw, Registry};
+use jobs_core::messages::ErrorCode;
 use rand::Rng;
 use serde_json::{json, Value};
 
@@ -10,7 +12,7 @@ use serde_json::{json, Value};
 pub struct Planned {
     pub detail: Value,
     /// The rejection code the ingester must give, or `None` for a valid job.
-    pub expected_rejection: Option<&'static str>,
+    pub expected_rejection: Option<ErrorCode>,
 }
 
 impl Planned {
@@ -34,134 +36,51 @@ pub struct CatalogConfig {
 /// Attempts a flaky job fails before it succeeds.
 pub const FLAKY_FAILURES: u32 = 2;
 
-const REPORTS: &[&str] = &[
-    "Sales Report",
-    "Inventory Summary",
-    "Churn Analysis",
-    "Quarterly Revenue",
-    "Ops Daily",
-];
-const FILTERS: &[&str] = &[
-    "region=US",
-    "region=EU, tier=gold",
-    "year=2026; quarter=Q3",
-    "channel=web",
-    "vip",
-];
-const TABLES: &[&str] = &["users", "sessions", "audit_log", "orders", "events"];
-const NAMES: &[&str] = &[
-    "John Doe",
-    "Ada Lovelace",
-    "Grace Hopper",
-    "Linus Torvalds",
-    "Margaret Hamilton",
-];
-const TASKS: &[&str] = &[
-    "Data Migration",
-    "Reindex Search",
-    "Backfill Metrics",
-    "Rebuild Cache",
-];
+/// The generator's random numbers, as the kinds draw them.
+struct RngDraw<'a, R>(&'a mut R);
 
-fn pick<R: Rng>(rng: &mut R, from: &[&'static str]) -> &'static str {
-    from.choose(rng).copied().unwrap_or_default()
+impl<R: Rng> Draw for RngDraw<'_, R> {
+    fn between(&mut self, low: u64, high: u64) -> u64 {
+        self.0.random_range(low..=high.max(low))
+    }
 }
 
-/// Draws the next job. Every job gets an id, so its end state can be traced.
+/// Draws the next job, valid ones of a built-in kind ([`next_job_of`]).
 pub fn next_job<R: Rng>(rng: &mut R, config: &CatalogConfig) -> Planned {
+    next_job_of(&Registry::builtin(), rng, config)
+}
+
+/// Draws the next job, valid ones of a kind in `kinds`. Every job gets an id, so its
+/// end state can be traced.
+pub fn next_job_of<R: Rng>(kinds: &Registry, rng: &mut R, config: &CatalogConfig) -> Planned {
     let id = format!("job-{:016x}", rng.random::<u64>());
-    let mut planned = if rng.random_bool(config.malformed_ratio.clamp(0.0, 1.0)) {
-        malformed(rng)
+    let good = if rng.random_bool(config.malformed_ratio.clamp(0.0, 1.0)) {
+        None
     } else {
-        let mut detail = good(rng, config);
-        if rng.random_bool(config.flaky_ratio.clamp(0.0, 1.0)) {
-            detail["fault"] = json!({ "fail_attempts": FLAKY_FAILURES });
+        kinds.sample(&mut RngDraw(rng), config.max_job_seconds)
+    };
+    let mut planned = match good {
+        Some(mut detail) => {
+            if rng.random_bool(config.flaky_ratio.clamp(0.0, 1.0)) {
+                detail["fault"] = json!({ "fail_attempts": FLAKY_FAILURES });
+            }
+            Planned {
+                detail,
+                expected_rejection: None,
+            }
         }
-        Planned {
-            detail,
-            expected_rejection: None,
+        None => {
+            let bad = kinds.sample_malformed(&mut RngDraw(rng));
+            Planned {
+                detail: bad.detail,
+                expected_rejection: Some(bad.code),
+            }
         }
     };
     if let Value::Object(obj) = &mut planned.detail {
         obj.insert("id".into(), Value::String(id));
     }
     planned
-}
-
-fn good<R: Rng>(rng: &mut R, config: &CatalogConfig) -> Value {
-    match rng.random_range(0..4) {
-        0 => json!({"job_type": "report_generation",
-                    "message": {"report_name": pick(rng, REPORTS), "filters": pick(rng, FILTERS)}}),
-        // Retention starts at 1: the original generator sometimes drew an invalid 0.
-        1 => json!({"job_type": "data_cleanup",
-                    "message": {"target_table": pick(rng, TABLES), "retention": rng.random_range(1..=365)}}),
-        2 => json!({"job_type": "user_onboarding",
-                    "message": {"user_id": rng.random_range(10_000..100_000).to_string(),
-                                "user_name": pick(rng, NAMES)}}),
-        _ => json!({"job_type": "long_running_job",
-                    "message": {"task_name": pick(rng, TASKS),
-                                "timeout": rng.random_range(1..=config.max_job_seconds.max(1))}}),
-    }
-}
-
-/// The malformed catalogue. The first two are the original demo's bad jobs.
-fn malformed<R: Rng>(rng: &mut R) -> Planned {
-    let (detail, code) = match rng.random_range(0..11) {
-        0 => (
-            json!({"job_type": "report_generation",
-                     "message": {"target_table": "Sales Report", "filters": "region=US"}}),
-            "missing_field",
-        ),
-        1 => (
-            json!({"job_type": "does_not_exist",
-                     "message": {"target_table": "users", "retention": 30}}),
-            "unknown_job_type",
-        ),
-        2 => (
-            json!({"job_type": "data_cleanup",
-                     "message": {"target_table": "users", "retention": "30"}}),
-            "wrong_type",
-        ),
-        3 => (
-            json!({"job_type": "data_cleanup",
-                     "message": {"target_table": "users", "retention": 0}}),
-            "out_of_range",
-        ),
-        4 => (
-            json!({"job_type": "data_cleanup",
-                     "message": {"target_table": "users", "retention": 30.5}}),
-            "wrong_type",
-        ),
-        5 => (
-            json!({"job_type": "long_running_job",
-                     "message": {"task_name": "Rebuild Cache", "timeout": -5}}),
-            "out_of_range",
-        ),
-        6 => (
-            json!({"job_type": "user_onboarding",
-                     "message": {"user_id": "12345", "user_name": ""}}),
-            "empty_string",
-        ),
-        7 => (json!({"job_type": "user_onboarding"}), "missing_field"),
-        8 => (
-            json!({"job_type": "user_onboarding", "message": null}),
-            "missing_field",
-        ),
-        9 => (
-            json!({"job_type": "Data_Cleanup",
-                     "message": {"target_table": "users", "retention": 30}}),
-            "unknown_job_type",
-        ),
-        // Not an object at all: real EventBridge refuses it at PutEvents.
-        _ => (
-            Value::String("report_generation for Sales Report".into()),
-            "invalid_detail",
-        ),
-    };
-    Planned {
-        detail,
-        expected_rejection: Some(code),
-    }
 }
 
 #[cfg(test)]
@@ -185,7 +104,7 @@ mod tests {
             match (parse_job(&planned.detail, None), planned.expected_rejection) {
                 (Ok(_), None) => good += 1,
                 (Err(r), Some(code)) => {
-                    assert_eq!(r.code.as_str(), code, "{}", planned.detail);
+                    assert_eq!(r.code, code, "{}", planned.detail);
                     bad += 1;
                 }
                 (verdict, expected) => {
@@ -238,5 +157,51 @@ mod tests {
         assert_eq!(run(1), run(1));
         assert_ne!(run(1), run(2));
         assert!(run(3).iter().all(|p| p.expected_rejection.is_none()));
+    }
+
+    #[test]
+    fn the_catalogue_draws_every_kind_and_the_original_malformed_cases() {
+        let mut rng = StdRng::seed_from_u64(11);
+        let config = CatalogConfig {
+            malformed_ratio: 0.5,
+            max_job_seconds: 5,
+            flaky_ratio: 0.0,
+        };
+        let mut kinds = std::collections::BTreeMap::<String, u32>::new();
+        let mut malformed = std::collections::BTreeSet::new();
+        for _ in 0..4_000 {
+            let mut planned = next_job(&mut rng, &config);
+            if let Value::Object(obj) = &mut planned.detail {
+                obj.remove("id");
+            }
+            match planned.expected_rejection {
+                None => {
+                    *kinds
+                        .entry(planned.detail["job_type"].to_string())
+                        .or_default() += 1
+                }
+                Some(_) => {
+                    malformed.insert(planned.detail.to_string());
+                }
+            }
+        }
+        assert_eq!(kinds.len(), 4, "{kinds:?}");
+        assert!(kinds.values().all(|n| (400..600).contains(n)), "{kinds:?}");
+        assert_eq!(malformed.len(), 11, "{malformed:?}");
+    }
+
+    #[test]
+    fn only_the_registrys_kinds_are_sent() {
+        let mut rng = StdRng::seed_from_u64(5);
+        let config = CatalogConfig {
+            malformed_ratio: 0.0,
+            max_job_seconds: 5,
+            flaky_ratio: 0.0,
+        };
+        let kinds = Registry::of(vec![&jobs_core::kinds::DataCleanup]);
+        for _ in 0..100 {
+            let planned = next_job_of(&kinds, &mut rng, &config);
+            assert_eq!(planned.detail["job_type"], "data_cleanup");
+        }
     }
 }

@@ -19,7 +19,7 @@ fn enriched() -> EnrichedJob {
     let job = parse_job(&envelope.detail, Some(BODY.len())).expect("a valid job");
     EnrichedJob {
         job_id: job.id.unwrap_or_default(),
-        job_type: job.spec.job_type(),
+        job_type: job.spec.job_type().into(),
         status: JobStatus::New,
         received_at: Utc::now(),
         event_time: envelope.time,

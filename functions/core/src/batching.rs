@@ -508,6 +508,7 @@ mod tests {
             config: IngesterConfig {
                 max_receive_count: 5,
                 max_job_timeout_secs: crate::job::DEFAULT_MAX_TIMEOUT_SECS,
+                kinds: crate::kinds::Registry::builtin(),
             },
             telemetry: Instruments::default(),
         };
@@ -559,6 +560,7 @@ mod tests {
                 deadline_margin: std::time::Duration::from_secs(3),
                 retry: RetryPolicy::default(),
                 fault_injection: false,
+                kinds: crate::kinds::Registry::builtin(),
             },
             telemetry: Instruments::default(),
         };

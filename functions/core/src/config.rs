@@ -155,6 +155,7 @@ impl IngesterSettings {
             ingester: IngesterConfig {
                 max_receive_count: u32::try_from(max_receive_count).unwrap_or(u32::MAX),
                 max_job_timeout_secs,
+                kinds: crate::kinds::Registry::builtin(),
             },
             guard: guard(&vars)?,
             trust_roots: trust_roots(&vars)?,
@@ -176,6 +177,7 @@ impl ProcessorSettings {
                 deadline_margin: deadline_margin(&vars, &guard)?,
                 retry: retry_policy(&vars)?,
                 fault_injection: vars.flag("FAULT_INJECTION")?,
+                kinds: crate::kinds::Registry::builtin(),
             },
             guard,
             trust_roots: trust_roots(&vars)?,

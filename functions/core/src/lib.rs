@@ -17,6 +17,7 @@ pub mod fault;
 pub mod guard;
 pub mod ingester;
 pub mod job;
+pub mod kinds;
 pub mod logging;
 pub mod messages;
 pub mod ports;

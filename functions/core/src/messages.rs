@@ -3,6 +3,7 @@
 //! notification. Each has exactly one shape, whichever stage produced it.
 
 use crate::job::{JobType, MAX_DETAIL_BYTES};
+use crate::kinds::Registry;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -262,6 +263,11 @@ pub enum EnrichedJobError {
     TooLarge(usize),
     #[error("the message is not a valid enriched job: {0}")]
     Invalid(#[from] serde_json::Error),
+    /// A `job_type` the reader's registry does not know; the list it does.
+    #[error(
+        "the message is not a valid enriched job: unknown job_type `{0}`, expected one of {1}"
+    )]
+    UnknownJobType(String, String),
 }
 
 /// Largest enriched message the processor reads: the detail limit plus room for the
@@ -279,6 +285,20 @@ impl EnrichedJob {
             return Err(EnrichedJobError::TooLarge(body.len()));
         }
         Ok(serde_json::from_str(body)?)
+    }
+
+    /// Reads a body as [`EnrichedJob::from_body`] does, refusing a `job_type` outside
+    /// `kinds` as the enum of kinds once did.
+    pub fn from_body_in(body: &str, kinds: &Registry) -> Result<EnrichedJob, EnrichedJobError> {
+        let job = EnrichedJob::from_body(body)?;
+        if kinds.get(job.job_type.as_str()).is_some() {
+            return Ok(job);
+        }
+        let known: Vec<String> = kinds.names().map(|n| format!("`{n}`")).collect();
+        Err(EnrichedJobError::UnknownJobType(
+            job.job_type.to_string(),
+            known.join(", "),
+        ))
     }
 }
 
@@ -570,7 +590,7 @@ mod tests {
     fn enriched_job_round_trips() {
         let job = EnrichedJob {
             job_id: "j-1".into(),
-            job_type: JobType::DataCleanup,
+            job_type: JobType::from("data_cleanup"),
             status: JobStatus::New,
             received_at: DateTime::parse_from_rfc3339("2026-11-22T10:00:00.250Z")
                 .expect("valid")

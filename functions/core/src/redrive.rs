@@ -6,7 +6,7 @@
 //! or the sender was fixed). Either way the job keeps its id, so its state record is
 //! reopened first (see [`crate::store::JobStore::reopen`]) and it still ends once.
 
-use crate::job::JobType;
+use crate::kinds::Registry;
 use crate::messages::{DeadLetter, EnrichedJob, JobStatus, Stage};
 use crate::Timestamp;
 use serde_json::{json, Value};
@@ -74,7 +74,11 @@ impl Stranded {
 pub fn plan(dl: &DeadLetter, now: Timestamp) -> Redrive {
     match dl.stage {
         Stage::Processor => {
-            let Some(job_type) = dl.job_type.as_deref().and_then(JobType::parse) else {
+            let known = dl
+                .job_type
+                .as_deref()
+                .and_then(|t| Registry::builtin().get(t));
+            let Some(kind) = known else {
                 return Redrive::Keep(format!(
                     "job {} has no known job_type, so the processor cannot run it; fix the job and send it again",
                     dl.job_id
@@ -82,7 +86,7 @@ pub fn plan(dl: &DeadLetter, now: Timestamp) -> Redrive {
             };
             Redrive::JobsTodo(EnrichedJob {
                 job_id: dl.job_id.clone(),
-                job_type,
+                job_type: kind.name().into(),
                 status: JobStatus::New,
                 received_at: now,
                 event_time: None,

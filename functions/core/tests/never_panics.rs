@@ -2,7 +2,8 @@
 //! explains itself. Arbitrary JSON values and arbitrary SQS bodies are tried.
 
 use jobs_core::ingester::{Ingester, IngesterConfig};
-use jobs_core::job::{parse_job, JobType};
+use jobs_core::job::parse_job;
+use jobs_core::kinds::Registry;
 use jobs_core::messages::{EnrichedJob, EventEnvelope};
 use jobs_core::processor::{Processor, ProcessorConfig};
 use jobs_core::retry::RetryPolicy;
@@ -36,7 +37,8 @@ fn any_json() -> impl Strategy<Value = Value> {
 /// Details shaped like jobs, with arbitrary field values: these reach the deep checks.
 fn job_like() -> impl Strategy<Value = Value> {
     let job_type = prop_oneof![
-        prop::sample::select(JobType::ALL.to_vec()).prop_map(|t| json!(t.as_str())),
+        prop::sample::select(Registry::builtin().names().collect::<Vec<_>>())
+            .prop_map(|t| json!(t)),
         any_json(),
     ];
     let fields = [
@@ -126,6 +128,7 @@ proptest! {
             config: IngesterConfig {
                 max_receive_count: 5,
                 max_job_timeout_secs: jobs_core::job::DEFAULT_MAX_TIMEOUT_SECS,
+                kinds: jobs_core::kinds::Registry::builtin(),
             },
             telemetry: Default::default(),
         };
@@ -161,6 +164,7 @@ proptest! {
                 deadline_margin: Duration::from_secs(3),
                 retry: RetryPolicy::default(),
                 fault_injection: false,
+                kinds: jobs_core::kinds::Registry::builtin(),
             },
             telemetry: Default::default(),
         };

@@ -19,6 +19,7 @@ mod forward;
 mod triage;
 
 use crate::ending::{EndPorts, Ending, Tracking};
+use crate::kinds::Registry;
 use crate::messages::{DeadLetter, EnrichedJob, Notification, Stage};
 use crate::ports::{MessageQueue, Topic};
 use crate::record::{retry_soon, RecordMeta};
@@ -44,6 +45,8 @@ pub struct IngesterConfig {
     /// (`MAX_JOB_TIMEOUT_SECONDS`, [`crate::config::IngesterSettings`]): what the processor
     /// can run within its function timeout.
     pub max_job_timeout_secs: u64,
+    /// The kinds of job accepted ([`Registry::builtin`] outside tests).
+    pub kinds: Registry,
 }
 
 /// The ingester's downstream resources.
@@ -167,10 +170,9 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Ingester<Q, T, S> {
         deadline: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Vec<(RecordMeta, Action, Option<Context>)> {
-        let max_timeout = self.config.max_job_timeout_secs;
         let decided = event.records.iter().map(|record| async move {
             let meta = RecordMeta::of(record);
-            let verdict = triage::triage(record, &meta, max_timeout, now);
+            let verdict = triage::triage(record, &meta, &self.config, now);
             let action = self.claim(verdict, &meta, deadline, now).await;
             let parent = trace_parent(&action, record);
             (meta, action, parent)

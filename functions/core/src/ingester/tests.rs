@@ -24,6 +24,7 @@ fn ingester(
         config: IngesterConfig {
             max_receive_count: 5,
             max_job_timeout_secs: crate::job::DEFAULT_MAX_TIMEOUT_SECS,
+            kinds: crate::kinds::Registry::builtin(),
         },
         telemetry: Instruments::default(),
     }
@@ -55,7 +56,7 @@ async fn routes_the_original_jobs_and_malformed_ones() {
     assert!(forwarded
         .iter()
         .all(|j| j.status == JobStatus::New && j.attempt == 1 && j.errors.is_empty()));
-    assert_eq!(forwarded[1].job_type, JobType::LongRunningJob);
+    assert_eq!(forwarded[1].job_type, JobType::from("long_running_job"));
     assert_eq!(
         forwarded[0].event_time.as_deref(),
         Some("2026-11-22T10:00:00Z")
@@ -446,6 +447,7 @@ async fn ten_near_limit_dead_letters_all_get_through_without_tripping_the_breake
         config: IngesterConfig {
             max_receive_count: 5,
             max_job_timeout_secs: crate::job::DEFAULT_MAX_TIMEOUT_SECS,
+            kinds: crate::kinds::Registry::builtin(),
         },
         telemetry: Instruments::default(),
     };
@@ -605,6 +607,7 @@ async fn two_copies_in_one_batch_claim_the_job_once_whatever_the_table_answers()
         config: IngesterConfig {
             max_receive_count: 5,
             max_job_timeout_secs: crate::job::DEFAULT_MAX_TIMEOUT_SECS,
+            kinds: crate::kinds::Registry::builtin(),
         },
         telemetry: Instruments::default(),
     };
@@ -674,6 +677,7 @@ async fn a_record_whose_claim_is_held_goes_back_before_the_slow_forward_of_the_r
         config: IngesterConfig {
             max_receive_count: 5,
             max_job_timeout_secs: crate::job::DEFAULT_MAX_TIMEOUT_SECS,
+            kinds: crate::kinds::Registry::builtin(),
         },
         telemetry: Instruments::default(),
     };
@@ -720,6 +724,7 @@ fn ingester_over<S: JobStore>(store: S) -> Ingester<MemoryQueue, MemoryTopic, S>
         config: IngesterConfig {
             max_receive_count: 5,
             max_job_timeout_secs: crate::job::DEFAULT_MAX_TIMEOUT_SECS,
+            kinds: crate::kinds::Registry::builtin(),
         },
         telemetry: Instruments::default(),
     }
@@ -804,6 +809,7 @@ fn processor_over<S: JobStore>(
             deadline_margin: std::time::Duration::from_secs(3),
             retry: crate::retry::RetryPolicy::default(),
             fault_injection: false,
+            kinds: crate::kinds::Registry::builtin(),
         },
         telemetry: Instruments::default(),
     }

@@ -1,8 +1,8 @@
 //! Triage: what validation makes of one record, before any call is made. Pure: the
 //! same record always gets the same verdict.
 
-use super::Verdict;
-use crate::job::{check_timeout, parse_job, raw_job_type, Job, Rejection};
+use super::{IngesterConfig, Verdict};
+use crate::job::{parse_job_with, raw_job_type, Job, Rejection};
 use crate::messages::{
     written_len, DeadLetter, EnrichedJob, ErrorCode, ErrorEntry, EventEnvelope, JobStatus, Stage,
     TraceContext, MAX_FORWARD_BYTES,
@@ -27,7 +27,7 @@ pub(crate) fn source_queue(event: &SqsEvent) -> String {
 pub(super) fn triage(
     record: &SqsMessage,
     meta: &RecordMeta,
-    max_timeout_secs: u64,
+    config: &IngesterConfig,
     now: DateTime<Utc>,
 ) -> Verdict {
     let body = record.body.as_deref().unwrap_or_default();
@@ -41,8 +41,8 @@ pub(super) fn triage(
         .id
         .clone()
         .unwrap_or_else(|| meta.message_id.clone());
-    let parsed = parse_job(&envelope.detail, Some(size))
-        .and_then(|job| check_timeout(&job.spec, max_timeout_secs).map(|()| job));
+    let parsed = parse_job_with(&config.kinds, &envelope.detail, Some(size))
+        .and_then(|job| job.spec.admit(config.max_job_timeout_secs).map(|()| job));
     let (detail, rejection) = match parsed {
         Ok(job) => {
             let time = envelope.time.clone();
@@ -103,7 +103,7 @@ fn enrich(
 ) -> EnrichedJob {
     EnrichedJob {
         job_id: job.id.unwrap_or(fallback_id),
-        job_type: job.spec.job_type(),
+        job_type: job.spec.job_type().into(),
         status: JobStatus::New,
         received_at: now,
         event_time,

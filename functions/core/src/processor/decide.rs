@@ -4,6 +4,7 @@
 use super::execute::{end_untracked, failure, unreadable};
 use super::{Outcome, Processor, Subject, HAND_OVER_WAIT};
 use crate::ending::{give_back, recorded, Ending, Tracking};
+use crate::kinds::Registry;
 use crate::messages::{EnrichedJob, ErrorCode, Notification, Stage};
 use crate::ports::{MessageQueue, Topic};
 use crate::record::RecordMeta;
@@ -25,7 +26,7 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Processor<Q, T, S> {
         now: DateTime<Utc>,
         consumer: &JobSpan,
     ) -> (Outcome, Option<String>) {
-        let subject = read(record, meta, consumer);
+        let subject = read(record, meta, &self.config.kinds, consumer);
         let (job_id, content, attempt) = subject.key();
         let prints = Fingerprints::of(content);
         let claim = Claim::for_delivery(meta, job_id, Stage::Processor, attempt, &prints, clock.0);
@@ -141,9 +142,9 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Processor<Q, T, S> {
 }
 
 /// What a `jobs-todo` record holds, its span and log line told which job it is.
-fn read(record: &SqsMessage, meta: &RecordMeta, consumer: &JobSpan) -> Subject {
+fn read(record: &SqsMessage, meta: &RecordMeta, kinds: &Registry, consumer: &JobSpan) -> Subject {
     let body = record.body.as_deref().unwrap_or_default();
-    match EnrichedJob::from_body(body) {
+    match EnrichedJob::from_body_in(body, kinds) {
         Ok(job) => {
             consumer.set_job(&job.job_id, Some(job.job_type.as_str()));
             consumer.set_attribute("job.attempt", i64::from(job.attempt));

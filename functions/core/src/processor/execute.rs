@@ -3,9 +3,10 @@
 
 use super::{jitter_unit, Outcome, Processor};
 use crate::ending::{Ending, Tracking};
-use crate::execute::{execute, JobError};
+use crate::execute::JobError;
 use crate::fault::Fault;
-use crate::job::{parse_job, JobSpec};
+use crate::job::parse_job_with;
+use crate::kinds::{Registry, Spec};
 use crate::messages::{
     DeadLetter, EnrichedJob, ErrorCode, ErrorEntry, JobStatus, Notification, Stage,
 };
@@ -28,7 +29,7 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Processor<Q, T, S> {
         now: DateTime<Utc>,
         consumer: &JobSpan,
     ) -> Outcome {
-        let spec = match revalidate(job) {
+        let spec = match revalidate(&self.config.kinds, job) {
             Ok(spec) => spec,
             Err(dl) => return give_up(meta, job, *dl),
         };
@@ -52,7 +53,7 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Processor<Q, T, S> {
     async fn attempt(
         &self,
         job: &EnrichedJob,
-        spec: &JobSpec,
+        spec: &Spec,
         budget: std::time::Duration,
         now: DateTime<Utc>,
         consumer: &JobSpan,
@@ -67,7 +68,7 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Processor<Q, T, S> {
             });
         let result = match injected {
             Some(e) => Err(e),
-            None => execute(spec, budget, now).await,
+            None => spec.execute(budget, now).await,
         };
         if let Err(e) = &result {
             span.fail(e.code().as_str(), &e.to_string());
@@ -103,9 +104,9 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Processor<Q, T, S> {
 
 /// The ingester validated the job; validating again guards against a message that was
 /// altered or hand-written onto the queue.
-fn revalidate(job: &EnrichedJob) -> Result<JobSpec, Box<DeadLetter>> {
-    match parse_job(&job.job, None) {
-        Ok(valid) if valid.spec.job_type() == job.job_type => Ok(valid.spec),
+fn revalidate(kinds: &Registry, job: &EnrichedJob) -> Result<Spec, Box<DeadLetter>> {
+    match parse_job_with(kinds, &job.job, None) {
+        Ok(valid) if valid.spec.job_type() == job.job_type.as_str() => Ok(valid.spec),
         Ok(valid) => {
             let msg = format!(
                 "job_type is {} but the envelope says {}",

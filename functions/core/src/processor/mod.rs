@@ -17,6 +17,7 @@ mod execute;
 mod settle;
 
 use crate::ending::Ending;
+use crate::kinds::Registry;
 use crate::messages::ErrorCode;
 use crate::messages::{DeadLetter, EnrichedJob};
 use crate::ports::{MessageQueue, PortError, Topic};
@@ -39,6 +40,8 @@ pub struct ProcessorConfig {
     pub retry: RetryPolicy,
     /// Honour the `fault` a job asks for (demos and tests only).
     pub fault_injection: bool,
+    /// The kinds of job run ([`Registry::builtin`] outside tests).
+    pub kinds: Registry,
 }
 
 /// The most calls one ending makes: record the end, store the dead letter, publish,

@@ -25,6 +25,7 @@ fn processor(topic: MemoryTopic) -> TestProcessor {
             deadline_margin: Duration::from_secs(3),
             retry: RetryPolicy::default(),
             fault_injection: true,
+            kinds: crate::kinds::Registry::builtin(),
         },
         telemetry: Instruments::default(),
     }
@@ -289,6 +290,7 @@ async fn ten_large_results_are_published_in_batches_that_fit() {
             deadline_margin: Duration::from_secs(3),
             retry: RetryPolicy::default(),
             fault_injection: false,
+            kinds: crate::kinds::Registry::builtin(),
         },
         telemetry: Instruments::default(),
     };
@@ -365,6 +367,7 @@ async fn two_copies_in_one_batch_run_once_whatever_the_table_answers() {
             deadline_margin: Duration::from_secs(3),
             retry: RetryPolicy::default(),
             fault_injection: true,
+            kinds: crate::kinds::Registry::builtin(),
         },
         telemetry: Instruments::default(),
     };
@@ -603,6 +606,7 @@ async fn a_job_sized_to_its_budget_leaves_time_for_its_ending_after_a_slow_claim
             deadline_margin: ending_reserve(call),
             retry: RetryPolicy::default(),
             fault_injection: true,
+            kinds: crate::kinds::Registry::builtin(),
         },
         telemetry: Instruments::default(),
     };
@@ -653,6 +657,7 @@ fn processor_over<S: JobStore>(store: S) -> Processor<MemoryQueue, MemoryTopic, 
             deadline_margin: Duration::from_secs(3),
             retry: RetryPolicy::default(),
             fault_injection: true,
+            kinds: crate::kinds::Registry::builtin(),
         },
         telemetry: Instruments::default(),
     }

@@ -4,11 +4,12 @@
 //! invocation span per batch linking to every message, and the `job.end_states`
 //! counter and `job.latency` histogram (seconds, event time to terminal state).
 //!
-//! The `job.type` of a metric is a closed set, one of [`JobType::ALL`] or
+//! The `job.type` of a metric is a closed set, one of the built-in kinds
+//! ([`Registry::builtin`]) or
 //! [`UNKNOWN_JOB_TYPE`] ([`metric_job_type`]), so whatever a producer writes mints no
 //! new series; spans keep the text as sent.
 
-use crate::job::JobType;
+use crate::kinds::Registry;
 use crate::messages::JobStatus;
 use crate::telemetry::propagation::trace_id_of;
 use chrono::{DateTime, Utc};
@@ -33,16 +34,14 @@ pub const UNKNOWN_JOB_TYPE: &str = "unknown";
 /// knows it, [`UNKNOWN_JOB_TYPE`] otherwise (absent, empty, misspelt).
 pub fn metric_job_type(job_type: Option<&str>) -> &'static str {
     job_type
-        .and_then(JobType::parse)
-        .map_or(UNKNOWN_JOB_TYPE, JobType::as_str)
+        .and_then(|t| Registry::builtin().get(t))
+        .map_or(UNKNOWN_JOB_TYPE, |kind| kind.name())
 }
 
 /// Every `job.type` a metric can carry.
 fn metric_job_types() -> impl Iterator<Item = &'static str> {
-    JobType::ALL
-        .into_iter()
-        .map(JobType::as_str)
-        .chain([UNKNOWN_JOB_TYPE])
+    let builtin: Vec<&'static str> = Registry::builtin().names().collect();
+    builtin.into_iter().chain([UNKNOWN_JOB_TYPE])
 }
 
 /// The attributes of one `job.end_states` (and `job.latency`) series.

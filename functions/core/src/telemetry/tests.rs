@@ -104,6 +104,7 @@ async fn an_invocation_is_exported_before_it_returns() {
         config: IngesterConfig {
             max_receive_count: 5,
             max_job_timeout_secs: crate::job::DEFAULT_MAX_TIMEOUT_SECS,
+            kinds: crate::kinds::Registry::builtin(),
         },
         telemetry: telemetry.instruments(),
     };
@@ -185,6 +186,7 @@ async fn a_failed_job_keeps_its_trace_with_an_error() {
             deadline_margin: std::time::Duration::from_secs(3),
             retry: crate::retry::RetryPolicy::default(),
             fault_injection: false,
+            kinds: crate::kinds::Registry::builtin(),
         },
         telemetry: telemetry.instruments(),
     };
@@ -608,10 +610,8 @@ fn end_states(export: &[KeptPoint]) -> HashMap<(String, String), &KeptPoint> {
 
 /// Every (job.type, job.status) series `job.end_states` can have.
 fn closed_set() -> Vec<(String, String)> {
-    let types = crate::job::JobType::ALL
-        .iter()
-        .map(|t| t.as_str())
-        .chain([UNKNOWN_JOB_TYPE]);
+    let builtin = crate::kinds::Registry::builtin();
+    let types = builtin.names().chain([UNKNOWN_JOB_TYPE]);
     types
         .flat_map(|t| JobStatus::TERMINAL.map(|s| (t.to_owned(), s.as_str().to_owned())))
         .collect()
