@@ -322,6 +322,8 @@ async fn run(args: Args) -> Result<Totals, Failure> {
 
     let telemetry = Telemetry::from_env("job-generator")
         .or_else(|e| fail(format!("cannot set up telemetry: {e}")))?;
+    // The generator logs with eprintln!, not `tracing`: its spans need only the span layer.
+    telemetry.install();
     let instruments = telemetry.instruments();
     let progress = Progress::new(args.count, minutes);
     let mut pacing_rng = StdRng::seed_from_u64(seed ^ 0x5eed);

@@ -66,7 +66,7 @@ impl<'a> MakeWriter<'a> for Lines {
 /// Logs one warning inside a record's `job` span, the way the handlers do.
 fn log_in_a_job_span(settings: &LogSettings) -> String {
     let lines = Lines::default();
-    tracing::subscriber::with_default(settings.subscriber(lines.clone()), || {
+    tracing::subscriber::with_default(settings.subscriber(lines.clone(), None), || {
         let mut record = SqsMessage::default();
         record.message_id = Some("m-1".into());
         let meta = RecordMeta::of(&record);

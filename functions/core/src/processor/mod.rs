@@ -148,7 +148,8 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Processor<Q, T, S> {
                 &batch,
                 invocation,
             );
-            async move {
+            let traced = consumer.clone();
+            let run = async move {
                 let (outcome, event_time) = self
                     .decide(record, &meta, (deadline, started), now, &consumer)
                     .await;
@@ -166,8 +167,9 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Processor<Q, T, S> {
                 }
                 consumer.end();
                 failed
-            }
-            .instrument(log)
+            };
+            // The record's spans nest in its consumer span, its log lines in its log span.
+            traced.around(run).instrument(log)
         });
         let mut response = SqsBatchResponse::default();
         for id in futures_util::future::join_all(runs)
