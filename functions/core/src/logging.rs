@@ -14,15 +14,16 @@
 //! Under the log lines sits the telemetry's span layer ([`crate::telemetry::SpanLayer`])
 //! when telemetry is on. The level filter is the log lines' own (a per-layer
 //! filter), so `AWS_LAMBDA_LOG_LEVEL=WARN` quiets the logs without closing the
-//! spans the traces are made of.
+//! spans the traces are made of. The spans the telemetry opens stay out of the log
+//! lines: there the `job` log span names the record.
 //!
 //! The fields of the span a line is logged in (the `job` span's `job_id`,
 //! `trace_id` and `message_id`, see [`crate::record`]) come with every JSON line as
 //! `span` and `spans`, as before.
 
-use crate::telemetry::SpanLayer;
-use tracing::Subscriber;
-use tracing_subscriber::filter::{EnvFilter, LevelFilter};
+use crate::telemetry::{for_log_lines, SpanLayer};
+use tracing::{Metadata, Subscriber};
+use tracing_subscriber::filter::{EnvFilter, FilterExt as _, FilterFn, LevelFilter};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::Layer as _;
@@ -73,7 +74,8 @@ impl LogSettings {
     {
         let filter = EnvFilter::builder()
             .with_default_directive(self.level.into())
-            .parse_lossy(&self.directives);
+            .parse_lossy(&self.directives)
+            .and(FilterFn::new(for_log_lines as fn(&Metadata<'_>) -> bool));
         let lines = tracing_subscriber::fmt::layer()
             .with_target(false)
             .without_time()

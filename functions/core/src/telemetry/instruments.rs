@@ -167,6 +167,7 @@ impl Instruments {
             return JobSpan::passing(parent);
         }
         let span = tracing::info_span!(
+            target: super::TRACE_SPAN_TARGET,
             parent: None,
             "span",
             otel.name = name.as_str(),

@@ -35,6 +35,10 @@ pub type SpanLayer = Filtered<OpenTelemetryLayer<Registry, SdkTracer>, SpanFilte
 /// [`exported`] as a per-layer filter: log lines keep their own level filter.
 pub type SpanFilter = FilterFn<fn(&Metadata<'_>) -> bool>;
 
+/// The target of the spans [`super::Instruments`] opens: exported, but kept out of
+/// log lines ([`for_log_lines`]), where the `job` log span names the record instead.
+pub const TRACE_SPAN_TARGET: &str = "jobs_core::trace";
+
 /// The target of the `job` log span, which carries a record's ids on every log line
 /// and is never exported.
 pub const LOG_SPAN_TARGET: &str = "jobs_core::log";
@@ -49,6 +53,12 @@ pub fn exported(meta: &Metadata<'_>) -> bool {
         && *meta.level() <= LevelFilter::INFO
         && meta.target() != LOG_SPAN_TARGET
         && OWN_CRATES.iter().any(|own| in_crate(meta.target(), own))
+}
+
+/// Whether a callsite belongs in log lines: anything but the spans
+/// [`super::Instruments`] opens, whose fields are OpenTelemetry's (`otel.name`).
+pub fn for_log_lines(meta: &Metadata<'_>) -> bool {
+    meta.target() != TRACE_SPAN_TARGET
 }
 
 /// Whether `target` is `krate` or one of its modules.

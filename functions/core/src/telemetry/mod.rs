@@ -35,7 +35,9 @@ pub mod propagation;
 pub use instruments::{
     metric_job_type, Instruments, Invocation, JobSpan, AWS_SQS, UNKNOWN_JOB_TYPE,
 };
-pub use layer::{exported, SpanFilter, SpanLayer, LOG_SPAN_TARGET};
+pub use layer::{
+    exported, for_log_lines, SpanFilter, SpanLayer, LOG_SPAN_TARGET, TRACE_SPAN_TARGET,
+};
 
 /// What the handlers use.
 pub(crate) mod instruments_prelude {
