@@ -176,16 +176,15 @@ impl Instruments {
         if span.set_parent(parent.clone()).is_err() {
             return JobSpan::passing(parent);
         }
+        // Started now; its attributes and links then go to the OpenTelemetry span in
+        // one call each, not one subscriber lookup per attribute.
+        let cx = span.context();
+        let started = cx.span();
+        started.set_attributes(attrs);
         for link in links {
-            span.add_link(link);
+            started.add_link(link, Vec::new());
         }
-        for kv in attrs {
-            span.set_attribute(kv.key, kv.value);
-        }
-        JobSpan {
-            cx: span.context(),
-            span,
-        }
+        JobSpan { cx, span }
     }
 
     /// The invocation's span for a batch of SQS messages: a root CONSUMER span that
