@@ -290,6 +290,8 @@ async fn run(args: Args) -> Result<Totals, Failure> {
     };
     let telemetry = Telemetry::from_env("job-generator")
         .or_else(|e| fail(format!("cannot set up telemetry: {e}")))?;
+    // The generator logs with eprintln!, not `tracing`: its spans need only the span layer.
+    telemetry.install();
     let mut traffic = Traffic {
         instruments: telemetry.instruments(),
         progress: Progress::new(args.count, minutes),

@@ -11,13 +11,22 @@
 //! `tracing-subscriber` has the `ansi` feature, which would otherwise turn them on
 //! for text lines).
 //!
+//! Under the log lines sits the telemetry's span layer ([`crate::telemetry::SpanLayer`])
+//! when telemetry is on. The level filter is the log lines' own (a per-layer
+//! filter), so `AWS_LAMBDA_LOG_LEVEL=WARN` quiets the logs without closing the
+//! spans the traces are made of. The spans the telemetry opens stay out of the log
+//! lines: there the `job` log span names the record.
+//!
 //! The fields of the span a line is logged in (the `job` span's `job_id`,
 //! `trace_id` and `message_id`, see [`crate::record`]) come with every JSON line as
 //! `span` and `spans`, as before.
 
-use tracing::Subscriber;
-use tracing_subscriber::filter::{EnvFilter, LevelFilter};
+use crate::telemetry::{for_log_lines, SpanLayer};
+use tracing::{Metadata, Subscriber};
+use tracing_subscriber::filter::{EnvFilter, FilterExt as _, FilterFn, LevelFilter};
 use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::Layer as _;
 
 /// Lambda's log format variable (`JSON` or `Text`).
 pub const FORMAT_VAR: &str = "AWS_LAMBDA_LOG_FORMAT";
@@ -53,34 +62,41 @@ impl LogSettings {
         }
     }
 
-    /// The subscriber these settings describe, writing to `writer`.
-    pub fn subscriber<W>(&self, writer: W) -> Box<dyn Subscriber + Send + Sync>
+    /// The subscriber these settings describe, writing to `writer`, over `spans`
+    /// when given.
+    pub fn subscriber<W>(
+        &self,
+        writer: W,
+        spans: Option<SpanLayer>,
+    ) -> Box<dyn Subscriber + Send + Sync>
     where
         W: for<'writer> MakeWriter<'writer> + Send + Sync + 'static,
     {
         let filter = EnvFilter::builder()
             .with_default_directive(self.level.into())
-            .parse_lossy(&self.directives);
-        let collector = tracing_subscriber::fmt()
+            .parse_lossy(&self.directives)
+            .and(FilterFn::new(for_log_lines as fn(&Metadata<'_>) -> bool));
+        let lines = tracing_subscriber::fmt::layer()
             .with_target(false)
             .without_time()
             .with_ansi(false)
-            .with_env_filter(filter)
             .with_writer(writer);
+        let under = tracing_subscriber::registry().with(spans);
         if self.json {
-            Box::new(collector.json().finish())
+            Box::new(under.with(lines.json().with_filter(filter)))
         } else {
-            Box::new(collector.finish())
+            Box::new(under.with(lines.with_filter(filter)))
         }
     }
 }
 
-/// Logging for a Lambda function, from its environment, to stdout: call it first
-/// thing in `main`. A subscriber already installed is kept.
-pub fn init() {
+/// Logging for a Lambda function, from its environment, to stdout, over the
+/// telemetry's span layer when telemetry is on: call it in `main` as soon as the
+/// telemetry is built. A subscriber already installed is kept.
+pub fn init(spans: Option<SpanLayer>) {
     let settings = LogSettings::from(|name| std::env::var(name).ok());
     let _already_installed =
-        tracing::subscriber::set_global_default(settings.subscriber(std::io::stdout));
+        tracing::subscriber::set_global_default(settings.subscriber(std::io::stdout, spans));
 }
 
 #[cfg(test)]

@@ -37,7 +37,7 @@ impl RecordMeta {
         let receive_count = receive_count(record);
         let message_id = record.message_id.clone().unwrap_or_default();
         RecordMeta {
-            log: tracing::info_span!("job", job_id = Empty, trace_id = Empty, message_id = %message_id),
+            log: tracing::info_span!(target: crate::telemetry::LOG_SPAN_TARGET, "job", job_id = Empty, trace_id = Empty, message_id = %message_id),
             message_id,
             receive_count,
             claim_token: crate::store::claim_token(),

@@ -12,9 +12,10 @@ use std::time::SystemTime;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
-    jobs_core::logging::init();
     let settings = IngesterSettings::from_env()?;
     let telemetry = Telemetry::from_env("ingester")?;
+    // Spans are `tracing` spans: the span layer goes under the log lines.
+    jobs_core::logging::init(telemetry.span_layer());
 
     let clients = Clients::new(&sdk_config(settings.trust_roots).await?, settings.guard);
     let down = settings.downstream;

@@ -12,9 +12,10 @@ use std::time::SystemTime;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
-    jobs_core::logging::init();
     let settings = ProcessorSettings::from_env()?;
     let telemetry = Telemetry::from_env("processor")?;
+    // Spans are `tracing` spans: the span layer goes under the log lines.
+    jobs_core::logging::init(telemetry.span_layer());
     if settings.processor.fault_injection {
         lambda_runtime::tracing::warn!("FAULT_INJECTION is on: jobs may ask to fail");
     }

@@ -1,8 +1,11 @@
 use super::*;
 use crate::record::RecordMeta;
+use crate::telemetry::{Invocation, Telemetry};
+use crate::testing::exporters::{KeptMetrics, KeptSpans};
 use aws_lambda_events::sqs::SqsMessage;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use tracing::Instrument as _;
 
 fn settings(vars: &[(&str, &str)]) -> LogSettings {
     let vars: HashMap<String, String> = vars
@@ -63,17 +66,28 @@ impl<'a> MakeWriter<'a> for Lines {
     }
 }
 
-/// Logs one warning inside a record's `job` span, the way the handlers do.
+/// Logs one warning inside a record's `job` span and its consumer span, the way the
+/// handlers do, with telemetry on as the stack runs it.
 fn log_in_a_job_span(settings: &LogSettings) -> String {
     let lines = Lines::default();
-    tracing::subscriber::with_default(settings.subscriber(lines.clone()), || {
+    let telemetry = Telemetry::with_exporters("test", KeptSpans::default(), KeptMetrics::default());
+    let subscriber = settings.subscriber(lines.clone(), telemetry.span_layer());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    tracing::subscriber::with_default(subscriber, || {
         let mut record = SqsMessage::default();
         record.message_id = Some("m-1".into());
         let meta = RecordMeta::of(&record);
         meta.identify("job-1", Some("0af7651916cd43dd8448eb211c80319c"));
-        let _in_span = meta.log.enter();
-        tracing::debug!("not at INFO");
-        tracing::warn!(attempt = 2, "attempt failed");
+        let instruments = telemetry.instruments();
+        let batch = instruments.batch_span("processor", "q", &Invocation::default(), Vec::new(), 1);
+        let consumer = instruments.consumer_span("q", "m-1", None, &batch, &Invocation::default());
+        let logged = consumer.around(async {
+            tracing::debug!("not at INFO");
+            tracing::warn!(attempt = 2, "attempt failed");
+        });
+        runtime.block_on(logged.instrument(meta.log.clone()));
     });
     let bytes = lines.0.lock().expect("lock").clone();
     String::from_utf8(bytes).expect("utf-8")
@@ -92,6 +106,14 @@ fn a_json_line_carries_the_job_span_without_time_or_colour() {
     assert_eq!(line["span"]["job_id"], "job-1");
     assert_eq!(line["span"]["trace_id"], "0af7651916cd43dd8448eb211c80319c");
     assert_eq!(line["span"]["message_id"], "m-1");
+    // The consumer span the line was logged in is the trace's, not the log's.
+    let spans: Vec<_> = line["spans"]
+        .as_array()
+        .expect("spans")
+        .iter()
+        .map(|s| &s["name"])
+        .collect();
+    assert_eq!(spans, ["job"], "{line}");
     assert!(line.get("timestamp").is_none(), "{line}");
     assert!(line.get("target").is_none(), "{line}");
 }

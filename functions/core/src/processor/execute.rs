@@ -68,7 +68,8 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Processor<Q, T, S> {
             });
         let result = match injected {
             Some(e) => Err(e),
-            None => spec.execute(budget, now).await,
+            // Inside the span: what the work traces is the span's child.
+            None => span.around(spec.execute(budget, now)).await,
         };
         if let Err(e) = &result {
             span.fail(e.code().as_str(), &e.to_string());

@@ -151,8 +151,10 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Processor<Q, T, S> {
                 &batch,
                 invocation,
             );
-            self.process(record, meta, consumer, (deadline, started), now)
-                .instrument(log)
+            let traced = consumer.clone();
+            let run = self.process(record, meta, consumer, (deadline, started), now);
+            // The record's spans nest in its consumer span, its log lines in its log span.
+            traced.around(run).instrument(log)
         });
         let mut response = SqsBatchResponse::default();
         for id in futures_util::future::join_all(runs)

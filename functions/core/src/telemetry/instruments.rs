@@ -4,6 +4,12 @@
 //! invocation span per batch linking to every message, and the `job.end_states`
 //! counter and `job.latency` histogram (seconds, event time to terminal state).
 //!
+//! The spans are `tracing` spans, exported by [`super::layer`]: each is opened with
+//! no `tracing` parent and given its OpenTelemetry parent outright (a message's
+//! context, or the span that caused it), so a trace follows the job, not the order
+//! in which futures happen to be polled. Without telemetry no span is opened at all:
+//! a [`JobSpan`] then only carries its parent's context on.
+//!
 //! The `job.type` of a metric is a closed set, one of the built-in kinds
 //! ([`Registry::builtin`]) or
 //! [`UNKNOWN_JOB_TYPE`] ([`metric_job_type`]), so whatever a producer writes mints no
@@ -13,18 +19,16 @@ use crate::kinds::Registry;
 use crate::messages::JobStatus;
 use crate::telemetry::propagation::trace_id_of;
 use chrono::{DateTime, Utc};
-use opentelemetry::global::BoxedTracer;
 use opentelemetry::metrics::{Counter, Histogram, Meter, MeterProvider};
-use opentelemetry::trace::{
-    Link, SpanContext, SpanKind, Status, TraceContextExt, Tracer, TracerProvider,
-};
+use opentelemetry::trace::{SpanContext, SpanKind, Status, TraceContextExt};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::metrics::SdkMeterProvider;
-use opentelemetry_sdk::trace::SdkTracerProvider;
-use std::sync::Arc;
+use tracing::instrument::Instrumented;
+use tracing::Instrument as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// Instrumentation scope of the pipeline's spans and metrics.
-const SCOPE: &str = "jobs-core";
+pub(super) const SCOPE: &str = "jobs-core";
 /// `messaging.system` for SQS.
 pub const AWS_SQS: &str = "aws_sqs";
 /// The metrics' `job.type` for a job whose type is absent or not in the catalogue.
@@ -79,10 +83,11 @@ pub struct Invocation {
     pub coldstart: bool,
 }
 
-/// Tracer and metric instruments; no-ops unless built from an enabled [`super::Telemetry`].
+/// Span and metric instruments; no-ops unless built from an enabled [`super::Telemetry`].
 #[derive(Debug, Clone)]
 pub struct Instruments {
-    tracer: Arc<BoxedTracer>,
+    /// Whether spans are opened (telemetry is on); otherwise contexts only pass through.
+    spans: bool,
     end_states: Counter<u64>,
     latency: Histogram<f64>,
     repeats: Counter<u64>,
@@ -93,24 +98,18 @@ impl Default for Instruments {
     /// No-op instruments: nothing is recorded, but an incoming context still flows
     /// through (a no-op span carries its parent's context).
     fn default() -> Self {
-        Instruments::from_parts(
-            opentelemetry::global::tracer(SCOPE),
-            opentelemetry::global::meter(SCOPE),
-        )
+        Instruments::from_parts(false, opentelemetry::global::meter(SCOPE))
     }
 }
 
 impl Instruments {
-    pub(crate) fn new(tp: &SdkTracerProvider, mp: &SdkMeterProvider) -> Instruments {
-        Instruments::from_parts(
-            BoxedTracer::new(Box::new(tp.tracer(SCOPE))),
-            mp.meter(SCOPE),
-        )
+    pub(crate) fn new(mp: &SdkMeterProvider) -> Instruments {
+        Instruments::from_parts(true, mp.meter(SCOPE))
     }
 
-    fn from_parts(tracer: BoxedTracer, meter: Meter) -> Instruments {
+    fn from_parts(spans: bool, meter: Meter) -> Instruments {
         Instruments {
-            tracer: Arc::new(tracer),
+            spans,
             end_states: end_states_counter(&meter),
             latency: meter
                 .f64_histogram("job.latency")
@@ -152,24 +151,39 @@ impl Instruments {
         self.retries.add(1, &attrs);
     }
 
+    /// Opens a span with an explicit OpenTelemetry parent. Without telemetry, or
+    /// when no [`super::SpanLayer`] is installed to export it, the span only carries
+    /// `parent` on.
     fn start(
         &self,
         name: String,
         kind: SpanKind,
         attrs: Vec<KeyValue>,
-        links: Vec<Link>,
+        links: Vec<SpanContext>,
         parent: &Context,
     ) -> JobSpan {
-        let span = self
-            .tracer
-            .span_builder(name)
-            .with_kind(kind)
-            .with_attributes(attrs)
-            .with_links(links)
-            .start_with_context(self.tracer.as_ref(), parent);
-        JobSpan {
-            cx: parent.with_span(span),
+        if !self.spans {
+            return JobSpan::passing(parent);
         }
+        let span = tracing::info_span!(
+            target: super::TRACE_SPAN_TARGET,
+            parent: None,
+            "span",
+            otel.name = name.as_str(),
+            otel.kind = kind_name(&kind)
+        );
+        if span.set_parent(parent.clone()).is_err() {
+            return JobSpan::passing(parent);
+        }
+        // Started now; its attributes and links then go to the OpenTelemetry span in
+        // one call each, not one subscriber lookup per attribute.
+        let cx = span.context();
+        let started = cx.span();
+        started.set_attributes(attrs);
+        for link in links {
+            started.add_link(link, Vec::new());
+        }
+        JobSpan { cx, span }
     }
 
     /// The invocation's span for a batch of SQS messages: a root CONSUMER span that
@@ -185,12 +199,11 @@ impl Instruments {
         let mut attrs = messaging(AWS_SQS, "process", queue);
         attrs.extend(faas(invocation));
         attrs.push(KeyValue::new("messaging.batch.message_count", count as i64));
-        let links = messages.into_iter().map(Link::with_context).collect();
         self.start(
             function.to_owned(),
             SpanKind::Consumer,
             attrs,
-            links,
+            messages,
             &Context::new(),
         )
     }
@@ -210,7 +223,7 @@ impl Instruments {
         attrs.extend(faas(invocation));
         let batch_sc = batch.cx.span().span_context().clone();
         let links = if batch_sc.is_valid() {
-            vec![Link::with_context(batch_sc)]
+            vec![batch_sc]
         } else {
             Vec::new()
         };
@@ -285,6 +298,17 @@ fn messaging(system: &'static str, operation: &'static str, destination: &str) -
     ]
 }
 
+/// A span kind as `tracing-opentelemetry`'s `otel.kind` field spells it.
+fn kind_name(kind: &SpanKind) -> &'static str {
+    match kind {
+        SpanKind::Client => "client",
+        SpanKind::Server => "server",
+        SpanKind::Producer => "producer",
+        SpanKind::Consumer => "consumer",
+        SpanKind::Internal => "internal",
+    }
+}
+
 fn faas(invocation: &Invocation) -> Vec<KeyValue> {
     vec![
         KeyValue::new("faas.trigger", "pubsub"),
@@ -296,10 +320,29 @@ fn faas(invocation: &Invocation) -> Vec<KeyValue> {
 /// A started span, as the context it makes current for its children.
 #[derive(Debug, Clone)]
 pub struct JobSpan {
+    /// The span's OpenTelemetry context (its parent's, as a non-recording span, when
+    /// no span was opened).
     cx: Context,
+    /// The `tracing` span behind it ([`tracing::Span::none`] when none was opened).
+    span: tracing::Span,
 }
 
 impl JobSpan {
+    /// No span of its own: carries `parent`'s span context on, and records nothing,
+    /// so ending it or setting its attributes never touches the parent.
+    fn passing(parent: &Context) -> JobSpan {
+        JobSpan {
+            cx: parent.with_remote_span_context(parent.span().span_context().clone()),
+            span: tracing::Span::none(),
+        }
+    }
+
+    /// Runs `work` inside this span: the spans `work` opens (a
+    /// `#[tracing::instrument]` function, say) are its children.
+    pub fn around<F: std::future::Future>(&self, work: F) -> Instrumented<F> {
+        work.instrument(self.span.clone())
+    }
+
     /// The context to parent children on and to propagate.
     pub fn context(&self) -> &Context {
         &self.cx
@@ -341,7 +384,8 @@ impl JobSpan {
         span.set_status(Status::error(format!("{code}: {message}")));
     }
 
-    /// Ends the span now.
+    /// Ends the span now, so the next flush exports it, even while the `tracing`
+    /// span behind it is still referenced (its close then ends nothing more).
     pub fn end(&self) {
         self.cx.span().end();
     }

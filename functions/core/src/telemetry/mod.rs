@@ -11,6 +11,11 @@
 //! Exporting never fails a job: export errors are logged once per process, and a
 //! flush is bounded in time.
 //!
+//! The handlers' spans are `tracing` spans; [`Telemetry::span_layer`] is the
+//! `tracing-opentelemetry` layer that makes them this pipeline's spans, and the
+//! process installs it under its log lines ([`crate::logging::init`]) or alone
+//! ([`Telemetry::install`]).
+//!
 //! No background threads: ended spans wait in memory and metrics are read on demand,
 //! and both are exported by [`Telemetry::flush`] on the caller's own runtime. A
 //! Lambda must export before its invocation returns anyway (the process may be
@@ -24,10 +29,14 @@
 //! `increase()` and `rate()`.
 
 mod instruments;
+mod layer;
 pub mod propagation;
 
 pub use instruments::{
     metric_job_type, Instruments, Invocation, JobSpan, AWS_SQS, UNKNOWN_JOB_TYPE,
+};
+pub use layer::{
+    exported, for_log_lines, SpanFilter, SpanLayer, LOG_SPAN_TARGET, TRACE_SPAN_TARGET,
 };
 
 /// What the handlers use.
@@ -350,9 +359,27 @@ impl Telemetry {
     /// The instruments the handlers record with: bound to this pipeline, or no-ops.
     pub fn instruments(&self) -> Instruments {
         match &self.pipeline {
-            Some(p) => Instruments::new(&p.tracer_provider, &p.meter_provider),
+            Some(p) => Instruments::new(&p.meter_provider),
             None => Instruments::default(),
         }
+    }
+
+    /// The `tracing` layer that exports the pipeline's spans through this pipeline,
+    /// or `None` when telemetry is off. The handlers' spans reach the exporter only
+    /// through it: put it in the process's subscriber.
+    pub fn span_layer(&self) -> Option<SpanLayer> {
+        self.pipeline
+            .as_ref()
+            .map(|p| layer::span_layer(&p.tracer_provider))
+    }
+
+    /// Makes [`Telemetry::span_layer`] the process's whole `tracing` subscriber: for a
+    /// process that does not log through `tracing` (the generator). A subscriber
+    /// already installed is kept, and then `false` is returned.
+    pub fn install(&self) -> bool {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        let subscriber = tracing_subscriber::registry().with(self.span_layer());
+        tracing::subscriber::set_global_default(subscriber).is_ok()
     }
 
     /// Facts about one invocation for its spans; the first one of the process is the cold start.
@@ -632,3 +659,16 @@ impl LossReport {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod tests_support {
+    use super::Telemetry;
+
+    /// Installs `telemetry`'s span layer for this thread, as the functions' `main`s
+    /// do for the process: without it no span reaches the exporter.
+    pub(crate) fn traced(telemetry: &Telemetry) -> tracing::subscriber::DefaultGuard {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        let subscriber = tracing_subscriber::registry().with(telemetry.span_layer());
+        tracing::subscriber::set_default(subscriber)
+    }
+}

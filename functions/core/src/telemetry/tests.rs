@@ -1,3 +1,4 @@
+use super::tests_support::traced;
 use super::*;
 use crate::ingester::{Ingester, IngesterConfig};
 use crate::messages::JobStatus;
@@ -95,6 +96,7 @@ fn now() -> chrono::DateTime<chrono::Utc> {
 #[tokio::test(flavor = "current_thread")]
 async fn an_invocation_is_exported_before_it_returns() {
     let (telemetry, spans, metrics) = kept();
+    let _spans = traced(&telemetry);
     let ingester = Ingester {
         source: MemoryQueue::default(),
         jobs_todo: MemoryQueue::default(),
@@ -177,6 +179,7 @@ async fn an_invocation_is_exported_before_it_returns() {
 #[tokio::test(flavor = "current_thread", start_paused = true)]
 async fn a_failed_job_keeps_its_trace_with_an_error() {
     let (telemetry, spans, _) = kept();
+    let _spans = traced(&telemetry);
     let processor = Processor {
         jobs_todo: MemoryQueue::default(),
         dead_letters: MemoryQueue::default(),
@@ -413,6 +416,7 @@ where
 
 /// One span and one metric through the pipeline, then a flush.
 async fn record_and_flush(telemetry: &Telemetry) {
+    let _spans = traced(telemetry);
     let instruments = telemetry.instruments();
     instruments
         .producer_span(AWS_SQS, "jobs-todo", &Context::new())
