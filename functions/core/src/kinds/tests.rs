@@ -8,7 +8,8 @@ use crate::messages::{ErrorCode, JobStatus};
 use crate::processor::{Processor, ProcessorConfig};
 use crate::retry::RetryPolicy;
 use crate::store::MemoryStore;
-use crate::telemetry::Instruments;
+use crate::telemetry::{Instruments, Telemetry};
+use crate::testing::exporters::{KeptMetrics, KeptSpans};
 use crate::testing::{MemoryQueue, MemoryTopic};
 use aws_lambda_events::sqs::SqsEvent;
 use chrono::{DateTime, Utc};
@@ -219,6 +220,46 @@ fn a_fifth_kind_is_sampled_for_the_generator() {
 }
 
 /// A `jobs-todo` event carrying the given (message id, body) pairs.
+/// The kind's own `#[tracing::instrument]` span reaches the exporter as a child of
+/// the job's `execute` span, through the processor as it runs in the functions.
+#[tokio::test(flavor = "current_thread")]
+async fn a_fifth_kinds_own_span_is_a_child_of_its_execute_span() {
+    let spans = KeptSpans::default();
+    let telemetry = Telemetry::with_exporters("test", spans.clone(), KeptMetrics::default());
+    let _layer = crate::telemetry::tests_support::traced(&telemetry);
+    let ing = ingester(fifth_only());
+    let detail = json!({"job_type": "word_count", "message": {"text": "b a b", "top": 1}});
+    ing.handle(ingester_event(&[detail]), now()).await;
+    let bodies = vec![("t-0".to_owned(), ing.jobs_todo.bodies().remove(0))];
+    let proc = Processor {
+        telemetry: telemetry.instruments(),
+        ..processor(fifth_only())
+    };
+    let deadline = now() + chrono::Duration::seconds(60);
+    proc.handle(todo_event(&bodies), deadline, now()).await;
+    telemetry.flush().await;
+
+    let exported = spans.spans();
+    let find = |name: &str| {
+        exported.iter().find(|s| s.name == name).unwrap_or_else(|| {
+            panic!(
+                "no {name:?} in {:?}",
+                exported.iter().map(|s| &s.name).collect::<Vec<_>>()
+            )
+        })
+    };
+    let (execute, tally) = (find("execute word_count"), find("tally"));
+    assert_eq!(tally.parent_span_id, execute.span_context.span_id());
+    assert_eq!(
+        tally.span_context.trace_id(),
+        execute.span_context.trace_id()
+    );
+    assert_eq!(
+        execute.parent_span_id,
+        find("process jobs-todo").span_context.span_id()
+    );
+}
+
 fn todo_event(messages: &[(String, String)]) -> SqsEvent {
     let records: Vec<Value> = messages
         .iter()

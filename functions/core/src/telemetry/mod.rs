@@ -661,7 +661,7 @@ impl LossReport {
 mod tests;
 
 #[cfg(test)]
-mod tests_support {
+pub(crate) mod tests_support {
     use super::Telemetry;
 
     /// Installs `telemetry`'s span layer for this thread, as the functions' `main`s
