@@ -14,6 +14,7 @@ use crate::messages::{DeadLetter, JobStatus, Notification, Stage, TraceContext};
 use crate::ports::{MessageQueue, PortError, Topic};
 use crate::record::{deliver_dead_letters, publish_all, RecordMeta};
 use crate::store::{JobStore, Progress, Release};
+use crate::telemetry::Instruments;
 use crate::Timestamp;
 use futures_util::future::join_all;
 use serde_json::Value;
@@ -38,20 +39,52 @@ pub struct Ending {
     /// Stored before the announcement; `None` for a completed job.
     pub dead_letter: Option<DeadLetter>,
     pub tracking: Tracking,
+    /// When the job's event happened, for the `job.latency` of its end.
+    pub event_time: Option<String>,
 }
 
-/// Where endings go.
+impl Ending {
+    /// The ending of the record's job, announcing `notification`.
+    pub fn new(
+        meta: RecordMeta,
+        notification: Notification,
+        dead_letter: Option<DeadLetter>,
+        tracking: Tracking,
+    ) -> Ending {
+        Ending {
+            meta,
+            notification,
+            dead_letter,
+            tracking,
+            event_time: None,
+        }
+    }
+}
+
+/// Where endings go, and the instruments that count them.
 #[derive(Debug, Clone, Copy)]
 pub struct EndPorts<'a, Q, T, S> {
     pub stage: Stage,
     pub dead_letters: &'a Q,
     pub topic: &'a T,
     pub store: &'a S,
+    pub telemetry: &'a Instruments,
 }
 
 impl<Q: MessageQueue, T: Topic, S: JobStore> EndPorts<'_, Q, T, S> {
-    /// Ends the jobs; returns the message ids of records that must stay in SQS.
+    /// Ends the jobs; returns the message ids of records that must stay in SQS. Each
+    /// job that ended here is counted in `job.end_states` (and `job.latency`) once,
+    /// here and nowhere else; one that stays in SQS is counted when it does end.
     pub async fn end(&self, endings: Vec<Ending>, now: Timestamp) -> Vec<String> {
+        let counts: Vec<_> = endings.iter().map(EndCount::of).collect();
+        let failed = self.end_each(endings, now).await;
+        for count in counts.iter().filter(|c| !failed.contains(&c.message_id)) {
+            count.record(self.telemetry);
+        }
+        failed
+    }
+
+    async fn end_each(&self, endings: Vec<Ending>, now: Timestamp) -> Vec<String> {
         let recorded = join_all(endings.iter().map(|e| self.record(e, now))).await;
         let mut failed = Vec::new();
         let mut letters = Vec::new();
@@ -112,6 +145,30 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> EndPorts<'_, Q, T, S> {
                 now,
             })
             .await
+    }
+}
+
+/// What the end-state metric needs of an ending, kept while the ending is consumed.
+struct EndCount {
+    message_id: String,
+    job_type: Option<String>,
+    status: JobStatus,
+    event_time: Option<String>,
+}
+
+impl EndCount {
+    fn of(ending: &Ending) -> EndCount {
+        EndCount {
+            message_id: ending.meta.message_id.clone(),
+            job_type: ending.notification.job_type.clone(),
+            status: ending.notification.status,
+            event_time: ending.event_time.clone(),
+        }
+    }
+
+    fn record(&self, telemetry: &Instruments) {
+        let (job_type, at) = (self.job_type.as_deref(), self.event_time.as_deref());
+        telemetry.record_end_state(job_type, self.status, at, chrono::Utc::now());
     }
 }
 
@@ -229,13 +286,14 @@ mod tests {
             dead_letters: &dlq,
             topic: &down,
             store: &store,
+            telemetry: &Instruments::default(),
         };
-        let ending = Ending {
-            meta: meta("m1"),
-            notification: note.clone(),
-            dead_letter: Some(dl.clone()),
-            tracking: Tracking::Finish { attempt: 3 },
-        };
+        let ending = Ending::new(
+            meta("m1"),
+            note.clone(),
+            Some(dl.clone()),
+            Tracking::Finish { attempt: 3 },
+        );
         assert_eq!(ports.end(vec![ending], at(1)).await, ["m1"]);
         let state = store.get("job-1").await.expect("store");
         assert!(!state[0].announced);
@@ -252,12 +310,7 @@ mod tests {
             topic: &up,
             ..ports
         };
-        let ending = Ending {
-            meta: meta("m1"),
-            notification: again.0,
-            dead_letter: again.1,
-            tracking: Tracking::Recorded,
-        };
+        let ending = Ending::new(meta("m1"), again.0, again.1, Tracking::Recorded);
         assert!(ports.end(vec![ending], at(2)).await.is_empty());
         assert_eq!(up.notifications().len(), 1);
         assert!(store.get("job-1").await.expect("store")[0].announced);
@@ -272,14 +325,63 @@ mod tests {
             dead_letters: &dlq,
             topic: &topic,
             store: &store,
+            telemetry: &Instruments::default(),
         };
-        let ending = Ending {
-            meta: meta("m1"),
-            notification: failed_note("job-9"),
-            dead_letter: None,
-            tracking: Tracking::Finish { attempt: 1 },
-        };
+        let ending = Ending::new(
+            meta("m1"),
+            failed_note("job-9"),
+            None,
+            Tracking::Finish { attempt: 1 },
+        );
         assert_eq!(ports.end(vec![ending], at(1)).await, ["m1"]);
         assert!(topic.notifications().is_empty());
+    }
+
+    /// `job.end_states` counts an end when it is announced, once: not while its
+    /// record stays in SQS, and then on the delivery that does announce it.
+    #[tokio::test]
+    async fn an_end_is_counted_once_it_is_announced_and_not_while_it_stays_in_sqs() {
+        use crate::telemetry::Telemetry;
+        use crate::testing::exporters::{KeptMetrics, KeptSpans};
+        let metrics = KeptMetrics::default();
+        let telemetry = Telemetry::with_exporters("test", KeptSpans::default(), metrics.clone());
+        let counted = || async {
+            telemetry.flush().await;
+            let last = metrics.exports().pop().unwrap_or_default();
+            last.iter()
+                .filter(|p| p.metric == "job.end_states")
+                .filter(|p| p.attribute("job.status") == Some("FAILED"))
+                .filter(|p| p.attribute("job.type") == Some("report_generation"))
+                .map(|p| p.value)
+                .sum::<u64>()
+        };
+        let (store, dlq, down) = (
+            MemoryStore::default(),
+            MemoryQueue::default(),
+            MemoryTopic::refusing("job-1"),
+        );
+        let instruments = telemetry.instruments();
+        let ports = EndPorts {
+            stage: Stage::Processor,
+            dead_letters: &dlq,
+            topic: &down,
+            store: &store,
+            telemetry: &instruments,
+        };
+        let ending =
+            |m: &str, job: &str| Ending::new(meta(m), failed_note(job), None, Tracking::Untracked);
+        let stays = ports.end(vec![ending("m1", "job-1"), ending("m2", "job-2")], at(1));
+        assert_eq!(stays.await, ["m1"]);
+        assert_eq!(counted().await, 1, "only the announced end");
+        let up = MemoryTopic::default();
+        let ports = EndPorts {
+            topic: &up,
+            ..ports
+        };
+        assert!(ports
+            .end(vec![ending("m1", "job-1")], at(2))
+            .await
+            .is_empty());
+        assert_eq!(counted().await, 2, "the stranded end, once announced");
     }
 }

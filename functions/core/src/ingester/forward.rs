@@ -145,12 +145,8 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Ingester<Q, T, S> {
         };
         let decided = self.store.end_unforwarded(&end).await;
         let answer = decided.map(|d| {
-            let ending = (d == Forestalled::Ended).then(|| Ending {
-                meta: meta.clone(),
-                notification,
-                dead_letter: Some(letter),
-                tracking: Tracking::Recorded,
-            });
+            let ending = (d == Forestalled::Ended)
+                .then(|| Ending::new(meta.clone(), notification, Some(letter), Tracking::Recorded));
             (d, ending)
         });
         (meta, job_id, answer)

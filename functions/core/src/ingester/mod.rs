@@ -208,12 +208,12 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Ingester<Q, T, S> {
                 consumer.set_status(notification.status);
                 meta.identify(&notification.job_id, consumer.trace_id().as_deref());
                 run.spans.insert(meta.message_id.clone(), (consumer, None));
-                run.endings.push(Ending {
+                run.endings.push(Ending::new(
                     meta,
                     notification,
                     dead_letter,
-                    tracking: Tracking::Recorded,
-                });
+                    Tracking::Recorded,
+                ));
             }
             Action::Repeat(job_id, reason) => {
                 consumer.set_job(&job_id, None);
@@ -255,37 +255,24 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Ingester<Q, T, S> {
         join_all(marks).await;
     }
 
-    /// Ends every record that ends here (rejections, recorded ends, unforwarded jobs)
-    /// and records each announced end's metric once.
+    /// Ends every record that ends here (rejections, recorded ends, unforwarded jobs).
     async fn end_all(&self, run: &mut Run, now: DateTime<Utc>) {
-        let endings = std::mem::take(&mut run.endings);
-        let ended: Vec<_> = endings
-            .iter()
-            .map(|e| {
-                let n = &e.notification;
-                (e.meta.message_id.clone(), n.job_type.clone(), n.status)
-            })
-            .collect();
+        let mut endings = std::mem::take(&mut run.endings);
+        for ending in &mut endings {
+            let known = run.spans.get(&ending.meta.message_id);
+            ending.event_time = known.and_then(|(_, event_time)| event_time.clone());
+        }
         let ports = EndPorts {
             stage: Stage::Ingester,
             dead_letters: &self.dead_letters,
             topic: &self.topic,
             store: &self.store,
+            telemetry: &self.telemetry,
         };
-        let failed = ports.end(endings, now).await;
-        for (message_id, job_type, status) in ended {
-            let Some((consumer, event_time)) = run.spans.get(&message_id) else {
-                continue;
-            };
-            if failed.contains(&message_id) {
+        for id in ports.end(endings, now).await {
+            if let Some((consumer, _)) = run.spans.get(&id) {
                 consumer.set_attribute("job.end_state_pending", true);
-            } else {
-                let at = event_time.as_deref();
-                self.telemetry
-                    .record_end_state(job_type.as_deref(), status, at, Utc::now());
             }
-        }
-        for id in failed {
             run.response.add_failure(id);
         }
     }
@@ -324,12 +311,8 @@ fn open_ending(
     }
     meta.log
         .in_scope(|| info!(job_id = %dl.job_id, code = dl.last_error_code(), "job rejected"));
-    Ending {
-        notification: Notification::for_dead_letter(&dl, Utc::now()),
-        dead_letter: Some(dl),
-        tracking,
-        meta,
-    }
+    let notification = Notification::for_dead_letter(&dl, Utc::now());
+    Ending::new(meta, notification, Some(dl), tracking)
 }
 
 #[cfg(test)]

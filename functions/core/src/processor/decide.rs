@@ -63,12 +63,12 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Processor<Q, T, S> {
     ) -> Outcome {
         match subject {
             Subject::Job(job) => self.run(job, meta, clock, now, consumer).await,
-            Subject::Unreadable(dl, attempt) => Outcome::End(Ending {
-                meta: meta.clone(),
-                notification: Notification::for_dead_letter(dl, Utc::now()),
-                dead_letter: Some(dl.clone()),
-                tracking: Tracking::Finish { attempt: *attempt },
-            }),
+            Subject::Unreadable(dl, attempt) => Outcome::End(Ending::new(
+                meta.clone(),
+                Notification::for_dead_letter(dl, Utc::now()),
+                Some(dl.clone()),
+                Tracking::Finish { attempt: *attempt },
+            )),
         }
     }
 
@@ -129,12 +129,12 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Processor<Q, T, S> {
         )
         .await;
         match found {
-            Ok(Some((notification, dead_letter))) => Outcome::End(Ending {
-                meta: meta.clone(),
+            Ok(Some((notification, dead_letter))) => Outcome::End(Ending::new(
+                meta.clone(),
                 notification,
                 dead_letter,
-                tracking: Tracking::Recorded,
-            }),
+                Tracking::Recorded,
+            )),
             Ok(None) => Outcome::Repeat("duplicate"),
             Err(e) => Outcome::Unavailable(e),
         }

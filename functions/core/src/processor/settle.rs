@@ -59,7 +59,7 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Processor<Q, T, S> {
         consumer: &JobSpan,
     ) -> bool {
         let n = &ending.notification;
-        let (job_type, status) = (n.job_type.clone(), n.status);
+        let status = n.status;
         if let Some(last) = n.errors.last().filter(|_| status != JobStatus::Completed) {
             consumer.fail(last.code.as_str(), &last.message);
         }
@@ -69,19 +69,18 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Processor<Q, T, S> {
                 dl.trace_context = Some(tc);
             }
         }
+        ending.event_time = event_time;
         let ports = EndPorts {
             stage: Stage::Processor,
             dead_letters: &self.dead_letters,
             topic: &self.topic,
             store: &self.store,
+            telemetry: &self.telemetry,
         };
         if !ports.end(vec![ending], Utc::now()).await.is_empty() {
             consumer.set_attribute("job.end_state_pending", true);
             return false;
         }
-        let at = event_time.as_deref();
-        self.telemetry
-            .record_end_state(job_type.as_deref(), status, at, Utc::now());
         true
     }
 
