@@ -105,9 +105,11 @@ impl Clients {
         }
     }
 
-    /// The queue at `url`; `name` is what errors and logs call it.
-    pub fn queue(&self, url: String, name: &'static str) -> Guarded<SqsQueue> {
-        Guarded::new(SqsQueue::new(self.sqs.clone(), url), name, self.guard)
+    /// The queue at `url`; `name` is what errors and logs call it. The messages and
+    /// visibility changes of concurrent records go together.
+    pub fn queue(&self, url: String, name: &'static str) -> Batching<Guarded<SqsQueue>> {
+        let queue = SqsQueue::new(self.sqs.clone(), url);
+        Batching::new(Guarded::new(queue, name, self.guard))
     }
 
     /// The end-state topic: notifications of concurrent records go out together.

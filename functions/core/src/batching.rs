@@ -7,7 +7,9 @@
 //! to the wrapped port's `*_all` method as one batch. Each caller still gets its own
 //! answer, so handler logic and its tests stay per record. Ten `PutItem` calls become
 //! one `BatchExecuteStatement` (billed the same per item), ten `Publish` calls one
-//! `PublishBatch` (or several, split by count and size, [`crate::ports::publish_batched`]).
+//! `PublishBatch` (or several, split by count and size, [`crate::ports::publish_batched`]),
+//! the processor's per-record retries and dead letters one `SendMessageBatch`, and the
+//! records it gives back one `ChangeMessageVisibilityBatch`.
 //!
 //! A batch call never names one job twice. Two copies of a job delivered in one SQS
 //! batch claim it in the same pass, and a store may judge every statement of a batch
@@ -17,7 +19,7 @@
 //! what the first one wrote.
 
 use crate::messages::{Notification, Stage};
-use crate::ports::{PortError, Topic};
+use crate::ports::{send_all, MessageQueue, OutgoingMessage, PortError, Receipt, Topic};
 use crate::store::{Claim, ClaimOutcome, Finish, JobState, JobStore, Release};
 use crate::Timestamp;
 use async_trait::async_trait;
@@ -25,7 +27,8 @@ use std::future::Future;
 use std::sync::Mutex;
 use tokio::sync::oneshot;
 
-/// A store whose claims, finishes and announcements are gathered into batches.
+/// A port whose calls are gathered into batches: a store's claims, finishes and
+/// announcements, a topic's publishes, a queue's sends and visibility changes.
 #[derive(Debug)]
 pub struct Batching<S> {
     inner: S,
@@ -33,6 +36,8 @@ pub struct Batching<S> {
     finishes: Gather<Finish, Result<(), PortError>>,
     announces: Gather<(String, Stage, Timestamp), Result<(), PortError>>,
     publishes: Gather<Notification, Result<(), PortError>>,
+    sends: Gather<Vec<OutgoingMessage>, Vec<Result<(), PortError>>>,
+    visibility: Gather<Vec<Receipt>, Result<(), PortError>>,
 }
 
 impl<S> Batching<S> {
@@ -43,6 +48,8 @@ impl<S> Batching<S> {
             finishes: Gather::default(),
             announces: Gather::default(),
             publishes: Gather::default(),
+            sends: Gather::default(),
+            visibility: Gather::default(),
         }
     }
 
@@ -329,6 +336,53 @@ impl<T: Topic> Topic for Batching<T> {
     async fn publish_batch(&self, notifications: &[Notification]) -> Vec<Result<(), PortError>> {
         self.inner.publish_batch(notifications).await
     }
+}
+
+/// Messages that concurrent records send go out together (`SendMessageBatch`, split
+/// by [`send_all`] into batches SQS takes), and so do the visibility changes of the
+/// records they give back. Each caller gets the answers for its own messages.
+#[async_trait]
+impl<Q: MessageQueue> MessageQueue for Batching<Q> {
+    async fn send_batch(&self, messages: &[OutgoingMessage]) -> Vec<Result<(), PortError>> {
+        let send = |calls: Vec<Vec<OutgoingMessage>>| async move {
+            let lengths: Vec<usize> = calls.iter().map(Vec::len).collect();
+            let all: Vec<OutgoingMessage> = calls.into_iter().flatten().collect();
+            let mut answers = send_all(&self.inner, &all).await.into_iter();
+            lengths
+                .into_iter()
+                .map(|n| answers_for(&mut answers, n, "send"))
+                .collect()
+        };
+        let answer = self.sends.join(messages.to_vec(), send).await;
+        answer.unwrap_or_else(|| messages.iter().map(|_| Err(lost("send"))).collect())
+    }
+
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    async fn retry_later(&self, receipts: &[Receipt]) -> Result<(), PortError> {
+        let send = |calls: Vec<Vec<Receipt>>| async move {
+            let count = calls.len();
+            let all: Vec<Receipt> = calls.into_iter().flatten().collect();
+            let result = self.inner.retry_later(&all).await;
+            vec![result; count]
+        };
+        let answer = self.visibility.join(receipts.to_vec(), send).await;
+        answer.unwrap_or_else(|| Err(lost("retry_later")))
+    }
+}
+
+/// The next `n` answers of a gathered call, one per message; an answer the inner port
+/// did not give counts as lost, never as sent.
+fn answers_for(
+    answers: &mut impl Iterator<Item = Result<(), PortError>>,
+    n: usize,
+    operation: &'static str,
+) -> Vec<Result<(), PortError>> {
+    (0..n)
+        .map(|_| answers.next().unwrap_or_else(|| Err(lost(operation))))
+        .collect()
 }
 
 #[cfg(test)]
@@ -678,5 +732,102 @@ mod tests {
         let answers = join_all(claims.iter().map(|c| store.claim(c, at(0)))).await;
         assert!(answers.iter().all(Result::is_err));
         assert_eq!(store.inner().batches(), [("claim", 2)]);
+    }
+
+    fn message(body: String) -> OutgoingMessage {
+        OutgoingMessage {
+            body,
+            attributes: Vec::new(),
+            delay_seconds: 0,
+        }
+    }
+
+    /// Four records' sends, of 1 to 4 messages each (`r<record>-m<message>`).
+    fn sends() -> Vec<Vec<OutgoingMessage>> {
+        (1..=4)
+            .map(|r| (1..=r).map(|m| message(format!("r{r}-m{m}"))).collect())
+            .collect()
+    }
+
+    /// Concurrent sends go out as SQS takes them (ten entries a call), and each sender
+    /// learns the fate of its own messages, even one an entry of another call refused.
+    #[tokio::test]
+    async fn each_sender_learns_the_fate_of_its_own_messages() {
+        use crate::testing::MemoryQueue;
+        let queue = Batching::new(MemoryQueue::refusing("r4-m1"));
+        let sends = sends();
+        let answers = join_all(sends.iter().map(|m| queue.send_batch(m))).await;
+        assert_eq!(*queue.inner().batches.lock().expect("lock"), [10]);
+        for (send, answer) in sends.iter().zip(&answers) {
+            assert_eq!(send.len(), answer.len());
+            for (m, result) in send.iter().zip(answer) {
+                assert_eq!(result.is_err(), m.body == "r4-m1", "{}: {result:?}", m.body);
+            }
+        }
+        assert_eq!(queue.inner().bodies().len(), 9);
+    }
+
+    /// A gathered call refused whole fails every sender's every message; one whose
+    /// answer was lost after SQS took it fails them too (so each record stays in its
+    /// queue), though the messages were sent.
+    #[tokio::test]
+    async fn a_refused_or_unanswered_batch_is_no_senders_success() {
+        use crate::testing::MemoryQueue;
+        let queue = Batching::new(MemoryQueue::default());
+        let sends = sends();
+        queue.inner().faults.refuse_calls(1);
+        let refused = join_all(sends.iter().map(|m| queue.send_batch(m))).await;
+        assert!(refused.iter().flatten().all(Result::is_err));
+        assert!(queue.inner().bodies().is_empty());
+        queue.inner().faults.lose_answers(1);
+        let lost = join_all(sends.iter().map(|m| queue.send_batch(m))).await;
+        assert!(lost.iter().flatten().all(Result::is_err));
+        assert_eq!(queue.inner().bodies().len(), 10, "took effect");
+        let sent = join_all(sends.iter().map(|m| queue.send_batch(m))).await;
+        assert!(sent.iter().flatten().all(Result::is_ok));
+    }
+
+    /// More messages than one call takes go in several calls, answers in order.
+    #[tokio::test]
+    async fn more_messages_than_one_call_takes_go_in_several() {
+        use crate::testing::MemoryQueue;
+        let queue = Batching::new(MemoryQueue::refusing("r4-m4"));
+        let mut sends = sends();
+        sends.push((1..=5).map(|m| message(format!("r5-m{m}"))).collect());
+        let answers = join_all(sends.iter().map(|m| queue.send_batch(m))).await;
+        let mut batches = queue.inner().batches.lock().expect("lock").clone();
+        batches.sort_unstable();
+        assert_eq!(batches, [5, 10]);
+        let refused: Vec<&str> = sends
+            .iter()
+            .flatten()
+            .zip(answers.iter().flatten())
+            .filter(|(_, r)| r.is_err())
+            .map(|(m, _)| m.body.as_str())
+            .collect();
+        assert_eq!(refused, ["r4-m4"]);
+    }
+
+    /// The records given back together change their visibility in one call, and a
+    /// refusal of it reaches each of them.
+    #[tokio::test]
+    async fn visibility_changes_go_together_and_a_refusal_reaches_each_record() {
+        use crate::testing::MemoryQueue;
+        let queue = Batching::new(MemoryQueue::default());
+        let receipts: Vec<Vec<Receipt>> = (0..3)
+            .map(|i| {
+                vec![Receipt {
+                    receipt_handle: format!("rh-{i}"),
+                    delay_seconds: 15,
+                }]
+            })
+            .collect();
+        let done = join_all(receipts.iter().map(|r| queue.retry_later(r))).await;
+        assert!(done.iter().all(Result::is_ok));
+        assert_eq!(queue.inner().released.lock().expect("lock").len(), 3);
+        queue.inner().faults.refuse_calls(1);
+        let refused = join_all(receipts.iter().map(|r| queue.retry_later(r))).await;
+        assert!(refused.iter().all(Result::is_err));
+        assert_eq!(queue.inner().released.lock().expect("lock").len(), 3);
     }
 }
