@@ -216,46 +216,56 @@ impl MessageQueue for SqsQueue {
         }
     }
 
+    /// Every chunk is sent, even after one failed (a stale receipt in one chunk must
+    /// not keep the records of the next from coming back early); the first failure is
+    /// the answer.
     async fn retry_later(&self, receipts: &[Receipt]) -> Result<(), PortError> {
+        let chunks = receipts.chunks(crate::ports::MAX_BATCH);
+        let results = futures_util::future::join_all(chunks.map(|c| self.change_visibility(c)));
+        results.await.into_iter().collect()
+    }
+}
+
+impl SqsQueue {
+    /// One `ChangeMessageVisibilityBatch` of at most ten receipts.
+    async fn change_visibility(&self, chunk: &[Receipt]) -> Result<(), PortError> {
         use aws_sdk_sqs::types::ChangeMessageVisibilityBatchRequestEntry as Entry;
         const OP: &str = "ChangeMessageVisibilityBatch";
-        for chunk in receipts.chunks(crate::ports::MAX_BATCH) {
-            let entries = chunk
-                .iter()
-                .enumerate()
-                .map(|(i, r)| {
-                    Entry::builder()
-                        .id(i.to_string())
-                        .receipt_handle(&r.receipt_handle)
-                        .visibility_timeout(i32::try_from(r.delay_seconds).unwrap_or(900))
-                        .build()
-                        .map_err(|e| PortError::Refused {
-                            operation: OP,
-                            message: e.to_string(),
-                        })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            let out = self
-                .client
-                .change_message_visibility_batch()
-                .queue_url(&self.url)
-                .set_entries(Some(entries))
-                .send()
-                .await
-                .map_err(|e| PortError::from_sdk(OP, e))?;
-            if let Some(failed) = out.failed().first() {
-                return Err(PortError::Refused {
-                    operation: OP,
-                    message: format!(
-                        "{} of {} not changed: {}",
-                        out.failed().len(),
-                        chunk.len(),
-                        failed.message().unwrap_or(failed.code())
-                    ),
-                });
-            }
+        let entries = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                Entry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(&r.receipt_handle)
+                    .visibility_timeout(i32::try_from(r.delay_seconds).unwrap_or(900))
+                    .build()
+                    .map_err(|e| PortError::Refused {
+                        operation: OP,
+                        message: e.to_string(),
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let out = self
+            .client
+            .change_message_visibility_batch()
+            .queue_url(&self.url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .map_err(|e| PortError::from_sdk(OP, e))?;
+        match out.failed().first() {
+            Some(failed) => Err(PortError::Refused {
+                operation: OP,
+                message: format!(
+                    "{} of {} not changed: {}",
+                    out.failed().len(),
+                    chunk.len(),
+                    failed.message().unwrap_or(failed.code())
+                ),
+            }),
+            None => Ok(()),
         }
-        Ok(())
     }
 }
 

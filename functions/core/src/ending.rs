@@ -72,9 +72,10 @@ pub struct EndPorts<'a, Q, T, S> {
 }
 
 impl<Q: MessageQueue, T: Topic, S: JobStore> EndPorts<'_, Q, T, S> {
-    /// Ends the jobs; returns the message ids of records that must stay in SQS. Each
-    /// job that ended here is counted in `job.end_states` (and `job.latency`) once,
-    /// here and nowhere else; one that stays in SQS is counted when it does end.
+    /// Ends the jobs; returns the message ids of records that must stay in SQS. Every
+    /// announced end is counted in `job.end_states` (and `job.latency`) here and
+    /// nowhere else; one that stays in SQS is counted when a later delivery announces
+    /// it. (A lost announce mark lets a duplicate announce, and count, once more.)
     pub async fn end(&self, endings: Vec<Ending>, now: Timestamp) -> Vec<String> {
         let counts: Vec<_> = endings.iter().map(EndCount::of).collect();
         let failed = self.end_each(endings, now).await;

@@ -15,13 +15,14 @@
 //! when telemetry is on. The level filter is the log lines' own (a per-layer
 //! filter), so `AWS_LAMBDA_LOG_LEVEL=WARN` quiets the logs without closing the
 //! spans the traces are made of. The spans the telemetry opens stay out of the log
-//! lines: there the `job` log span names the record.
+//! lines: there the `job` log span names the record, at every level (a `WARN` line
+//! still carries its `job_id`).
 //!
 //! The fields of the span a line is logged in (the `job` span's `job_id`,
 //! `trace_id` and `message_id`, see [`crate::record`]) come with every JSON line as
 //! `span` and `spans`, as before.
 
-use crate::telemetry::{for_log_lines, SpanLayer};
+use crate::telemetry::{for_log_lines, SpanLayer, LOG_SPAN_TARGET};
 use tracing::{Metadata, Subscriber};
 use tracing_subscriber::filter::{EnvFilter, FilterExt as _, FilterFn, LevelFilter};
 use tracing_subscriber::fmt::MakeWriter;
@@ -75,6 +76,8 @@ impl LogSettings {
         let filter = EnvFilter::builder()
             .with_default_directive(self.level.into())
             .parse_lossy(&self.directives)
+            // The `job` log span at any level: a WARN line still names its job.
+            .or(FilterFn::new(is_log_span as fn(&Metadata<'_>) -> bool))
             .and(FilterFn::new(for_log_lines as fn(&Metadata<'_>) -> bool));
         let lines = tracing_subscriber::fmt::layer()
             .with_target(false)
@@ -88,6 +91,13 @@ impl LogSettings {
             Box::new(under.with(lines.with_filter(filter)))
         }
     }
+}
+
+/// The `job` log span, which carries a record's ids onto its log lines: enabled for
+/// log lines whatever their level, so that a warning or an error at `WARN` still says
+/// which job and message it is about.
+fn is_log_span(meta: &Metadata<'_>) -> bool {
+    meta.is_span() && meta.target() == LOG_SPAN_TARGET
 }
 
 /// Logging for a Lambda function, from its environment, to stdout, over the

@@ -46,9 +46,11 @@ pub enum Stranded {
 }
 
 impl Stranded {
-    /// Recognises a DLQ body that is not a dead letter; `None` for anything else.
+    /// Recognises a DLQ body that is not a dead letter; `None` for anything else,
+    /// such as a `jobs-todo` message of a kind this build does not know (written by a
+    /// newer version, say): it stays in the DLQ rather than end as unreadable.
     pub fn of(body: &str) -> Option<Stranded> {
-        if let Ok(job) = EnrichedJob::from_body(body) {
+        if let Ok(job) = EnrichedJob::from_body_in(body, &crate::kinds::Registry::builtin()) {
             return Some(Stranded::Job(job));
         }
         let envelope = crate::messages::EventEnvelope::from_body(body)?;
@@ -132,6 +134,16 @@ mod tests {
         assert_eq!(
             Stranded::of(no_id).as_ref().and_then(Stranded::job_id),
             Some("evt-1")
+        );
+        let unknown = job.replace(
+            "\"job_type\":\"user_onboarding\",\"status\"",
+            "\"job_type\":\"mystery\",\"status\"",
+        );
+        assert_ne!(unknown, job);
+        assert_eq!(
+            Stranded::of(&unknown),
+            None,
+            "a kind this build does not know stays"
         );
         assert_eq!(Stranded::of("not json"), None);
         assert_eq!(Stranded::of(r#"{"hello":"world"}"#), None);

@@ -3,8 +3,9 @@
 //! the one list of the kinds the pipeline knows.
 //!
 //! Whatever depends on the kind goes through a [`Registry`] (the ingester's
-//! validation, the processor's execution, the generator's catalogue, the metrics'
-//! `job.type`s), and a kind is written only through [`JobKind`], so its rejections
+//! validation, the processor's execution, the generator's catalogue; the metrics'
+//! `job.type`s and `dlq redrive` use the built-in one, so a test-only kind counts as
+//! `unknown` there), and a kind is written only through [`JobKind`], so its rejections
 //! name their field as `message.<name>` ([`Fields`]) and its work is given the budget
 //! left before the deadline. A registry is a value the handlers take in their config
 //! ([`Registry::builtin`] by default), so a test can run the pipeline with a kind of

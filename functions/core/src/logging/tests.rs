@@ -126,3 +126,16 @@ fn a_text_line_has_no_colour_codes() {
     assert!(!out.contains('\u{1b}'), "{out:?}");
     assert!(!out.trim_start().starts_with('{'), "{out}");
 }
+
+/// At `AWS_LAMBDA_LOG_LEVEL=WARN` the `job` span is below the level, yet a warning
+/// still names its job and message.
+#[test]
+fn a_warning_names_its_job_whatever_the_level() {
+    let out = log_in_a_job_span(&settings(&[(LEVEL_VAR, "WARN")]));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 1, "{out}");
+    let line: serde_json::Value = serde_json::from_str(lines[0]).expect("a JSON line");
+    assert_eq!(line["span"]["name"], "job", "{line}");
+    assert_eq!(line["span"]["job_id"], "job-1");
+    assert_eq!(line["span"]["message_id"], "m-1");
+}

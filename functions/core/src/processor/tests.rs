@@ -1,4 +1,5 @@
 use super::*;
+use crate::batching::Batching;
 use crate::messages::{JobStatus, Stage};
 use crate::ports::OutgoingMessage;
 use crate::retry::SQS_MAX_DELAY;
@@ -753,4 +754,121 @@ async fn a_lost_claim_answer_is_given_back_so_the_next_delivery_runs_at_once() {
     let notes = p.topic.notifications();
     assert_eq!(notes.len(), 1);
     assert_eq!(notes[0].status, JobStatus::Completed);
+}
+
+/// The processor as the functions wire it: both queues batched, so the dead letters
+/// and the retries of the records that end together go out in one call each.
+fn batched_processor() -> Processor<Batching<MemoryQueue>, MemoryTopic, MemoryStore> {
+    let p = processor(MemoryTopic::default());
+    Processor {
+        jobs_todo: Batching::new(MemoryQueue::default()),
+        dead_letters: Batching::new(MemoryQueue::default()),
+        topic: p.topic,
+        store: p.store,
+        config: p.config,
+        telemetry: p.telemetry,
+    }
+}
+
+/// A gathered dead-letter call whose answer is lost keeps every record it carried in
+/// SQS, unannounced; a gathered retry call refused whole keeps each of its records. On
+/// the next delivery each failed job is announced once (its letter stored again:
+/// design window 6), each retry is queued, and the completed job is not touched again.
+#[tokio::test]
+async fn batched_queues_that_fail_keep_each_of_their_records_and_end_each_job_once() {
+    let p = batched_processor();
+    let failing: Vec<_> = (1..=3)
+        .map(|i| {
+            job(
+                &format!("job-f{i}"),
+                3,
+                report(Some(json!({"fail_always": true}))),
+            )
+        })
+        .collect();
+    let flaky: Vec<_> = (1..=2)
+        .map(|i| {
+            job(
+                &format!("job-r{i}"),
+                1,
+                report(Some(json!({"fail_attempts": 1}))),
+            )
+        })
+        .collect();
+    let done = job("job-ok", 1, report(None));
+    let all: Vec<_> = failing
+        .iter()
+        .chain(&flaky)
+        .chain([&done])
+        .cloned()
+        .collect();
+    p.dead_letters.inner().faults.lose_answers(1);
+    p.jobs_todo.inner().faults.only("SendMessageBatch");
+    p.jobs_todo.inner().faults.refuse_calls(1);
+    let response = p.handle(event(&all), at(60), at(0)).await;
+
+    let mut stayed: Vec<_> = response
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.clone())
+        .collect();
+    stayed.sort();
+    let mut expected: Vec<_> = failing
+        .iter()
+        .chain(&flaky)
+        .map(|(m, _)| m.clone())
+        .collect();
+    expected.sort();
+    assert_eq!(
+        stayed, expected,
+        "each record of a failed gathered call stays"
+    );
+    assert_eq!(*p.dead_letters.inner().batches.lock().expect("lock"), [3]);
+    assert_eq!(*p.jobs_todo.inner().batches.lock().expect("lock"), [2]);
+    let ends: Vec<_> = p
+        .topic
+        .notifications()
+        .iter()
+        .map(|n| (n.job_id.clone(), n.status))
+        .collect();
+    assert_eq!(ends, [("job-ok".to_owned(), JobStatus::Completed)]);
+
+    // SQS brings the records back.
+    let again: Vec<_> = failing.iter().chain(&flaky).cloned().collect();
+    let mut redelivered = event(&again);
+    for r in &mut redelivered.records {
+        r.attributes
+            .insert("ApproximateReceiveCount".into(), "2".into());
+    }
+    let response = p.handle(redelivered, at(120), at(61)).await;
+    assert!(response.batch_item_failures.is_empty());
+    let mut ends: Vec<_> = p
+        .topic
+        .notifications()
+        .iter()
+        .map(|n| (n.job_id.clone(), n.status))
+        .collect();
+    ends.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut want = vec![("job-ok".to_owned(), JobStatus::Completed)];
+    want.extend((1..=3).map(|i| (format!("job-f{i}"), JobStatus::Failed)));
+    want.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(ends, want, "each job announced once");
+    let letters = p.dead_letters.inner().dead_letters();
+    for i in 1..=3 {
+        let id = format!("job-f{i}");
+        assert_eq!(letters.iter().filter(|d| d.job_id == id).count(), 2, "{id}");
+    }
+    let mut retried: Vec<_> = p
+        .jobs_todo
+        .inner()
+        .jobs()
+        .iter()
+        .map(|j| (j.job_id.clone(), j.attempt))
+        .collect();
+    retried.sort();
+    assert_eq!(
+        retried,
+        [("job-r1".to_owned(), 2), ("job-r2".to_owned(), 2)],
+        "each retry queued once, on the second delivery"
+    );
 }
