@@ -84,6 +84,7 @@ class Measured:
     units: dict[tuple[str, str, str], float] = field(default_factory=dict)
     records: int = 0
     invocations: int = 0
+    memory_mb: int = 128
 
     @property
     def batch(self) -> float:
@@ -177,6 +178,7 @@ def report(pipeline: Measured, floor: Measured | None = None) -> str:
     """Requests and billed units per job by service and action (as measured), then the
     cost per million jobs at each batch size and architecture."""
     runs = [pipeline] + ([floor] if floor else [])
+    lines = [by_service(runs), ""]
     keys = sorted({(s, a) for r in runs for (s, a) in r.calls} | {(s, a) for r in runs for (s, a, _) in r.units})
     head = ["service", "action"]
     for r in runs:
@@ -190,10 +192,10 @@ def report(pipeline: Measured, floor: Measured | None = None) -> str:
                                if (s, a) == (service, action))
             row += [_fmt(r.calls.get((service, action), 0) / r.jobs), billed]
         rows.append(row)
-    lines = [
-        "Requests and billed units per job, by service and action, as measured ("
+    lines += [
+        "The same by action ("
         + "; ".join(f"{r.label}: {r.jobs} jobs, {r.records} records in {r.invocations} invocations, "
-                    f"{r.batch:.1f} per invocation" for r in runs)
+                    f"{r.batch:.1f} per invocation, {_ms_per_invocation(r):.0f} ms each" for r in runs)
         + "). * = not seen by the recorder: added per invocation or per event.",
         _table(rows),
         "",
@@ -218,6 +220,30 @@ def report(pipeline: Measured, floor: Measured | None = None) -> str:
                      f", ${cost_per_million(floor, BATCHES[0], 'arm64')['total'] * 2592:,.0f} for the floor"
                      if floor else "") + ".")
     return "\n".join(lines)
+
+
+def by_service(runs: list[Measured]) -> str:
+    """Calls and billed units per job, summed by service, as measured."""
+    head = ["service", ""]
+    for r in runs:
+        head += [f"{r.label} calls/job", f"{r.label} billed/job"]
+    rows = [head]
+    for service in sorted({k[0] for r in runs for k in [*r.calls, *r.units]}):
+        row = [service, ""]
+        for r in runs:
+            calls = sum(v for (sv, _), v in r.calls.items() if sv == service) / r.jobs
+            units: dict[str, float] = {}
+            for (sv, _, unit), v in units_per_job(r).items():
+                if sv == service:
+                    units[unit] = units.get(unit, 0) + v
+            row += [_fmt(calls), ", ".join(f"{_fmt(v)} {_unit_name(u)}" for u, v in sorted(units.items()))]
+        rows.append(row)
+    return "Requests and billed units per job, by service (calls: HTTP requests, retries included):\n" + _table(rows)
+
+
+def _ms_per_invocation(m: Measured) -> float:
+    gb_s = m.units.get(("lambda", "Invoke", "gb_s"), 0.0)
+    return gb_s / m.invocations * 1024 / m.memory_mb * 1000 if m.invocations else 0.0
 
 
 def _table(rows: list[list[str]]) -> str:
