@@ -85,6 +85,7 @@ class Measured:
     records: int = 0
     invocations: int = 0
     memory_mb: int = 128
+    functions: dict[str, dict[str, float]] = field(default_factory=dict)  # each function's lambda_usage
 
     @property
     def batch(self) -> float:
@@ -119,6 +120,7 @@ def add_lambda(m: Measured, function: str, usage: dict[str, float]) -> None:
     which this counts as deleted)."""
     n = usage["invocations"]
     m.invocations += n
+    m.functions[function] = dict(usage)
     for key, amount in {
         ("lambda", "Invoke", "invocations"): n,
         ("lambda", "Invoke", "gb_s"): usage["gb_s"],
@@ -169,6 +171,13 @@ def _fmt(x: float) -> str:
     return f"{x:.3f}" if x >= 0.001 else f"{x:.2e}"
 
 
+def _shown(unit: str, amount: float) -> str:
+    """An amount of a unit as the tables print it (log volume in KB, not GB)."""
+    if unit == "gb":
+        return f"{_fmt(amount * 1e6)} KB"
+    return f"{_fmt(amount)} {_unit_name(unit)}"
+
+
 def _unit_name(unit: str) -> str:
     return {"requests": "req", "events": "events", "wru": "WRU", "rru": "RRU", "invocations": "inv",
             "gb_s": "GB-s", "gb": "GB"}.get(unit, unit)
@@ -188,14 +197,15 @@ def report(pipeline: Measured, floor: Measured | None = None) -> str:
         row = [service, action + (" *" if (service, action) in MODELLED else "")]
         for r in runs:
             per = units_per_job(r)
-            billed = ", ".join(f"{_fmt(v)} {_unit_name(u)}" for (s, a, u), v in sorted(per.items())
-                               if (s, a) == (service, action))
+            billed = ", ".join(_shown(u, v) for (s, a, u), v in sorted(per.items()) if (s, a) == (service, action))
             row += [_fmt(r.calls.get((service, action), 0) / r.jobs), billed]
         rows.append(row)
     lines += [
         "The same by action ("
         + "; ".join(f"{r.label}: {r.jobs} jobs, {r.records} records in {r.invocations} invocations, "
-                    f"{r.batch:.1f} per invocation, {_ms_per_invocation(r):.0f} ms each" for r in runs)
+                    f"{r.batch:.1f} per invocation, {_ms_per_invocation(r):.0f} ms each ("
+                    + ", ".join(f"{name} {u['invocations']} x {_ms(u, r.memory_mb):.0f} ms"
+                                for name, u in sorted(r.functions.items())) + ")" for r in runs)
         + "). * = not seen by the recorder: added per invocation or per event.",
         _table(rows),
         "",
@@ -236,9 +246,13 @@ def by_service(runs: list[Measured]) -> str:
             for (sv, _, unit), v in units_per_job(r).items():
                 if sv == service:
                     units[unit] = units.get(unit, 0) + v
-            row += [_fmt(calls), ", ".join(f"{_fmt(v)} {_unit_name(u)}" for u, v in sorted(units.items()))]
+            row += [_fmt(calls), ", ".join(_shown(u, v) for u, v in sorted(units.items()))]
         rows.append(row)
     return "Requests and billed units per job, by service (calls: HTTP requests, retries included):\n" + _table(rows)
+
+
+def _ms(usage: dict[str, float], memory_mb: int) -> float:
+    return usage["gb_s"] / usage["invocations"] * 1024 / memory_mb * 1000 if usage["invocations"] else 0.0
 
 
 def _ms_per_invocation(m: Measured) -> float:

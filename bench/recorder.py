@@ -119,8 +119,8 @@ def _sns_message_bytes(fields: dict[str, str]) -> int:
 
 def sns_units(action: str, form: dict[str, list[str]]) -> dict[str, float]:
     """Billed SNS requests of one call of the query protocol (`Action=<action>`). A
-    `PublishBatch` is billed like one publish of its aggregate payload (SNS's batch
-    launch, November 2021: "reduce costs by up to 10x")."""
+    `PublishBatch` is billed like one publish of its aggregate payload: the SNS developer
+    guide's "Amazon SNS message batching" says batches cut the cost "by a factor of up to 10"."""
     if action == "Publish":
         return {"requests": chunks(_sns_message_bytes({k: v[0] for k, v in form.items()}))}
     if action == "PublishBatch":
