@@ -11,6 +11,7 @@ STAMP   := $(VENV)/.installed
 CHECKOV := $(STATE)/checkov-venv
 MINUTES ?= 1
 CARGO   ?= cargo
+BENCH_REQUESTS ?= 300
 
 .PHONY: help venv checkov tools build up demo down status trace test test-rust test-stack lint bench compose-smoke
 
@@ -73,7 +74,7 @@ test-stack: venv checkov tools build ## Stack, Terraform and compose tests (each
 
 test: lint test-rust test-stack ## Every test
 
-bench: venv ## Cold start, per-job CPU and size next to their references (a few minutes; not in make test)
+bench: venv ## Cold start, per-job CPU, size, and AWS requests and cost per job, next to their references (not in make test)
 	$(CARGO) build --release --locked -p ingester -p processor -p job-generator -p hello -p noop
 	$(CARGO) bench --locked -p jobs-core --bench per_job
-	$(PY) bench/run.py
+	$(PY) bench/run.py --requests $(BENCH_REQUESTS)

@@ -21,6 +21,13 @@ spans and metrics to the local OTLP receiver.
 
 Cost: GB-seconds and dollars per million jobs at 128 MB from the measured warm
 durations, for batch sizes 10, 5 and 1.
+
+Requests (`--requests N`): N jobs of the generator's mix (rejected, flaky, duplicated
+and valid ones) through the pipeline, and through the no-op pair, with every AWS call of
+the functions and the generator going through a recording proxy (bench/recorder.py): the
+calls and billed units per job by service and action, and what a million jobs cost
+(bench/cost.py, which holds the prices). `--requests N --no-cold-start --jobs 0` runs
+only that.
 """
 
 from __future__ import annotations
@@ -43,6 +50,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "stack"))
 
 import stack as stk  # noqa: E402
+from fault_proxy import FaultProxy  # noqa: E402
+
+import cost  # noqa: E402  (bench/, the script's own directory)
+from recorder import Recorder  # noqa: E402
 
 RELEASE = ROOT / "target" / "release"
 CRITERION = ROOT / "target" / "criterion"
@@ -284,9 +295,90 @@ def throughput(binaries: Path, jobs: int, label: str, telemetry: bool = False) -
     }
 
 
-# Lambda list prices (us-east-1), per GB-second and per request.
-GB_SECOND = {"arm64": 0.0000133334, "x86_64": 0.0000166667}
-PER_REQUEST = 0.20 / 1_000_000
+# Lambda list prices (us-east-1), per GB-second and per request: bench/cost.py's table.
+GB_SECOND = cost.PRICES[("lambda", "gb_s")]
+PER_REQUEST = cost.PRICES[("lambda", "invocations")]
+
+# The job mix of the request count: the generator's defaults for rejected jobs, and some
+# of each kind of trouble the pipeline must absorb. Jobs run for at most a second.
+REQUEST_MIX = ("--malformed-ratio", "0.2", "--flaky-ratio", "0.1", "--duplicate-ratio", "0.1",
+               "--max-job-seconds", "1", "--seed", "17")
+REQUEST_RATE = 50  # jobs per second
+
+
+def noop_binaries(noop: Path, into: Path) -> Path:
+    """A binaries directory with the no-op function deployed as both hops."""
+    for name in ("ingester", "processor"):
+        (into / name).write_bytes(noop.read_bytes())
+        (into / name).chmod(0o755)
+    return into
+
+
+def log_messages(stack: stk.Stack, function: str) -> list[str]:
+    """Every CloudWatch log event the emulator wrote for `function`."""
+    logs = stack.client("logs")
+    out, token = [], None
+    while True:
+        kwargs = {"logGroupName": f"/aws/lambda/{function}", **({"nextToken": token} if token else {})}
+        try:
+            page = logs.filter_log_events(**kwargs)
+        except logs.exceptions.ResourceNotFoundException:
+            return out
+        out += [e["message"] for e in page.get("events", [])]
+        token = page.get("nextToken")
+        if not token and len(page.get("events", [])) >= 10_000:
+            # MiniStack (1.5.33) returns at most 10,000 events and no nextToken.
+            raise RuntimeError(f"/aws/lambda/{function} has over 10,000 log events: count fewer jobs")
+        if not token or not page.get("events"):
+            return out
+
+
+def count_requests(binaries: Path, jobs: int, label: str, timeout: float = 300) -> cost.Measured:
+    """Puts `jobs` jobs of REQUEST_MIX on EventBridge through a recording proxy, with the
+    functions' calls going through it too, waits until both work queues are empty and stay
+    so, then adds each function's invocations, GB-s and log bytes from its log group."""
+    with tempfile.TemporaryDirectory(prefix=f"bench-requests-{label}-") as state:
+        state_dir = Path(state)
+        port = free_port()
+        settings = stk.load_settings()
+        recorder = Recorder(key_names={settings["state_table"]: ["pk"]},
+                            event_target=settings["functions"]["ingester"]["source_queue"])
+        proxy = FaultProxy(f"http://127.0.0.1:{port}", observer=recorder)
+        try:
+            url = proxy.start()
+            stack = stk.up(port=port, state_dir=state_dir, binaries=binaries, use_existing=False,
+                           fault_injection=True, fault_proxy=url)
+            try:
+                from dataclasses import replace
+
+                sent = stk.generate(replace(stack, endpoint=url), state_dir / "manifest.jsonl",
+                                    "--count", str(jobs), "--rate", str(REQUEST_RATE), *REQUEST_MIX,
+                                    timeout=timeout)
+                # Done when both work queues are empty (retries wait there, delayed) and
+                # still are a few seconds later (a last invocation may be sending).
+                deadline = time.monotonic() + timeout
+                while True:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"{label}: jobs still in flight after {timeout:.0f} s")
+                    if stk.wait_idle(stack, max(1.0, deadline - time.monotonic())):
+                        time.sleep(3)
+                        if stk.wait_idle(stack, 1):
+                            break
+                measured = cost.Measured(label=label, jobs=len({j["job_id"] for j in sent if j["outcome"] == "sent"}),
+                                         memory_mb=settings["functions"]["ingester"]["memory_mb"])
+                snap = recorder.snapshot()
+                measured.calls.update(snap["calls"])
+                measured.units.update(snap["units"])
+                measured.records = sum(snap["messages"].get(fn["source_queue"], 0)
+                                       for fn in settings["functions"].values())
+                for name in stk.FUNCTIONS:
+                    memory = settings["functions"][name]["memory_mb"]
+                    cost.add_lambda(measured, name, cost.lambda_usage(log_messages(stack, name), memory))
+            finally:
+                stk.down(state_dir)
+        finally:
+            proxy.stop()
+    return measured
 
 
 def cost_per_million(durations_ms: dict[str, float], batch: int, memory_mb: int = 128) -> dict[str, float]:
@@ -305,7 +397,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=15, help="cold starts per binary (median reported)")
     parser.add_argument("--warm", type=int, default=10, help="warm 10-record batches after each cold start")
-    parser.add_argument("--jobs", type=int, default=2000, help="jobs in each throughput run")
+    parser.add_argument("--jobs", type=int, default=2000, help="jobs in each throughput run (0: none)")
+    parser.add_argument("--requests", type=int, default=0, metavar="N",
+                        help="count and price the AWS requests of N jobs, pipeline and no-op floor (0: skip)")
+    parser.add_argument("--no-cold-start", action="store_true", help="skip the cold starts (and the hello reference)")
+    parser.add_argument("--noop", type=Path, default=RELEASE / "noop",
+                        help="the no-op function for the floors (default: target/release/noop)")
     args = parser.parse_args(argv)
 
     rows = [["measure", "value", "reference", "ratio", "target", "met"]]
@@ -318,11 +415,35 @@ def main(argv: list[str] | None = None) -> int:
             f"{value / base:.2f}x" if base else "", target, "" if met is None else ("yes" if met else "NO"),
         ])
 
-    for name in ("hello", "noop", "ingester", "processor"):
-        if not (RELEASE / name).exists():
-            print(f"{RELEASE / name} is missing: run `make bench`, which builds it", file=sys.stderr)
+    needed = ["ingester", "processor"] + ([] if args.no_cold_start else ["hello"])
+    for binary in [RELEASE / n for n in needed] + ([args.noop] if args.jobs else []):
+        if not binary.exists():
+            print(f"{binary} is missing: run `make bench`, which builds it", file=sys.stderr)
             return 2
 
+    requests_report = None
+    if args.requests:
+        print(f"requests: {args.requests} jobs through the pipeline, every AWS call recorded ...", file=sys.stderr)
+        measured = count_requests(RELEASE, args.requests, "pipeline")
+        floor = None
+        if args.noop.exists():
+            print(f"requests: {args.requests} jobs through the no-op functions ...", file=sys.stderr)
+            with tempfile.TemporaryDirectory(prefix="bench-noop-bin-") as d:
+                floor = count_requests(noop_binaries(args.noop, Path(d)), args.requests, "floor")
+        else:
+            print(f"{args.noop} is missing: no floor for the request count (build it: cargo build --release -p noop)",
+                  file=sys.stderr)
+        requests_report = cost.report(measured, floor)
+    if args.no_cold_start:
+        results: dict[str, list[Run]] = {}
+        zips = {}
+    else:
+        results, zips = cold_starts(args)
+    _finish(args, rows, add, results, zips, requests_report)
+    return 0
+
+
+def cold_starts(args) -> tuple[dict, dict]:
     with tempfile.TemporaryDirectory(prefix="bench-") as state:
         state_dir = Path(state)
         port = free_port()
@@ -357,15 +478,19 @@ def main(argv: list[str] | None = None) -> int:
             zips = {name: len(stk.package(RELEASE / name)) for name in ("ingester", "processor")}
         finally:
             stk.down(state_dir)
+    return results, zips
 
+
+def _finish(args, rows, add, results, zips, requests_report) -> None:
     def median(name: str, pick) -> float:
         return statistics.median(pick(r) for r in results[name])
 
-    hello_init = median("hello", lambda r: r.init_ms)
-    hello_first = median("hello", lambda r: r.first_ms)
-    hello_rss = median("hello", lambda r: r.rss_kib) / 1024
     warm: dict[str, float] = {}
-    for name in ("ingester", "processor"):
+    if results:
+        hello_init = median("hello", lambda r: r.init_ms)
+        hello_first = median("hello", lambda r: r.first_ms)
+        hello_rss = median("hello", lambda r: r.rss_kib) / 1024
+    for name in ("ingester", "processor") if results else ():
         init = median(name, lambda r: r.init_ms)
         add(f"{name}: cold start, exec to first poll (median of {args.runs})", init, "ms", hello_init,
             f"<= {COLD_START_TARGET}x", init <= COLD_START_TARGET * hello_init)
@@ -387,10 +512,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.jobs:
         with tempfile.TemporaryDirectory(prefix="bench-noop-bin-") as d:
-            noop_dir = Path(d)
-            for name in ("ingester", "processor"):
-                (noop_dir / name).write_bytes((RELEASE / "noop").read_bytes())
-                (noop_dir / name).chmod(0o755)
+            noop_dir = noop_binaries(args.noop, Path(d))
             print(f"throughput: {args.jobs} jobs through no-op functions ...", file=sys.stderr)
             floor = throughput(noop_dir, args.jobs, "noop")
         print(f"throughput: {args.jobs} jobs through the pipeline ...", file=sys.stderr)
@@ -410,8 +532,9 @@ def main(argv: list[str] | None = None) -> int:
             add(f"{name}: peak RSS under the run", kib / 1024, "MiB", floor["rss"].get(name, 0) / 1024, "< 30 MiB",
                 kib < 30 * 1024)
 
-    print()
-    print(table(rows))
+    if len(rows) > 1:
+        print()
+        print(table(rows))
     print(f"\nmachine: {os.cpu_count()} cores, {platform_line()}; references built with the same release profile")
     if warm:
         print("\nCost per million jobs at 128 MB, from the warm durations above (emulator latencies, not AWS's):")
@@ -420,7 +543,9 @@ def main(argv: list[str] | None = None) -> int:
             # a batch run concurrently, so the time is dominated by round trips, not count.
             c = cost_per_million(warm, batch)
             print(f"  batch {batch:>2}: {c['gb_s']:8.1f} GB-s, ${c['arm64']:.2f} on arm64, ${c['x86_64']:.2f} on x86_64")
-    return 0
+    if requests_report:
+        print()
+        print(requests_report)
 
 
 def platform_line() -> str:

@@ -68,7 +68,10 @@ Control API on the proxy's own port (never forwarded):
     GET    /_fault/health  {"status": "ok", "upstream": ...}
 
 In process: `p = FaultProxy(upstream).start()` gives the URL; then `p.set_rules([...])`,
-`p.clear()`, `p.log()`, `p.stop()`. From a shell:
+`p.clear()`, `p.log()`, `p.stop()`. `FaultProxy(upstream, observer=f)` also calls
+`f(request, status, answer)` for each forwarded request, once the upstream answered
+(`request` a `Request`: service, action, body, form; `answer` the upstream's body): a
+recording mode that sees what the log does not keep (bench/requests.py prices it). From a shell:
 `python stack/fault_proxy.py --upstream http://127.0.0.1:4566 --port 4567 [--rules rules.json]`.
 It listens on 127.0.0.1 only.
 """
@@ -394,6 +397,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._close(reset=rule.reset)
                 return
             record(status)
+            proxy._observe(req, status, payload)
             self._answer(status, reason, headers, payload, head=self.command == "HEAD")
         finally:
             if not recorded:  # an unexpected failure: still logged
@@ -468,7 +472,8 @@ class _Handler(BaseHTTPRequestHandler):
 class FaultProxy:
     """The proxy, in a background thread: `url = FaultProxy(upstream).start()`."""
 
-    def __init__(self, upstream: str, port: int = 0, log_size: int = LOG_SIZE, upstream_timeout: float = 300.0):
+    def __init__(self, upstream: str, port: int = 0, log_size: int = LOG_SIZE, upstream_timeout: float = 300.0,
+                 observer=None):
         u = urlsplit(upstream)
         if u.scheme not in ("http", "https") or not u.hostname:
             raise ValueError(f"upstream must be an http(s) base URL, got {upstream!r}")
@@ -476,6 +481,7 @@ class FaultProxy:
         self._up = (u.scheme, u.hostname, u.port or (443 if u.scheme == "https" else 80), u.path.rstrip("/"))
         self.port = port
         self.upstream_timeout = upstream_timeout
+        self.observer = observer  # called with (Request, status, answer) per forwarded request
         self._rules: list[Rule] = []
         self._lock = threading.Lock()
         self._log: deque[dict] = deque(maxlen=log_size)
@@ -560,6 +566,16 @@ class FaultProxy:
             self._seq += 1
             entry["seq"] = self._seq
             self._log.append(entry)
+
+    def _observe(self, req: Request, status: int, payload: bytes) -> None:
+        """Hands a forwarded request and its answer to the observer; its failure is logged,
+        never the client's problem."""
+        if self.observer is None:
+            return
+        try:
+            self.observer(req, status, payload)
+        except Exception as e:  # noqa: BLE001 - a recorder's bug must not break the call
+            print(f"fault_proxy: observer failed on {req.service} {req.action}: {e!r}", file=sys.stderr)
 
     def _forward(self, method: str, path: str, headers, body: bytes):
         scheme, host, port, prefix = self._up

@@ -1,0 +1,32 @@
+"""The request count of bench/run.py against a real MiniStack: 30 jobs of the generator's
+mix through the pipeline with every AWS call recorded, in well under 90 s. It checks
+that the counts add up (each accepted event billed and delivered once, the functions'
+invocations and records found), not what they are: bench/README.md has those."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+import cost  # noqa: E402
+import run  # noqa: E402
+import stack as stk  # noqa: E402
+
+
+@pytest.mark.skipif(not (stk.RELEASE / "ingester").exists(), reason="needs the release builds (make build)")
+def test_thirty_jobs_of_the_mix_are_counted_and_priced():
+    m = run.count_requests(stk.RELEASE, 30, "pipeline", timeout=80)
+    assert m.jobs >= 25  # some of the 30 are second copies of the same job
+    events = m.units[("events", "PutEvents", "events")]
+    assert m.units[("sqs", "SendMessage (EventBridge target)", "requests")] == events
+    assert m.calls[("events", "PutEvents")] >= 3  # 10 entries at most per call
+    assert m.units[("dynamodb", "BatchExecuteStatement", "wru")] >= m.jobs  # each job claimed at least once
+    assert 0 < m.invocations <= m.records and m.batch <= 10
+    assert m.units[("lambda", "Invoke", "gb_s")] > 0
+    c = cost.cost_per_million(m, 10, "arm64")
+    assert c["total"] > c["dynamodb"] > 0 and c["events"] > 0
