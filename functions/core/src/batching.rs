@@ -824,10 +824,16 @@ mod tests {
             .collect();
         let done = join_all(receipts.iter().map(|r| queue.retry_later(r))).await;
         assert!(done.iter().all(Result::is_ok));
-        assert_eq!(queue.inner().released.lock().expect("lock").len(), 3);
+        let released = || {
+            let mut handles: Vec<_> = queue.inner().released.lock().expect("lock").clone();
+            handles.sort_by(|a, b| a.receipt_handle.cmp(&b.receipt_handle));
+            handles
+        };
+        let each: Vec<Receipt> = receipts.iter().flatten().cloned().collect();
+        assert_eq!(released(), each, "every record's own receipt and delay");
         queue.inner().faults.refuse_calls(1);
         let refused = join_all(receipts.iter().map(|r| queue.retry_later(r))).await;
         assert!(refused.iter().all(Result::is_err));
-        assert_eq!(queue.inner().released.lock().expect("lock").len(), 3);
+        assert_eq!(released(), each, "a refused call changes nothing");
     }
 }
