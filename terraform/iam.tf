@@ -44,8 +44,8 @@ data "aws_iam_policy_document" "ingester" {
   }
 
   # Reads both stages' records of a job (to resume an unannounced end); writes its
-  # own, whose keys start with "ingester#" (functions/core/src/store/dynamo.rs `key`), and
-  # puts the processor's stop below.
+  # own, whose keys start with "ingester#" (functions/core/src/store/dynamo.rs `key`):
+  # only rejections have one. It puts the processor's stop below, and marks it announced.
   statement {
     sid       = "ReadJobState"
     actions   = ["dynamodb:GetItem"]
@@ -64,11 +64,10 @@ data "aws_iam_policy_document" "ingester" {
     }
   }
 
-  # A job whose forward failed on its last receive is ended in one transaction with a
-  # stop on the processor's record (attempt 0, ended), written only where the processor
-  # has no record yet, so a forward whose answer was lost cannot also run
-  # (functions/core/src/store/mod.rs `Unforwarded`). Put only: it never updates the
-  # processor's records.
+  # A job whose forward failed on its last receive is ended on the processor's record
+  # (a stop: attempt 0, ended), put only where the processor has no record yet, so a
+  # forward whose answer was lost cannot also run (functions/core/src/store/mod.rs
+  # `Unforwarded`). Put, never replace: the condition is in the call.
   statement {
     sid       = "StopTheProcessorForAnUnforwardedJob"
     actions   = ["dynamodb:PutItem"]
@@ -78,6 +77,26 @@ data "aws_iam_policy_document" "ingester" {
       test     = "ForAllValues:StringLike"
       variable = "dynamodb:LeadingKeys"
       values   = ["processor#*"]
+    }
+  }
+
+  # Once the ingester announced such an end it marks the stop announced, so the
+  # processor does not announce it again; the mark may touch no other attribute.
+  statement {
+    sid       = "MarkTheStopAnnounced"
+    actions   = ["dynamodb:UpdateItem", "dynamodb:PartiQLUpdate"]
+    resources = [aws_dynamodb_table.jobs.arn]
+
+    condition {
+      test     = "ForAllValues:StringLike"
+      variable = "dynamodb:LeadingKeys"
+      values   = ["processor#*"]
+    }
+
+    condition {
+      test     = "ForAllValues:StringEquals"
+      variable = "dynamodb:Attributes"
+      values   = ["pk", "announced", "updated_ms", "expires_at"]
     }
   }
 

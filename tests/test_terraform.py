@@ -6,6 +6,7 @@ No Terraform binary is needed: tests/hcl_eval.py evaluates the expressions."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 
 import pytest
@@ -110,19 +111,42 @@ def expected_grants(function: str, source: str, sends: list[str], log_group: str
     return out
 
 
-# The one write a function makes on the other stage's records: the ingester's stop on
-# the processor's record when a forward failed on its last receive (PutItem only).
-PROCESSOR_STOP = ("dynamodb:PutItem", "aws_dynamodb_table:jobs", "ForAllValues:StringLike dynamodb:LeadingKeys processor#*")
+# The writes a function makes on the other stage's records: the ingester's stop on the
+# processor's record when a forward failed on its last receive (PutItem), and its mark
+# of that stop as announced (an update of the mark's attributes only).
+PROCESSOR_KEYS = "ForAllValues:StringLike dynamodb:LeadingKeys processor#*"
+MARK_ONLY = "ForAllValues:StringEquals dynamodb:Attributes pk,announced,updated_ms,expires_at"
+PROCESSOR_STOP = {
+    ("dynamodb:PutItem", "aws_dynamodb_table:jobs", PROCESSOR_KEYS),
+    ("dynamodb:UpdateItem", "aws_dynamodb_table:jobs", f"{PROCESSOR_KEYS} {MARK_ONLY}"),
+    ("dynamodb:PartiQLUpdate", "aws_dynamodb_table:jobs", f"{PROCESSOR_KEYS} {MARK_ONLY}"),
+}
 
 
 def test_each_function_may_touch_only_its_own_resources(module):
     assert grants(module, "ingester") == expected_grants(
         "ingester", "ingester-queue", ["jobs-todo", "dead-letter-queue"], "/aws/lambda/ingester"
-    ) | {PROCESSOR_STOP}
+    ) | PROCESSOR_STOP
     # The processor sends retries back to its own queue.
     assert grants(module, "processor") == expected_grants(
         "processor", "jobs-todo", ["jobs-todo", "dead-letter-queue"], "/aws/lambda/processor"
     )
+
+
+def test_the_stop_mark_grant_lists_what_the_mark_writes():
+    """Guards against the ingester's announced mark on a processor stop being denied on
+    AWS, which would let the processor announce that end a second time: the attributes
+    the store's two mark calls (UpdateItem, and the batched PartiQL UPDATE) write are
+    read from the code and must be the ones the grant allows, with the key."""
+    src = (stk.ROOT / "functions/core/src/store/dynamo.rs").read_text()
+    single = re.search(r'update_expression\("SET (announced = [^"]+)"\)', src)
+    batched = re.search(r'UPDATE \\"\{\}\\" (SET \\"announced\\".*?)WHERE', src, re.S)
+    assert single and batched, "the mark's calls were not found in dynamo.rs"
+    written_single = {a.split("=")[0].strip() for a in single.group(1).split(",")}
+    written_batched = set(re.findall(r'SET \\"(\w+)\\"', batched.group(1)))
+    assert written_single == written_batched, (written_single, written_batched)
+    allowed = set(MARK_ONLY.split()[-1].split(","))
+    assert allowed == written_single | {"pk"}, (allowed, written_single)
 
 
 def test_a_customer_managed_topic_key_is_granted_to_both_publishers():
@@ -132,7 +156,7 @@ def test_a_customer_managed_topic_key_is_granted_to_both_publishers():
         extra = grants(m, fn) - expected_grants(
             fn, "ingester-queue" if fn == "ingester" else "jobs-todo", ["jobs-todo", "dead-letter-queue"],
             f"/aws/lambda/{fn}",
-        ) - {PROCESSOR_STOP}
+        ) - PROCESSOR_STOP
         assert extra == {("kms:GenerateDataKey*", f"aws_kms_key:{key}", ""), ("kms:Decrypt", f"aws_kms_key:{key}", "")}, extra
 
 

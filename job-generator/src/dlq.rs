@@ -1214,7 +1214,6 @@ mod tests {
         dl.status = JobStatus::Failed;
         dl.errors[0].code = "forward_failed".into();
         let store = MemoryStore::default();
-        claim(&store, &dl, 1, "m-5").await;
         let fp = jobs_core::store::fingerprint(&dl.job);
         let note = jobs_core::messages::Notification::for_dead_letter(&dl, chrono::Utc::now());
         let end = jobs_core::store::Unforwarded {
@@ -1223,6 +1222,7 @@ mod tests {
             legacy_fingerprint: None,
             holder: "m-5",
             token: "t-5",
+            lease_until: chrono::Utc::now(),
             detail: serde_json::to_value(&note).expect("json"),
             now: chrono::Utc::now(),
         };

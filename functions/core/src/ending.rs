@@ -27,6 +27,9 @@ pub enum Tracking {
     Finish { attempt: u32 },
     /// The end state was recorded by an earlier delivery that did not announce it.
     Recorded,
+    /// The ingester recorded the end on the processor's record (a job it could not
+    /// forward, [`crate::store::JobStore::end_unforwarded`]): the mark goes there.
+    Stopped,
     /// The job has no record of its own (unreadable, or its id belongs to other content).
     Untracked,
 }
@@ -103,10 +106,11 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> EndPorts<'_, Q, T, S> {
                 failed.push(ending.meta.message_id);
                 continue;
             }
-            if ending.tracking != Tracking::Untracked {
+            if let Some(stage) = self.marked_at(ending.tracking) {
                 announced.push((
                     ending.meta.message_id.clone(),
                     ending.notification.job_id.clone(),
+                    stage,
                 ));
             }
             match ending.dead_letter {
@@ -120,14 +124,23 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> EndPorts<'_, Q, T, S> {
         // record for it would make that certain.
         let marks = announced
             .iter()
-            .filter(|(message_id, _)| !failed.contains(message_id))
-            .map(|(_, job_id)| async move {
-                if let Err(e) = self.store.announce(job_id, self.stage, now).await {
+            .filter(|(message_id, ..)| !failed.contains(message_id))
+            .map(|(_, job_id, stage)| async move {
+                if let Err(e) = self.store.announce(job_id, *stage, now).await {
                     warn!(job_id = %job_id, error = %e, "could not mark the end state announced");
                 }
             });
         join_all(marks).await;
         failed
+    }
+
+    /// The stage whose record an announced ending marks, if it has one.
+    fn marked_at(&self, tracking: Tracking) -> Option<Stage> {
+        match tracking {
+            Tracking::Finish { .. } | Tracking::Recorded => Some(self.stage),
+            Tracking::Stopped => Some(Stage::Processor),
+            Tracking::Untracked => None,
+        }
     }
 
     async fn record(&self, ending: &Ending, now: Timestamp) -> Result<(), PortError> {

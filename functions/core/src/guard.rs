@@ -285,7 +285,7 @@ impl<S: JobStore> JobStore for Guarded<S> {
         let call = self.inner.end_unforwarded(end);
         // A lost claim or another content's record is an answer, not a sick table.
         let sick = |r: &Result<_, PortError>| matches!(r, Err(PortError::Unreachable { .. }));
-        self.call("TransactWriteItems", call, sick, Err).await
+        self.call("PutItem", call, sick, Err).await
     }
 
     async fn get(&self, job_id: &str) -> Result<Vec<JobState>, PortError> {

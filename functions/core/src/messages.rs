@@ -344,13 +344,23 @@ impl DeadLetter {
     /// The enriched `job` given up as `FAILED`, with `error` appended to the history it
     /// carried.
     pub fn failed(job: EnrichedJob, error: ErrorEntry) -> DeadLetter {
+        DeadLetter::ended(job, JobStatus::Failed, error)
+    }
+
+    /// The enriched `job` refused as `REJECTED` (its id names other content), with
+    /// `error` appended to the history it carried.
+    pub fn rejected(job: EnrichedJob, error: ErrorEntry) -> DeadLetter {
+        DeadLetter::ended(job, JobStatus::Rejected, error)
+    }
+
+    fn ended(job: EnrichedJob, status: JobStatus, error: ErrorEntry) -> DeadLetter {
         let mut errors = job.errors;
         let (stage, attempts) = (error.stage, error.attempt);
         errors.push(error);
         DeadLetter {
             job_id: job.job_id,
             job_type: Some(job.job_type.as_str().to_owned()),
-            status: JobStatus::Failed,
+            status,
             stage,
             attempts,
             errors,

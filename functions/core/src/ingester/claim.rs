@@ -1,11 +1,15 @@
-//! Claiming a record's job in the job state table, and what the claim's answer makes of
-//! the record: forward it, end it, announce a recorded end, skip a repeat, or leave it
-//! in SQS for later.
+//! What becomes of a record once triaged: a valid job is forwarded as it is; a
+//! rejection is claimed in the job state table, and the claim's answer makes of it an
+//! end, the announcement of a recorded end, a skipped repeat, or a record left in SQS.
+//!
+//! Why a forward needs no record: a job forwarded twice (an event delivered again, or
+//! sent again by its producer) is claimed by the processor under the same rules, so it
+//! still runs and ends once, and a reused id is caught there. Writing an ingester
+//! record for it would cost two writes per job for no guarantee the processor does not
+//! give already.
 
-use super::triage::reject;
 use super::{Action, Ingester, Verdict};
 use crate::ending::{give_back, recorded, Tracking};
-use crate::job::{ErrorCode, Rejection};
 use crate::messages::Stage;
 use crate::ports::{MessageQueue, Topic};
 use crate::record::RecordMeta;
@@ -13,7 +17,9 @@ use crate::store::{Claim, ClaimOutcome, Fingerprints, JobStore, Progress};
 use chrono::{DateTime, Utc};
 
 impl<Q: MessageQueue, T: Topic, S: JobStore> Ingester<Q, T, S> {
-    /// Claims the record's job and decides what to do with it.
+    /// Decides what to do with a record by its verdict: a valid job is forwarded
+    /// without a record of its own (the processor's claim makes it run and end once,
+    /// however often it is forwarded); a rejection is claimed, so it ends once.
     pub(super) async fn claim(
         &self,
         verdict: Verdict,
@@ -21,76 +27,56 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Ingester<Q, T, S> {
         deadline: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Action {
-        let (job_id, content, trace_context) = match &verdict {
-            Verdict::Forward(job, _) => (&job.job_id, &job.job, job.trace_context.as_ref()),
-            Verdict::Reject(dl, _) => (&dl.job_id, &dl.job, dl.trace_context.as_ref()),
+        let (dl, event_time) = match verdict {
+            Verdict::Forward(job, t) => return Action::Forward(job, t),
+            Verdict::Reject(dl, t) => (dl, t),
         };
-        let prints = Fingerprints::of(content);
-        let claim = Claim::for_delivery(meta, job_id, Stage::Ingester, 1, &prints, deadline);
+        let prints = Fingerprints::of(&dl.job);
+        let claim = Claim::for_delivery(meta, &dl.job_id, Stage::Ingester, 1, &prints, deadline);
         let outcome = match self.store.claim(&claim, now).await {
             Ok(outcome) => outcome,
             Err(e) => {
                 // The claim may have taken effect with its answer lost: give it back
                 // (only if it holds this delivery's token), so the next delivery takes
                 // the job at once instead of waiting for the lease.
-                give_back(&self.store, Stage::Ingester, job_id, 1, meta, now).await;
-                return Action::Later(job_id.clone(), e.to_string());
+                give_back(&self.store, Stage::Ingester, &dl.job_id, 1, meta, now).await;
+                return Action::Later(dl.job_id, e.to_string());
             }
         };
+        let job_id = dl.job_id.clone();
         match outcome {
-            ClaimOutcome::Claimed => match verdict {
-                Verdict::Forward(job, t) => Action::Forward(job, t),
-                Verdict::Reject(dl, t) => Action::End(dl, Tracking::Finish { attempt: 1 }, t),
-            },
+            ClaimOutcome::Claimed => Action::End(dl, Tracking::Finish { attempt: 1 }, event_time),
             ClaimOutcome::Duplicate {
                 progress: Progress::Done(Some(_)),
                 announced: false,
-            } => match recorded(&self.store, Stage::Ingester, job_id, content, trace_context).await
-            {
-                Ok(Some((n, dl))) => Action::Announce(n, dl),
-                Ok(None) => Action::Repeat(job_id.clone(), "duplicate"),
-                Err(e) => Action::Later(job_id.clone(), e.to_string()),
-            },
-            ClaimOutcome::Duplicate { .. } => Action::Repeat(job_id.clone(), "duplicate"),
-            ClaimOutcome::Stale => Action::Repeat(job_id.clone(), "stale"),
+            } => {
+                let trace_context = dl.trace_context.as_ref();
+                match recorded(
+                    &self.store,
+                    Stage::Ingester,
+                    &job_id,
+                    &dl.job,
+                    trace_context,
+                )
+                .await
+                {
+                    Ok(Some((n, letter))) => Action::Announce(n, letter),
+                    Ok(None) => Action::Repeat(job_id, "duplicate"),
+                    Err(e) => Action::Later(job_id, e.to_string()),
+                }
+            }
+            ClaimOutcome::Duplicate { .. } => Action::Repeat(job_id, "duplicate"),
+            ClaimOutcome::Stale => Action::Repeat(job_id, "stale"),
             ClaimOutcome::Busy { until } => Action::Later(
-                job_id.clone(),
+                job_id,
                 format!("another delivery holds the job until {until}"),
             ),
             ClaimOutcome::Held { until } => Action::Later(
-                job_id.clone(),
+                job_id,
                 format!("an earlier delivery of this record holds the job until {until}"),
             ),
-            // Another job owns the id; this one is rejected without touching its record.
-            ClaimOutcome::Conflict { fingerprint } => {
-                id_reused(verdict, &fingerprint, &prints.current, meta, now)
-            }
+            // Another job owns the id: this rejection ends without touching its record.
+            ClaimOutcome::Conflict { .. } => Action::End(dl, Tracking::Untracked, event_time),
         }
-    }
-}
-
-/// The verdict on a job whose id another job's record holds: a job that would have
-/// been forwarded is rejected instead, and neither ending touches that record.
-fn id_reused(
-    verdict: Verdict,
-    theirs: &str,
-    ours: &str,
-    meta: &RecordMeta,
-    now: DateTime<Utc>,
-) -> Action {
-    match verdict {
-        Verdict::Forward(job, t) => {
-            let rejection = Rejection::new(
-                ErrorCode::IdReused,
-                Some("id"),
-                format!(
-                    "id {} was already used for a job with different content (fingerprint {theirs}, this one {ours}); send it with a new id",
-                    job.job_id
-                ),
-            );
-            let dl = reject(job.job_id, job.trace_context, job.job, rejection, meta, now);
-            Action::End(dl, Tracking::Untracked, t)
-        }
-        Verdict::Reject(dl, t) => Action::End(dl, Tracking::Untracked, t),
     }
 }

@@ -1,15 +1,17 @@
 //! Forwarding valid jobs to `jobs-todo` in batches, and what becomes of each record
 //! whose forward failed: back to SQS, or, on its last receive, ended `FAILED` unless the
-//! forward reached the processor after all ([`JobStore::end_unforwarded`]).
+//! forward reached the processor after all ([`JobStore::end_unforwarded`]). A forwarded
+//! job has no ingester record, so there is no claim to give back when a forward fails.
 
 use super::{Ingester, Run};
-use crate::ending::{give_back, Ending, Tracking};
+use crate::ending::{Ending, Tracking};
 use crate::messages::{
     DeadLetter, EnrichedJob, ErrorCode, ErrorEntry, JobStatus, Notification, Stage,
 };
 use crate::ports::{send_all, MessageQueue, PortError, Topic};
 use crate::record::{enriched_message, RecordMeta};
 use crate::store::{Fingerprints, Forestalled, JobStore, Unforwarded};
+use crate::Timestamp;
 use chrono::{DateTime, Utc};
 use futures_util::future::join_all;
 use tracing::{info, warn};
@@ -18,16 +20,15 @@ use tracing::{info, warn};
 type LastChance = (RecordMeta, EnrichedJob, PortError);
 
 impl<Q: MessageQueue, T: Topic, S: JobStore> Ingester<Q, T, S> {
-    /// Sends every forward, then settles each record by its result; returns the ids of
-    /// the jobs now on jobs-todo, to be marked forwarded.
-    pub(super) async fn forward(&self, run: &mut Run, now: DateTime<Utc>) -> Vec<String> {
+    /// Sends every forward, then settles each record by its result. A last receive's
+    /// end is announced by `deadline` or by the processor.
+    pub(super) async fn forward(&self, run: &mut Run, deadline: Timestamp, now: Timestamp) {
         let forwards = std::mem::take(&mut run.forwards);
         let outgoing: Vec<_> = forwards
             .iter()
             .map(|(_, job, _)| enriched_message(job))
             .collect();
         let sent = send_all(&self.jobs_todo, &outgoing).await;
-        let mut forwarded = Vec::new();
         let mut last_chances = Vec::new();
         for ((meta, job, producer), result) in forwards.into_iter().zip(sent) {
             match result {
@@ -35,7 +36,6 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Ingester<Q, T, S> {
                     meta.log.in_scope(
                         || info!(job_id = %job.job_id, job_type = %job.job_type, "job forwarded"),
                     );
-                    forwarded.push(job.job_id);
                 }
                 Err(e) => {
                     producer.fail(ErrorCode::ForwardFailed.as_str(), &e.to_string());
@@ -43,36 +43,14 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Ingester<Q, T, S> {
                         meta.log.in_scope(|| warn!(job_id = %job.job_id, error = %e, "forwarding failed on the last attempt; ending the job unless the processor has it"));
                         last_chances.push((meta, job, e));
                     } else {
-                        self.retry_forward(run, meta, &job.job_id, &e, now).await;
+                        retry_forward(run, meta, &job.job_id, &e);
                     }
                 }
             }
             producer.end();
         }
-        self.settle_last_chances(run, last_chances, &mut forwarded, now)
+        self.settle_last_chances(run, last_chances, deadline, now)
             .await;
-        forwarded
-    }
-
-    /// A failed forward with receives left: the claim is given back and SQS retries.
-    async fn retry_forward(
-        &self,
-        run: &mut Run,
-        meta: RecordMeta,
-        job_id: &str,
-        e: &PortError,
-        now: DateTime<Utc>,
-    ) {
-        meta.log
-            .in_scope(|| warn!(job_id = %job_id, error = %e, "forwarding failed; SQS will retry"));
-        if let Some(c) = run.consumer(&meta) {
-            c.fail(
-                ErrorCode::ForwardFailed.as_str(),
-                &format!("{e}; SQS will retry"),
-            );
-        }
-        give_back(&self.store, Stage::Ingester, job_id, 1, &meta, now).await;
-        run.response.add_failure(meta.message_id);
     }
 
     /// Ends the last receives whose forward failed, all at once: each as `FAILED`, as a
@@ -81,13 +59,13 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Ingester<Q, T, S> {
         &self,
         run: &mut Run,
         last_chances: Vec<LastChance>,
-        forwarded: &mut Vec<String>,
-        now: DateTime<Utc>,
+        deadline: Timestamp,
+        now: Timestamp,
     ) {
         let decided = join_all(
             last_chances
                 .into_iter()
-                .map(|(meta, job, e)| self.end_unforwarded(meta, job, e, now)),
+                .map(|(meta, job, e)| self.end_unforwarded(meta, job, e, deadline, now)),
         )
         .await;
         for (meta, job_id, decision) in decided {
@@ -102,14 +80,12 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Ingester<Q, T, S> {
                 }
                 Ok((Forestalled::Taken, _)) => {
                     meta.log.in_scope(|| info!(job_id = %job_id, "the forward had reached jobs-todo: the processor has the job"));
-                    forwarded.push(job_id);
                 }
                 Err(e) => {
                     meta.log.in_scope(|| warn!(job_id = %job_id, error = %e, "could not end the unforwarded job; SQS keeps it"));
                     if let Some(c) = run.consumer(&meta) {
                         c.fail("state_unavailable", &e.to_string());
                     }
-                    give_back(&self.store, Stage::Ingester, &job_id, 1, &meta, now).await;
                     run.response.add_failure(meta.message_id);
                 }
             }
@@ -124,7 +100,8 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Ingester<Q, T, S> {
         meta: RecordMeta,
         job: EnrichedJob,
         error: PortError,
-        now: DateTime<Utc>,
+        deadline: Timestamp,
+        now: Timestamp,
     ) -> (
         RecordMeta,
         String,
@@ -140,13 +117,14 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Ingester<Q, T, S> {
             legacy_fingerprint: Some(&prints.legacy),
             holder: &meta.message_id,
             token: &meta.claim_token,
+            lease_until: deadline,
             detail: serde_json::to_value(&notification).unwrap_or_default(),
             now,
         };
         let decided = self.store.end_unforwarded(&end).await;
         let answer = decided.map(|d| {
             let ending = (d == Forestalled::Ended)
-                .then(|| Ending::new(meta.clone(), notification, Some(letter), Tracking::Recorded));
+                .then(|| Ending::new(meta.clone(), notification, Some(letter), Tracking::Stopped));
             (d, ending)
         });
         (meta, job_id, answer)
@@ -177,4 +155,17 @@ fn forward_failed(
         now,
     );
     DeadLetter::failed(job, error)
+}
+
+/// A failed forward with receives left: SQS retries the record.
+fn retry_forward(run: &mut Run, meta: RecordMeta, job_id: &str, e: &PortError) {
+    meta.log
+        .in_scope(|| warn!(job_id = %job_id, error = %e, "forwarding failed; SQS will retry"));
+    if let Some(c) = run.consumer(&meta) {
+        c.fail(
+            ErrorCode::ForwardFailed.as_str(),
+            &format!("{e}; SQS will retry"),
+        );
+    }
+    run.response.add_failure(meta.message_id);
 }

@@ -2,16 +2,18 @@
 //! forwards valid ones to `jobs-todo` enriched for the processor, and dead-letters
 //! rejections with one `REJECTED` notification each.
 //!
-//! Each job is claimed in the job state table first, so an event delivered again (or
-//! published twice with the same job id) is forwarded or rejected once; a job id reused
-//! for different content is rejected as `job_id_reused`.
+//! A valid job is forwarded without a state record of its own: however often it is
+//! forwarded (an event delivered again, or published twice with the same job id), the
+//! processor's claim runs it and ends it once, and rejects a job id reused for
+//! different content as `job_id_reused`. A rejection is claimed here first, so it is
+//! dead-lettered and announced once.
 //!
 //! Only records whose downstream calls failed are reported as batch item failures,
 //! so SQS retries them alone and the rest of the batch is neither lost nor repeated.
 //!
-//! A batch goes through four phases, each over every record: decide (triage, then the
-//! claim: [`triage`], [`claim`]), open each record's spans, forward ([`forward`]), and
-//! end. A record whose failure is known in one phase is made visible again before the
+//! A batch goes through four phases, each over every record: decide (triage, then a
+//! rejection's claim: [`triage`], [`claim`]), open each record's spans, forward
+//! ([`forward`]), and end. A record whose failure is known in one phase is made visible again before the
 //! next one starts, not after the slowest record of the batch.
 
 mod claim;
@@ -149,10 +151,9 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Ingester<Q, T, S> {
         // waiting for the forwards and endings of the rest; and so on after each phase.
         retry_soon(&self.source, &event.records, &run.failed_since(0)).await;
         let released = run.response.batch_item_failures.len();
-        let forwarded = self.forward(&mut run, now).await;
+        self.forward(&mut run, deadline, now).await;
         retry_soon(&self.source, &event.records, &run.failed_since(released)).await;
         let released = run.response.batch_item_failures.len();
-        self.mark_forwarded(&forwarded, now).await;
         self.end_all(&mut run, now).await;
         for (consumer, _) in run.spans.values() {
             consumer.end();
@@ -234,25 +235,6 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Ingester<Q, T, S> {
                 run.response.add_failure(meta.message_id);
             }
         }
-    }
-
-    /// The job is on jobs-todo: if this mark is lost, a repeated event is forwarded
-    /// again once the claim's lease ends, and the processor's own claim stops it.
-    async fn mark_forwarded(&self, forwarded: &[String], now: DateTime<Utc>) {
-        let marks = forwarded.iter().map(|job_id| async move {
-            let done = crate::store::Finish {
-                job_id: job_id.clone(),
-                stage: Stage::Ingester,
-                attempt: 1,
-                progress: crate::store::Progress::Done(None),
-                detail: None,
-                now,
-            };
-            if let Err(e) = self.store.finish(&done).await {
-                warn!(job_id = %job_id, error = %e, "could not record the forward");
-            }
-        });
-        join_all(marks).await;
     }
 
     /// Ends every record that ends here (rejections, recorded ends, unforwarded jobs).

@@ -136,6 +136,20 @@ async fn a_failed_forward_fails_only_its_record() {
     );
 }
 
+/// The records of `event` that `response` gave back, as SQS delivers them again.
+fn failed_again(event: SqsEvent, response: &SqsBatchResponse) -> SqsEvent {
+    let failed: Vec<_> = response
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.as_str())
+        .collect();
+    let mut again = event;
+    again
+        .records
+        .retain(|r| failed.contains(&r.message_id.as_deref().unwrap_or_default()));
+    again
+}
+
 #[tokio::test]
 async fn a_failed_forward_is_forwarded_when_its_record_comes_back() {
     let ing = ingester(
@@ -143,40 +157,49 @@ async fn a_failed_forward_is_forwarded_when_its_record_comes_back() {
         MemoryQueue::default(),
         MemoryTopic::default(),
     );
-    ing.handle(batch(), now()).await;
+    let first = ing.handle(batch(), now()).await;
     ing.jobs_todo.refuse.lock().expect("lock").clear();
-    // SQS offers the failed record again 15 s later, well inside the claim's lease.
-    let response = ing.handle(batch(), now() + TimeDelta::seconds(15)).await;
+    // SQS offers the failed record again 15 s later.
+    let again = failed_again(batch(), &first);
+    assert_eq!(again.records.len(), 1);
+    let response = ing.handle(again, now() + TimeDelta::seconds(15)).await;
     assert!(response.batch_item_failures.is_empty());
-    assert_eq!(ing.jobs_todo.jobs().len(), 5, "the job is forwarded, once");
+    ended_once(&ing);
+    assert_eq!(ing.jobs_todo.jobs().len(), 5, "each job forwarded once");
 }
 
 #[tokio::test]
-async fn a_record_whose_claim_could_not_be_released_waits_in_sqs() {
+async fn a_rejection_whose_claim_could_not_be_released_waits_in_sqs() {
     let ing = ingester(
-        MemoryQueue::refusing("\"Ada\""),
+        MemoryQueue::default(),
         MemoryQueue::default(),
         MemoryTopic::default(),
     );
+    // The end of one rejection cannot be written; its claim is given back.
+    ing.store.faults.only("UpdateItem");
+    ing.store.faults.refuse_calls(1);
     let first = ing.handle(batch(), now()).await;
     assert_eq!(first.batch_item_failures.len(), 1);
+    let failed = first.batch_item_failures[0].item_identifier.clone();
     // As if the release had been lost: the claim runs until its lease ends.
     for held in ing.store.records.lock().expect("lock").values_mut() {
         if held.progress == crate::store::Progress::InProgress {
             held.lease_until = now() + TimeDelta::seconds(30);
         }
     }
-    ing.jobs_todo.refuse.lock().expect("lock").clear();
-    let again = ing.handle(batch(), now() + TimeDelta::seconds(15)).await;
-    let failed: Vec<_> = again
+    let retried = failed_again(batch(), &first);
+    let again = ing
+        .handle(retried.clone(), now() + TimeDelta::seconds(15))
+        .await;
+    let held: Vec<_> = again
         .batch_item_failures
         .iter()
         .map(|f| f.item_identifier.as_str())
         .collect();
-    assert_eq!(failed, ["msg-0006"], "held in SQS, not dropped");
-    let later = ing.handle(batch(), now() + TimeDelta::seconds(75)).await;
+    assert_eq!(held, [failed.as_str()], "held in SQS, not dropped");
+    let later = ing.handle(retried, now() + TimeDelta::seconds(75)).await;
     assert!(later.batch_item_failures.is_empty());
-    assert_eq!(ing.jobs_todo.jobs().len(), 5);
+    ended_once(&ing);
 }
 
 #[tokio::test]
@@ -201,11 +224,11 @@ async fn unannounced_or_unstored_rejections_are_retried() {
         .iter()
         .all(|n| n.job_id != "msg-0008"));
 
-    // SQS delivers the batch again once both are back: the two retried records end
-    // now, the rest are repeats, and every job has exactly one end state.
+    // SQS delivers the two records again once both are back: they end now, and
+    // every job has exactly one end state.
     ing.dead_letters.refuse.lock().expect("lock").clear();
     ing.topic.refuse.lock().expect("lock").clear();
-    let response = ing.handle(batch(), now()).await;
+    let response = ing.handle(failed_again(batch(), &response), now()).await;
     assert!(response.batch_item_failures.is_empty());
     let mut announced: Vec<_> = ing
         .topic
@@ -222,7 +245,7 @@ async fn unannounced_or_unstored_rejections_are_retried() {
 }
 
 #[tokio::test]
-async fn an_event_delivered_again_is_forwarded_once() {
+async fn an_event_delivered_again_ends_once() {
     let ing = ingester(
         MemoryQueue::default(),
         MemoryQueue::default(),
@@ -233,18 +256,50 @@ async fn an_event_delivered_again_is_forwarded_once() {
     twice.records.extend(batch().records);
     let response = ing.handle(twice, now()).await;
     assert!(response.batch_item_failures.is_empty());
-    assert_eq!(ing.jobs_todo.jobs().len(), 5);
-    assert_eq!(ing.dead_letters.dead_letters().len(), 5);
-    assert_eq!(ing.topic.notifications().len(), 5);
+    // Rejections are claimed here and end once; valid jobs go on each time, for
+    // the processor's claim (`copies_forwarded_again_run_and_end_once`).
+    ended_once(&ing);
+    assert_eq!(ing.jobs_todo.jobs().len(), 15);
 }
 
 #[tokio::test]
-async fn a_reused_id_with_other_content_is_rejected() {
-    let ing = ingester(
-        MemoryQueue::default(),
-        MemoryQueue::default(),
-        MemoryTopic::default(),
+async fn copies_forwarded_again_run_and_end_once() {
+    let store = MemoryStore::default();
+    let ing = ingester_over(crate::testing::Shared(&store));
+    let jobs: Vec<_> = (0..3).map(|i| onboarding(&format!("job-{i}"))).collect();
+    let event = |copy: usize| {
+        let bodies: Vec<_> = jobs
+            .iter()
+            .enumerate()
+            .map(|(i, j)| (format!("m-{i}-{copy}"), event_body(&format!("e-{i}"), j)))
+            .collect();
+        records(&bodies)
+    };
+    // Delivered twice by SQS and published a second time by the producer.
+    for copy in 0..3 {
+        let response = ing.handle(event(copy), now()).await;
+        assert!(response.batch_item_failures.is_empty());
+    }
+    assert_eq!(
+        ing.jobs_todo.jobs().len(),
+        9,
+        "no table call decides a forward"
     );
+    assert!(store.get("job-0").await.expect("store").is_empty());
+    let notes = process_forwarded(&ing, crate::testing::Shared(&store), 0, now()).await;
+    let mut ended = ends(&notes);
+    ended.sort_by(|a, b| a.0.cmp(&b.0));
+    let completed = |id: &str| (id.to_owned(), JobStatus::Completed, vec![]);
+    assert_eq!(
+        ended,
+        [completed("job-0"), completed("job-1"), completed("job-2")]
+    );
+}
+
+#[tokio::test]
+async fn a_reused_id_with_other_content_is_rejected_by_the_processor() {
+    let store = MemoryStore::default();
+    let ing = ingester_over(crate::testing::Shared(&store));
     let event = |user: &str| -> SqsEvent {
         let detail = serde_json::json!({"id": "job-42", "job_type": "user_onboarding",
             "message": {"user_id": "1", "user_name": user}});
@@ -253,22 +308,34 @@ async fn a_reused_id_with_other_content_is_rejected() {
         .expect("event")
     };
     ing.handle(event("Ada"), now()).await;
+    let first = run_forwarded(&ing, crate::testing::Shared(&store), 0, now()).await;
     ing.handle(event("Bob"), now()).await;
-    assert_eq!(ing.jobs_todo.jobs().len(), 1);
-    let dead = ing.dead_letters.dead_letters();
+    assert_eq!(ing.jobs_todo.jobs().len(), 2, "both valid, both forwarded");
+    let second = run_forwarded(&ing, crate::testing::Shared(&store), 1, now()).await;
+    let completed = ("job-42".to_owned(), JobStatus::Completed, vec![]);
+    assert_eq!(ends(&first.topic.notifications()), [completed]);
+    let reused = (
+        "job-42".to_owned(),
+        JobStatus::Rejected,
+        vec!["job_id_reused".to_owned()],
+    );
+    assert_eq!(ends(&second.topic.notifications()), [reused]);
+    let dead = second.dead_letters.dead_letters();
     assert_eq!(dead.len(), 1);
     assert_eq!(
         (
             dead[0].last_error_code(),
-            dead[0].errors[0].field.as_deref()
+            dead[0].errors[0].field.as_deref(),
+            dead[0].status,
         ),
-        ("job_id_reused", Some("id"))
+        ("job_id_reused", Some("id"), JobStatus::Rejected)
     );
     assert_eq!(dead[0].job["message"]["user_name"], "Bob");
+    assert!(ing.dead_letters.dead_letters().is_empty());
 }
 
 #[tokio::test]
-async fn an_unreachable_state_table_leaves_every_record_in_sqs() {
+async fn an_unreachable_state_table_leaves_every_rejection_in_sqs() {
     let ing = ingester(
         MemoryQueue::default(),
         MemoryQueue::default(),
@@ -278,8 +345,18 @@ async fn an_unreachable_state_table_leaves_every_record_in_sqs() {
         .down
         .store(true, std::sync::atomic::Ordering::SeqCst);
     let response = ing.handle(batch(), now()).await;
-    assert_eq!(response.batch_item_failures.len(), 10);
-    assert!(ing.jobs_todo.jobs().is_empty());
+    let mut failed: Vec<_> = response
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.as_str())
+        .collect();
+    failed.sort();
+    assert_eq!(
+        failed,
+        ["msg-0004", "msg-0005", "msg-0007", "msg-0008", "msg-0009"],
+        "the rejections"
+    );
+    assert_eq!(ing.jobs_todo.jobs().len(), 5, "valid jobs need no table");
     assert!(ing.topic.notifications().is_empty());
 }
 
@@ -344,11 +421,8 @@ const TP_C: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
 
 #[tokio::test]
 async fn a_copy_re_sent_with_a_fresh_trace_context_is_the_same_job() {
-    let ing = ingester(
-        MemoryQueue::default(),
-        MemoryQueue::default(),
-        MemoryTopic::default(),
-    );
+    let store = MemoryStore::default();
+    let ing = ingester_over(crate::testing::Shared(&store));
     let job = onboarding("job-7");
     let mut a = job.clone();
     a["trace_context"] = serde_json::json!({"traceparent": TP_A});
@@ -365,20 +439,21 @@ async fn a_copy_re_sent_with_a_fresh_trace_context_is_the_same_job() {
             .await;
         assert!(response.batch_item_failures.is_empty());
     }
-    assert_eq!(ing.jobs_todo.jobs().len(), 1, "forwarded once");
-    assert!(
-        ing.dead_letters.bodies().is_empty(),
-        "copies are not id reuse: {:?}",
-        ing.dead_letters.bodies()
+    // `process_forwarded` checks that no copy is dead-lettered as id reuse.
+    let copies = process_forwarded(&ing, crate::testing::Shared(&store), 0, now()).await;
+    assert_eq!(
+        ends(&copies),
+        [("job-7".to_owned(), JobStatus::Completed, vec![])],
+        "three copies, one end"
     );
-    assert!(ing.topic.notifications().is_empty());
     // Other content under the same id still is.
     let mut other = onboarding("job-7");
     other["message"]["user_name"] = Value::from("Bob");
     other["trace_context"] = serde_json::json!({"traceparent": TP_A});
     ing.handle(records(&[("m9".into(), event_body("e9", &other))]), now())
         .await;
-    let dead = ing.dead_letters.dead_letters();
+    let p = run_forwarded(&ing, crate::testing::Shared(&store), 3, now()).await;
+    let dead = p.dead_letters.dead_letters();
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].last_error_code(), "job_id_reused");
 }
@@ -623,7 +698,9 @@ async fn two_copies_in_one_batch_claim_the_job_once_whatever_the_table_answers()
     assert!(response.batch_item_failures.is_empty());
     assert_eq!(ing.dead_letters.dead_letters().len(), 1, "one dead letter");
     assert_eq!(ing.topic.notifications().len(), 1, "one notification");
-    assert_eq!(ing.jobs_todo.jobs().len(), 1, "one forward");
+    // Both copies of the valid job go on: the processor's claim takes one
+    // (`processor::tests::two_copies_in_one_batch_run_once_whatever_the_table_answers`).
+    assert_eq!(ing.jobs_todo.jobs().len(), 2, "both forwards");
 }
 
 #[tokio::test]
@@ -647,10 +724,15 @@ async fn forwards_in_batches_of_ten() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_record_whose_claim_is_held_goes_back_before_the_slow_forward_of_the_rest() {
+async fn a_rejection_whose_claim_is_held_goes_back_before_the_slow_forward_of_the_rest() {
+    // job-held lacks its user_name: a rejection, claimed; job-ok is forwarded.
     let detail = |id: &str| {
-        serde_json::json!({"id": id, "job_type": "user_onboarding",
-            "message": {"user_id": "1", "user_name": "A"}})
+        let mut d = serde_json::json!({"id": id, "job_type": "user_onboarding",
+            "message": {"user_id": "1", "user_name": "A"}});
+        if id == "job-held" {
+            d["message"].as_object_mut().map(|m| m.remove("user_name"));
+        }
+        d
     };
     let records: Vec<_> = ["held", "ok"]
         .iter()
@@ -711,6 +793,10 @@ async fn a_record_whose_claim_is_held_goes_back_before_the_slow_forward_of_the_r
     let response = handling.await;
     assert_eq!(response.batch_item_failures.len(), 1);
     assert_eq!(ing.jobs_todo.jobs().len(), 1);
+    assert!(
+        ing.dead_letters.dead_letters().is_empty(),
+        "held, not ended"
+    );
 }
 
 /// An ingester over another store, for the claim-token tests.
@@ -730,10 +816,13 @@ fn ingester_over<S: JobStore>(store: S) -> Ingester<MemoryQueue, MemoryTopic, S>
     }
 }
 
-/// Each of the fixture's ten records handled once: five forwarded, five rejected.
+/// Each of the fixture's ten records handled: its five valid jobs forwarded (some
+/// perhaps more than once, for the processor's claim to end once), and its five
+/// rejections each dead-lettered and announced once.
 fn ended_once<S: JobStore>(ing: &Ingester<MemoryQueue, MemoryTopic, S>) {
     let mut forwarded: Vec<_> = ing.jobs_todo.jobs().into_iter().map(|j| j.job_id).collect();
     forwarded.sort();
+    forwarded.dedup();
     assert_eq!(
         forwarded,
         ["evt-0000", "evt-0001", "evt-0002", "evt-0003", "given-id-7"]
@@ -768,10 +857,12 @@ async fn a_lost_batched_claim_answer_is_given_back_so_the_next_delivery_goes_at_
     let ing = ingester_over(Batching::new(MemoryStore::default()));
     ing.store.inner().faults.lose_answers(1);
     let response = ing.handle(batch(), now()).await;
-    assert_eq!(response.batch_item_failures.len(), 10);
-    assert!(ing.jobs_todo.jobs().is_empty() && ing.topic.notifications().is_empty());
-    // The next deliveries, 15 s later and inside the 30 s lease.
-    let response = ing.handle(batch(), now() + TimeDelta::seconds(15)).await;
+    // The five rejections' claims went in that one call.
+    assert_eq!(response.batch_item_failures.len(), 5);
+    assert!(ing.dead_letters.dead_letters().is_empty() && ing.topic.notifications().is_empty());
+    // Their next deliveries, 15 s later and inside the 30 s lease.
+    let again = failed_again(batch(), &response);
+    let response = ing.handle(again, now() + TimeDelta::seconds(15)).await;
     assert!(
         response.batch_item_failures.is_empty(),
         "taken at once, not after the lease: {:?}",
@@ -787,7 +878,8 @@ async fn a_lost_claim_answer_is_given_back_so_the_next_delivery_goes_at_once() {
     ing.store.faults.lose_answers(1);
     let response = ing.handle(batch(), now()).await;
     assert_eq!(response.batch_item_failures.len(), 1);
-    let response = ing.handle(batch(), now() + TimeDelta::seconds(15)).await;
+    let again = failed_again(batch(), &response);
+    let response = ing.handle(again, now() + TimeDelta::seconds(15)).await;
     assert!(
         response.batch_item_failures.is_empty(),
         "taken at once, not after the lease: {:?}",
@@ -825,13 +917,27 @@ fn delivery(message_id: &str, detail: &Value, receive: u32) -> SqsEvent {
 }
 
 /// The processor handles every message the ingester put on `jobs-todo` (from
-/// `from` on), each as SQS delivers it: returns what it announced.
+/// `from` on), each as SQS delivers it, and none is dead-lettered: returns what it
+/// announced.
 async fn process_forwarded<S: JobStore>(
     ing: &Ingester<MemoryQueue, MemoryTopic, S>,
     store: S,
     from: usize,
     at: DateTime<Utc>,
 ) -> Vec<Notification> {
+    let p = run_forwarded(ing, store, from, at).await;
+    assert!(p.dead_letters.dead_letters().is_empty());
+    p.topic.notifications()
+}
+
+/// The processor that handled every message the ingester put on `jobs-todo` (from
+/// `from` on), with nothing left in SQS.
+async fn run_forwarded<S: JobStore>(
+    ing: &Ingester<MemoryQueue, MemoryTopic, S>,
+    store: S,
+    from: usize,
+    at: DateTime<Utc>,
+) -> crate::processor::Processor<MemoryQueue, MemoryTopic, S> {
     let p = processor_over(store);
     let bodies: Vec<(String, String)> = ing.jobs_todo.bodies()[from..]
         .iter()
@@ -848,8 +954,7 @@ async fn process_forwarded<S: JobStore>(
         "{:?}",
         response.batch_item_failures
     );
-    assert!(p.dead_letters.dead_letters().is_empty());
-    p.topic.notifications()
+    p
 }
 
 fn ends(notes: &[Notification]) -> Vec<(String, JobStatus, Vec<String>)> {
@@ -904,16 +1009,60 @@ async fn a_forward_whose_answer_was_lost_on_the_last_receive_ends_failed_once() 
     assert!(
         processor
             .iter()
-            .all(|r| r.progress == Progress::Done(Some(JobStatus::Failed))),
-        "{processor:?}"
+            .all(|r| r.progress == Progress::Done(Some(JobStatus::Failed)) && r.announced),
+        "one record, marked announced by the ingester: {processor:?}"
     );
 }
 
 #[tokio::test]
+async fn an_unforwarded_end_the_ingester_could_not_announce_is_announced_once_later() {
+    // The last receive's forward answer is lost and SNS refuses the FAILED end: it
+    // stays recorded on the processor's record, unannounced, and SQS moves the record
+    // to the DLQ as it was (stranded).
+    let store = MemoryStore::default();
+    let ing = ingester_over(crate::testing::Shared(&store));
+    ing.jobs_todo.faults.lose_answers(1);
+    ing.topic.refuse.lock().expect("lock").push("job-5".into());
+    let response = ing
+        .handle(delivery("m-1", &onboarding("job-5"), 5), now())
+        .await;
+    assert_eq!(response.batch_item_failures.len(), 1);
+    assert_eq!(ends(&ing.topic.notifications()), []);
+    // The forward's copy, arriving while the ingester could still announce, is dropped.
+    let during = run_forwarded(
+        &ing,
+        crate::testing::Shared(&store),
+        0,
+        now() + TimeDelta::seconds(5),
+    )
+    .await;
+    assert_eq!(ends(&during.topic.notifications()), [], "announced twice");
+    // An operator redrives the stranded event: the processor announces the end.
+    ing.topic.refuse.lock().expect("lock").clear();
+    let later = now() + TimeDelta::seconds(120);
+    ing.handle(delivery("m-redriven", &onboarding("job-5"), 1), later)
+        .await;
+    let after = run_forwarded(&ing, crate::testing::Shared(&store), 1, later).await;
+    let failed = (
+        "job-5".to_owned(),
+        JobStatus::Failed,
+        vec!["forward_failed".to_owned()],
+    );
+    assert_eq!(
+        ends(&after.topic.notifications()),
+        [failed],
+        "announced once"
+    );
+    assert_eq!(ends(&ing.topic.notifications()), []);
+    let records = store.get("job-5").await.expect("store");
+    assert!(records.iter().all(|r| r.announced), "{records:?}");
+}
+
+#[tokio::test]
 async fn a_forward_the_processor_ran_before_the_last_receive_ends_completed_once() {
-    // Receive 4: forwarded, answer lost, given back. The processor runs the copy.
+    // Receive 4: forwarded, answer lost, back to SQS. The processor runs the copy.
     // Receive 5: forwarded again, answer lost again: the processor has the job, so
-    // the ingester records the forward instead of announcing FAILED.
+    // the ingester leaves it to the processor instead of announcing FAILED.
     let store = MemoryStore::default();
     let ing = ingester_over(crate::testing::Shared(&store));
     ing.jobs_todo.faults.lose_answers(2);
@@ -939,24 +1088,28 @@ async fn a_forward_the_processor_ran_before_the_last_receive_ends_completed_once
         "FAILED announced after COMPLETED"
     );
     assert!(ing.dead_letters.dead_letters().is_empty());
-    let ingester_record = store.get("job-6").await.expect("store");
-    assert!(ingester_record
-        .iter()
-        .any(|r| r.stage == Stage::Ingester && r.progress == Progress::Done(None)));
+    let records = store.get("job-6").await.expect("store");
+    let kept: Vec<_> = records.iter().map(|r| (r.stage, r.progress)).collect();
+    let completed = Progress::Done(Some(JobStatus::Completed));
+    assert_eq!(
+        kept,
+        [(Stage::Processor, completed)],
+        "the job's one record"
+    );
     let second = process_forwarded(&ing, crate::testing::Shared(&store), 1, t2).await;
     assert_eq!(ends(&second), [], "the second copy ran again");
 }
 
 #[tokio::test]
 async fn an_unforwarded_job_whose_ending_could_not_be_written_stays_in_sqs() {
-    // Forward refused, then the table refuses the ending's transaction: nothing is
+    // Forward refused, then the table refuses the ending's write: nothing is
     // announced, the record goes back to SQS (and so to its DLQ as it was).
     let ing = ingester(
         MemoryQueue::refusing("job-8"),
         MemoryQueue::default(),
         MemoryTopic::default(),
     );
-    ing.store.faults.only("TransactWriteItems");
+    ing.store.faults.only("PutItem");
     ing.store.faults.refuse_calls(1);
     let response = ing
         .handle(delivery("m-8", &onboarding("job-8"), 5), now())
@@ -970,11 +1123,5 @@ async fn an_unforwarded_job_whose_ending_could_not_be_written_stays_in_sqs() {
     assert_eq!(ends(&ing.topic.notifications()), []);
     assert!(ing.dead_letters.dead_letters().is_empty());
     let records = ing.store.get("job-8").await.expect("store");
-    assert_eq!(records.len(), 1, "{records:?}");
-    assert_eq!(records[0].progress, Progress::InProgress);
-    assert_eq!(
-        records[0].lease_until,
-        DateTime::<Utc>::UNIX_EPOCH,
-        "given back"
-    );
+    assert!(records.is_empty(), "nothing written: {records:?}");
 }

@@ -16,7 +16,7 @@
 //! claimed on its own, under the full rules), finishes and announcements as
 //! conditional `UPDATE`s.
 
-use crate::messages::{JobStatus, Stage};
+use crate::messages::Stage;
 use crate::ports::PortError;
 use crate::store::{
     decide, decide_reopen, decide_unforwarded, lost_claim, same_claim, stop_record, Claim,
@@ -28,7 +28,6 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::{
     AttributeValue, BatchStatementErrorCodeEnum, BatchStatementRequest, BatchStatementResponse,
-    Put, TransactWriteItem, Update,
 };
 use aws_sdk_dynamodb::Client;
 use chrono::{TimeZone, Utc};
@@ -555,52 +554,26 @@ impl JobStore for DynamoStore {
         }
     }
 
-    /// One `TransactWriteItems`: the ingester's record ended (while its attempt holds
-    /// it) and the processor's stop put (while it has no record). Its
-    /// `ClientRequestToken` is the claim token, so DynamoDB treats the SDK's retry of a
-    /// call whose answer was lost as the same call; if the transaction is cancelled
-    /// anyway, the processor's record says why.
+    /// One conditional `PutItem` of the processor's stop, while the processor has no
+    /// record of the job. If the condition fails, the processor's record says why: the
+    /// stop this very call wrote before its answer was lost (the SDK's retry), or the
+    /// processor's own record of the job.
     async fn end_unforwarded(&self, end: &Unforwarded<'_>) -> Result<Forestalled, PortError> {
-        const OP: &str = "TransactWriteItems";
-        let refused = |e: aws_sdk_dynamodb::error::BuildError| PortError::Refused {
-            operation: OP,
-            message: e.to_string(),
-        };
-        let ended = Update::builder()
-            .table_name(&self.table)
-            .key("pk", s(key(Stage::Ingester, end.job_id)))
-            .update_expression("SET progress = :p, detail = :d, updated_ms = :u, expires_at = :x")
-            .condition_expression("attempt = :attempt AND progress = :in_progress")
-            .expression_attribute_values(":p", s(Progress::Done(Some(JobStatus::Failed)).as_str()))
-            .expression_attribute_values(":d", s(end.detail.to_string()))
-            .expression_attribute_values(":u", n(end.now.timestamp_millis()))
-            .expression_attribute_values(":x", n(expires_at(end.now)))
-            .expression_attribute_values(":attempt", n(1))
-            .expression_attribute_values(":in_progress", s(Progress::InProgress.as_str()))
-            .build()
-            .map_err(refused)?;
-        let stop_item = to_item(&stop_record(end));
-        let put = Put::builder()
-            .table_name(&self.table)
-            .set_item(Some(stop_item))
-            .condition_expression("attribute_not_exists(pk)")
-            .build()
-            .map_err(refused)?;
-        let sent = self
+        const OP: &str = "PutItem";
+        let put = self
             .client
-            .transact_write_items()
-            .transact_items(TransactWriteItem::builder().update(ended).build())
-            .transact_items(TransactWriteItem::builder().put(put).build())
-            .set_client_request_token((!end.token.is_empty()).then(|| end.token.to_owned()))
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(to_item(&stop_record(end))))
+            .condition_expression("attribute_not_exists(pk)")
             .send()
             .await;
-        match sent {
+        match put {
             Ok(_) => Ok(Forestalled::Ended),
-            Err(e) if e.code() == Some("TransactionCanceledException") => {
+            Err(e) if is_condition_failure(&e) => {
                 match self.read(end.job_id, Stage::Processor).await? {
                     Some(processor) => decide_unforwarded(&processor, end),
-                    // Nothing stopped it at the processor: the ingester's attempt no
-                    // longer holds the job, or another write raced this one.
+                    // Deleted in between (its TTL): nothing to decide on yet.
                     None => Err(lost_claim(OP, end.job_id)),
                 }
             }

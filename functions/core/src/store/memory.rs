@@ -237,25 +237,10 @@ impl JobStore for MemoryStore {
     }
 
     async fn end_unforwarded(&self, end: &Unforwarded<'_>) -> Result<Forestalled, PortError> {
-        self.call("TransactWriteItems", |records| {
+        self.call("PutItem", |records| {
             if let Some(processor) = records.get(&key_of(end.job_id, Stage::Processor)) {
                 return decide_unforwarded(processor, end);
             }
-            let Some(ingester) = records
-                .get_mut(&key_of(end.job_id, Stage::Ingester))
-                .filter(|r| holds(Some(&**r), 1))
-            else {
-                return Err(lost_claim("TransactWriteItems", end.job_id));
-            };
-            let failed = Finish {
-                job_id: end.job_id.to_owned(),
-                stage: Stage::Ingester,
-                attempt: 1,
-                progress: Progress::Done(Some(JobStatus::Failed)),
-                detail: Some(end.detail.clone()),
-                now: end.now,
-            };
-            apply_finish(ingester, &failed);
             records.insert(key_of(end.job_id, Stage::Processor), stop_record(end));
             Ok(Forestalled::Ended)
         })

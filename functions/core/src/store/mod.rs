@@ -246,9 +246,9 @@ pub trait JobStore: Send + Sync {
     /// checks only the message id.
     async fn release(&self, release: &Release<'_>, now: Timestamp) -> Result<(), PortError>;
 
-    /// Ends, at the ingester, a job whose forward failed on its record's last receive,
-    /// in one transaction with a stop for the processor, so the job cannot end twice if
-    /// the forward did reach `jobs-todo` (its answer lost): see [`Unforwarded`].
+    /// Ends a job the ingester could not forward on its record's last receive, on the
+    /// processor's record and only if the processor has none yet, so the job cannot end
+    /// twice if the forward did reach `jobs-todo` (its answer lost): see [`Unforwarded`].
     async fn end_unforwarded(&self, end: &Unforwarded<'_>) -> Result<Forestalled, PortError>;
 
     /// Every stage's record of a job, for operators.
@@ -260,24 +260,29 @@ pub trait JobStore: Send + Sync {
 ///
 /// A failed forward may still have reached `jobs-todo` (the answer lost after SQS took
 /// the message, or the call cut off by the invocation's end), so announcing `FAILED`
-/// alone could contradict a `COMPLETED` from the processor later. So, in one
-/// transaction, the ingester's record ends `FAILED` and the processor's record is
-/// written as a *stop*: ended `FAILED` at attempt 0 with the same end, already
-/// announced (the ingester announces it), so a forwarded copy that arrives later finds
-/// the job ended and is dropped. The stop is written only if the processor has no
-/// record of the job yet: if it has one, the forward reached it and the processor ends
-/// the job ([`Forestalled::Taken`]). A redrive of the job's dead letter reopens both.
+/// alone could contradict a `COMPLETED` from the processor later. So the end is written
+/// as the processor's record (a *stop*: ended `FAILED` at attempt 0), and only if the
+/// processor has no record of the job yet: a forwarded copy that arrives later finds
+/// the job ended. While the ingester's lease lasts the copy is dropped (the ingester
+/// is announcing); after it, the copy announces the end if the ingester could not (its
+/// record went to the DLQ). If the processor has a record, the forward reached it and
+/// the processor ends the job ([`Forestalled::Taken`]). The ingester has no record of
+/// a job it forwards, so this is the job's only record, and a redrive of its dead
+/// letter reopens it.
 #[derive(Debug, Clone)]
 pub struct Unforwarded<'a> {
     pub job_id: &'a str,
     /// [`fingerprint`] of the job's content, and its [`legacy_fingerprint`].
     pub fingerprint: &'a str,
     pub legacy_fingerprint: Option<&'a str>,
-    /// The ingester's claim: the SQS message id and claim token of this delivery. The
-    /// stop keeps them, so this very call sent again finds its own write.
+    /// The ingester's delivery: its SQS message id and claim token. The stop keeps
+    /// them, so this very call sent again finds its own write.
     pub holder: &'a str,
     pub token: &'a str,
-    /// The end (the `FAILED` notification), kept on both records.
+    /// Until when the ingester announces the end (its invocation's deadline): a
+    /// forwarded copy arriving before then is dropped, not announced a second time.
+    pub lease_until: Timestamp,
+    /// The end (the `FAILED` notification).
     pub detail: Value,
     pub now: Timestamp,
 }
@@ -285,17 +290,18 @@ pub struct Unforwarded<'a> {
 /// What [`JobStore::end_unforwarded`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Forestalled {
-    /// Both records hold the `FAILED` end: announce it.
+    /// The processor's record holds the `FAILED` end: announce it.
     Ended,
     /// The processor already has a record of the job (the forward reached it): the
-    /// processor ends the job, and the ingester records the forward instead.
+    /// processor ends the job, and the ingester's record of the event is done.
     Taken,
 }
 
 /// The attempt a processor stop ([`Unforwarded`]) is written at: below any real one.
 pub const STOP_ATTEMPT: u32 = 0;
 
-/// The processor's record an [`Unforwarded`] end writes.
+/// The processor's record an [`Unforwarded`] end writes: not yet announced, and held
+/// by the ingester's delivery until it has announced.
 pub fn stop_record(end: &Unforwarded<'_>) -> JobState {
     JobState {
         job_id: end.job_id.to_owned(),
@@ -303,10 +309,10 @@ pub fn stop_record(end: &Unforwarded<'_>) -> JobState {
         progress: Progress::Done(Some(JobStatus::Failed)),
         fingerprint: end.fingerprint.to_owned(),
         attempt: STOP_ATTEMPT,
-        lease_until: Timestamp::UNIX_EPOCH,
+        lease_until: end.lease_until,
         holder: end.holder.to_owned(),
         token: end.token.to_owned(),
-        announced: true,
+        announced: false,
         detail: Some(end.detail.clone()),
         updated_at: end.now,
         expires_at: end.now + RETENTION,
@@ -314,7 +320,7 @@ pub fn stop_record(end: &Unforwarded<'_>) -> JobState {
 }
 
 /// Decides an [`Unforwarded`] end against the processor's record, when one exists
-/// (the transaction wrote nothing): this very end's own stop (written by an earlier
+/// (the conditional put wrote nothing): this very end's own stop (written by an earlier
 /// send of the same call whose answer was lost) is [`Forestalled::Ended`]; any record
 /// of the same job means the processor took it. A record of other content under the
 /// id is no sign of this job: refused, so the record stays in SQS untouched.
@@ -337,7 +343,7 @@ pub fn decide_unforwarded(
         return Ok(Forestalled::Taken);
     }
     Err(PortError::Refused {
-        operation: "TransactWriteItems",
+        operation: "PutItem",
         message: format!(
             "job {} has a processor record of other content (fingerprint {}); left for an operator",
             end.job_id, processor.fingerprint

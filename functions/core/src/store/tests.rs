@@ -515,17 +515,6 @@ fn progress_round_trips_through_its_name() {
     }
 }
 
-/// The ingester's claim of `job-1`, on delivery `m1` with token `t1`.
-async fn claimed_at_the_ingester(store: &MemoryStore, fp: &str) {
-    let mut c = claim(fp, 1, 60);
-    c.stage = Stage::Ingester;
-    c.token = "t1";
-    assert_eq!(
-        store.claim(&c, at(0)).await.expect("store"),
-        ClaimOutcome::Claimed
-    );
-}
-
 fn unforwarded<'a>(fp: &'a str, token: &'a str) -> Unforwarded<'a> {
     Unforwarded {
         job_id: "job-1",
@@ -533,15 +522,23 @@ fn unforwarded<'a>(fp: &'a str, token: &'a str) -> Unforwarded<'a> {
         legacy_fingerprint: None,
         holder: "m1",
         token,
+        lease_until: at(30),
         detail: json!({"status": "FAILED"}),
         now: at(1),
+    }
+}
+
+/// A forwarded copy of `job-1` on jobs-todo (another message than the ingester's).
+fn forwarded_copy(fp: &str) -> Claim<'_> {
+    Claim {
+        holder: "todo-1",
+        ..claim(fp, 1, 120)
     }
 }
 
 #[tokio::test]
 async fn an_unforwarded_end_stops_the_processor_and_its_lost_answer_is_found_again() {
     let store = MemoryStore::default();
-    claimed_at_the_ingester(&store, "a").await;
     store.faults.lose_answers(1);
     assert!(store
         .end_unforwarded(&unforwarded("a", "t1"))
@@ -555,57 +552,78 @@ async fn an_unforwarded_end_stops_the_processor_and_its_lost_answer_is_found_aga
     assert_eq!(
         records
             .iter()
-            .map(|r| (r.stage, r.progress, r.attempt))
+            .map(|r| (r.stage, r.progress, r.attempt, r.announced))
             .collect::<Vec<_>>(),
-        [
-            (Stage::Ingester, ended, 1),
-            (Stage::Processor, ended, STOP_ATTEMPT)
-        ]
+        [(Stage::Processor, ended, STOP_ATTEMPT, false)],
+        "the job's one record"
     );
-    // A forwarded copy (attempt 1) finds the job ended and announced by the ingester.
+    // A forwarded copy arriving while the ingester announces is dropped...
     assert_eq!(
         store
-            .claim(&claim("a", 1, 120), at(2))
+            .claim(&forwarded_copy("a"), at(2))
+            .await
+            .expect("store"),
+        ClaimOutcome::Stale
+    );
+    // ...and one arriving after an ingester that could not announce announces it.
+    assert_eq!(
+        store
+            .claim(&forwarded_copy("a"), at(31))
+            .await
+            .expect("store"),
+        ClaimOutcome::Duplicate {
+            progress: ended,
+            announced: false
+        }
+    );
+    store
+        .announce("job-1", Stage::Processor, at(3))
+        .await
+        .expect("store");
+    assert_eq!(
+        store
+            .claim(&forwarded_copy("a"), at(4))
             .await
             .expect("store"),
         ClaimOutcome::Duplicate {
             progress: ended,
             announced: true
-        }
+        },
+        "announced once, by whoever got there"
     );
 }
 
 #[tokio::test]
 async fn an_unforwarded_end_leaves_a_job_the_processor_holds_to_the_processor() {
     let store = MemoryStore::default();
-    claimed_at_the_ingester(&store, "a").await;
     store.claim(&claim("a", 1, 60), at(0)).await.expect("store");
     let answer = store.end_unforwarded(&unforwarded("a", "t1")).await;
     assert_eq!(answer.expect("store"), Forestalled::Taken);
-    let ingester = store.get("job-1").await.expect("store");
+    let records = store.get("job-1").await.expect("store");
     assert_eq!(
-        ingester[0].progress,
-        Progress::InProgress,
-        "untouched: {ingester:?}"
+        (records.len(), records[0].progress),
+        (1, Progress::InProgress),
+        "untouched: {records:?}"
     );
-    // Another content's processor record says nothing of this job: refused.
+    // Another content's processor record says nothing of this job: refused, and
+    // nothing written.
     let other = MemoryStore::default();
-    claimed_at_the_ingester(&other, "a").await;
     other.claim(&claim("b", 1, 60), at(0)).await.expect("store");
     assert!(other
         .end_unforwarded(&unforwarded("a", "t1"))
         .await
         .is_err());
-    // And an ingester attempt that no longer holds the job writes nothing.
-    let lost = MemoryStore::default();
-    assert!(lost.end_unforwarded(&unforwarded("a", "t1")).await.is_err());
-    assert!(lost.get("job-1").await.expect("store").is_empty());
+    let kept = other.get("job-1").await.expect("store");
+    assert_eq!(
+        (kept.len(), kept[0].fingerprint.as_str()),
+        (1, "b"),
+        "{kept:?}"
+    );
 }
 
 #[tokio::test]
 async fn a_redrive_of_the_unforwarded_letter_reopens_its_stop_once() {
     let store = MemoryStore::default();
-    claimed_at_the_ingester(&store, "a").await;
     let mut end = unforwarded("a", "t1");
     let error = ErrorEntry::new(Stage::Ingester, "forward_failed".into(), "lost", 5, at(1));
     end.detail = json!({"errors": [error]});
