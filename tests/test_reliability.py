@@ -232,8 +232,9 @@ def test_every_job_has_exactly_one_end_state_under_mixed_load(pipeline, tmp_path
 
 
 def test_records_wait_in_sqs_while_a_dependency_is_down(pipeline):
-    """The job state table deleted: nothing can be claimed, so every record is reported
-    as a batch failure and waits in SQS; once the table is back, each job ends once."""
+    """The job state table deleted: the ingester forwards the valid jobs (it keeps no
+    record of them), and the processor can claim none, so every record is reported as a
+    batch failure and waits in jobs-todo; once the table is back, each job ends once."""
     ddb, sqs = pipeline.client("dynamodb"), pipeline.client("sqs")
     table = pipeline.settings["state_table"]
     ddb.delete_table(TableName=table)
@@ -243,8 +244,13 @@ def test_records_wait_in_sqs_while_a_dependency_is_down(pipeline):
         ids = {j["id"] for j in jobs}
         early = stk.await_end_states(pipeline, ids, timeout=10, linger=0)
         assert not early, f"{len(early)} jobs ended without their state table"
-        held = stk.queue_depth(sqs, pipeline.resources["queues"][INGESTER_QUEUE])
-        assert held == 20, f"the records must wait in {INGESTER_QUEUE}, found {held}"
+        queues = pipeline.resources["queues"]
+        held = wait_for(
+            f"the records to wait in {JOBS_TODO}",
+            lambda: (n := stk.queue_depth(sqs, queues[JOBS_TODO])) == 20 and n,
+            timeout=30,
+        )
+        assert held == 20 and stk.queue_depth(sqs, queues[INGESTER_QUEUE]) == 0
     finally:
         stk.ensure_table(ddb, table)
     notes = stk.await_end_states(pipeline, ids, timeout=150)
