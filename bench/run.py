@@ -304,6 +304,16 @@ PER_REQUEST = cost.PRICES[("lambda", "invocations")]
 REQUEST_MIX = ("--malformed-ratio", "0.2", "--flaky-ratio", "0.1", "--duplicate-ratio", "0.1",
                "--max-job-seconds", "1", "--seed", "17")
 REQUEST_RATE = 50  # jobs per second
+# Valid jobs that complete on their first attempt, each sent once: what the state writes
+# per happy-path job are counted on (docs/design.md, State writes per job).
+HAPPY_MIX = ("--malformed-ratio", "0", "--flaky-ratio", "0", "--duplicate-ratio", "0",
+             "--max-job-seconds", "1", "--seed", "17")
+HAPPY_JOBS = 50
+
+
+def state_write_units(m: cost.Measured) -> float:
+    """DynamoDB write units billed for `m`, every write action together."""
+    return sum(v for (svc, _, unit), v in m.units.items() if svc == "dynamodb" and unit == "wru")
 
 
 def noop_binaries(noop: Path, into: Path) -> Path:
@@ -333,8 +343,9 @@ def log_messages(stack: stk.Stack, function: str) -> list[str]:
             return out
 
 
-def count_requests(binaries: Path, jobs: int, label: str, timeout: float = 300) -> cost.Measured:
-    """Puts `jobs` jobs of REQUEST_MIX on EventBridge through a recording proxy, with the
+def count_requests(binaries: Path, jobs: int, label: str, timeout: float = 300,
+                   mix: tuple[str, ...] = REQUEST_MIX) -> cost.Measured:
+    """Puts `jobs` jobs of `mix` (REQUEST_MIX) on EventBridge through a recording proxy, with the
     functions' calls going through it too, waits until both work queues are empty and stay
     so, then adds each function's invocations, GB-s and log bytes from its log group."""
     with tempfile.TemporaryDirectory(prefix=f"bench-requests-{label}-") as state:
@@ -352,7 +363,7 @@ def count_requests(binaries: Path, jobs: int, label: str, timeout: float = 300) 
                 from dataclasses import replace
 
                 sent = stk.generate(replace(stack, endpoint=url), state_dir / "manifest.jsonl",
-                                    "--count", str(jobs), "--rate", str(REQUEST_RATE), *REQUEST_MIX,
+                                    "--count", str(jobs), "--rate", str(REQUEST_RATE), *mix,
                                     timeout=timeout)
                 # Done when both work queues are empty (retries wait there, delayed) and
                 # still are a few seconds later (a last invocation may be sending).
@@ -434,6 +445,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.noop} is missing: no floor for the request count (build it: cargo build --release -p noop)",
                   file=sys.stderr)
         requests_report = cost.report(measured, floor)
+        print(f"requests: {HAPPY_JOBS} happy-path jobs through the pipeline ...", file=sys.stderr)
+        happy = count_requests(RELEASE, HAPPY_JOBS, "happy path", mix=HAPPY_MIX)
+        per_job = state_write_units(happy) / max(happy.jobs, 1)
+        add("requests: DynamoDB write units per happy-path job", per_job, "WRU", None, "<= 3", per_job <= 3)
     if args.no_cold_start:
         results: dict[str, list[Run]] = {}
         zips = {}

@@ -30,3 +30,13 @@ def test_thirty_jobs_of_the_mix_are_counted_and_priced():
     assert m.units[("lambda", "Invoke", "gb_s")] > 0
     c = cost.cost_per_million(m, 10, "arm64")
     assert c["total"] > c["dynamodb"] > 0 and c["events"] > 0
+
+
+@pytest.mark.skipif(not (stk.RELEASE / "ingester").exists(), reason="needs the release builds (make build)")
+def test_a_job_that_completes_at_once_costs_three_state_writes():
+    """The rule of docs/design.md (State writes per job): a valid job sent once and
+    completed on its first attempt is written three times (the processor's claim, end
+    and mark) and never by the ingester; each item is under 1 KB, so one unit each."""
+    m = run.count_requests(stk.RELEASE, 20, "happy path", timeout=80, mix=run.HAPPY_MIX)
+    assert m.jobs == 20
+    assert run.state_write_units(m) == 3 * m.jobs, dict(m.units)
