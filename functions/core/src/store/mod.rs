@@ -1,7 +1,9 @@
 //! Job state: what makes each stage's effects happen once over at-least-once delivery.
 //!
-//! Before a stage acts on a job it *claims* it with a conditional write keyed by stage
-//! and job id. A claim holds a lease that ends shortly before the invocation's deadline,
+//! Before a stage ends a job it *claims* it with a conditional write keyed by stage
+//! and job id: the processor every job it runs, the ingester only the jobs it rejects
+//! (a valid job is forwarded without a record, and the processor's claim makes its
+//! copies end once). A claim holds a lease that ends shortly before the invocation's deadline,
 //! so an attempt that crashed can be taken over once its lease ran out. The stage then
 //! records the job's end (`finish`) and, once the end state is announced, marks it
 //! (`announce`), so a re-delivery neither repeats the work nor the notification, and a
