@@ -11,8 +11,10 @@ hello's median.
     .stack/venv/bin/python bench/cold.py --rounds 40 \\
         hello=target/release/hello ingester=target/release/ingester processor=...
 
-A label starting with `ingester` or `processor` gets that function's environment;
-`...-off` drops the OTEL_ variables (telemetry off). Anything else gets the bare one.
+A label is `NAME[-off][.BUILD][+TAG]`: a NAME starting with `ingester` or `processor`
+gets that function's environment, `-off` drops its OTEL_ variables (telemetry off),
+`.BUILD` only tells builds apart, and `+TAG` adds the variables of `--extra TAG:K=V`.
+Anything else gets the bare environment.
 """
 
 from __future__ import annotations
@@ -103,6 +105,7 @@ EXTRA: dict[str, dict[str, str]] = {}  # `+tag` of a label: more variables (--ex
 
 def env_for(label: str) -> dict:
     base, _, tag = label.partition("+")
+    base = base.partition(".")[0]  # `ingester-off.new`: `.new` only names the build
     env = dict(BARE)
     for name, function_env in ENVS.items():
         if base.startswith(name):
