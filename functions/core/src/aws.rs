@@ -564,6 +564,43 @@ mod tests {
         let unbuilt = PortError::from_sdk("PutItem", E::construction_failure("no key"));
         assert!(matches!(unbuilt, PortError::Refused { .. }), "{unbuilt:?}");
     }
+    /// An HTTP client that counts the start-up checks it is asked for.
+    #[derive(Debug, Default)]
+    struct Counting(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+    impl HttpClient for Counting {
+        fn http_connector(
+            &self,
+            _: &HttpConnectorSettings,
+            _: &RuntimeComponents,
+        ) -> SharedHttpConnector {
+            unreachable!("no call is made")
+        }
+
+        fn validate_base_client_config(
+            &self,
+            _: &RuntimeComponentsBuilder,
+            _: &ConfigBag,
+        ) -> Result<(), BoxError> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn three_sdk_clients_check_the_shared_https_client_once() {
+        let checks = std::sync::Arc::default();
+        let counting = Counting(std::sync::Arc::clone(&checks));
+        let http = SharedHttpClient::new(ValidatedOnce::new(SharedHttpClient::new(counting)));
+        let sdk = SdkConfig::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("eu-west-1"))
+            .http_client(http)
+            .build();
+        let _clients = Clients::new(&sdk, GuardConfig::default());
+        assert_eq!(checks.load(Ordering::SeqCst), 1);
+    }
+
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::CertificateDer;
 
