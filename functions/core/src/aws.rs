@@ -15,7 +15,17 @@ use aws_config::{timeout::TimeoutConfig, BehaviorVersion, Region, SdkConfig};
 use aws_sdk_sns::types::MessageAttributeValue as SnsAttribute;
 use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
 use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider, TlsContext, TrustStore};
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::connector_metadata::ConnectorMetadata;
+use aws_smithy_runtime_api::client::http::{
+    HttpClient, HttpConnectorSettings, SharedHttpClient, SharedHttpConnector,
+};
+use aws_smithy_runtime_api::client::runtime_components::{
+    RuntimeComponents, RuntimeComponentsBuilder,
+};
+use aws_smithy_types::config_bag::ConfigBag;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// The certificate authorities of AWS service endpoints (Amazon Trust Services).
@@ -45,6 +55,7 @@ pub async fn sdk_config(roots: TrustRoots) -> Result<SdkConfig, ConfigError> {
         .tls_provider(Provider::Rustls(CryptoMode::AwsLc))
         .tls_context(tls)
         .build_https();
+    let http = SharedHttpClient::new(ValidatedOnce::new(http));
     let timeouts = TimeoutConfig::builder()
         .connect_timeout(Duration::from_secs(3))
         .operation_attempt_timeout(Duration::from_secs(5))
@@ -61,6 +72,63 @@ pub async fn sdk_config(roots: TrustRoots) -> Result<SdkConfig, ConfigError> {
         loader = loader.credentials_provider(EnvironmentVariableCredentialsProvider::new());
     }
     Ok(loader.load().await)
+}
+
+/// The SDK's HTTPS client, whose start-up check runs for the first client built on it
+/// only. That check (`validate_base_client_config`) builds a whole TLS connector, trust
+/// store decoded and all, and throws it away, so that a broken TLS set-up fails at
+/// start-up rather than at the first call; the SQS, SNS and DynamoDB clients share one
+/// TLS set-up, so one check covers all three (two of three connector builds saved at
+/// every cold start). Connectors for calls are built and cached by the inner client as
+/// before.
+#[derive(Debug)]
+struct ValidatedOnce {
+    inner: SharedHttpClient,
+    validated: AtomicBool,
+}
+
+impl ValidatedOnce {
+    fn new(inner: SharedHttpClient) -> ValidatedOnce {
+        ValidatedOnce {
+            inner,
+            validated: AtomicBool::new(false),
+        }
+    }
+}
+
+impl HttpClient for ValidatedOnce {
+    fn http_connector(
+        &self,
+        settings: &HttpConnectorSettings,
+        components: &RuntimeComponents,
+    ) -> SharedHttpConnector {
+        self.inner.http_connector(settings, components)
+    }
+
+    fn validate_base_client_config(
+        &self,
+        components: &RuntimeComponentsBuilder,
+        cfg: &ConfigBag,
+    ) -> Result<(), BoxError> {
+        if self.validated.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.inner.validate_base_client_config(components, cfg)?;
+        self.validated.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    fn validate_final_config(
+        &self,
+        components: &RuntimeComponents,
+        cfg: &ConfigBag,
+    ) -> Result<(), BoxError> {
+        self.inner.validate_final_config(components, cfg)
+    }
+
+    fn connector_metadata(&self) -> Option<ConnectorMetadata> {
+        self.inner.connector_metadata()
+    }
 }
 
 /// What Lambda hands every function in its environment: its region and its role's
@@ -496,6 +564,43 @@ mod tests {
         let unbuilt = PortError::from_sdk("PutItem", E::construction_failure("no key"));
         assert!(matches!(unbuilt, PortError::Refused { .. }), "{unbuilt:?}");
     }
+    /// An HTTP client that counts the start-up checks it is asked for.
+    #[derive(Debug, Default)]
+    struct Counting(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+    impl HttpClient for Counting {
+        fn http_connector(
+            &self,
+            _: &HttpConnectorSettings,
+            _: &RuntimeComponents,
+        ) -> SharedHttpConnector {
+            unreachable!("no call is made")
+        }
+
+        fn validate_base_client_config(
+            &self,
+            _: &RuntimeComponentsBuilder,
+            _: &ConfigBag,
+        ) -> Result<(), BoxError> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn three_sdk_clients_check_the_shared_https_client_once() {
+        let checks = std::sync::Arc::default();
+        let counting = Counting(std::sync::Arc::clone(&checks));
+        let http = SharedHttpClient::new(ValidatedOnce::new(SharedHttpClient::new(counting)));
+        let sdk = SdkConfig::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("eu-west-1"))
+            .http_client(http)
+            .build();
+        let _clients = Clients::new(&sdk, GuardConfig::default());
+        assert_eq!(checks.load(Ordering::SeqCst), 1);
+    }
+
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::CertificateDer;
 

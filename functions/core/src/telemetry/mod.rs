@@ -325,6 +325,7 @@ impl Telemetry {
         let meter_provider = SdkMeterProvider::builder()
             .with_resource(resource)
             .with_reader(SharedReader(reader.clone()))
+            .with_view(instruments::end_states_view)
             .build();
         instruments::zero_end_states(&meter_provider);
         let mut baseline = ResourceMetrics::default();
