@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import API, without_telemetry  # noqa: E402
+from run import API, lambda_env, without_telemetry  # noqa: E402
 
 NOWHERE = "http://127.0.0.1:9"  # discard: nothing listens, nothing is called at init
 REGION = "us-east-1"
@@ -117,16 +117,7 @@ def init_ms(binary: Path, env: dict, wrap: list[str] | None = None) -> float:
     """Exec to the first poll; the process is killed there. Under `wrap` (a command
     such as `perf stat -o F --`), the wrapper's child is killed and the wrapper waited."""
     runtime = PollCatcher()
-    full_env = {
-        **env,
-        "AWS_LAMBDA_RUNTIME_API": runtime.address,
-        "AWS_LAMBDA_FUNCTION_NAME": binary.name,
-        "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
-        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "128",
-        "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{binary.name}",
-        "AWS_LAMBDA_LOG_STREAM_NAME": "bench",
-        "PATH": "/usr/bin:/bin",
-    }
+    full_env = lambda_env(binary, env, runtime.address)
     try:
         start = time.perf_counter()
         proc = subprocess.Popen([*(wrap or []), str(binary)], env=full_env, stdout=subprocess.DEVNULL,

@@ -150,12 +150,11 @@ class Run:
     rss_kib: int  # VmHWM once every event was answered
 
 
-def cold_start(binary: Path, env: dict, events: list[dict]) -> Run:
-    """One exec, fed `events` one after another."""
-    runtime = FakeRuntime(events)
-    full_env = {
+def lambda_env(binary: Path, env: dict, runtime_api: str) -> dict:
+    """`env` plus what Lambda sets for every function, the runtime API at `runtime_api`."""
+    return {
         **env,
-        "AWS_LAMBDA_RUNTIME_API": runtime.address,
+        "AWS_LAMBDA_RUNTIME_API": runtime_api,
         "AWS_LAMBDA_FUNCTION_NAME": binary.name,
         "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
         "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "128",
@@ -163,6 +162,12 @@ def cold_start(binary: Path, env: dict, events: list[dict]) -> Run:
         "AWS_LAMBDA_LOG_STREAM_NAME": "bench",
         "PATH": "/usr/bin:/bin",
     }
+
+
+def cold_start(binary: Path, env: dict, events: list[dict]) -> Run:
+    """One exec, fed `events` one after another."""
+    runtime = FakeRuntime(events)
+    full_env = lambda_env(binary, env, runtime.address)
     try:
         start = time.perf_counter()
         proc = subprocess.Popen([str(binary)], env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
