@@ -20,19 +20,17 @@ Anything else gets the bare environment.
 from __future__ import annotations
 
 import argparse
-import http.server
 import os
 import random
 import signal
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import API, lambda_env, without_telemetry  # noqa: E402
+from run import FakeRuntime, lambda_env, without_telemetry  # noqa: E402
 
 NOWHERE = "http://127.0.0.1:9"  # discard: nothing listens, nothing is called at init
 REGION = "us-east-1"
@@ -63,43 +61,6 @@ ENVS = {
 }
 
 
-class PollCatcher:
-    """A Runtime API that notes when the first `/invocation/next` poll arrives and never
-    answers it: no handler code runs, so a profile of the process is init alone."""
-
-    def __init__(self):
-        self.polled: list[float] = []
-        self.release = threading.Event()
-        catcher = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                if self.path.startswith(f"{API}/invocation/next"):
-                    catcher.polled.append(time.perf_counter())
-                catcher.release.wait(60)
-                self.close_connection = True
-
-        class Server(http.server.ThreadingHTTPServer):
-            def handle_error(self, request, client_address):
-                pass
-
-        self.server = Server(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.server.server_address[1]}"
-
-    def close(self) -> None:
-        self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
-
-
 EXTRA: dict[str, dict[str, str]] = {}  # `+tag` of a label: more variables (--extra tag:K=V)
 
 
@@ -116,7 +77,7 @@ def env_for(label: str) -> dict:
 def init_ms(binary: Path, env: dict, wrap: list[str] | None = None) -> float:
     """Exec to the first poll; the process is killed there. Under `wrap` (a command
     such as `perf stat -o F --`), the wrapper's child is killed and the wrapper waited."""
-    runtime = PollCatcher()
+    runtime = FakeRuntime([])  # never answers a poll: init alone
     full_env = lambda_env(binary, env, runtime.address)
     try:
         start = time.perf_counter()

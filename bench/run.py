@@ -63,10 +63,12 @@ COLD_START_TARGET = 1.5
 
 
 class FakeRuntime:
-    """A Lambda Runtime API that hands out one event and records when things happen."""
+    """A Lambda Runtime API that hands out `events` one by one and records when things
+    happen; with none, it only notes the polls (init alone, for bench/cold.py)."""
 
     def __init__(self, events: list[dict]):
         self.events = [json.dumps(e).encode() for e in events]
+        self.polled: list[float] = []  # when each `/invocation/next` poll arrived
         self.served: list[float] = []  # when each event was handed out
         self.responded: list[float] = []  # when each response came back
         self.error: bytes | None = None
@@ -82,6 +84,7 @@ class FakeRuntime:
                 if not self.path.startswith(f"{API}/invocation/next"):
                     self.send_error(404)
                     return
+                runtime.polled.append(time.perf_counter())
                 if len(runtime.served) == len(runtime.events):
                     # Out of events: the poll waits until the process is killed, and
                     # nobody reads the answer.
