@@ -365,8 +365,10 @@ def count_requests(binaries: Path, jobs: int, label: str, timeout: float = 300,
         proxy = FaultProxy(f"http://127.0.0.1:{port}", observer=recorder)
         try:
             url = proxy.start()
+            # Telemetry on, as `make up` deploys the functions (the OTLP receiver is not
+            # AWS, so it is not counted).
             stack = stk.up(port=port, state_dir=state_dir, binaries=binaries, use_existing=False,
-                           fault_injection=True, fault_proxy=url)
+                           fault_injection=True, fault_proxy=url, receiver=True)
             try:
                 from dataclasses import replace
 
