@@ -1,11 +1,11 @@
 //! Deciding a record: read it (an enriched job, or a body that is not one), claim its
 //! job, and turn the claim's answer into an [`Outcome`].
 
-use super::execute::{end_untracked, unreadable};
+use super::execute::{end_untracked, rejection, unreadable};
 use super::{Outcome, Processor, Subject, HAND_OVER_WAIT};
 use crate::ending::{give_back, recorded, Ending, Tracking};
 use crate::kinds::Registry;
-use crate::messages::{DeadLetter, EnrichedJob, ErrorCode, ErrorEntry, Notification, Stage};
+use crate::messages::{EnrichedJob, ErrorCode, Notification, Stage};
 use crate::ports::{MessageQueue, Topic};
 use crate::record::RecordMeta;
 use crate::store::{Claim, ClaimOutcome, Fingerprints, JobStore};
@@ -102,15 +102,7 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Processor<Q, T, S> {
                         job.job_id
                     );
                     warn!(job_id = %job.job_id, "job id reused for different content");
-                    let error = ErrorEntry::new(
-                        Stage::Processor,
-                        ErrorCode::IdReused,
-                        message,
-                        job.attempt,
-                        Utc::now(),
-                    );
-                    let letter =
-                        DeadLetter::rejected(job.clone(), error.on_field(Some("id".into())));
+                    let letter = rejection(job, ErrorCode::IdReused, message, Some("id".into()));
                     end_untracked(meta, letter)
                 }
                 // It names a job it is not: end it without touching that job's record.

@@ -156,9 +156,27 @@ pub(super) fn failure(
     message: String,
     field: Option<String>,
 ) -> DeadLetter {
-    let error =
-        ErrorEntry::new(Stage::Processor, code, message, job.attempt, Utc::now()).on_field(field);
-    DeadLetter::failed(job.clone(), error)
+    DeadLetter::failed(job.clone(), this_attempt(job, code, message, field))
+}
+
+/// A job refused, not failed: its id names other content.
+pub(super) fn rejection(
+    job: &EnrichedJob,
+    code: ErrorCode,
+    message: String,
+    field: Option<String>,
+) -> DeadLetter {
+    DeadLetter::rejected(job.clone(), this_attempt(job, code, message, field))
+}
+
+/// The error entry of the job's current attempt at the processor.
+fn this_attempt(
+    job: &EnrichedJob,
+    code: ErrorCode,
+    message: String,
+    field: Option<String>,
+) -> ErrorEntry {
+    ErrorEntry::new(Stage::Processor, code, message, job.attempt, Utc::now()).on_field(field)
 }
 
 pub(super) fn end_untracked(meta: &RecordMeta, dl: DeadLetter) -> Outcome {
