@@ -192,6 +192,12 @@ impl Clients {
         let store = DynamoStore::new(self.dynamodb.clone(), table);
         Batching::new(Guarded::new(store, "job state table", self.guard))
     }
+
+    /// The job state table with its outbox index, for the relay.
+    pub fn outbox(&self, table: String, index: String) -> Batching<Guarded<DynamoStore>> {
+        let store = DynamoStore::new(self.dynamodb.clone(), table).with_outbox_index(index);
+        Batching::new(Guarded::new(store, "job state table", self.guard))
+    }
 }
 
 /// An SQS queue, addressed by URL.

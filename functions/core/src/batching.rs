@@ -235,6 +235,27 @@ fn lost(operation: &'static str) -> PortError {
     }
 }
 
+/// The relay's reads and takes go one by one: a sweep makes few of them.
+#[async_trait]
+impl<S: crate::store::Outbox> crate::store::Outbox for Batching<S> {
+    async fn stranded(
+        &self,
+        shard: u32,
+        before: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<crate::store::Stranded>, PortError> {
+        self.inner.stranded(shard, before, limit).await
+    }
+
+    async fn take(
+        &self,
+        take: &crate::store::Take<'_>,
+        now: Timestamp,
+    ) -> Result<Option<crate::store::JobState>, PortError> {
+        self.inner.take(take, now).await
+    }
+}
+
 #[async_trait]
 impl<S: JobStore> JobStore for Batching<S> {
     async fn claim(&self, claim: &Claim<'_>, now: Timestamp) -> Result<ClaimOutcome, PortError> {

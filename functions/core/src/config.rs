@@ -80,6 +80,18 @@ pub const PROCESSOR_VARS: FunctionVars = FunctionVars {
     ],
 };
 
+/// The outbox relay's variables: where stranded ends are found (the table and its
+/// sparse `outbox` index) and where they go (the dead-letter queue and the topic).
+pub const RELAY_VARS: FunctionVars = FunctionVars {
+    required: &[
+        "DEAD_LETTER_QUEUE_URL",
+        "JOB_END_STATE_TOPIC_ARN",
+        "JOBS_TABLE",
+        "OUTBOX_INDEX",
+    ],
+    optional: &[],
+};
+
 /// The variable naming the TLS roots the AWS clients trust.
 pub const TRUST_ROOTS_VAR: &str = "TLS_TRUST_ROOTS";
 
@@ -180,6 +192,36 @@ impl ProcessorSettings {
                 kinds: crate::kinds::Registry::builtin(),
             },
             guard,
+            trust_roots: trust_roots(&vars)?,
+        })
+    }
+}
+
+/// The relay's settings ([`RELAY_VARS`]).
+#[derive(Debug, Clone)]
+pub struct RelaySettings {
+    pub dead_letter_url: String,
+    pub topic_arn: String,
+    pub table: String,
+    /// The job state table's sparse index of unannounced ends.
+    pub outbox_index: String,
+    pub guard: GuardConfig,
+    pub trust_roots: TrustRoots,
+}
+
+impl RelaySettings {
+    pub fn from_env() -> Result<RelaySettings, ConfigError> {
+        RelaySettings::from_vars(&process_env)
+    }
+
+    pub fn from_vars(var: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let vars = Vars(var);
+        Ok(RelaySettings {
+            dead_letter_url: vars.required("DEAD_LETTER_QUEUE_URL")?,
+            topic_arn: vars.required("JOB_END_STATE_TOPIC_ARN")?,
+            table: vars.required("JOBS_TABLE")?,
+            outbox_index: vars.required("OUTBOX_INDEX")?,
+            guard: guard(&vars)?,
             trust_roots: trust_roots(&vars)?,
         })
     }

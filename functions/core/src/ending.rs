@@ -44,6 +44,9 @@ pub struct Ending {
     pub tracking: Tracking,
     /// When the job's event happened, for the `job.latency` of its end.
     pub event_time: Option<String>,
+    /// The context of the span that ended the job, kept with the recorded end so that
+    /// whoever announces it later (the relay) does so in the job's trace.
+    pub trace_context: Option<TraceContext>,
 }
 
 impl Ending {
@@ -60,6 +63,7 @@ impl Ending {
             dead_letter,
             tracking,
             event_time: None,
+            trace_context: None,
         }
     }
 }
@@ -148,7 +152,7 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> EndPorts<'_, Q, T, S> {
             return Ok(());
         };
         let n = &ending.notification;
-        let detail = serde_json::to_value(n).ok();
+        let detail = recorded_detail(ending);
         self.store
             .finish(&crate::store::Finish {
                 job_id: n.job_id.clone(),
@@ -161,6 +165,38 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> EndPorts<'_, Q, T, S> {
             .await
     }
 }
+
+/// What an end is recorded with: the notification, and what the relay needs to
+/// announce it without the job's message ([`crate::relay`]): the dead letter to store
+/// (`dead_letter`) and the trace to do it in (`trace_context`). Both are extra fields of
+/// the notification's object, which readers of the notification ignore.
+pub fn recorded_detail(ending: &Ending) -> Option<Value> {
+    let mut detail = serde_json::to_value(&ending.notification).ok()?;
+    let trace = ending
+        .trace_context
+        .as_ref()
+        .or_else(|| ending.dead_letter.as_ref()?.trace_context.as_ref());
+    if let Value::Object(fields) = &mut detail {
+        if let Some(dl) = &ending.dead_letter {
+            fields.insert(
+                LETTER_FIELD.to_owned(),
+                serde_json::to_value(dl).unwrap_or_default(),
+            );
+        }
+        if let Some(tc) = trace {
+            fields.insert(
+                TRACE_FIELD.to_owned(),
+                serde_json::to_value(tc).unwrap_or_default(),
+            );
+        }
+    }
+    Some(detail)
+}
+
+/// The recorded end's field holding its dead letter ([`recorded_detail`]).
+pub const LETTER_FIELD: &str = "dead_letter";
+/// The recorded end's field holding the trace context it was ended in.
+pub const TRACE_FIELD: &str = "trace_context";
 
 /// What the end-state metric needs of an ending, kept while the ending is consumed.
 struct EndCount {

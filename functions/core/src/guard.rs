@@ -221,6 +221,29 @@ impl<T: Topic> Topic for Guarded<T> {
     }
 }
 
+/// The relay's reads and takes, under the same timeout and breaker as the rest.
+#[async_trait]
+impl<S: crate::store::Outbox> crate::store::Outbox for Guarded<S> {
+    async fn stranded(
+        &self,
+        shard: u32,
+        before: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<crate::store::Stranded>, PortError> {
+        let call = self.inner.stranded(shard, before, limit);
+        self.call("Query", call, Result::is_err, Err).await
+    }
+
+    async fn take(
+        &self,
+        take: &crate::store::Take<'_>,
+        now: Timestamp,
+    ) -> Result<Option<crate::store::JobState>, PortError> {
+        let call = self.inner.take(take, now);
+        self.call("UpdateItem", call, Result::is_err, Err).await
+    }
+}
+
 #[async_trait]
 impl<S: JobStore> JobStore for Guarded<S> {
     async fn claim(&self, claim: &Claim<'_>, now: Timestamp) -> Result<ClaimOutcome, PortError> {

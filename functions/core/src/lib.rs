@@ -24,6 +24,7 @@ pub mod ports;
 pub mod processor;
 pub mod record;
 pub mod redrive;
+pub mod relay;
 pub mod retry;
 pub mod store;
 pub mod telemetry;

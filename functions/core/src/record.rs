@@ -44,6 +44,17 @@ impl RecordMeta {
         }
     }
 
+    /// The metadata of something handled like a record that did not come from SQS
+    /// (the relay's outbox entries): `id` stands for its message id.
+    pub fn named(id: String) -> RecordMeta {
+        RecordMeta {
+            log: tracing::info_span!(target: crate::telemetry::LOG_SPAN_TARGET, "job", job_id = Empty, trace_id = Empty, message_id = %id),
+            message_id: id,
+            receive_count: 1,
+            claim_token: crate::store::claim_token(),
+        }
+    }
+
     /// Names the record's job and trace in its log span.
     pub fn identify(&self, job_id: &str, trace_id: Option<&str>) {
         self.log.record("job_id", job_id);

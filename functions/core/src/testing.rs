@@ -608,3 +608,49 @@ impl<S: JobStore> JobStore for Shared<'_, S> {
         self.0.get(job_id).await
     }
 }
+
+#[async_trait]
+impl<S: crate::store::Outbox> crate::store::Outbox for Shared<'_, S> {
+    async fn stranded(
+        &self,
+        shard: u32,
+        before: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<crate::store::Stranded>, PortError> {
+        self.0.stranded(shard, before, limit).await
+    }
+
+    async fn take(
+        &self,
+        take: &crate::store::Take<'_>,
+        now: Timestamp,
+    ) -> Result<Option<JobState>, PortError> {
+        self.0.take(take, now).await
+    }
+}
+
+#[async_trait]
+impl<T: Topic> Topic for Shared<'_, T> {
+    async fn publish(&self, notification: &Notification) -> Result<(), PortError> {
+        self.0.publish(notification).await
+    }
+
+    async fn publish_batch(&self, notifications: &[Notification]) -> Vec<Result<(), PortError>> {
+        self.0.publish_batch(notifications).await
+    }
+}
+
+#[async_trait]
+impl<Q: MessageQueue> MessageQueue for Shared<'_, Q> {
+    async fn send_batch(&self, messages: &[OutgoingMessage]) -> Vec<Result<(), PortError>> {
+        self.0.send_batch(messages).await
+    }
+
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+
+    async fn retry_later(&self, receipts: &[crate::ports::Receipt]) -> Result<(), PortError> {
+        self.0.retry_later(receipts).await
+    }
+}

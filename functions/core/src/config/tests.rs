@@ -148,3 +148,28 @@ fn a_deadline_margin_that_cannot_hold_one_ending_is_refused_naming_both_variable
     all.push(("DEADLINE_MARGIN_MS", "3000"));
     assert!(error_of(ProcessorSettings::from_vars(&vars(&all))).contains("DEADLINE_MARGIN_MS"));
 }
+
+const RELAY: &[(&str, &str)] = &[
+    ("DEAD_LETTER_QUEUE_URL", "http://q/dlq"),
+    ("JOB_END_STATE_TOPIC_ARN", "arn:aws:sns:us-east-1:1:t"),
+    ("JOBS_TABLE", "jobs"),
+    ("OUTBOX_INDEX", "outbox"),
+];
+
+#[test]
+fn the_relay_reads_its_settings_and_names_each_missing_one() {
+    let s = RelaySettings::from_vars(&vars(RELAY)).expect("valid");
+    assert_eq!(
+        (s.table.as_str(), s.outbox_index.as_str()),
+        ("jobs", "outbox")
+    );
+    assert_eq!(s.guard.call_timeout, Duration::from_secs(5));
+    for name in RELAY_VARS.required {
+        let all: Vec<_> = RELAY.iter().copied().filter(|(k, _)| k != name).collect();
+        let err = error_of(RelaySettings::from_vars(&vars(&all)));
+        assert!(err.contains(name), "{name}: {err}");
+    }
+    let mut bad = RELAY.to_vec();
+    bad.push(("CALL_TIMEOUT_MS", "soon"));
+    assert!(error_of(RelaySettings::from_vars(&vars(&bad))).contains("CALL_TIMEOUT_MS"));
+}

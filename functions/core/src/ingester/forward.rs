@@ -4,7 +4,7 @@
 //! job has no ingester record, so there is no claim to give back when a forward fails.
 
 use super::{Ingester, Run};
-use crate::ending::{Ending, Tracking};
+use crate::ending::{recorded_detail, Ending, Tracking};
 use crate::messages::{
     DeadLetter, EnrichedJob, ErrorCode, ErrorEntry, JobStatus, Notification, Stage,
 };
@@ -111,6 +111,7 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Ingester<Q, T, S> {
         let prints = Fingerprints::of(&job.job);
         let letter = forward_failed(job, &meta, &error, now);
         let notification = Notification::for_dead_letter(&letter, now);
+        let ending = Ending::new(meta.clone(), notification, Some(letter), Tracking::Stopped);
         let end = Unforwarded {
             job_id: &job_id,
             fingerprint: &prints.current,
@@ -118,15 +119,11 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Ingester<Q, T, S> {
             holder: &meta.message_id,
             token: &meta.claim_token,
             lease_until: deadline,
-            detail: serde_json::to_value(&notification).unwrap_or_default(),
+            detail: recorded_detail(&ending).unwrap_or_default(),
             now,
         };
         let decided = self.store.end_unforwarded(&end).await;
-        let answer = decided.map(|d| {
-            let ending = (d == Forestalled::Ended)
-                .then(|| Ending::new(meta.clone(), notification, Some(letter), Tracking::Stopped));
-            (d, ending)
-        });
+        let answer = decided.map(|d| (d, (d == Forestalled::Ended).then_some(ending)));
         (meta, job_id, answer)
     }
 }

@@ -63,12 +63,12 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Processor<Q, T, S> {
     ) -> Outcome {
         match subject {
             Subject::Job(job) => self.run(job, meta, clock, now, consumer).await,
-            Subject::Unreadable(dl, attempt) => Outcome::End(Ending::new(
+            Subject::Unreadable(dl, attempt) => Outcome::End(Box::new(Ending::new(
                 meta.clone(),
                 Notification::for_dead_letter(dl, Utc::now()),
                 Some(dl.clone()),
                 Tracking::Finish { attempt: *attempt },
-            )),
+            ))),
         }
     }
 
@@ -127,12 +127,12 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Processor<Q, T, S> {
         )
         .await;
         match found {
-            Ok(Some((notification, dead_letter))) => Outcome::End(Ending::new(
+            Ok(Some((notification, dead_letter))) => Outcome::End(Box::new(Ending::new(
                 meta.clone(),
                 notification,
                 dead_letter,
                 Tracking::Recorded,
-            )),
+            ))),
             Ok(None) => Outcome::Repeat("duplicate"),
             Err(e) => Outcome::Unavailable(e),
         }

@@ -127,26 +127,26 @@ fn revalidate(kinds: &Registry, job: &EnrichedJob) -> Result<Spec, Box<DeadLette
 
 /// The job's `COMPLETED` ending, with its result.
 fn completed(meta: &RecordMeta, job: &EnrichedJob, result: Value) -> Outcome {
-    Outcome::End(Ending::new(
+    Outcome::End(Box::new(Ending::new(
         meta.clone(),
         Notification::completed(job, result, Utc::now()),
         None,
         Tracking::Finish {
             attempt: job.attempt,
         },
-    ))
+    )))
 }
 
 /// The job's `FAILED` ending with `dl`, recorded for this attempt.
 fn give_up(meta: &RecordMeta, job: &EnrichedJob, dl: DeadLetter) -> Outcome {
-    Outcome::End(Ending::new(
+    Outcome::End(Box::new(Ending::new(
         meta.clone(),
         Notification::for_dead_letter(&dl, Utc::now()),
         Some(dl),
         Tracking::Finish {
             attempt: job.attempt,
         },
-    ))
+    )))
 }
 
 /// The job as a `FAILED` dead letter, with this attempt's error appended to its history.
@@ -180,12 +180,12 @@ fn this_attempt(
 }
 
 pub(super) fn end_untracked(meta: &RecordMeta, dl: DeadLetter) -> Outcome {
-    Outcome::End(Ending::new(
+    Outcome::End(Box::new(Ending::new(
         meta.clone(),
         Notification::for_dead_letter(&dl, Utc::now()),
         Some(dl),
         Tracking::Untracked,
-    ))
+    )))
 }
 
 /// A `jobs-todo` body that is not an enriched job: dead-letter it as it came, under the

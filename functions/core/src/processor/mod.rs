@@ -88,7 +88,7 @@ enum Subject {
 /// What became of one record.
 enum Outcome {
     /// The job ended (or its recorded end still needs announcing).
-    End(Ending),
+    End(Box<Ending>),
     /// The attempt failed and the job goes back to the queue as its next attempt.
     Retry {
         next: EnrichedJob,

@@ -26,7 +26,7 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Processor<Q, T, S> {
         let tel = &self.telemetry;
         let message_id = meta.message_id.clone();
         let stays = match outcome {
-            Outcome::End(ending) => !self.end(ending, event_time, consumer).await,
+            Outcome::End(ending) => !self.end(*ending, event_time, consumer).await,
             Outcome::Retry { next, delay, code } => {
                 !self.retry(&meta, next, delay, code, consumer).await
             }
@@ -70,6 +70,7 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Processor<Q, T, S> {
             }
         }
         ending.event_time = event_time;
+        ending.trace_context = propagation::to_trace_context(consumer.context());
         let ports = EndPorts {
             stage: Stage::Processor,
             dead_letters: &self.dead_letters,

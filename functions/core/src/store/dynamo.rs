@@ -18,9 +18,10 @@
 
 use crate::messages::Stage;
 use crate::ports::PortError;
+use crate::store::outbox::{self, Outbox, Stranded, Take};
 use crate::store::{
-    decide, decide_reopen, decide_unforwarded, lost_claim, same_claim, stop_record, Claim,
-    ClaimOutcome, Finish, Forestalled, JobState, JobStore, OperatorStore, Progress, Release,
+    decide, decide_reopen, decide_unforwarded, lost_claim, resume_take, same_claim, stop_record,
+    Claim, ClaimOutcome, Finish, Forestalled, JobState, JobStore, OperatorStore, Progress, Release,
     Reopen, Reopened, Unforwarded, RETENTION,
 };
 use crate::Timestamp;
@@ -40,6 +41,9 @@ use std::collections::HashMap;
 pub struct DynamoStore {
     client: Client,
     table: String,
+    /// The sparse index of unannounced ends ([`crate::store::outbox`]); only the
+    /// relay reads it.
+    outbox_index: Option<String>,
 }
 
 type Item = HashMap<String, AttributeValue>;
@@ -77,6 +81,15 @@ impl DynamoStore {
         Self {
             client,
             table: table.into(),
+            outbox_index: None,
+        }
+    }
+
+    /// The same table, with the outbox index the relay queries.
+    pub fn with_outbox_index(self, index: impl Into<String>) -> Self {
+        Self {
+            outbox_index: Some(index.into()),
+            ..self
         }
     }
 
@@ -141,7 +154,7 @@ impl DynamoStore {
         now: Timestamp,
     ) -> Result<ClaimOutcome, PortError> {
         let current = self.read(claim.job_id, claim.stage).await?;
-        Ok(match decide(current.as_ref(), claim, now) {
+        let outcome = match decide(current.as_ref(), claim, now) {
             // This claim's own write (a retry racing its first send).
             ClaimOutcome::Claimed if current.as_ref().is_some_and(|c| same_claim(c, claim)) => {
                 ClaimOutcome::Claimed
@@ -149,6 +162,14 @@ impl DynamoStore {
             // The item changed between the write and the read: let SQS retry.
             ClaimOutcome::Claimed => ClaimOutcome::Busy { until: now },
             other => other,
+        };
+        // An end to announce is taken over first, so the relay cannot announce it too.
+        let Some(take) = resume_take(current.as_ref(), claim, &outcome) else {
+            return Ok(outcome);
+        };
+        Ok(match self.take(&take, now).await? {
+            Some(_) => outcome,
+            None => ClaimOutcome::Stale,
         })
     }
 
@@ -249,7 +270,20 @@ fn to_item(state: &JobState) -> Item {
     if let Some(detail) = &state.detail {
         item.insert("detail".to_owned(), s(detail.to_string()));
     }
+    if is_end(state.progress) && !state.announced {
+        item.insert("outbox".to_owned(), s(outbox_shard(&state.job_id)));
+    }
     item
+}
+
+/// Whether a record at `progress` holds an end (and so, until announced, an outbox entry).
+fn is_end(progress: Progress) -> bool {
+    matches!(progress, Progress::Done(Some(_)))
+}
+
+/// The value of a job's `outbox` attribute: its shard of the index.
+fn outbox_shard(job_id: &str) -> String {
+    outbox::shard(job_id).to_string()
 }
 
 fn from_item(item: &Item) -> Option<JobState> {
@@ -388,11 +422,15 @@ impl JobStore for DynamoStore {
         let keys: Vec<String> = finishes.iter().map(|f| key(f.stage, &f.job_id)).collect();
         // A repeat of a job in the same batch cannot hold it too: it stays a lost claim.
         let (firsts, _) = firsts_and_repeats(&keys);
-        let sql = format!(
-            "UPDATE \"{}\" SET \"progress\" = ? SET \"detail\" = ? SET \"updated_ms\" = ? \
-             SET \"expires_at\" = ? WHERE \"pk\" = ? AND \"attempt\" = ? AND \"progress\" = ?",
-            self.table
-        );
+        // An end enters the outbox index; a hand-over to the next attempt does not.
+        let sql = |end: bool| {
+            format!(
+                "UPDATE \"{}\" SET \"progress\" = ? SET \"detail\" = ? SET \"updated_ms\" = ? \
+                 SET \"expires_at\" = ?{} WHERE \"pk\" = ? AND \"attempt\" = ? AND \"progress\" = ?",
+                self.table,
+                if end { " SET \"outbox\" = ?" } else { "" }
+            )
+        };
         let statements = firsts
             .iter()
             .map(|&i| {
@@ -401,16 +439,22 @@ impl JobStore for DynamoStore {
                     .detail
                     .as_ref()
                     .map_or_else(|| "null".to_owned(), Value::to_string);
-                let params = vec![
+                let end = is_end(f.progress);
+                let mut params = vec![
                     s(f.progress.as_str()),
                     s(detail),
                     n(f.now.timestamp_millis()),
                     n(expires_at(f.now)),
+                ];
+                if end {
+                    params.push(s(outbox_shard(&f.job_id)));
+                }
+                params.extend([
                     s(keys[i].clone()),
                     n(f.attempt),
                     s(Progress::InProgress.as_str()),
-                ];
-                (sql.clone(), params)
+                ]);
+                (sql(end), params)
             })
             .collect();
         let updated = self.execute_all(statements).await;
@@ -437,7 +481,7 @@ impl JobStore for DynamoStore {
     ) -> Vec<Result<(), PortError>> {
         let sql = format!(
             "UPDATE \"{}\" SET \"announced\" = ? SET \"updated_ms\" = ? SET \"expires_at\" = ? \
-             WHERE \"pk\" = ?",
+             REMOVE \"outbox\" WHERE \"pk\" = ?",
             self.table
         );
         let keys: Vec<String> = jobs.iter().map(|(id, stage)| key(*stage, id)).collect();
@@ -478,12 +522,25 @@ impl JobStore for DynamoStore {
         let detail = detail
             .as_ref()
             .map_or_else(|| "null".to_owned(), Value::to_string);
+        // An end enters the outbox index; a hand-over to the next attempt does not.
+        let (expression, shard) = if is_end(progress) {
+            (
+                "SET progress = :p, detail = :d, updated_ms = :u, expires_at = :x, outbox = :o",
+                Some(HashMap::from([(":o".to_owned(), s(outbox_shard(job_id)))])),
+            )
+        } else {
+            (
+                "SET progress = :p, detail = :d, updated_ms = :u, expires_at = :x",
+                None,
+            )
+        };
         let update = self
             .client
             .update_item()
             .table_name(&self.table)
             .key("pk", s(key(stage, job_id)))
-            .update_expression("SET progress = :p, detail = :d, updated_ms = :u, expires_at = :x")
+            .update_expression(expression)
+            .set_expression_attribute_values(shard)
             .condition_expression("attempt = :attempt AND progress = :in_progress")
             .expression_attribute_values(":p", s(progress.as_str()))
             .expression_attribute_values(":d", s(detail))
@@ -505,7 +562,7 @@ impl JobStore for DynamoStore {
             .update_item()
             .table_name(&self.table)
             .key("pk", s(key(stage, job_id)))
-            .update_expression("SET announced = :t, updated_ms = :u, expires_at = :x")
+            .update_expression("SET announced = :t, updated_ms = :u, expires_at = :x REMOVE outbox")
             .condition_expression("attribute_exists(pk)")
             .expression_attribute_values(":t", AttributeValue::Bool(true))
             .expression_attribute_values(":u", n(now.timestamp_millis()))
@@ -607,9 +664,10 @@ impl OperatorStore for DynamoStore {
                 .update_item()
                 .table_name(&self.table)
                 .key("pk", s(key(reopen.stage, reopen.job_id)))
+                // Out of the outbox: the reopened job is not an end to announce.
                 .update_expression(
                     "SET progress = :retrying, attempt = :a, holder = :by, announced = :f, \
-                     updated_ms = :u, expires_at = :x",
+                     updated_ms = :u, expires_at = :x REMOVE outbox",
                 )
                 .condition_expression(
                     "progress = :done AND attempt = :ended AND fingerprint = :fp \
@@ -641,6 +699,93 @@ impl OperatorStore for DynamoStore {
             ),
         })
     }
+}
+
+#[async_trait]
+impl Outbox for DynamoStore {
+    /// A `Query` of the index: keys only, so each entry costs a few bytes of a read unit.
+    async fn stranded(
+        &self,
+        shard: u32,
+        before: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<Stranded>, PortError> {
+        const OP: &str = "Query";
+        let Some(index) = &self.outbox_index else {
+            return Err(PortError::Refused {
+                operation: OP,
+                message: "this store was built without the outbox index (OUTBOX_INDEX)".into(),
+            });
+        };
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(index)
+            .key_condition_expression("outbox = :shard AND lease_until < :before")
+            .expression_attribute_values(":shard", s(shard.to_string()))
+            .expression_attribute_values(":before", n(before.timestamp_millis()))
+            .limit(i32::try_from(limit).unwrap_or(i32::MAX))
+            .send()
+            .await
+            .map_err(|e| PortError::from_sdk(OP, e))?;
+        Ok(out.items().iter().filter_map(stranded_of).collect())
+    }
+
+    /// A conditional `UpdateItem` that moves the lease, returning the whole record.
+    async fn take(&self, take: &Take<'_>, now: Timestamp) -> Result<Option<JobState>, PortError> {
+        const OP: &str = "UpdateItem";
+        let ended = [
+            crate::messages::JobStatus::Completed,
+            crate::messages::JobStatus::Failed,
+            crate::messages::JobStatus::Rejected,
+        ];
+        let update = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(key(take.stage, take.job_id)))
+            .update_expression(
+                "SET lease_until = :until, holder = :holder, claim_token = :token, updated_ms = :u",
+            )
+            .condition_expression(
+                "announced = :f AND lease_until = :seen AND progress IN (:c, :fl, :r)",
+            )
+            .expression_attribute_values(":until", n(take.until.timestamp_millis()))
+            .expression_attribute_values(":holder", s(take.holder))
+            .expression_attribute_values(":token", s(take.token))
+            .expression_attribute_values(":u", n(now.timestamp_millis()))
+            .expression_attribute_values(":f", AttributeValue::Bool(false))
+            .expression_attribute_values(":seen", n(take.seen.timestamp_millis()))
+            .expression_attribute_values(":c", s(ended[0].as_str()))
+            .expression_attribute_values(":fl", s(ended[1].as_str()))
+            .expression_attribute_values(":r", s(ended[2].as_str()))
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllNew)
+            .send()
+            .await;
+        match update {
+            Ok(out) => Ok(out.attributes.as_ref().and_then(from_item)),
+            Err(e) if is_condition_failure(&e) => Ok(None),
+            Err(e) => Err(PortError::from_sdk(OP, e)),
+        }
+    }
+}
+
+/// An index entry's keys (`pk`, `lease_until`) as a [`Stranded`] end.
+fn stranded_of(item: &Item) -> Option<Stranded> {
+    let pk = item.get("pk")?.as_s().ok()?;
+    let (stage, job_id) = pk.split_once('#')?;
+    let stage = match stage {
+        "ingester" => Stage::Ingester,
+        "processor" => Stage::Processor,
+        _ => return None,
+    };
+    let millis = item.get("lease_until")?.as_n().ok()?.parse::<i64>().ok()?;
+    Some(Stranded {
+        job_id: job_id.to_owned(),
+        stage,
+        lease_until: Utc.timestamp_millis_opt(millis).single()?,
+    })
 }
 
 #[cfg(test)]
@@ -861,6 +1006,77 @@ mod tests {
             },
             "as before tokens"
         );
+    }
+
+    /// The outbox index holds an end until it is announced: the end writes `outbox`,
+    /// a hand-over to the next attempt does not, the mark and a reopening remove it.
+    #[tokio::test]
+    async fn an_end_enters_the_outbox_index_and_its_mark_takes_it_out() {
+        let (store, captured) = captured_store();
+        let now = Utc
+            .timestamp_millis_opt(1_790_000_000_123)
+            .single()
+            .expect("time");
+        let finish = |progress| Finish {
+            job_id: "job-1".into(),
+            stage: Stage::Processor,
+            attempt: 1,
+            progress,
+            detail: None,
+            now,
+        };
+        let done = Progress::Done(Some(crate::messages::JobStatus::Completed));
+        let _ = store.finish(&finish(done)).await;
+        let _ = store.finish(&finish(Progress::Retrying)).await;
+        let other = Finish {
+            job_id: "job-2".into(),
+            ..finish(Progress::Retrying)
+        };
+        let _ = store.finish_all(&[finish(done), other]).await;
+        let _ = store.announce("job-1", Stage::Processor, now).await;
+        let _ = store
+            .announce_all(&[("job-1".to_owned(), Stage::Processor)], now)
+            .await;
+        let requests = captured.0.lock().expect("lock").clone();
+        let expression = |r: &Value| {
+            r["UpdateExpression"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let shard = outbox_shard("job-1");
+        assert!(
+            expression(&requests[0]).contains("outbox = :o"),
+            "{}",
+            requests[0]
+        );
+        assert_eq!(requests[0]["ExpressionAttributeValues"][":o"]["S"], shard);
+        assert!(
+            !expression(&requests[1]).contains("outbox"),
+            "{}",
+            requests[1]
+        );
+        let statements = requests[2]["Statements"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let sql = |s: &Value| s["Statement"].as_str().unwrap_or_default().to_owned();
+        assert!(
+            sql(&statements[0]).contains("SET \"outbox\" = ?"),
+            "{}",
+            statements[0]
+        );
+        assert!(statements[0]["Parameters"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|v| v["S"] == shard)));
+        assert!(!sql(&statements[1]).contains("outbox"), "{}", statements[1]);
+        assert!(
+            expression(&requests[3]).ends_with("REMOVE outbox"),
+            "{}",
+            requests[3]
+        );
+        let mark = sql(&requests[4]["Statements"][0]);
+        assert!(mark.contains("REMOVE \"outbox\""), "{mark}");
     }
 
     #[test]

@@ -97,6 +97,33 @@ fn claimed(claim: &Claim<'_>, now: Timestamp) -> JobState {
     }
 }
 
+/// One claim against `records` (decided against `before` if given, the table as it
+/// was before a batch): written if claimed, and an unannounced end taken over
+/// ([`resume_take`]) as DynamoDB's store does, or left to its taker ([`ClaimOutcome::Stale`]).
+fn claim_one(
+    records: &mut Records,
+    before: Option<&Records>,
+    claim: &Claim<'_>,
+    now: Timestamp,
+) -> ClaimOutcome {
+    let key = key_of(claim.job_id, claim.stage);
+    let outcome = decide(before.unwrap_or(records).get(&key), claim, now);
+    if outcome == ClaimOutcome::Claimed {
+        records.insert(key, claimed(claim, now));
+        return outcome;
+    }
+    let Some(take) = resume_take(records.get(&key), claim, &outcome) else {
+        return outcome;
+    };
+    match records.get_mut(&key) {
+        Some(r) if outbox::may_take(r, &take) => {
+            outbox::taken(r, &take, now);
+            outcome
+        }
+        _ => ClaimOutcome::Stale,
+    }
+}
+
 /// Whether attempt `attempt` still holds this record, so it may record its end.
 fn holds(record: Option<&JobState>, attempt: u32) -> bool {
     record.is_some_and(|r| r.attempt == attempt && r.progress == Progress::InProgress)
@@ -128,12 +155,7 @@ fn apply_finish(record: &mut JobState, f: &Finish) {
 impl JobStore for MemoryStore {
     async fn claim(&self, claim: &Claim<'_>, now: Timestamp) -> Result<ClaimOutcome, PortError> {
         self.call("PutItem", |records| {
-            let key = key_of(claim.job_id, claim.stage);
-            let outcome = decide(records.get(&key), claim, now);
-            if outcome == ClaimOutcome::Claimed {
-                records.insert(key, claimed(claim, now));
-            }
-            Ok(outcome)
+            Ok(claim_one(records, None, claim, now))
         })
         .await
     }
@@ -147,15 +169,7 @@ impl JobStore for MemoryStore {
             let before = snapshot.then(|| records.clone());
             claims
                 .iter()
-                .map(|claim| {
-                    let key = key_of(claim.job_id, claim.stage);
-                    let outcome =
-                        decide(before.as_ref().unwrap_or(&*records).get(&key), claim, now);
-                    if outcome == ClaimOutcome::Claimed {
-                        records.insert(key, claimed(claim, now));
-                    }
-                    Ok(outcome)
-                })
+                .map(|claim| Ok(claim_one(records, before.as_ref(), claim, now)))
                 .collect()
         })
         .await
@@ -281,4 +295,49 @@ impl OperatorStore for MemoryStore {
         })
         .await
     }
+}
+
+#[async_trait]
+impl Outbox for MemoryStore {
+    async fn stranded(
+        &self,
+        shard: u32,
+        before: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<Stranded>, PortError> {
+        self.call("Query", |records| {
+            let mut found: Vec<Stranded> = records
+                .values()
+                .filter(|r| in_outbox(r) && outbox::shard(&r.job_id) == shard)
+                .filter(|r| r.lease_until < before)
+                .map(|r| Stranded {
+                    job_id: r.job_id.clone(),
+                    stage: r.stage,
+                    lease_until: r.lease_until,
+                })
+                .collect();
+            found.sort_by(|a, b| (a.lease_until, &a.job_id).cmp(&(b.lease_until, &b.job_id)));
+            found.truncate(limit);
+            Ok(found)
+        })
+        .await
+    }
+
+    async fn take(&self, take: &Take<'_>, now: Timestamp) -> Result<Option<JobState>, PortError> {
+        self.call("UpdateItem", |records| {
+            Ok(match records.get_mut(&key_of(take.job_id, take.stage)) {
+                Some(r) if outbox::may_take(r, take) => {
+                    outbox::taken(r, take, now);
+                    Some(r.clone())
+                }
+                _ => None,
+            })
+        })
+        .await
+    }
+}
+
+/// Whether a record is an entry of the outbox index: an end recorded, not announced.
+fn in_outbox(r: &JobState) -> bool {
+    matches!(r.progress, Progress::Done(Some(_))) && !r.announced
 }

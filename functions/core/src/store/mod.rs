@@ -22,6 +22,7 @@
 
 pub mod dynamo;
 pub mod memory;
+pub mod outbox;
 
 use crate::messages::{ErrorEntry, JobStatus, Stage};
 use crate::record::RecordMeta;
@@ -31,6 +32,7 @@ use async_trait::async_trait;
 use chrono::TimeDelta;
 use futures_util::future::join_all;
 pub use memory::MemoryStore;
+pub use outbox::{Outbox, Stranded, Take};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::fmt::Write as _;
@@ -415,6 +417,33 @@ pub fn same_claim(cur: &JobState, claim: &Claim<'_>) -> bool {
         && cur.holder == claim.holder
         && cur.attempt == claim.attempt
         && cur.progress == Progress::InProgress
+}
+
+/// The take a claim makes of an end recorded but not announced before it announces
+/// it ([`ClaimOutcome::Duplicate`] not announced): the lease moves to this delivery,
+/// so the relay ([`outbox`]) leaves the end alone while the delivery announces it, and
+/// a relay already announcing it makes the take fail. `None` for any other answer.
+pub fn resume_take<'a>(
+    current: Option<&JobState>,
+    claim: &Claim<'a>,
+    outcome: &ClaimOutcome,
+) -> Option<Take<'a>> {
+    let cur = current?;
+    let ClaimOutcome::Duplicate {
+        progress: Progress::Done(Some(_)),
+        announced: false,
+    } = outcome
+    else {
+        return None;
+    };
+    Some(Take {
+        job_id: claim.job_id,
+        stage: claim.stage,
+        seen: cur.lease_until,
+        until: claim.lease_until,
+        holder: claim.holder,
+        token: claim.token,
+    })
 }
 
 /// A request to end one attempt's lease early ([`JobStore::release`]).

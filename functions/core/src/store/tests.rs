@@ -108,10 +108,16 @@ async fn an_unannounced_end_is_resumed_by_its_holder_or_after_the_lease() {
         resumed,
         "the holder's own re-delivery resumes"
     );
+    // Resuming took the end over until the re-delivery's own deadline.
     assert_eq!(
         store.claim(&copy, at(61)).await.expect("store"),
+        ClaimOutcome::Stale,
+        "the re-delivery announcing it holds it until its deadline"
+    );
+    assert_eq!(
+        store.claim(&copy, at(121)).await.expect("store"),
         resumed,
-        "anyone resumes once the holder's lease ran out"
+        "anyone resumes once the lease ran out"
     );
 }
 

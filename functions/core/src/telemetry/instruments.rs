@@ -290,6 +290,46 @@ impl Instruments {
         )
     }
 
+    /// The relay's invocation: a root span for one sweep of the outbox, linking to
+    /// every end it announced.
+    pub fn sweep_span(&self, invocation: &Invocation) -> JobSpan {
+        let mut attrs = faas(invocation);
+        attrs[0] = KeyValue::new("faas.trigger", "timer");
+        self.start(
+            "relay".to_owned(),
+            SpanKind::Internal,
+            attrs,
+            Vec::new(),
+            &Context::new(),
+        )
+    }
+
+    /// `relay <stage>`: the relay announcing one stranded end, in the job's own trace
+    /// (a child of the span that ended the job, when the record kept its context),
+    /// linked to the sweep.
+    pub fn relay_span(
+        &self,
+        stage: &str,
+        job_id: &str,
+        parent: Option<&Context>,
+        sweep: &JobSpan,
+    ) -> JobSpan {
+        let sweep_sc = sweep.span_context();
+        let links = if sweep_sc.is_valid() {
+            vec![sweep_sc]
+        } else {
+            Vec::new()
+        };
+        let root = Context::new();
+        self.start(
+            format!("relay {stage}"),
+            SpanKind::Internal,
+            vec![KeyValue::new("job.id", job_id.to_owned())],
+            links,
+            parent.unwrap_or(&root),
+        )
+    }
+
     /// Counts a terminal state and, when the event time is known, its latency, under
     /// the job's [`metric_job_type`].
     pub fn record_end_state(

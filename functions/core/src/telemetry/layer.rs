@@ -44,7 +44,13 @@ pub const TRACE_SPAN_TARGET: &str = "jobs_core::trace";
 pub const LOG_SPAN_TARGET: &str = "jobs_core::log";
 
 /// The crates whose spans are the pipeline's (module paths, so `-` reads `_`).
-const OWN_CRATES: [&str; 4] = ["jobs_core", "ingester", "processor", "job_generator"];
+const OWN_CRATES: [&str; 5] = [
+    "jobs_core",
+    "ingester",
+    "processor",
+    "relay",
+    "job_generator",
+];
 
 /// Whether a callsite's data is exported: a span of one of [`OWN_CRATES`] at INFO or
 /// above, other than the `job` log span.
