@@ -12,6 +12,8 @@ CHECKOV := $(STATE)/checkov-venv
 MINUTES ?= 1
 CARGO   ?= cargo
 BENCH_REQUESTS ?= 300
+# Test modules run side by side: each starts its own MiniStack and mostly waits.
+TEST_WORKERS ?= 3
 
 .PHONY: help venv checkov tools build up demo down status trace test test-rust test-stack lint bench compose-smoke
 
@@ -40,8 +42,8 @@ tools: ## docker-compose (Debian package) for the compose checks; installed when
 	    echo "docker-compose is missing: sudo apt-get install docker-compose"; exit 1; \
 	  fi; }
 
-build: ## Build both Lambdas and the generator in release
-	$(CARGO) build --release --locked -p ingester -p processor -p job-generator
+build: ## Build the Lambdas (ingester, processor, relay) and the generator in release
+	$(CARGO) build --release --locked -p ingester -p processor -p relay -p job-generator
 
 up: venv build ## Start MiniStack on 127.0.0.1:4566 and deploy the pipeline
 	$(PY) stack/stack.py up
@@ -70,11 +72,11 @@ test-rust: ## Unit tests of the library, the functions and the generator
 	$(CARGO) test --locked --workspace
 
 test-stack: venv checkov tools build ## Stack, Terraform and compose tests (each stack test starts its own MiniStack)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 test: lint test-rust test-stack ## Every test
 
 bench: venv ## Cold start, per-job CPU, size, and AWS requests and cost per job, next to their references (not in make test)
-	$(CARGO) build --release --locked -p ingester -p processor -p job-generator -p hello -p noop
+	$(CARGO) build --release --locked -p ingester -p processor -p relay -p job-generator -p hello -p noop
 	$(CARGO) bench --locked -p jobs-core --bench per_job
 	$(PY) bench/run.py --requests $(BENCH_REQUESTS)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The compose `build` service: unit tests first, then the two functions cross-built for
+# The compose `build` service: unit tests first, then the three functions cross-built for
 # Lambda (glibc 2.34, as on provided.al2023) and zipped as `bootstrap`, then the generator
 # for this container's platform. Terraform waits for this to exit 0.
 #
@@ -49,7 +49,7 @@ build_functions() {
     pip3 install --quiet --break-system-packages ziglang==0.15.2 cargo-zigbuild==0.24.0
   fi
   rustup target add "${target}"
-  cargo zigbuild --locked --release --target "${target}.2.34" -p ingester -p processor
+  cargo zigbuild --locked --release --target "${target}.2.34" -p ingester -p processor -p relay
 }
 
 build_generator() {
@@ -61,7 +61,7 @@ build_generator() {
 [ "$step" = all ] && build_functions
 mkdir -p "${dist}"
 dist=$(cd "${dist}" && pwd)
-for fn in ingester processor; do
+for fn in ingester processor relay; do
   package "${CARGO_TARGET_DIR:?CARGO_TARGET_DIR must name the cargo target directory}/${target}/release/${fn}" "${dist}/${fn}.zip"
 done
 [ "$step" = all ] && build_generator

@@ -2,8 +2,9 @@
 
 `provision` creates, or updates in place, the queues (the DLQ first, with the redrive
 policies pointing at it), the end-state topic and its demo subscriber, the rule and its
-target, the queue policies, the state table, the role, the functions and their event
-source mappings, as the Terraform declares them (tests/test_drift.py compares the two).
+target, the queue policies, the state table and its outbox index, the role, the functions
+and their event source mappings, and the outbox relay with the schedule that runs it, as
+the Terraform declares them (tests/test_drift.py compares the two).
 Every step is idempotent: running it again on a provisioned emulator changes nothing but
 the code and configuration it deploys. `package` makes the Lambda zips from the release
 binaries.
@@ -22,7 +23,17 @@ from common import StackError
 from emulator import Stack
 
 ACCOUNT = "000000000000"
+# The functions a queue feeds: each has its event source mapping and its block under
+# pipeline.json's `functions`.
 FUNCTIONS = ("ingester", "processor")
+# The outbox relay, run by a schedule rather than a queue: its block is pipeline.json's `relay`.
+RELAY = "relay"
+PACKAGED = (*FUNCTIONS, RELAY)
+# terraform/events.tf: aws_cloudwatch_event_rule.relay and aws_lambda_permission.relay_schedule.
+# Schedules run only on the default bus.
+RELAY_RULE = "relay-schedule"
+RELAY_RULE_BUS = "default"
+RELAY_PERMISSION = "EventBridgeRunsTheRelay"
 TOPIC_KMS_KEY = "alias/aws/sns"  # terraform: var.topic_kms_key_id
 
 
@@ -118,7 +129,7 @@ def provision(
             Attributes={"Policy": json.dumps(event_queue_policy(queue_arn(stack, name), rule_arn, sid))},
         )
 
-    ensure_table(stack.client("dynamodb"), s["state_table"])
+    ensure_table(stack.client("dynamodb"), s["state_table"], s["outbox_index"])
 
     role_arn = ensure_role(iam)
     receive = {name: q.get("max_receive_count", 5) for name, q in s["queues"].items()}
@@ -149,7 +160,32 @@ def provision(
             env["FAULT_INJECTION"] = "true"
         deploy_function(lam, name, fn, zips[name], role_arn, env)
         ensure_mapping(lam, name, fn, queue_arn(stack, fn["source_queue"]))
+    # The relay gets `common` too: the same endpoint (behind a fault proxy, if any) and the
+    # marker `down` stops its workers by.
+    relay = s["relay"]
+    relay_env = dict(relay.get("environment", {}), **common, OUTBOX_INDEX=s["outbox_index"])
+    deploy_function(lam, RELAY, relay, zips[RELAY], role_arn, relay_env)
+    ensure_schedule(events, lam, relay["schedule_expression"])
     return {"queues": urls, "topic_arn": topic_arn, "role_arn": role_arn}
+
+
+def ensure_schedule(events, lam, schedule_expression: str) -> None:
+    """The rule that runs the relay, its one target, and the relay's leave for this rule
+    to invoke it, as terraform/events.tf declares them (MiniStack 1.5.33 invokes without
+    the leave; AWS refuses)."""
+    rule_arn = events.put_rule(
+        Name=RELAY_RULE, EventBusName=RELAY_RULE_BUS, ScheduleExpression=schedule_expression, State="ENABLED",
+        Description="Runs the outbox relay",
+    )["RuleArn"]
+    relay_arn = lam.get_function_configuration(FunctionName=RELAY)["FunctionArn"]
+    events.put_targets(Rule=RELAY_RULE, EventBusName=RELAY_RULE_BUS, Targets=[{"Id": RELAY, "Arn": relay_arn}])
+    try:
+        lam.add_permission(
+            FunctionName=RELAY, StatementId=RELAY_PERMISSION, Action="lambda:InvokeFunction",
+            Principal="events.amazonaws.com", SourceArn=rule_arn,
+        )
+    except lam.exceptions.ResourceConflictException:
+        pass  # given by an earlier `up`: the rule's ARN is the same
 
 
 def event_queue_policy(queue: str, rule_arn: str, sid: str) -> dict:
@@ -168,19 +204,51 @@ def event_queue_policy(queue: str, rule_arn: str, sid: str) -> dict:
     }
 
 
-def ensure_table(ddb, name: str) -> None:
-    """The job state table, as terraform/state.tf declares it."""
+def outbox_index(name: str) -> dict:
+    """terraform/state.tf's global_secondary_index: sparse (only unannounced ends carry
+    `outbox`), keyed by shard and lease end, keys only."""
+    return {
+        "IndexName": name,
+        "KeySchema": [
+            {"AttributeName": "outbox", "KeyType": "HASH"},
+            {"AttributeName": "lease_until", "KeyType": "RANGE"},
+        ],
+        "Projection": {"ProjectionType": "KEYS_ONLY"},
+    }
+
+
+# Every key attribute of the table and of its index.
+TABLE_ATTRIBUTES = [
+    {"AttributeName": "pk", "AttributeType": "S"},
+    {"AttributeName": "outbox", "AttributeType": "S"},
+    {"AttributeName": "lease_until", "AttributeType": "N"},
+]
+
+
+def ensure_table(ddb, name: str, index: str, timeout: float = 300) -> None:
+    """The job state table with its outbox index, as terraform/state.tf declares them. A
+    table made before the index existed (a stack started by an older `up`) gets the index
+    added, and is waited for until the index is ACTIVE: the relay queries it."""
     try:
-        ddb.describe_table(TableName=name)
+        table = ddb.describe_table(TableName=name)["Table"]
     except ddb.exceptions.ResourceNotFoundException:
         ddb.create_table(
             TableName=name,
             BillingMode="PAY_PER_REQUEST",
-            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+            AttributeDefinitions=TABLE_ATTRIBUTES,
             KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+            GlobalSecondaryIndexes=[outbox_index(index)],
             SSESpecification={"Enabled": True},
         )
         ddb.get_waiter("table_exists").wait(TableName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 30})
+    else:
+        if not any(g["IndexName"] == index for g in table.get("GlobalSecondaryIndexes", [])):
+            # The request itself must define the new index's key attributes.
+            ddb.update_table(
+                TableName=name, AttributeDefinitions=TABLE_ATTRIBUTES,
+                GlobalSecondaryIndexUpdates=[{"Create": outbox_index(index)}],
+            )
+    wait_index_active(ddb, name, index, timeout)
     ttl = ddb.describe_time_to_live(TableName=name).get("TimeToLiveDescription", {})
     if ttl.get("TimeToLiveStatus") not in ("ENABLED", "ENABLING"):  # AWS refuses enabling it twice
         ddb.update_time_to_live(TableName=name, TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires_at"})
@@ -189,6 +257,22 @@ def ensure_table(ddb, name: str) -> None:
         ddb.update_continuous_backups(
             TableName=name, PointInTimeRecoverySpecification={"PointInTimeRecoveryEnabled": True}
         )
+
+
+def wait_index_active(ddb, name: str, index: str, timeout: float) -> None:
+    """Until the table and the index are ACTIVE (a status the describe leaves out counts
+    as active: an emulator may not report one)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        table = ddb.describe_table(TableName=name)["Table"]
+        statuses = [table.get("TableStatus", "ACTIVE")] + [
+            g.get("IndexStatus", "ACTIVE") for g in table.get("GlobalSecondaryIndexes", []) if g["IndexName"] == index
+        ]
+        if all(s == "ACTIVE" for s in statuses):
+            return
+        if time.monotonic() > deadline:
+            raise StackError(f"table {name} and its index {index} are {statuses}, not ACTIVE, after {timeout:.0f} s")
+        time.sleep(1)
 
 
 def ensure_role(iam) -> str:

@@ -2,14 +2,16 @@
 
 `load_settings` returns the file as a dict only once it passes the rules AWS enforces on
 the resources the settings describe (visibility timeout at least 6 x the function timeout,
-batch sizes, concurrency, receive counts, EventBridge retry limits) and the pipeline's own
-(the ingester accepts no job longer than the processor can run). A broken file is refused
+batch sizes, concurrency, receive counts, EventBridge retry limits, the relay's Lambda
+limits and schedule) and the pipeline's own (the ingester accepts no job longer than the
+processor can run). A broken file is refused
 with every problem named by its setting's path, before anything is started or created.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from common import ROOT, StackError
@@ -17,6 +19,10 @@ from common import ROOT, StackError
 SETTINGS_FILE = ROOT / "terraform" / "pipeline.json"
 # AWS's advice for a queue a Lambda polls: a throttled poller's receive counts too.
 MIN_RECEIVE_COUNT = 5
+# EventBridge's schedule forms: a rate's unit is singular for 1 and plural above ("rate(1
+# minutes)" is refused), and a cron has six fields (minutes to year).
+RATE = re.compile(r"rate\((?P<n>[1-9][0-9]*) (?P<unit>minute|hour|day)(?P<plural>s?)\)")
+CRON = re.compile(r"cron\(\S+( \S+){5}\)")
 
 
 def load_settings(path: Path = SETTINGS_FILE, min_receive_count: int = MIN_RECEIVE_COUNT) -> dict:
@@ -68,6 +74,36 @@ def load_settings(path: Path = SETTINGS_FILE, min_receive_count: int = MIN_RECEI
         problems.append("state_table must name the job state table")
     if settings.get("dead_letter_queue") not in queues:
         problems.append("dead_letter_queue must name one of queues")
+    if not isinstance(settings.get("outbox_index"), str) or not settings["outbox_index"]:
+        problems.append("outbox_index must name the job state table's outbox index")
+    problems += relay_problems(settings.get("relay"))
     if problems:
         raise StackError(f"{path.name} is invalid:\n  " + "\n  ".join(problems))
     return settings
+
+
+def relay_problems(relay) -> list[str]:
+    """The outbox relay's block: Lambda's limits and a schedule EventBridge accepts."""
+    if not isinstance(relay, dict):
+        return ["relay must hold the outbox relay's settings"]
+    problems = []
+    if not _whole(relay.get("timeout_seconds"), 1, 900):
+        problems.append("relay.timeout_seconds must be 1..900 (Lambda's limits)")
+    if not _whole(relay.get("memory_mb"), 128, 10240):
+        problems.append("relay.memory_mb must be 128..10240 (Lambda's limits)")
+    schedule = relay.get("schedule_expression")
+    rate = RATE.fullmatch(schedule) if isinstance(schedule, str) else None
+    if rate and (rate["n"] == "1") == bool(rate["plural"]):
+        problems.append(f"relay.schedule_expression is {schedule!r}: EventBridge wants a singular unit for 1 "
+                        "and a plural one above, as in rate(1 minute) or rate(5 minutes)")
+    elif not rate and not (isinstance(schedule, str) and CRON.fullmatch(schedule)):
+        problems.append(f"relay.schedule_expression is {schedule!r}: it must be rate(<n> minute(s)|hour(s)|day(s)) "
+                        "or cron(<six fields>)")
+    env = relay.get("environment", {})
+    if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
+        problems.append("relay.environment must map variable names to strings (Lambda takes no other values)")
+    return problems
+
+
+def _whole(value, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high

@@ -1,4 +1,5 @@
-# EventBridge delivers every `jobs` event to the ingester's queue, as the whole envelope.
+# EventBridge delivers every `jobs` event to the ingester's queue, as the whole envelope,
+# and runs the outbox relay on its schedule.
 
 resource "aws_cloudwatch_event_rule" "ingester" {
   name           = local.pipeline.rule.name
@@ -76,4 +77,31 @@ data "aws_iam_policy_document" "dead_letter_queue" {
       values   = [aws_cloudwatch_event_rule.ingester.arn]
     }
   }
+}
+
+# The outbox relay runs on a schedule: each run announces the ends that their own
+# delivery recorded but left unannounced. Schedules run only on the default bus.
+resource "aws_cloudwatch_event_rule" "relay" {
+  name                = "relay-schedule"
+  description         = "Runs the outbox relay"
+  event_bus_name      = "default"
+  schedule_expression = local.relay.schedule_expression
+}
+
+# No retry policy or dead-letter queue: a run that could not start is replaced by the
+# next one, and a scheduled event is no job for the jobs' dead-letter queue.
+resource "aws_cloudwatch_event_target" "relay" {
+  rule           = aws_cloudwatch_event_rule.relay.name
+  event_bus_name = aws_cloudwatch_event_rule.relay.event_bus_name
+  target_id      = "relay"
+  arn            = aws_lambda_function.relay.arn
+}
+
+# Without this EventBridge's invocations are refused on real AWS; only this rule may invoke.
+resource "aws_lambda_permission" "relay_schedule" {
+  statement_id  = "EventBridgeRunsTheRelay"
+  action        = "lambda:InvokeFunction"
+  function_name = aws_lambda_function.relay.function_name
+  principal     = "events.amazonaws.com"
+  source_arn    = aws_cloudwatch_event_rule.relay.arn
 }

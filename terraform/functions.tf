@@ -1,5 +1,6 @@
-# Both functions are `bootstrap` binaries on provided.al2023, fed by SQS with partial batch
-# responses so one bad record never sends its whole batch back to the queue.
+# The functions are `bootstrap` binaries on provided.al2023. The ingester and the
+# processor are fed by SQS with partial batch responses, so one bad record never sends its
+# whole batch back to the queue; the outbox relay is run by a schedule (events.tf).
 
 resource "aws_lambda_function" "ingester" {
   #checkov:skip=CKV_AWS_116:An SQS-triggered function has no asynchronous invocations to dead-letter; it dead-letters rejected jobs itself, and its queue redrives to the DLQ.
@@ -69,6 +70,42 @@ resource "aws_lambda_function" "processor" {
   }
 }
 
+# Announces the ends that their own delivery recorded but could not announce (found
+# through the table's sparse outbox index), so none waits for a redelivery that may never
+# come.
+resource "aws_lambda_function" "relay" {
+  #checkov:skip=CKV_AWS_116:Its only invocations are the schedule's; a failed run is redone by the next one, and a scheduled event in the jobs' DLQ would be no job to redrive.
+  #checkov:skip=CKV_AWS_117:The function calls only AWS public endpoints; a VPC would add NAT cost and cold-start time for nothing.
+  #checkov:skip=CKV_AWS_173:The environment holds only a queue URL, a topic ARN and table and index names, no secrets; AWS encrypts it at rest with its own key.
+  #checkov:skip=CKV_AWS_272:Code signing needs a signing profile the deployer owns; enable it per account.
+  #checkov:skip=CKV_AWS_115:One scheduled run at a time; reserving concurrency for it would take from the account's pool for nothing.
+  function_name    = "relay"
+  description      = "Announces recorded ends that are still unannounced, from the job state table's outbox index"
+  role             = aws_iam_role.relay.arn
+  runtime          = "provided.al2023"
+  handler          = "bootstrap"
+  architectures    = [var.lambda_architecture]
+  filename         = "${local.package_dir}/relay.zip"
+  source_code_hash = filebase64sha256("${local.package_dir}/relay.zip")
+  timeout          = local.relay.timeout_seconds
+  memory_size      = local.relay.memory_mb
+
+  environment {
+    variables = merge(local.relay.environment, local.common_environment, {
+      OUTBOX_INDEX = local.pipeline.outbox_index
+    })
+  }
+
+  logging_config {
+    log_format = "JSON"
+    log_group  = aws_cloudwatch_log_group.relay.name
+  }
+
+  tracing_config {
+    mode = "PassThrough"
+  }
+}
+
 resource "aws_cloudwatch_log_group" "ingester" {
   #checkov:skip=CKV_AWS_158:Logs carry job ids and error codes, not secrets; CloudWatch encrypts them at rest by default.
   #checkov:skip=CKV_AWS_338:Retention is the log_retention_days variable; a year of demo logs is cost without use.
@@ -80,6 +117,13 @@ resource "aws_cloudwatch_log_group" "processor" {
   #checkov:skip=CKV_AWS_158:Logs carry job ids and error codes, not secrets; CloudWatch encrypts them at rest by default.
   #checkov:skip=CKV_AWS_338:Retention is the log_retention_days variable; a year of demo logs is cost without use.
   name              = "/aws/lambda/processor"
+  retention_in_days = var.log_retention_days
+}
+
+resource "aws_cloudwatch_log_group" "relay" {
+  #checkov:skip=CKV_AWS_158:Logs carry job ids and error codes, not secrets; CloudWatch encrypts them at rest by default.
+  #checkov:skip=CKV_AWS_338:Retention is the log_retention_days variable; a year of demo logs is cost without use.
+  name              = "/aws/lambda/relay"
   retention_in_days = var.log_retention_days
 }
 

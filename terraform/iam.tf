@@ -1,5 +1,5 @@
 # Least privilege: each function may touch only its own queues, the dead-letter queue, the
-# topic, the job state table and its own log group. (The original demo's roles could not
+# topic, the job state table (the relay: its outbox index) and its own log group. (The original demo's roles could not
 # publish to SNS or send to the DLQ at all.)
 
 data "aws_iam_policy_document" "lambda_assume" {
@@ -21,6 +21,11 @@ resource "aws_iam_role" "ingester" {
 
 resource "aws_iam_role" "processor" {
   name               = "processor"
+  assume_role_policy = data.aws_iam_policy_document.lambda_assume.json
+}
+
+resource "aws_iam_role" "relay" {
+  name               = "relay"
   assume_role_policy = data.aws_iam_policy_document.lambda_assume.json
 }
 
@@ -81,7 +86,8 @@ data "aws_iam_policy_document" "ingester" {
   }
 
   # Once the ingester announced such an end it marks the stop announced, so the
-  # processor does not announce it again; the mark may touch no other attribute.
+  # processor does not announce it again; the mark may touch no other attribute (it
+  # removes `outbox`, taking the stop out of the relay's index).
   statement {
     sid       = "MarkTheStopAnnounced"
     actions   = ["dynamodb:UpdateItem", "dynamodb:PartiQLUpdate"]
@@ -96,7 +102,7 @@ data "aws_iam_policy_document" "ingester" {
     condition {
       test     = "ForAllValues:StringEquals"
       variable = "dynamodb:Attributes"
-      values   = ["pk", "announced", "updated_ms", "expires_at"]
+      values   = ["pk", "announced", "updated_ms", "expires_at", "outbox"]
     }
   }
 
@@ -160,6 +166,51 @@ data "aws_iam_policy_document" "processor" {
   }
 }
 
+# The relay touches no queue but the dead-letter queue: it finds stranded ends in the
+# outbox index and finishes what their own delivery left undone (the letter, the
+# notification, the announced mark; functions/core/src/relay.rs).
+data "aws_iam_policy_document" "relay" {
+  statement {
+    sid       = "FindStrandedEnds"
+    actions   = ["dynamodb:Query"]
+    resources = ["${aws_dynamodb_table.jobs.arn}/index/${local.pipeline.outbox_index}"]
+  }
+
+  statement {
+    sid       = "ReadJobState"
+    actions   = ["dynamodb:GetItem"]
+    resources = [aws_dynamodb_table.jobs.arn]
+  }
+
+  # Takes a stranded end (moves its lease to the relay) and marks it announced, on both
+  # stages' records; it never puts or deletes one. No dynamodb:Attributes condition:
+  # the take answers with the whole record (ReturnValues ALL_NEW), which a grant
+  # restricted to some attributes refuses.
+  statement {
+    sid       = "TakeAndMarkStrandedEnds"
+    actions   = ["dynamodb:UpdateItem", "dynamodb:PartiQLUpdate"]
+    resources = [aws_dynamodb_table.jobs.arn]
+  }
+
+  statement {
+    sid       = "DeadLetter"
+    actions   = ["sqs:SendMessage"]
+    resources = [aws_sqs_queue.dead_letter.arn]
+  }
+
+  statement {
+    sid       = "AnnounceEndStates"
+    actions   = ["sns:Publish"]
+    resources = [aws_sns_topic.job_end_state.arn]
+  }
+
+  statement {
+    sid       = "WriteOwnLogs"
+    actions   = ["logs:CreateLogStream", "logs:PutLogEvents"]
+    resources = ["${aws_cloudwatch_log_group.relay.arn}:*"]
+  }
+}
+
 # A customer-managed topic key must let the publishers use it; the AWS-managed
 # alias/aws/sns key does so for every principal allowed to publish.
 data "aws_kms_key" "topic" {
@@ -191,6 +242,13 @@ resource "aws_iam_role_policy" "processor_topic_key" {
   policy = data.aws_iam_policy_document.topic_key[0].json
 }
 
+resource "aws_iam_role_policy" "relay_topic_key" {
+  count  = local.customer_managed_topic_key ? 1 : 0
+  name   = "relay-topic-key"
+  role   = aws_iam_role.relay.id
+  policy = data.aws_iam_policy_document.topic_key[0].json
+}
+
 resource "aws_iam_role_policy" "ingester" {
   name   = "ingester"
   role   = aws_iam_role.ingester.id
@@ -201,4 +259,10 @@ resource "aws_iam_role_policy" "processor" {
   name   = "processor"
   role   = aws_iam_role.processor.id
   policy = data.aws_iam_policy_document.processor.json
+}
+
+resource "aws_iam_role_policy" "relay" {
+  name   = "relay"
+  role   = aws_iam_role.relay.id
+  policy = data.aws_iam_policy_document.relay.json
 }

@@ -18,12 +18,14 @@ locals {
   queues    = local.pipeline.queues
   ingester  = local.pipeline.functions.ingester
   processor = local.pipeline.functions.processor
+  # The outbox relay is fed by a schedule, not a queue: its block stands beside `functions`.
+  relay = local.pipeline.relay
 
   ingester_queue    = local.queues[local.ingester.source_queue]
   jobs_todo_queue   = local.queues[local.processor.source_queue]
   dead_letter_queue = local.queues[local.pipeline.dead_letter_queue]
 
-  # Settings both functions read. Functions on an emulator need its endpoint; on AWS the
+  # Settings every function reads. Functions on an emulator need its endpoint; on AWS the
   # SDK finds the regional one itself.
   common_environment = merge(
     {

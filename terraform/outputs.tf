@@ -25,7 +25,16 @@ output "event_rule_arn" {
 
 output "function_names" {
   description = "The deployed Lambda functions"
-  value       = [aws_lambda_function.ingester.function_name, aws_lambda_function.processor.function_name]
+  value = [
+    aws_lambda_function.ingester.function_name,
+    aws_lambda_function.processor.function_name,
+    aws_lambda_function.relay.function_name,
+  ]
+}
+
+output "relay_schedule_rule_arn" {
+  description = "The rule running the outbox relay on its schedule"
+  value       = aws_cloudwatch_event_rule.relay.arn
 }
 
 output "end_state_queue_url" {

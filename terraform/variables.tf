@@ -40,7 +40,7 @@ variable "lambda_architecture" {
 
 variable "package_dir" {
   type        = string
-  description = "Directory holding ingester.zip and processor.zip (each a `bootstrap` binary). Empty means ../dist beside this module."
+  description = "Directory holding ingester.zip, processor.zip and relay.zip (each a `bootstrap` binary). Empty means ../dist beside this module."
   default     = ""
 }
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Callable, TypeVar
 
 import stack as stk
@@ -74,3 +75,17 @@ def wait_for(what: str, check: Callable[[], T], timeout: float, every: float = 1
             return found
         time.sleep(every)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def workers_of(stack: stk.Stack, function: str) -> list[int]:
+    """Pids of this stack's worker processes running `function` (by its marker, as `down`)."""
+    marker = (stack.state_dir / "stack-id").read_text().strip()
+    found = []
+    for pid in stk.marked_pids(marker):
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"AWS_LAMBDA_FUNCTION_NAME={function}".encode() in env:
+            found.append(pid)
+    return found

@@ -157,7 +157,7 @@ def test_ministack_in_compose_can_start_the_functions(tmp_path):
         "print(json.dumps([l.LAMBDA_EXECUTOR, l.LAMBDA_DOCKER_NETWORK, l._docker_image_for_runtime('provided.al2023')]))",
         emulator_env(cfg),
     )
-    runtimes = {Module(ROOT / "terraform").attribute(f"aws_lambda_function.{fn}", "runtime") for fn in ("ingester", "processor")}
+    runtimes = {Module(ROOT / "terraform").attribute(f"aws_lambda_function.{fn}", "runtime") for fn in stk.PACKAGED}
     if executor == "docker":
         assert image, "MiniStack has no container image for provided.al2023"
         assert runtimes == {"provided.al2023"}, runtimes
@@ -166,7 +166,7 @@ def test_ministack_in_compose_can_start_the_functions(tmp_path):
         attached = {cfg["networks"][n].get("name", n) for n in svc["networks"]}
         assert network in attached, f"functions would join network {network!r}; the emulator is on {attached}"
     else:
-        for fn in ("ingester", "processor"):
+        for fn in stk.PACKAGED:
             binary = stk.RELEASE / fn
             assert binary.exists(), f"{binary} is missing: make build"
             headers = subprocess.run(["readelf", "-l", str(binary)], capture_output=True, text=True).stdout
@@ -207,13 +207,13 @@ def test_the_build_packages_the_same_binary_into_the_same_bytes(tmp_path):
     binaries re-touched, another umask and another time zone in between."""
     target = tmp_path / "target" / "x86_64-unknown-linux-gnu" / "release"
     target.mkdir(parents=True)
-    for fn in ("ingester", "processor"):
+    for fn in stk.PACKAGED:
         (target / fn).write_bytes(os.urandom(64 * 1024) + fn.encode())
     runs = []
     for i, (tz, umask) in enumerate([("UTC", "022"), ("America/New_York", "077")]):
         if i:
             time.sleep(2.1)  # zip keeps times in two-second steps: make sure the clock moves on
-            for fn in ("ingester", "processor"):
+            for fn in stk.PACKAGED:
                 os.utime(target / fn)
         dist = tmp_path / f"dist{i}"
         out = subprocess.run(
@@ -223,7 +223,7 @@ def test_the_build_packages_the_same_binary_into_the_same_bytes(tmp_path):
             capture_output=True, text=True, timeout=60,
         )
         assert out.returncode == 0, out.stderr
-        runs.append({fn: (dist / f"{fn}.zip").read_bytes() for fn in ("ingester", "processor")})
+        runs.append({fn: (dist / f"{fn}.zip").read_bytes() for fn in stk.PACKAGED})
     assert runs[0] == runs[1], "the same binaries gave different zips"
     with zipfile.ZipFile(io.BytesIO(runs[0]["ingester"])) as z:
         (info,) = z.infolist()

@@ -9,12 +9,11 @@ from __future__ import annotations
 import os
 import signal
 import time
-from pathlib import Path
 
 import pytest
 
 import stack as stk
-from helpers import DEADLINE_MARGIN_SECONDS, JOBS_TODO, put_jobs, state_record, wait_for
+from helpers import DEADLINE_MARGIN_SECONDS, JOBS_TODO, put_jobs, state_record, wait_for, workers_of
 
 PROCESSOR_TIMEOUT = 30
 JOB_SECS = 6
@@ -32,20 +31,6 @@ def short_settings() -> dict:
 def short(start_stack):
     with start_stack("crash", receiver=True, settings=short_settings()) as stack:
         yield stack
-
-
-def workers_of(stack: stk.Stack, function: str) -> list[int]:
-    """Pids of this stack's worker processes running `function`."""
-    marker = (stack.state_dir / "stack-id").read_text().strip()
-    found = []
-    for pid in stk.marked_pids(marker):
-        try:
-            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if f"AWS_LAMBDA_FUNCTION_NAME={function}".encode() in env:
-            found.append(pid)
-    return found
 
 
 def test_a_worker_killed_mid_job_leaves_the_job_to_run_again_and_end_once(short):

@@ -2,7 +2,8 @@
 
 `make up` provisions MiniStack with stack/provision.py; real deployments and docker-compose use
 terraform/. Both read terraform/pipeline.json, but each also states things of its own (SSE,
-policies, environment, mapping options), and either could hard-code a value. This test
+policies, environment, mapping options, the relay's schedule rule and the table's index), and
+either could hard-code a value. This test
 starts the embedded stack, reads back what it really created, evaluates what the Terraform
 declares (tests/hcl_eval.py), and compares the two in one normalised shape.
 
@@ -24,7 +25,14 @@ from hcl_eval import JsonDoc, Module, Ref
 from helpers import DEAD_LETTER_QUEUE, INGESTER_QUEUE, SETTINGS
 
 LOCAL_ONLY_ENV = {"JOBS_STACK_ID", "AWS_ENDPOINT_URL", "AWS_LAMBDA_LOG_FORMAT", "OTEL_EXPORTER_OTLP_ENDPOINT"}
-FUNCTIONS = {"ingester": "aws_lambda_function.ingester", "processor": "aws_lambda_function.processor"}
+FUNCTIONS = {
+    "ingester": "aws_lambda_function.ingester",
+    "processor": "aws_lambda_function.processor",
+    "relay": "aws_lambda_function.relay",
+}
+# The rules as terraform/events.tf names them: the jobs' route, and the relay's schedule.
+JOBS_RULE = "aws_cloudwatch_event_rule.ingester"
+SCHEDULE_RULE = "aws_cloudwatch_event_rule.relay"
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +86,17 @@ def described(stack: stk.Stack) -> dict:
     topic_arn = sns.create_topic(Name=s["topic"])["TopicArn"]  # idempotent lookup by name
     topic = sns.get_topic_attributes(TopicArn=topic_arn)["Attributes"]
     out["topic"] = {"name": last(topic_arn), "kms_master_key_id": topic.get("KmsMasterKeyId")}
+    schedule = events.describe_rule(Name=stk.RELAY_RULE, EventBusName=stk.RELAY_RULE_BUS)
+    out["schedule"] = {
+        "name": schedule["Name"],
+        "bus": schedule.get("EventBusName", "default"),
+        "expression": schedule.get("ScheduleExpression"),
+        "targets": sorted(
+            (t["Id"], last(t["Arn"]))
+            for t in events.list_targets_by_rule(Rule=schedule["Name"], EventBusName=stk.RELAY_RULE_BUS)["Targets"]
+        ),
+        "permissions": invoke_permissions(lam, stk.RELAY),
+    }
     table = stack.client("dynamodb").describe_table(TableName=s["state_table"])["Table"]
     ddb = stack.client("dynamodb")
     ttl = ddb.describe_time_to_live(TableName=s["state_table"])["TimeToLiveDescription"]
@@ -87,6 +106,11 @@ def described(stack: stk.Stack) -> dict:
         "billing": table.get("BillingModeSummary", {}).get("BillingMode", "PROVISIONED"),
         "key": sorted((k["AttributeName"], k["KeyType"]) for k in table["KeySchema"]),
         "attributes": sorted((a["AttributeName"], a["AttributeType"]) for a in table["AttributeDefinitions"]),
+        "indexes": sorted(
+            (g["IndexName"], tuple(sorted((k["AttributeName"], k["KeyType"]) for k in g["KeySchema"])),
+             g["Projection"]["ProjectionType"])
+            for g in table.get("GlobalSecondaryIndexes", [])
+        ),
         "ttl": ttl.get("AttributeName") if ttl.get("TimeToLiveStatus") in ("ENABLED", "ENABLING") else None,
         "point_in_time_recovery": pitr["PointInTimeRecoveryDescription"]["PointInTimeRecoveryStatus"] == "ENABLED",
     }
@@ -111,6 +135,20 @@ def described(stack: stk.Stack) -> dict:
                 "enabled": m.get("State", "Enabled") in ("Enabled", "Enabling", "Updating"),
             }
     return out
+
+
+def invoke_permissions(lam, function: str) -> list:
+    """Who may invoke the function, from its resource policy: (sid, principal, action,
+    the rule it is limited to)."""
+    try:
+        policy = json.loads(lam.get_policy(FunctionName=function)["Policy"])
+    except lam.exceptions.ResourceNotFoundException:
+        return []
+    out = []
+    for st in policy["Statement"]:
+        source = [v for cond in st.get("Condition", {}).values() for k, v in cond.items() if k.lower() == "aws:sourcearn"]
+        out.append((st["Sid"], st["Principal"]["Service"], st["Action"], last(source[0]) if source else None))
+    return sorted(out)
 
 
 def env_value(v: str) -> str:
@@ -193,9 +231,9 @@ class Declared:
                 "redrive_allow": allow and {"permission": allow["redrivePermission"], "sources": sorted(self.name_of(a) for a in allow["sourceQueueArns"])},
                 "policy": policy and self.policy_document(policy),
             }
-        rule = "aws_cloudwatch_event_rule.ingester"
+        rule = JOBS_RULE
         pattern = m.attribute(rule, "event_pattern")
-        targets = [r for r in m.resources() if r.startswith("aws_cloudwatch_event_target.")]
+        targets = self.targets_of(rule)
         out = {
             "queues": queues,
             "rule": {
@@ -208,6 +246,20 @@ class Declared:
                 "name": m.attribute("aws_sns_topic.job_end_state", "name"),
                 "kms_master_key_id": m.attribute("aws_sns_topic.job_end_state", "kms_master_key_id"),
             },
+            "schedule": {
+                "name": m.attribute(SCHEDULE_RULE, "name"),
+                "bus": m.attribute(SCHEDULE_RULE, "event_bus_name"),
+                "expression": m.attribute(SCHEDULE_RULE, "schedule_expression"),
+                "targets": sorted(
+                    (m.attribute(t, "target_id"), self.name_of(m.attribute(t, "arn"))) for t in self.targets_of(SCHEDULE_RULE)
+                ),
+                "permissions": sorted(
+                    (m.attribute(p, "statement_id"), m.attribute(p, "principal"), m.attribute(p, "action"),
+                     self.name_of(m.attribute(p, "source_arn")))
+                    for p in self.present()
+                    if p.startswith("aws_lambda_permission.") and self.name_of(m.attribute(p, "function_name")) == stk.RELAY
+                ),
+            },
             "functions": {},
             "mappings": {},
         }
@@ -218,6 +270,11 @@ class Declared:
             "billing": m.attribute(t, "billing_mode"),
             "key": [(m.attribute(t, "hash_key"), "HASH")],
             "attributes": sorted((a["name"], a["type"]) for a in m.attribute(t, "attribute")),
+            "indexes": sorted(
+                (g["name"], tuple(sorted([(g["hash_key"], "HASH")] + ([(g["range_key"], "RANGE")] if "range_key" in g else []))),
+                 g["projection_type"])
+                for g in m.attribute(t, "global_secondary_index")
+            ),
             "ttl": ttl["attribute_name"] if ttl["enabled"] else None,
             "point_in_time_recovery": self.one(t, "point_in_time_recovery")["enabled"],
         }
@@ -244,6 +301,13 @@ class Declared:
                 "enabled": m.attribute(r, "enabled"),
             }
         return out
+
+    def targets_of(self, rule: str) -> list[str]:
+        """The aws_cloudwatch_event_target resources of one rule."""
+        return [
+            r for r in self.m.resources()
+            if r.startswith("aws_cloudwatch_event_target.") and self.m.attribute(r, "rule").resource == rule
+        ]
 
     def target(self, t: str) -> tuple:
         """A rule target in `described`'s shape: id, queue, dead-letter queue, retries."""
@@ -284,7 +348,7 @@ class Declared:
 # --------------------------------------------------------------------------- tests
 
 
-@pytest.mark.parametrize("part", ["queues", "rule", "topic", "table", "functions", "mappings"])
+@pytest.mark.parametrize("part", ["queues", "rule", "schedule", "topic", "table", "functions", "mappings"])
 def test_the_embedded_stack_provisions_what_terraform_declares(live, declared, part):
     assert live[part] == declared[part], f"{part} differ between `make up` (left) and terraform/ (right)"
 
@@ -292,7 +356,11 @@ def test_the_embedded_stack_provisions_what_terraform_declares(live, declared, p
 def test_the_comparison_sees_every_resource(live, declared):
     """An empty or partial read on both sides would compare equal; it must not."""
     assert set(declared["queues"]) == set(SETTINGS["queues"])
-    assert set(declared["functions"]) == set(declared["mappings"]) == set(stk.FUNCTIONS)
+    assert set(declared["functions"]) == set(stk.PACKAGED)
+    assert set(declared["mappings"]) == set(stk.FUNCTIONS), "the relay is run by its schedule, not a queue"
+    assert declared["schedule"]["targets"] == [(stk.RELAY, stk.RELAY)] and declared["schedule"]["expression"]
+    assert declared["schedule"]["permissions"], "EventBridge must be let to invoke the relay"
+    assert declared["table"]["indexes"], "the relay queries the outbox index"
     assert declared["rule"]["targets"] and declared["queues"][INGESTER_QUEUE]["policy"]
     assert declared["queues"][DEAD_LETTER_QUEUE]["policy"], "EventBridge must be let to dead-letter"
     assert all(t[2] == DEAD_LETTER_QUEUE and t[3] and t[4] for t in declared["rule"]["targets"])
@@ -301,7 +369,7 @@ def test_the_comparison_sees_every_resource(live, declared):
 
 def function_vars() -> dict[str, dict[str, set[str]]]:
     """Each function's variables as functions/core/src/config.rs lists them (INGESTER_VARS,
-    PROCESSOR_VARS, COMMON_OPTIONAL), constants resolved from the crate's sources: the
+    PROCESSOR_VARS, RELAY_VARS, COMMON_OPTIONAL), constants resolved from the crate's sources: the
     lists the functions really read from, not a copy of them here."""
     src = (stk.ROOT / "functions/core/src").rglob("*.rs")
     consts = {}
@@ -319,7 +387,7 @@ def function_vars() -> dict[str, dict[str, set[str]]]:
 
     common = names(re.search(r"COMMON_OPTIONAL: &\[&str\] = &\[(.*?)\];", text, re.S).group(1))
     out = {}
-    for fn in ("ingester", "processor"):
+    for fn in FUNCTIONS:
         block = re.search(rf"{fn.upper()}_VARS: FunctionVars = FunctionVars \{{(.*?)\n\}};", text, re.S).group(1)
         required = names(re.search(r"required: &\[(.*?)\]", block, re.S).group(1))
         optional = names(re.search(r"optional: &\[(.*?)\]", block, re.S).group(1)) | common
@@ -333,10 +401,11 @@ def test_the_function_variable_lists_are_read_whole():
     assert {"INGESTER_QUEUE_URL", "MAX_RECEIVE_COUNT", "JOBS_TABLE"} <= v["ingester"]["required"]
     assert {"DEADLINE_MARGIN_MS", "FAULT_INJECTION", "TLS_TRUST_ROOTS", "OTEL_EXPORTER_OTLP_ENDPOINT"} <= v["processor"]["optional"]
     assert "INGESTER_QUEUE_URL" not in v["processor"]["required"] | v["processor"]["optional"]
+    assert {"OUTBOX_INDEX", "JOBS_TABLE"} <= v["relay"]["required"] and "JOBS_TODO_QUEUE_URL" not in v["relay"]["required"]
 
 
 @pytest.mark.parametrize("side", ["live", "declared"])
-@pytest.mark.parametrize("fn", ["ingester", "processor"])
+@pytest.mark.parametrize("fn", list(FUNCTIONS))
 def test_each_function_is_given_every_variable_it_needs_and_none_it_ignores(live, declared, side, fn):
     """Guards against a function that stops at init (a required variable missing) and a
     setting that silently does nothing (a name the function never reads, such as a typo)."""

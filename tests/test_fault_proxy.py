@@ -470,7 +470,7 @@ def test_queue(live):
 
 def test_functions_are_pointed_at_the_proxy_and_the_tools_are_not(live):
     stack, proxy = live
-    for name in stk.FUNCTIONS:
+    for name in stk.PACKAGED:
         env = stack.client("lambda").get_function_configuration(FunctionName=name)["Environment"]["Variables"]
         assert env["AWS_ENDPOINT_URL"] == proxy.url
     assert stack.endpoint != proxy.url and stack.env()["AWS_ENDPOINT_URL"] == stack.endpoint

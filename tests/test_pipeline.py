@@ -125,6 +125,10 @@ def test_up_is_idempotent_and_down_stops_every_process(tmp_path, free_port):
     lam = again.client("lambda")
     for fn in stk.FUNCTIONS:
         assert len(lam.list_event_source_mappings(FunctionName=fn)["EventSourceMappings"]) == 1
+    # The relay is run by its schedule alone.
+    assert not lam.list_event_source_mappings(FunctionName=stk.RELAY)["EventSourceMappings"]
+    targets = again.client("events").list_targets_by_rule(Rule=stk.RELAY_RULE, EventBusName=stk.RELAY_RULE_BUS)
+    assert len(targets["Targets"]) == 1
     sns = again.client("sns")
     assert len(sns.list_subscriptions_by_topic(TopicArn=again.resources["topic_arn"])["Subscriptions"]) == 1
 

@@ -252,7 +252,7 @@ def test_records_wait_in_sqs_while_a_dependency_is_down(pipeline):
         )
         assert held == 20 and stk.queue_depth(sqs, queues[INGESTER_QUEUE]) == 0
     finally:
-        stk.ensure_table(ddb, table)
+        stk.ensure_table(ddb, table, pipeline.settings["outbox_index"])
     notes = stk.await_end_states(pipeline, ids, timeout=150)
     per_job = Counter(n["job_id"] for n in notes)
     assert per_job == {i: 1 for i in ids}, per_job

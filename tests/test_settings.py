@@ -37,6 +37,19 @@ def test_the_shipped_settings_follow_the_aws_rules():
         (lambda s: s["functions"]["ingester"]["environment"].update(MAX_JOB_TIMEOUT_SECONDS="890"),
          "functions.ingester.environment.MAX_JOB_TIMEOUT_SECONDS"),
         (lambda s: s["rule"].pop("retry"), "rule.retry.maximum_event_age_seconds"),
+        (lambda s: s.update(outbox_index=""), "outbox_index"),
+        (lambda s: s.pop("relay"), "relay"),
+        (lambda s: s["relay"].update(timeout_seconds=901), "relay.timeout_seconds"),
+        (lambda s: s["relay"].update(timeout_seconds=0), "relay.timeout_seconds"),
+        (lambda s: s["relay"].update(memory_mb=64), "relay.memory_mb"),
+        (lambda s: s["relay"].update(memory_mb=10241), "relay.memory_mb"),
+        # EventBridge refuses a plural unit for 1 and a singular one above.
+        (lambda s: s["relay"].update(schedule_expression="rate(1 minutes)"), "relay.schedule_expression"),
+        (lambda s: s["relay"].update(schedule_expression="rate(5 minute)"), "relay.schedule_expression"),
+        (lambda s: s["relay"].update(schedule_expression="rate(0 minutes)"), "relay.schedule_expression"),
+        (lambda s: s["relay"].update(schedule_expression="every minute"), "relay.schedule_expression"),
+        (lambda s: s["relay"].update(schedule_expression="cron(0 12 * * ?)"), "relay.schedule_expression"),
+        (lambda s: s["relay"]["environment"].update(RUST_LOG=1), "relay.environment"),
     ],
 )
 def test_a_broken_setting_is_refused_by_name(tmp_path, change, named):
@@ -44,6 +57,13 @@ def test_a_broken_setting_is_refused_by_name(tmp_path, change, named):
     change(s)
     with pytest.raises(stk.StackError, match=named.replace(".", r"\.")):
         stk.load_settings(write(tmp_path, s))
+
+
+@pytest.mark.parametrize("schedule", ["rate(1 minute)", "rate(5 minutes)", "rate(1 hour)", "rate(2 days)", "cron(0/5 * * * ? *)"])
+def test_every_schedule_form_eventbridge_accepts_is_accepted(tmp_path, schedule):
+    s = copy.deepcopy(stk.load_settings())
+    s["relay"]["schedule_expression"] = schedule
+    assert stk.load_settings(write(tmp_path, s))["relay"]["schedule_expression"] == schedule
 
 
 def test_package_makes_an_executable_bootstrap(tmp_path):

@@ -51,6 +51,8 @@ def test_the_main_resources_have_plain_names(module):
         "aws_cloudwatch_log_group.ingester", "aws_cloudwatch_log_group.processor",
         "aws_sns_topic.job_end_state", "aws_cloudwatch_event_rule.ingester", "aws_cloudwatch_event_target.ingester",
         "aws_iam_role.ingester", "aws_iam_role.processor", "aws_dynamodb_table.jobs",
+        "aws_lambda_function.relay", "aws_cloudwatch_log_group.relay", "aws_iam_role.relay",
+        "aws_cloudwatch_event_rule.relay", "aws_cloudwatch_event_target.relay", "aws_lambda_permission.relay_schedule",
     }
     assert expected <= set(module.resources())
 
@@ -113,14 +115,28 @@ def expected_grants(function: str, source: str, sends: list[str], log_group: str
 
 # The writes a function makes on the other stage's records: the ingester's stop on the
 # processor's record when a forward failed on its last receive (PutItem), and its mark
-# of that stop as announced (an update of the mark's attributes only).
+# of that stop as announced (an update of the mark's attributes only, `outbox` removed).
 PROCESSOR_KEYS = "ForAllValues:StringLike dynamodb:LeadingKeys processor#*"
-MARK_ONLY = "ForAllValues:StringEquals dynamodb:Attributes pk,announced,updated_ms,expires_at"
+MARK_ONLY = "ForAllValues:StringEquals dynamodb:Attributes pk,announced,updated_ms,expires_at,outbox"
 PROCESSOR_STOP = {
     ("dynamodb:PutItem", "aws_dynamodb_table:jobs", PROCESSOR_KEYS),
     ("dynamodb:UpdateItem", "aws_dynamodb_table:jobs", f"{PROCESSOR_KEYS} {MARK_ONLY}"),
     ("dynamodb:PartiQLUpdate", "aws_dynamodb_table:jobs", f"{PROCESSOR_KEYS} {MARK_ONLY}"),
 }
+
+
+# The relay consumes no queue: it queries the outbox index, reads the records it finds,
+# takes them and marks them announced (updates of either stage's records; the take
+# returns the whole record, so no attribute condition), and sends the letters and
+# notifications their delivery left unsent. It never puts or deletes a record.
+RELAY_GRANTS = {
+    ("dynamodb:Query", "aws_dynamodb_table:jobs/index/outbox", ""),
+    ("dynamodb:GetItem", "aws_dynamodb_table:jobs", ""),
+    ("dynamodb:UpdateItem", "aws_dynamodb_table:jobs", ""),
+    ("dynamodb:PartiQLUpdate", "aws_dynamodb_table:jobs", ""),
+    ("sqs:SendMessage", "aws_sqs_queue:dead-letter-queue", ""),
+    ("sns:Publish", "aws_sns_topic:job-end-state-topic", ""),
+} | {(a, "aws_cloudwatch_log_group:/aws/lambda/relay:*", "") for a in LOGS}
 
 
 def test_each_function_may_touch_only_its_own_resources(module):
@@ -131,32 +147,56 @@ def test_each_function_may_touch_only_its_own_resources(module):
     assert grants(module, "processor") == expected_grants(
         "processor", "jobs-todo", ["jobs-todo", "dead-letter-queue"], "/aws/lambda/processor"
     )
+    assert grants(module, "relay") == RELAY_GRANTS
+
+
+def written_by(expression: str) -> set[str]:
+    """The attributes an UpdateExpression writes: SET's targets and REMOVE's names (the
+    mark takes `outbox` away, which IAM counts as touching it)."""
+    out = set()
+    for body in re.findall(r"\b(?:SET|REMOVE)\s+(.*?)(?=\s+(?:SET|REMOVE)\b|$)", expression.strip(), re.S):
+        out |= {part.split("=")[0].strip() for part in body.split(",")}
+    return out
+
+
+def mark_attributes() -> set[str]:
+    """What the store's two announced-mark calls (UpdateItem, and the batched PartiQL
+    UPDATE) write, read from functions/core/src/store/dynamo.rs; both must agree."""
+    src = (stk.ROOT / "functions/core/src/store/dynamo.rs").read_text()
+    single = re.search(r'update_expression\(\s*"(SET announced = [^"]+)",?\s*\)', src)
+    batched = re.search(r'UPDATE \\"\{\}\\" (SET \\"announced\\".*?)WHERE', src, re.S)
+    assert single and batched, "the mark's calls were not found in dynamo.rs"
+    written_single = written_by(single.group(1))
+    written_batched = set(re.findall(r'(?:SET|REMOVE)\s+\\"(\w+)\\"', batched.group(1)))
+    assert written_single == written_batched, (written_single, written_batched)
+    return written_single
+
+
+def test_an_update_expression_is_read_with_its_remove_clause():
+    assert written_by("SET announced = :t, updated_ms = :u, expires_at = :x REMOVE outbox") == {
+        "announced", "updated_ms", "expires_at", "outbox"
+    }
+    assert written_by("REMOVE a, b SET c = :c") == {"a", "b", "c"}
 
 
 def test_the_stop_mark_grant_lists_what_the_mark_writes():
     """Guards against the ingester's announced mark on a processor stop being denied on
     AWS, which would let the processor announce that end a second time: the attributes
-    the store's two mark calls (UpdateItem, and the batched PartiQL UPDATE) write are
-    read from the code and must be the ones the grant allows, with the key."""
-    src = (stk.ROOT / "functions/core/src/store/dynamo.rs").read_text()
-    single = re.search(r'update_expression\("SET (announced = [^"]+)"\)', src)
-    batched = re.search(r'UPDATE \\"\{\}\\" (SET \\"announced\\".*?)WHERE', src, re.S)
-    assert single and batched, "the mark's calls were not found in dynamo.rs"
-    written_single = {a.split("=")[0].strip() for a in single.group(1).split(",")}
-    written_batched = set(re.findall(r'SET \\"(\w+)\\"', batched.group(1)))
-    assert written_single == written_batched, (written_single, written_batched)
+    the store's mark calls write are read from the code and must be the ones the grant
+    allows, with the key."""
+    written = mark_attributes()
     allowed = set(MARK_ONLY.split()[-1].split(","))
-    assert allowed == written_single | {"pk"}, (allowed, written_single)
+    assert allowed == written | {"pk"}, (allowed, written)
 
 
-def test_a_customer_managed_topic_key_is_granted_to_both_publishers():
+def test_a_customer_managed_topic_key_is_granted_to_every_publisher():
     key = "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
     m = Module(TF, variables={"topic_kms_key_id": key})
-    for fn in ("ingester", "processor"):
-        extra = grants(m, fn) - expected_grants(
+    for fn in ("ingester", "processor", "relay"):
+        extra = grants(m, fn) - (RELAY_GRANTS if fn == "relay" else expected_grants(
             fn, "ingester-queue" if fn == "ingester" else "jobs-todo", ["jobs-todo", "dead-letter-queue"],
             f"/aws/lambda/{fn}",
-        ) - PROCESSOR_STOP
+        ) | PROCESSOR_STOP)
         assert extra == {("kms:GenerateDataKey*", f"aws_kms_key:{key}", ""), ("kms:Decrypt", f"aws_kms_key:{key}", "")}, extra
 
 
@@ -208,7 +248,7 @@ def test_a_resource_of_an_unknown_service_is_not_passed_over():
 )
 def test_functions_call_the_endpoint_they_can_reach(variables, expected):
     m = Module(TF, variables=variables)
-    for fn in ("ingester", "processor"):
+    for fn in ("ingester", "processor", "relay"):
         env = m.attribute(f"aws_lambda_function.{fn}", "environment")[0]["variables"]
         assert env.get("AWS_ENDPOINT_URL") == expected, (fn, variables)
 
