@@ -48,6 +48,8 @@ PRICES: dict[tuple[str, str], float | dict[str, float]] = {
     ("sns", "requests"): 0.50 / 1e6,
     ("events", "events"): 1.00 / 1e6,
     ("dynamodb", "wru"): 0.625 / 1e6,
+    # A global secondary index's writes are billed as the table's.
+    ("dynamodb", "index_wru"): 0.625 / 1e6,
     ("dynamodb", "rru"): 0.125 / 1e6,
     ("logs", "gb"): 0.50,
 }
@@ -179,7 +181,7 @@ def _shown(unit: str, amount: float) -> str:
 
 
 def _unit_name(unit: str) -> str:
-    return {"requests": "req", "events": "events", "wru": "WRU", "rru": "RRU", "invocations": "inv",
+    return {"requests": "req", "events": "events", "wru": "WRU", "index_wru": "index WRU", "rru": "RRU", "invocations": "inv",
             "gb_s": "GB-s", "gb": "GB"}.get(unit, unit)
 
 

@@ -20,6 +20,11 @@ in the DynamoDB developer guide):
   conditional write that is refused still consumes its units. The item before a write is
   known from the writes seen earlier in the run (`Shadow`); an `UPDATE` of an item not seen
   is sized by its key and the attributes it sets.
+- DynamoDB global secondary indexes (keys only, as the outbox index is): an applied write
+  that puts an item into an index, or takes it out, is one more write unit; one that
+  changes the item's index key is two (the entry is deleted and put again); any other
+  write leaves a keys-only index alone (unit `index_wru`). The index keys come from the
+  `indexes` the `Shadow` is given, and their values from the writes seen.
 - DynamoDB reads: per item, one read unit per started 4 KB of what came back (at least
   one), half for an eventually consistent read, twice in a transaction; a `Query` or
   `Scan` by the total size it returned.
@@ -207,12 +212,44 @@ def read_units(size: int, consistent: bool) -> float:
 
 class Shadow:
     """The size of each item this run wrote, attribute by attribute, by (table, key):
-    what a later write of the item is billed on ("the larger of before and after")."""
+    what a later write of the item is billed on ("the larger of before and after"); and
+    the values of its index key attributes, which say what a write costs each index.
+    `indexes`: per table, the key attributes of each keys-only global secondary index."""
 
-    def __init__(self, key_names: dict[str, list[str]] | None = None, default_key: tuple[str, ...] = ("pk",)):
+    def __init__(self, key_names: dict[str, list[str]] | None = None, default_key: tuple[str, ...] = ("pk",),
+                 indexes: dict[str, list[tuple[str, ...]]] | None = None):
         self.key_names = key_names or {}
         self.default_key = list(default_key)
         self.items: dict[tuple[str, str], dict[str, int]] = {}
+        self.indexes = indexes or {}
+        self.index_values: dict[tuple[str, str], dict[str, str]] = {}
+        self.index_writes = 0
+
+    def take_index_writes(self) -> int:
+        """The index write units of the writes since the last call."""
+        n, self.index_writes = self.index_writes, 0
+        return n
+
+    def _reindex(self, table: str, key: tuple[str, str], changed: dict[str, dict | None]) -> None:
+        """Applies an applied write's new values of index key attributes (None: removed)."""
+        attrs = {a for index in self.indexes.get(table, []) for a in index}
+        if not attrs:
+            return
+        before = self.index_values.get(key, {})
+        after = dict(before)
+        for name, value in changed.items():
+            if name not in attrs:
+                continue
+            if value is None:
+                after.pop(name, None)
+            else:
+                after[name] = json.dumps(value, sort_keys=True)
+        for index in self.indexes[table]:
+            old = tuple(before[a] for a in index) if all(a in before for a in index) else None
+            new = tuple(after[a] for a in index) if all(a in after for a in index) else None
+            if old != new:
+                self.index_writes += 2 if old is not None and new is not None else 1
+        self.index_values[key] = after
 
     def key_of(self, table: str, item: dict) -> tuple[str, str]:
         names = self.key_names.get(table, self.default_key)
@@ -225,10 +262,14 @@ class Shadow:
         after = attribute_sizes(item)
         if applied:
             self.items[key] = after
+            gone = {a: None for a in self.index_values.get(key, {})}
+            self._reindex(table, key, {**gone, **item})
         return max(before, sum(after.values()))
 
-    def update(self, table: str, key_item: dict, sets: dict[str, int], removes: list[str], applied: bool) -> int:
-        """Billed size of an update that sets attributes (name -> size) and removes others."""
+    def update(self, table: str, key_item: dict, sets: dict[str, int], removes: list[str], applied: bool,
+               values: dict[str, dict] | None = None) -> int:
+        """Billed size of an update that sets attributes (name -> size) and removes others;
+        `values`: the values it sets, where known (name -> attribute value)."""
         key = self.key_of(table, key_item)
         known = self.items.get(key)
         before_attrs = dict(known) if known is not None else attribute_sizes(key_item)
@@ -236,6 +277,7 @@ class Shadow:
         after_attrs.update(sets)
         if applied:
             self.items[key] = after_attrs
+            self._reindex(table, key, {**(values or {}), **{r: None for r in removes}})
         before = sum(known.values()) if known is not None else 0
         return max(before, sum(after_attrs.values()))
 
@@ -244,6 +286,7 @@ class Shadow:
         before = sum(self.items.get(key, {}).values()) or item_bytes(key_item)
         if applied:
             self.items.pop(key, None)
+            self._reindex(table, key, {a: None for a in self.index_values.get(key, {})})
         return before
 
 
@@ -290,6 +333,20 @@ def parse_update_expression(expr: str, names: dict[str, str], values: dict[str, 
     return sets, removes
 
 
+def update_values(expr: str, names: dict[str, str], values: dict[str, dict]) -> dict[str, dict]:
+    """The values an UpdateExpression's plain `SET name = :value` assignments write."""
+    out = {}
+    clauses = re.split(r"\b(SET|REMOVE|ADD|DELETE)\b", expr, flags=re.IGNORECASE)
+    for keyword, body in zip(clauses[1::2], clauses[2::2]):
+        if keyword.upper() != "SET":
+            continue
+        for part in _split_top(body):
+            target, _, rhs = part.partition("=")
+            if re.fullmatch(r"\s*:\w+\s*", rhs) and rhs.strip() in values:
+                out[_top_name(target, names)] = values[rhs.strip()]
+    return out
+
+
 INSERT = re.compile(r'^\s*INSERT\s+INTO\s+"?([^"\s]+)"?\s+VALUE\s*\{(.*)\}\s*$', re.IGNORECASE | re.DOTALL)
 UPDATE = re.compile(r'^\s*UPDATE\s+"?([^"\s]+)"?\s+(.*?)\s+WHERE\s+(.*)$', re.IGNORECASE | re.DOTALL)
 DELETE = re.compile(r'^\s*DELETE\s+FROM\s+"?([^"\s]+)"?\s+WHERE\s+(.*)$', re.IGNORECASE | re.DOTALL)
@@ -308,13 +365,15 @@ def partiql_write(statement: str, params: list[dict], shadow: Shadow, applied: b
     if m := UPDATE.match(statement):
         table, set_part, where = m.group(1), m.group(2), m.group(3)
         set_params = len(re.findall(r"\?", set_part))
-        sets = {}
+        sets, values = {}, {}
         for i, am in enumerate(ASSIGN.finditer(set_part)):
             sets[am.group(1)] = utf8(am.group(1)) + value_bytes(params[i])
+            values[am.group(1)] = params[i]
+        removes = re.findall(r'\bREMOVE\s+"?([A-Za-z_]\w*)"?', set_part, flags=re.IGNORECASE)
         keys = shadow.key_names.get(table, shadow.default_key)
         where_values = {am.group(1): params[set_params + i] for i, am in enumerate(re.finditer(r'"?([A-Za-z_]\w*)"?\s*[=<>!]+\s*\?', where))}
         key_item = {k: where_values[k] for k in keys if k in where_values}
-        return "write", shadow.update(table, key_item, sets, [], applied)
+        return "write", shadow.update(table, key_item, sets, removes, applied, values)
     if m := DELETE.match(statement):
         table, where = m.group(1), m.group(2)
         values = {am.group(1): params[i] for i, am in enumerate(ASSIGN.finditer(where))}
@@ -332,11 +391,11 @@ def _write_item_units(op: str, spec: dict, shadow: Shadow, applied: bool) -> int
     if op == "Put":
         return write_units(shadow.put(table, spec["Item"], applied))
     if op == "Update":
-        sets, removes = parse_update_expression(
-            spec.get("UpdateExpression", ""), spec.get("ExpressionAttributeNames") or {},
-            spec.get("ExpressionAttributeValues") or {},
-        )
-        return write_units(shadow.update(table, spec["Key"], sets, removes, applied))
+        expr, names = spec.get("UpdateExpression", ""), spec.get("ExpressionAttributeNames") or {}
+        values = spec.get("ExpressionAttributeValues") or {}
+        sets, removes = parse_update_expression(expr, names, values)
+        written = update_values(expr, names, values)
+        return write_units(shadow.update(table, spec["Key"], sets, removes, applied, written))
     if op == "Delete":
         return write_units(shadow.delete(table, spec["Key"], applied))
     if op == "ConditionCheck":
@@ -392,6 +451,8 @@ def dynamodb_units(action: str, body: dict, answer: dict | None, ok: bool, shado
     out = {}
     if wru:
         out["wru"] = wru
+    if index_wru := shadow.take_index_writes():
+        out["index_wru"] = index_wru
     if rru:
         out["rru"] = rru
     return out
@@ -418,12 +479,13 @@ class Recorder:
     `messages[queue]`, how many messages were sent to each queue (entries of
     SendMessage(Batch), and EventBridge's deliveries to `event_target`)."""
 
-    def __init__(self, key_names: dict[str, list[str]] | None = None, event_target: str = "ingester-queue"):
+    def __init__(self, key_names: dict[str, list[str]] | None = None, event_target: str = "ingester-queue",
+                 indexes: dict[str, list[tuple[str, ...]]] | None = None):
         self.lock = threading.Lock()
         self.calls: Counter = Counter()
         self.units: dict[tuple[str, str, str], float] = defaultdict(float)
         self.messages: Counter = Counter()
-        self.shadow = Shadow(key_names)
+        self.shadow = Shadow(key_names, indexes=indexes)
         self.event_target = event_target
 
     def __call__(self, req, status: int, answer: bytes) -> None:

@@ -151,6 +151,40 @@ def test_a_refused_conditional_write_is_billed_and_leaves_the_item_as_it_was():
     assert sum(shadow.items[shadow.key_of("jobs", {"pk": s("ingester#1")})].values()) == 3000
 
 
+def test_a_keys_only_index_is_written_when_an_item_enters_leaves_or_moves_in_it():
+    """The outbox index's bill, from the store's own statements: a claim writes
+    `lease_until` but no `outbox` (not in the index), the end adds `outbox` (1), the
+    mark removes it (1); a take that moves an entry's `lease_until` deletes and puts
+    it (2); a refused write, or one of attributes outside the index, costs it nothing."""
+    shadow = rec.Shadow(indexes={"jobs": [("outbox", "lease_until")]})
+
+    def index_units(action, body, answer=None, ok=True):
+        return rec.dynamodb_units(action, body, answer or {"Responses": [{}]}, ok, shadow).get("index_wru", 0)
+
+    claim = {"Statements": [{"Statement": "INSERT INTO \"jobs\" VALUE {'pk': ?, 'lease_until': ?}",
+                             "Parameters": [s("processor#1"), {"N": "100"}]}]}
+    end = {"Statements": [{
+        "Statement": 'UPDATE "jobs" SET "progress" = ? SET "outbox" = ? WHERE "pk" = ? AND "attempt" = ?',
+        "Parameters": [s("COMPLETED"), s("7"), s("processor#1"), {"N": "1"}]}]}
+    mark = {"Statements": [{
+        "Statement": 'UPDATE "jobs" SET "announced" = ? REMOVE "outbox" WHERE "pk" = ?',
+        "Parameters": [{"BOOL": True}, s("processor#1")]}]}
+    take = {"TableName": "jobs", "Key": {"pk": s("processor#1")},
+            "UpdateExpression": "SET lease_until = :until, holder = :h",
+            "ExpressionAttributeValues": {":until": {"N": "200"}, ":h": s("relay:r1")}}
+    other = {"TableName": "jobs", "Key": {"pk": s("processor#1")}, "UpdateExpression": "SET detail = :d",
+             "ExpressionAttributeValues": {":d": s("x")}}
+    assert index_units("BatchExecuteStatement", claim) == 0
+    assert index_units("BatchExecuteStatement", end) == 1
+    assert index_units("UpdateItem", other, {}) == 0
+    assert index_units("UpdateItem", take, {}, ok=False) == 0, "a refused take changes nothing"
+    assert index_units("UpdateItem", take, {}) == 2
+    assert index_units("BatchExecuteStatement", mark) == 1
+    assert index_units("UpdateItem", take, {}) == 0, "out of the index, its lease is no index key"
+    # A table without indexes is billed as before.
+    assert "index_wru" not in rec.dynamodb_units("BatchExecuteStatement", end, {"Responses": [{}]}, True, rec.Shadow())
+
+
 def test_reads_are_billed_per_4_kb_and_half_when_eventually_consistent():
     item = {"Item": {"pk": s("a"), "blob": s("x" * (5 * KB))}}
     assert rec.dynamodb_units("GetItem", {"ConsistentRead": True}, item, True, rec.Shadow()) == {"rru": 2}

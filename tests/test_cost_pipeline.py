@@ -40,3 +40,5 @@ def test_a_job_that_completes_at_once_costs_three_state_writes():
     m = run.count_requests(stk.RELEASE, 20, "happy path", timeout=80, mix=run.HAPPY_MIX)
     assert m.jobs == 20
     assert run.state_write_units(m) == 3 * m.jobs, dict(m.units)
+    # And twice in the outbox index: the end puts the job's entry, the mark removes it.
+    assert run.state_write_units(m, "index_wru") == 2 * m.jobs, dict(m.units)
