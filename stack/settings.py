@@ -3,8 +3,8 @@
 `load_settings` returns the file as a dict only once it passes the rules AWS enforces on
 the resources the settings describe (visibility timeout at least 6 x the function timeout,
 batch sizes, concurrency, receive counts, EventBridge retry limits, the relay's Lambda
-limits and schedule) and the pipeline's own (the ingester accepts no job longer than the
-processor can run). A broken file is refused
+limits and schedule, the event archive's name and retention) and the pipeline's own (the
+ingester accepts no job longer than the processor can run). A broken file is refused
 with every problem named by its setting's path, before anything is started or created.
 """
 
@@ -23,6 +23,8 @@ MIN_RECEIVE_COUNT = 5
 # minutes)" is refused), and a cron has six fields (minutes to year).
 RATE = re.compile(r"rate\((?P<n>[1-9][0-9]*) (?P<unit>minute|hour|day)(?P<plural>s?)\)")
 CRON = re.compile(r"cron\(\S+( \S+){5}\)")
+# EventBridge's archive names: 1..48 of these characters.
+ARCHIVE_NAME = re.compile(r"[.\-_A-Za-z0-9]{1,48}")
 
 
 def load_settings(path: Path = SETTINGS_FILE, min_receive_count: int = MIN_RECEIVE_COUNT) -> dict:
@@ -77,9 +79,15 @@ def load_settings(path: Path = SETTINGS_FILE, min_receive_count: int = MIN_RECEI
     if not isinstance(settings.get("outbox_index"), str) or not settings["outbox_index"]:
         problems.append("outbox_index must name the job state table's outbox index")
     problems += relay_problems(settings.get("relay"))
+    problems += archive_problems(settings.get("archive"))
     if problems:
         raise StackError(f"{path.name} is invalid:\n  " + "\n  ".join(problems))
     return settings
+
+
+# functions/core/src/guard.rs GuardConfig's default, and relay.rs PASS_CALLS.
+DEFAULT_CALL_TIMEOUT_MS = 5000
+RELAY_PASS_CALLS = 5
 
 
 def relay_problems(relay) -> list[str]:
@@ -102,6 +110,32 @@ def relay_problems(relay) -> list[str]:
     env = relay.get("environment", {})
     if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
         problems.append("relay.environment must map variable names to strings (Lambda takes no other values)")
+        return problems
+    # A pass starts only with five call timeouts and a second left (functions/core/src/relay.rs
+    # RelayConfig::for_calls): a shorter function would never sweep.
+    call_ms = env.get("CALL_TIMEOUT_MS", str(DEFAULT_CALL_TIMEOUT_MS))
+    if not call_ms.isdigit():
+        problems.append(f"relay.environment.CALL_TIMEOUT_MS is {call_ms!r}: it must be a whole number of milliseconds")
+    elif _whole(relay.get("timeout_seconds"), 1, 900):
+        reserve = RELAY_PASS_CALLS * int(call_ms) / 1000 + 1
+        if relay["timeout_seconds"] <= reserve:
+            problems.append(f"relay.timeout_seconds is {relay['timeout_seconds']}; with CALL_TIMEOUT_MS {call_ms} a pass "
+                            f"needs more than {reserve:g} s ({RELAY_PASS_CALLS} call timeouts and a second)")
+    return problems
+
+
+def archive_problems(archive) -> list[str]:
+    """The event archive's block: a name and a retention EventBridge accepts."""
+    if not isinstance(archive, dict):
+        return ["archive must hold the event archive's settings (name, retention_days)"]
+    problems = []
+    name = archive.get("name")
+    if not (isinstance(name, str) and ARCHIVE_NAME.fullmatch(name)):
+        problems.append(f"archive.name is {name!r}: EventBridge wants 1..48 characters of . - _ A-Z a-z 0-9")
+    # EventBridge keeps an archive's events indefinitely at 0.
+    if not _whole(archive.get("retention_days"), 0, 2**31 - 1):
+        problems.append(f"archive.retention_days is {archive.get('retention_days')!r}: it must be a whole number "
+                        "of days, 0 or more (0 keeps the events indefinitely)")
     return problems
 
 

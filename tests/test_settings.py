@@ -1,12 +1,15 @@
-"""The embedded stack's settings checks and packaging, without an emulator."""
+"""The embedded stack's settings checks, packaging and archive provisioning, without an
+emulator (the archive's calls are checked against botocore's model of the API)."""
 
 import copy
 import json
 import zipfile
 import io
 
+import boto3
 import pytest
 import yaml
+from botocore.stub import Stubber
 
 import stack as stk
 
@@ -50,6 +53,21 @@ def test_the_shipped_settings_follow_the_aws_rules():
         (lambda s: s["relay"].update(schedule_expression="every minute"), "relay.schedule_expression"),
         (lambda s: s["relay"].update(schedule_expression="cron(0 12 * * ?)"), "relay.schedule_expression"),
         (lambda s: s["relay"]["environment"].update(RUST_LOG=1), "relay.environment"),
+        # Five call timeouts and a second: 26 s with the default 5 s.
+        (lambda s: s["relay"].update(timeout_seconds=26), "relay.timeout_seconds"),
+        (lambda s: s["relay"]["environment"].update(CALL_TIMEOUT_MS="12000"), "relay.timeout_seconds"),
+        (lambda s: s["relay"]["environment"].update(CALL_TIMEOUT_MS="soon"), "relay.environment.CALL_TIMEOUT_MS"),
+        (lambda s: s.pop("archive"), "archive"),
+        (lambda s: s["archive"].update(name=""), "archive.name"),
+        (lambda s: s["archive"].update(name="j" * 49), "archive.name"),
+        # EventBridge's archive names take no slash, colon or space.
+        (lambda s: s["archive"].update(name="job/events"), "archive.name"),
+        (lambda s: s["archive"].update(name="job events"), "archive.name"),
+        (lambda s: s["archive"].pop("name"), "archive.name"),
+        (lambda s: s["archive"].update(retention_days=-1), "archive.retention_days"),
+        (lambda s: s["archive"].update(retention_days=1.5), "archive.retention_days"),
+        (lambda s: s["archive"].update(retention_days="14"), "archive.retention_days"),
+        (lambda s: s["archive"].update(retention_days=True), "archive.retention_days"),
     ],
 )
 def test_a_broken_setting_is_refused_by_name(tmp_path, change, named):
@@ -64,6 +82,14 @@ def test_every_schedule_form_eventbridge_accepts_is_accepted(tmp_path, schedule)
     s = copy.deepcopy(stk.load_settings())
     s["relay"]["schedule_expression"] = schedule
     assert stk.load_settings(write(tmp_path, s))["relay"]["schedule_expression"] == schedule
+
+
+@pytest.mark.parametrize("name, days", [("job-events", 14), ("j" * 48, 0), ("Jobs_v2.archive", 3650)])
+def test_every_archive_eventbridge_accepts_is_accepted(tmp_path, name, days):
+    """0 days is EventBridge's "keep indefinitely"; 48 characters its longest name."""
+    s = copy.deepcopy(stk.load_settings())
+    s["archive"] = {"name": name, "retention_days": days}
+    assert stk.load_settings(write(tmp_path, s))["archive"] == {"name": name, "retention_days": days}
 
 
 def test_package_makes_an_executable_bootstrap(tmp_path):
@@ -94,3 +120,51 @@ def test_an_interpolated_compose_setting_is_refused_by_name(tmp_path):
     compose.write_text("services:\n  localstack:\n    environment:\n      SERVICES: ${MY_SERVICES}\n")
     with pytest.raises(stk.StackError, match=r"environment\.SERVICES"):
         stk.compose_emulator_env(compose)
+
+
+BUS = "arn:aws:events:us-east-1:000000000000:event-bus/default"
+
+
+def archive_calls(existing: list[dict]):
+    """An events client that answers ListArchives with `existing`, and its stubber."""
+    events = boto3.client("events", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+    stub = Stubber(events)
+    s = stk.load_settings()
+    stub.add_response("list_archives", {"Archives": existing}, {"NamePrefix": s["archive"]["name"]})
+    return events, stub, s
+
+
+def archive_config(s: dict) -> dict:
+    return {
+        "ArchiveName": s["archive"]["name"],
+        "EventPattern": json.dumps(s["rule"]["event_pattern"]),
+        "RetentionDays": s["archive"]["retention_days"],
+        "Description": stk.ARCHIVE_DESCRIPTION,
+    }
+
+
+def test_a_missing_archive_is_created_on_the_bus_with_the_rules_pattern():
+    # ListArchives matches by prefix: an archive whose name only starts the same is another.
+    name = stk.load_settings()["archive"]["name"]
+    events, stub, s = archive_calls([{"ArchiveName": f"{name}-old", "EventSourceArn": BUS}])
+    stub.add_response("create_archive", {"ArchiveArn": "arn:aws:events:us-east-1:000000000000:archive/job-events"},
+                      {**archive_config(s), "EventSourceArn": BUS})
+    with stub:
+        stk.ensure_archive(events, s, BUS)
+    stub.assert_no_pending_responses()
+
+
+def test_an_existing_archive_is_given_the_settings_again():
+    events, stub, s = archive_calls([{"ArchiveName": stk.load_settings()["archive"]["name"], "EventSourceArn": BUS}])
+    stub.add_response("update_archive", {}, archive_config(s))
+    with stub:
+        stk.ensure_archive(events, s, BUS)
+    stub.assert_no_pending_responses()
+
+
+def test_an_archive_of_another_bus_is_refused_by_name_not_deleted():
+    other = "arn:aws:events:us-east-1:000000000000:event-bus/other"
+    events, stub, s = archive_calls([{"ArchiveName": stk.load_settings()["archive"]["name"], "EventSourceArn": other}])
+    with stub, pytest.raises(stk.StackError, match=r"archive\.name"):
+        stk.ensure_archive(events, s, BUS)
+    stub.assert_no_pending_responses()

@@ -124,8 +124,9 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> EndPorts<'_, Q, T, S> {
         }
         failed.extend(deliver_dead_letters(self.dead_letters, self.topic, letters, now).await);
         failed.extend(publish_all(self.topic, completions).await);
-        // A lost mark only means a later duplicate announces once more; failing the
-        // record for it would make that certain.
+        // A mark that is never written (after the SDK's own retries) leaves the end in
+        // the outbox, and the relay announces it once more after the lease (window 3);
+        // failing the record would not help, its next delivery would announce too.
         let marks = announced
             .iter()
             .filter(|(message_id, ..)| !failed.contains(message_id))

@@ -23,7 +23,7 @@ use crate::ending::{EndPorts, Ending, Tracking, LETTER_FIELD, TRACE_FIELD};
 use crate::messages::{DeadLetter, JobStatus, Notification, Stage, TraceContext};
 use crate::ports::{MessageQueue, Topic};
 use crate::record::RecordMeta;
-use crate::store::outbox::SHARDS;
+use crate::store::outbox::{RELAY_HOLDER, SHARDS};
 use crate::store::{claim_token, JobState, JobStore, Outbox, Take};
 use crate::telemetry::instruments_prelude::*;
 use crate::Timestamp;
@@ -42,8 +42,28 @@ pub struct RelayConfig {
     /// The most index entries read per shard and pass.
     pub page: usize,
     /// Time kept back from the deadline: no pass starts with less left, so the last
-    /// one can still announce what it took.
+    /// one can still announce what it took ([`RelayConfig::for_calls`]).
     pub reserve: TimeDelta,
+}
+
+/// The calls of one pass, one after another: read the index, take, store the dead
+/// letters, publish, mark. Each may take up to the call timeout.
+pub const PASS_CALLS: i32 = 5;
+
+/// How many takes of a pass are in flight at once: a pass after an outage may find
+/// thousands of ends, each take answering with its whole record.
+pub const TAKES_AT_ONCE: usize = 25;
+
+impl RelayConfig {
+    /// The sweep for calls that each may take up to `call_timeout` (`CALL_TIMEOUT_MS`):
+    /// a pass starts only with [`PASS_CALLS`] of them and a second left.
+    pub fn for_calls(call_timeout: std::time::Duration) -> RelayConfig {
+        let call = TimeDelta::from_std(call_timeout).unwrap_or(TimeDelta::seconds(5));
+        RelayConfig {
+            reserve: call * PASS_CALLS + TimeDelta::seconds(1),
+            ..RelayConfig::default()
+        }
+    }
 }
 
 impl Default for RelayConfig {
@@ -51,7 +71,7 @@ impl Default for RelayConfig {
         RelayConfig {
             clock_skew: TimeDelta::seconds(30),
             page: 100,
-            reserve: TimeDelta::seconds(25),
+            reserve: TimeDelta::seconds(26),
         }
     }
 }
@@ -94,14 +114,19 @@ impl<Q: MessageQueue, T: Topic, S: JobStore + Outbox> Relay<Q, T, S> {
         now: impl Fn() -> Timestamp,
     ) -> Sweep {
         let span = self.telemetry.sweep_span(invocation);
-        let holder = format!("relay:{}", invocation.request_id);
+        let holder = format!("{RELAY_HOLDER}{}", invocation.request_id);
         let mut sweep = Sweep::default();
+        let mut passes = 0;
         loop {
             let started = now();
             if deadline - started < self.config.reserve {
-                sweep.more = sweep.found > 0;
+                if passes == 0 {
+                    warn!(reserve_s = self.config.reserve.num_seconds(), "the relay's timeout leaves no time for a pass; raise it or lower CALL_TIMEOUT_MS");
+                }
+                sweep.more = passes > 0;
                 break;
             }
+            passes += 1;
             let full = self
                 .pass(&mut sweep, &span, &holder, deadline, started)
                 .await;
@@ -158,18 +183,21 @@ impl<Q: MessageQueue, T: Topic, S: JobStore + Outbox> Relay<Q, T, S> {
         }
         sweep.found += entries.len();
         let token = claim_token();
-        let taken = join_all(entries.iter().map(|entry| {
-            let take = Take {
-                job_id: &entry.job_id,
-                stage: entry.stage,
-                seen: entry.lease_until,
-                until: deadline,
-                holder,
-                token: &token,
-            };
-            async move { self.store.take(&take, now).await }
-        }))
-        .await;
+        let mut taken = Vec::with_capacity(entries.len());
+        for chunk in entries.chunks(TAKES_AT_ONCE) {
+            let takes = chunk.iter().map(|entry| {
+                let take = Take {
+                    job_id: &entry.job_id,
+                    stage: entry.stage,
+                    seen: entry.lease_until,
+                    until: deadline,
+                    holder,
+                    token: &token,
+                };
+                async move { self.store.take(&take, now).await }
+            });
+            taken.extend(join_all(takes).await);
+        }
         let mut endings = Vec::new();
         for (entry, result) in entries.iter().zip(taken) {
             match result {
@@ -202,38 +230,52 @@ impl<Q: MessageQueue, T: Topic, S: JobStore + Outbox> Relay<Q, T, S> {
         sweep: &JobSpan,
         now: Timestamp,
     ) -> (usize, usize) {
-        let (mut announced, mut failed) = (0, 0);
         let (ingester, processor): (Vec<_>, Vec<_>) = endings
             .into_iter()
             .partition(|(stage, ..)| *stage == Stage::Ingester);
-        for (stage, group) in [(Stage::Ingester, ingester), (Stage::Processor, processor)] {
-            if group.is_empty() {
-                continue;
+        // Both stages' ends at once: a pass must fit in its reserve.
+        let (a, b) = tokio::join!(
+            self.announce_stage(Stage::Ingester, ingester, sweep, now),
+            self.announce_stage(Stage::Processor, processor, sweep, now)
+        );
+        (a.0 + b.0, a.1 + b.1)
+    }
+
+    /// Announces one stage's taken ends with that stage's ending rules.
+    async fn announce_stage(
+        &self,
+        stage: Stage,
+        group: Vec<(Stage, Ending, Option<TraceContext>)>,
+        sweep: &JobSpan,
+        now: Timestamp,
+    ) -> (usize, usize) {
+        if group.is_empty() {
+            return (0, 0);
+        }
+        let (spans, batch): (Vec<_>, Vec<_>) = group
+            .into_iter()
+            .map(|(_, ending, trace)| {
+                let span = self.relay_span(stage, &ending, trace.as_ref(), sweep);
+                ((ending.meta.message_id.clone(), span), ending)
+            })
+            .unzip();
+        let ports = EndPorts {
+            stage,
+            dead_letters: &self.dead_letters,
+            topic: &self.topic,
+            store: &self.store,
+            telemetry: &self.telemetry,
+        };
+        let left = ports.end(batch, now).await;
+        let (mut announced, mut failed) = (0, 0);
+        for (id, span) in spans {
+            if left.contains(&id) {
+                span.fail("announce_failed", "left for the next sweep");
+                failed += 1;
+            } else {
+                announced += 1;
             }
-            let (spans, batch): (Vec<_>, Vec<_>) = group
-                .into_iter()
-                .map(|(_, ending, trace)| {
-                    let span = self.relay_span(stage, &ending, trace.as_ref(), sweep);
-                    ((ending.meta.message_id.clone(), span), ending)
-                })
-                .unzip();
-            let ports = EndPorts {
-                stage,
-                dead_letters: &self.dead_letters,
-                topic: &self.topic,
-                store: &self.store,
-                telemetry: &self.telemetry,
-            };
-            let left = ports.end(batch, now).await;
-            for (id, span) in spans {
-                if left.contains(&id) {
-                    span.fail("announce_failed", "left for the next sweep");
-                    failed += 1;
-                } else {
-                    announced += 1;
-                }
-                span.end();
-            }
+            span.end();
         }
         (announced, failed)
     }

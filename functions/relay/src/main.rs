@@ -21,7 +21,7 @@ async fn main() -> Result<(), Error> {
         dead_letters: clients.queue(settings.dead_letter_url, "dead-letter-queue"),
         topic: clients.topic(settings.topic_arn),
         store: clients.outbox(settings.table, settings.outbox_index),
-        config: RelayConfig::default(),
+        config: RelayConfig::for_calls(settings.guard.call_timeout),
         telemetry: telemetry.instruments(),
     };
     let (relay, telemetry) = (&relay, &telemetry);

@@ -298,26 +298,25 @@ async fn the_relay_and_a_late_copy_of_the_message_announce_it_once() {
         .expect("store")
         .is_some());
     let copy = enriched("job-race", report("job-race"));
-    let response = account
-        .processor()
-        .handle(
-            sqs_event("jobs-todo", std::slice::from_ref(&copy)),
-            at(300),
-            at(201),
-        )
-        .await;
-    assert!(response.batch_item_failures.is_empty(), "dropped as a copy");
-    assert!(
-        account.announced().is_empty(),
-        "the relay announces it, not the copy"
-    );
-    // The relay that took it dies; the next sweep after its lease announces it.
-    assert_eq!(
-        sweep_at(&account, 240).await.found,
-        0,
-        "still the dead relay's"
-    );
+    let deliver = |deadline: i64, now: i64| {
+        let copy = copy.clone();
+        let account = &account;
+        async move {
+            account
+                .processor()
+                .handle(sqs_event("jobs-todo", &[copy]), at(deadline), at(now))
+                .await
+        }
+    };
+    // The relay has no message of its own: the copy is kept, in case the relay fails.
+    let response = deliver(300, 201).await;
+    assert_eq!(response.batch_item_failures.len(), 1, "kept in SQS");
+    assert!(account.announced().is_empty(), "the relay announces it");
+    // The relay that took it dies; the next sweep after its lease announces it, and
+    // the kept copy, back later, finds it announced.
+    assert_eq!(sweep_at(&account, 240).await.found, 0, "the dead relay's");
     assert_eq!(sweep_at(&account, 300).await.announced, 1);
+    assert!(deliver(500, 400).await.batch_item_failures.is_empty());
     assert_eq!(account.announced().len(), 1);
 
     // The other way round: the copy takes the end first, and the relay finds nothing.
@@ -427,5 +426,82 @@ async fn of_two_takers_who_saw_the_same_lease_only_one_takes_the_end() {
     assert_eq!(
         second, None,
         "the second saw a lease that is no longer there"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_copy_kept_while_the_relay_held_the_end_announces_it_once_the_relay_is_gone() {
+    let account = Account::default();
+    strand_in_processor(&account, "job-kept", report("job-kept"), 0).await;
+    let shard = crate::store::outbox::shard("job-kept");
+    let seen = account
+        .store
+        .stranded(shard, at(200), 10)
+        .await
+        .expect("store");
+    let relay_take = Take {
+        job_id: "job-kept",
+        stage: Stage::Processor,
+        seen: seen[0].lease_until,
+        until: at(260),
+        holder: "relay:r1",
+        token: "t-relay",
+    };
+    let taken = account
+        .store
+        .take(&relay_take, at(200))
+        .await
+        .expect("store");
+    assert!(taken.is_some());
+    // The relay dies; the kept copy comes back after its lease and announces the end.
+    let copy = enriched("job-kept", report("job-kept"));
+    let response = account
+        .processor()
+        .handle(sqs_event("jobs-todo", &[copy]), at(400), at(261))
+        .await;
+    assert!(response.batch_item_failures.is_empty());
+    assert_eq!(account.announced().len(), 1);
+    assert_eq!(
+        sweep_at(&account, 400).await.found,
+        0,
+        "announced by the copy"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_take_sent_again_after_its_answer_was_lost_finds_its_own_write() {
+    let account = Account::default();
+    strand_in_processor(&account, "job-lost-answer", report("job-lost-answer"), 0).await;
+    let shard = crate::store::outbox::shard("job-lost-answer");
+    let seen = account
+        .store
+        .stranded(shard, at(200), 10)
+        .await
+        .expect("store");
+    let take = Take {
+        job_id: "job-lost-answer",
+        stage: Stage::Processor,
+        seen: seen[0].lease_until,
+        until: at(260),
+        holder: "relay:r1",
+        token: "t1",
+    };
+    account.store.faults.lose_answers(1);
+    assert!(
+        account.store.take(&take, at(200)).await.is_err(),
+        "the answer is lost"
+    );
+    let again = account.store.take(&take, at(200)).await.expect("store");
+    assert!(
+        again.is_some(),
+        "the SDK's retry of the same take is the take"
+    );
+    let other = Take {
+        token: "t2",
+        ..take
+    };
+    assert_eq!(
+        account.store.take(&other, at(200)).await.expect("store"),
+        None
     );
 }

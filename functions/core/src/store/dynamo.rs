@@ -20,9 +20,9 @@ use crate::messages::Stage;
 use crate::ports::PortError;
 use crate::store::outbox::{self, Outbox, Stranded, Take};
 use crate::store::{
-    decide, decide_reopen, decide_unforwarded, lost_claim, resume_take, same_claim, stop_record,
-    Claim, ClaimOutcome, Finish, Forestalled, JobState, JobStore, OperatorStore, Progress, Release,
-    Reopen, Reopened, Unforwarded, RETENTION,
+    after_refused_take, decide, decide_reopen, decide_unforwarded, lost_claim, resume_take,
+    same_claim, stop_record, Claim, ClaimOutcome, Finish, Forestalled, JobState, JobStore,
+    OperatorStore, Progress, Release, Reopen, Reopened, Unforwarded, RETENTION,
 };
 use crate::Timestamp;
 use async_trait::async_trait;
@@ -167,10 +167,11 @@ impl DynamoStore {
         let Some(take) = resume_take(current.as_ref(), claim, &outcome) else {
             return Ok(outcome);
         };
-        Ok(match self.take(&take, now).await? {
-            Some(_) => outcome,
-            None => ClaimOutcome::Stale,
-        })
+        if self.take(&take, now).await?.is_some() {
+            return Ok(outcome);
+        }
+        let current = self.read(claim.job_id, claim.stage).await?;
+        Ok(after_refused_take(current.as_ref(), claim, now))
     }
 
     async fn read(&self, job_id: &str, stage: Stage) -> Result<Option<JobState>, PortError> {
@@ -746,14 +747,27 @@ impl Outbox for DynamoStore {
             .table_name(&self.table)
             .key("pk", s(key(take.stage, take.job_id)))
             .update_expression(
-                "SET lease_until = :until, holder = :holder, claim_token = :token, updated_ms = :u",
+                "SET lease_until = :until, holder = :holder, claim_token = :token, \
+                 updated_ms = :u, expires_at = :x",
             )
+            // The last line is this very take sent again after its answer was lost (the
+            // SDK's retry): the record holds its own token and lease.
             .condition_expression(
-                "announced = :f AND lease_until = :seen AND progress IN (:c, :fl, :r)",
+                "announced = :f AND progress IN (:c, :fl, :r) AND (lease_until = :seen OR \
+                 (holder = :holder AND claim_token = :token AND lease_until = :until))",
             )
+            .expression_attribute_values(":x", n(expires_at(now)))
             .expression_attribute_values(":until", n(take.until.timestamp_millis()))
             .expression_attribute_values(":holder", s(take.holder))
-            .expression_attribute_values(":token", s(take.token))
+            // No token matches no record: no token is ever `-`.
+            .expression_attribute_values(
+                ":token",
+                s(if take.token.is_empty() {
+                    "-"
+                } else {
+                    take.token
+                }),
+            )
             .expression_attribute_values(":u", n(now.timestamp_millis()))
             .expression_attribute_values(":f", AttributeValue::Bool(false))
             .expression_attribute_values(":seen", n(take.seen.timestamp_millis()))
@@ -1077,6 +1091,60 @@ mod tests {
         );
         let mark = sql(&requests[4]["Statements"][0]);
         assert!(mark.contains("REMOVE \"outbox\""), "{mark}");
+    }
+
+    /// The relay's two calls as DynamoDB receives them: the index's query, and a take
+    /// that passes on the lease it saw or on its own earlier write, never otherwise.
+    #[tokio::test]
+    async fn the_relay_queries_the_index_and_takes_only_the_lease_it_saw_or_its_own() {
+        let (store, captured) = captured_store();
+        let store = store.with_outbox_index("outbox");
+        let now = Utc
+            .timestamp_millis_opt(1_790_000_000_123)
+            .single()
+            .expect("time");
+        let _ = store.stranded(7, now, 100).await;
+        let take = Take {
+            job_id: "job-1",
+            stage: Stage::Processor,
+            seen: now - chrono::TimeDelta::seconds(90),
+            until: now + chrono::TimeDelta::seconds(60),
+            holder: "relay:r1",
+            token: "t1",
+        };
+        let _ = store.take(&take, now).await;
+        let requests = captured.0.lock().expect("lock").clone();
+        let query = &requests[0];
+        assert_eq!(query["IndexName"], "outbox", "{query}");
+        assert_eq!(
+            query["KeyConditionExpression"],
+            "outbox = :shard AND lease_until < :before"
+        );
+        assert_eq!(query["ExpressionAttributeValues"][":shard"]["S"], "7");
+        assert_eq!(query["Limit"], 100);
+        assert!(
+            query.get("ConsistentRead").is_none(),
+            "a global index has no consistent reads"
+        );
+        let update = &requests[1];
+        let condition = update["ConditionExpression"].as_str().unwrap_or_default();
+        assert!(condition.contains("announced = :f"), "{condition}");
+        assert!(condition.contains("lease_until = :seen OR"), "{condition}");
+        assert!(
+            condition
+                .contains("holder = :holder AND claim_token = :token AND lease_until = :until"),
+            "{condition}"
+        );
+        let values = &update["ExpressionAttributeValues"];
+        assert_eq!(
+            values[":seen"]["N"],
+            take.seen.timestamp_millis().to_string()
+        );
+        assert_eq!(values[":token"]["S"], "t1");
+        assert_eq!(update["ReturnValues"], "ALL_NEW");
+        // Without the index, the store refuses to sweep rather than scan.
+        let (plain, _) = captured_store();
+        assert!(plain.stranded(0, now, 1).await.is_err());
     }
 
     #[test]

@@ -120,7 +120,7 @@ fn claim_one(
             outbox::taken(r, &take, now);
             outcome
         }
-        _ => ClaimOutcome::Stale,
+        other => after_refused_take(other.as_deref(), claim, now),
     }
 }
 

@@ -382,6 +382,18 @@ pub fn decide(current: Option<&JobState>, claim: &Claim<'_>, now: Timestamp) -> 
         };
     }
     match cur.progress {
+        // The relay is announcing it: it has no message that would come back if it
+        // failed, so this one stays in SQS until the relay's lease is over.
+        Progress::Done(_)
+            if !cur.announced
+                && cur.lease_until > now
+                && cur.holder != claim.holder
+                && outbox::held_by_relay(cur) =>
+        {
+            ClaimOutcome::Held {
+                until: cur.lease_until,
+            }
+        }
         // The holder may be announcing right now; if it fails, its own message comes
         // back and resumes, and if it crashed, its lease runs out.
         Progress::Done(_)
@@ -444,6 +456,25 @@ pub fn resume_take<'a>(
         holder: claim.holder,
         token: claim.token,
     })
+}
+
+/// What a claim whose take ([`resume_take`]) was refused makes of the record as it is
+/// now: someone else took the end (the relay's hold keeps this delivery in SQS, a
+/// stage's drops it), or it was announced meanwhile. A record still to announce, which
+/// the take should have got, is looked at again later: the delivery is never dropped on
+/// a refusal it cannot explain.
+pub fn after_refused_take(
+    current: Option<&JobState>,
+    claim: &Claim<'_>,
+    now: Timestamp,
+) -> ClaimOutcome {
+    match decide(current, claim, now) {
+        ClaimOutcome::Duplicate {
+            announced: false, ..
+        }
+        | ClaimOutcome::Claimed => ClaimOutcome::Busy { until: now },
+        other => other,
+    }
 }
 
 /// A request to end one attempt's lease early ([`JobStore::release`]).

@@ -74,11 +74,18 @@ pub trait Outbox: Send + Sync {
     async fn take(&self, take: &Take<'_>, now: Timestamp) -> Result<Option<JobState>, PortError>;
 }
 
-/// Whether `record` may be taken as `take` asks ([`Outbox::take`]), for every store.
+/// Whether `record` may be taken as `take` asks ([`Outbox::take`]), for every store: it
+/// still holds the lease that was seen, or it holds this very take already (the same
+/// call sent again after its answer was lost: a take is recognised by its token, never
+/// empty).
 pub fn may_take(record: &JobState, take: &Take<'_>) -> bool {
+    let own = !take.token.is_empty()
+        && record.holder == take.holder
+        && record.token == take.token
+        && record.lease_until == take.until;
     matches!(record.progress, crate::store::Progress::Done(Some(_)))
         && !record.announced
-        && record.lease_until == take.seen
+        && (record.lease_until == take.seen || own)
 }
 
 /// `record` after `take`, as every store writes it.
@@ -87,4 +94,15 @@ pub fn taken(record: &mut JobState, take: &Take<'_>, now: Timestamp) {
     record.holder = take.holder.to_owned();
     record.token = take.token.to_owned();
     record.updated_at = now;
+    record.expires_at = now + crate::store::RETENTION;
+}
+
+/// How the relay's takes name their holder: `relay:<invocation>`. A stage's delivery
+/// that finds an end held so waits in SQS rather than being dropped as a copy, since
+/// the relay has no message of its own that would come back if it failed.
+pub const RELAY_HOLDER: &str = "relay:";
+
+/// Whether an end is held by the relay ([`RELAY_HOLDER`]).
+pub fn held_by_relay(record: &JobState) -> bool {
+    record.holder.starts_with(RELAY_HOLDER)
 }
