@@ -2,9 +2,9 @@
 
 `provision` creates, or updates in place, the queues (the DLQ first, with the redrive
 policies pointing at it), the end-state topic and its demo subscriber, the rule and its
-target, the queue policies, the state table and its outbox index, the role, the functions
-and their event source mappings, and the outbox relay with the schedule that runs it, as
-the Terraform declares them (tests/test_drift.py compares the two).
+target, the queue policies, the archive of the rule's events, the state table and its
+outbox index, the role, the functions and their event source mappings, and the outbox
+relay with the schedule that runs it, as the Terraform declares them (tests/test_drift.py compares the two).
 Every step is idempotent: running it again on a provisioned emulator changes nothing but
 the code and configuration it deploys. `package` makes the Lambda zips from the release
 binaries.
@@ -35,6 +35,8 @@ RELAY_RULE = "relay-schedule"
 RELAY_RULE_BUS = "default"
 RELAY_PERMISSION = "EventBridgeRunsTheRelay"
 TOPIC_KMS_KEY = "alias/aws/sns"  # terraform: var.topic_kms_key_id
+# terraform/events.tf: aws_cloudwatch_event_archive.jobs.
+ARCHIVE_DESCRIPTION = "Job events the ingester rule accepts, for replay"
 
 
 def package(binary: Path) -> bytes:
@@ -129,6 +131,7 @@ def provision(
             Attributes={"Policy": json.dumps(event_queue_policy(queue_arn(stack, name), rule_arn, sid))},
         )
 
+    ensure_archive(events, s, events.describe_event_bus(Name=s["event_bus"])["Arn"])
     ensure_table(stack.client("dynamodb"), s["state_table"], s["outbox_index"])
 
     role_arn = ensure_role(iam)
@@ -186,6 +189,35 @@ def ensure_schedule(events, lam, schedule_expression: str) -> None:
         )
     except lam.exceptions.ResourceConflictException:
         pass  # given by an earlier `up`: the rule's ARN is the same
+
+
+def ensure_archive(events, settings: dict, bus_arn: str) -> None:
+    """The archive keeping every event the jobs rule accepts, for replay, as
+    terraform/events.tf declares it: created if missing, else given the settings'
+    pattern, retention and description again, so a changed setting is applied. It keeps
+    only events from its creation on. EventBridge cannot move an archive to another bus:
+    one on another bus is refused by name rather than deleted with its events."""
+    archive = settings["archive"]
+    config = {
+        "EventPattern": json.dumps(settings["rule"]["event_pattern"]),
+        "RetentionDays": archive["retention_days"],  # 0: kept indefinitely
+        "Description": ARCHIVE_DESCRIPTION,
+    }
+    # ListArchives, not DescribeArchive: MiniStack 1.5.33's describe returns every
+    # archived event too.
+    found = [
+        a for a in events.list_archives(NamePrefix=archive["name"]).get("Archives", [])
+        if a["ArchiveName"] == archive["name"]
+    ]
+    if not found:
+        events.create_archive(ArchiveName=archive["name"], EventSourceArn=bus_arn, **config)
+        return
+    if found[0]["EventSourceArn"] != bus_arn:
+        raise StackError(
+            f"archive {archive['name']} (archive.name) archives {found[0]['EventSourceArn']}, not {bus_arn} "
+            "(event_bus); EventBridge cannot move an archive: rename archive.name, or delete the archive and its events"
+        )
+    events.update_archive(ArchiveName=archive["name"], **config)
 
 
 def event_queue_policy(queue: str, rule_arn: str, sid: str) -> dict:

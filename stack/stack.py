@@ -1,8 +1,8 @@
 """The embedded stack: the whole pipeline on MiniStack, without Docker or Terraform.
 
 `up` starts MiniStack on 127.0.0.1 (or uses the emulator AWS_ENDPOINT_URL points at),
-packages the release `bootstrap` binaries, and provisions queues, topic, rule, table,
-functions, event source mappings and the outbox relay's schedule from
+packages the release `bootstrap` binaries, and provisions queues, topic, rule, the rule's
+event archive, table, functions, event source mappings and the outbox relay's schedule from
 terraform/pipeline.json, the same settings the Terraform reads. Every step is idempotent. `down` stops only the processes `up` started, by pid.
 `outcomes` reads back end states from the topic's demo subscriber and the DLQ.
 
@@ -37,9 +37,9 @@ from emulator import (
     marked_pids, ministack_binary, ministack_env, read_pid, start_emulator, stop_processes,
 )
 from provision import (
-    ACCOUNT, FUNCTIONS, PACKAGED, RELAY, RELAY_RULE, RELAY_RULE_BUS, TOPIC_KMS_KEY, deploy_function, ensure_mapping,
-    ensure_role, ensure_schedule, ensure_table, event_queue_policy, host_architecture, outbox_index, package, provision,
-    queue_arn, wait_active,
+    ACCOUNT, ARCHIVE_DESCRIPTION, FUNCTIONS, PACKAGED, RELAY, RELAY_RULE, RELAY_RULE_BUS, TOPIC_KMS_KEY,
+    deploy_function, ensure_archive, ensure_mapping, ensure_role, ensure_schedule, ensure_table, event_queue_policy,
+    host_architecture, outbox_index, package, provision, queue_arn, wait_active,
 )
 from settings import MIN_RECEIVE_COUNT, SETTINGS_FILE, load_settings
 from traffic import await_end_states, drain, generate, outcomes, parse_time, print_outcomes, queue_depth, wait_idle
@@ -54,9 +54,10 @@ __all__ = [
     "compose_emulator_env", "healthy", "marked_pids", "ministack_binary", "ministack_env", "read_pid",
     "start_emulator", "stop_processes",
     # provision
-    "ACCOUNT", "FUNCTIONS", "PACKAGED", "RELAY", "RELAY_RULE", "RELAY_RULE_BUS", "TOPIC_KMS_KEY", "deploy_function",
-    "ensure_mapping", "ensure_role", "ensure_schedule", "ensure_table", "event_queue_policy", "host_architecture",
-    "outbox_index", "package", "provision", "queue_arn", "wait_active",
+    "ACCOUNT", "ARCHIVE_DESCRIPTION", "FUNCTIONS", "PACKAGED", "RELAY", "RELAY_RULE", "RELAY_RULE_BUS",
+    "TOPIC_KMS_KEY", "deploy_function", "ensure_archive", "ensure_mapping", "ensure_role", "ensure_schedule",
+    "ensure_table", "event_queue_policy", "host_architecture", "outbox_index", "package", "provision", "queue_arn",
+    "wait_active",
     # traffic
     "await_end_states", "drain", "generate", "outcomes", "parse_time", "print_outcomes", "queue_depth", "wait_idle",
     # this file

@@ -1,11 +1,28 @@
 # EventBridge delivers every `jobs` event to the ingester's queue, as the whole envelope,
-# and runs the outbox relay on its schedule.
+# keeps a copy of each in an archive for replay, and runs the outbox relay on its schedule.
 
 resource "aws_cloudwatch_event_rule" "ingester" {
   name           = local.pipeline.rule.name
   description    = "Routes job events to the ingester queue"
   event_bus_name = local.pipeline.event_bus
   event_pattern  = jsonencode(local.pipeline.rule.event_pattern)
+}
+
+# Every event the jobs rule accepts is also kept here, so a time window can be replayed
+# onto the bus: after a bug fix, or after an outage longer than the queues' retention.
+# An archive holds only the events from its creation on, and a change of bus replaces it,
+# losing what it held. Events are encrypted with an AWS-owned key, as the bus's are.
+resource "aws_cloudwatch_event_archive" "jobs" {
+  name             = local.pipeline.archive.name
+  description      = "Job events the ingester rule accepts, for replay"
+  event_source_arn = data.aws_cloudwatch_event_bus.jobs.arn
+  event_pattern    = jsonencode(local.pipeline.rule.event_pattern)
+  # 0 keeps the events indefinitely.
+  retention_days = local.pipeline.archive.retention_days
+}
+
+data "aws_cloudwatch_event_bus" "jobs" {
+  name = local.pipeline.event_bus
 }
 
 # An event EventBridge accepted but cannot deliver (a policy or key problem, a body the

@@ -2,8 +2,8 @@
 
 `make up` provisions MiniStack with stack/provision.py; real deployments and docker-compose use
 terraform/. Both read terraform/pipeline.json, but each also states things of its own (SSE,
-policies, environment, mapping options, the relay's schedule rule and the table's index), and
-either could hard-code a value. This test
+policies, environment, mapping options, the relay's schedule rule, the event archive's source
+and pattern, and the table's index), and either could hard-code a value. This test
 starts the embedded stack, reads back what it really created, evaluates what the Terraform
 declares (tests/hcl_eval.py), and compares the two in one normalised shape.
 
@@ -33,6 +33,7 @@ FUNCTIONS = {
 # The rules as terraform/events.tf names them: the jobs' route, and the relay's schedule.
 JOBS_RULE = "aws_cloudwatch_event_rule.ingester"
 SCHEDULE_RULE = "aws_cloudwatch_event_rule.relay"
+ARCHIVE = "aws_cloudwatch_event_archive"
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +98,16 @@ def described(stack: stk.Stack) -> dict:
         ),
         "permissions": invoke_permissions(lam, stk.RELAY),
     }
+    # Every archive of the jobs' bus (a stale one, say of a renamed archive.name, is drift):
+    # the list for the source, a describe of each for its pattern.
+    bus_arn = events.describe_event_bus(Name=s["event_bus"])["Arn"]
+    out["archive"] = sorted(
+        (
+            archive_part(events.describe_archive(ArchiveName=a["ArchiveName"]))
+            for a in events.list_archives(EventSourceArn=bus_arn)["Archives"]
+        ),
+        key=lambda a: a["name"],
+    )
     table = stack.client("dynamodb").describe_table(TableName=s["state_table"])["Table"]
     ddb = stack.client("dynamodb")
     ttl = ddb.describe_time_to_live(TableName=s["state_table"])["TimeToLiveDescription"]
@@ -135,6 +146,17 @@ def described(stack: stk.Stack) -> dict:
                 "enabled": m.get("State", "Enabled") in ("Enabled", "Enabling", "Updating"),
             }
     return out
+
+
+def archive_part(a: dict) -> dict:
+    """An archive as DescribeArchive returns it: its name, the bus it archives, its pattern
+    and retention (0 or absent: indefinitely)."""
+    return {
+        "name": a["ArchiveName"],
+        "bus": last(a["EventSourceArn"]),
+        "pattern": json.loads(a["EventPattern"]) if a.get("EventPattern") else None,
+        "retention_days": a.get("RetentionDays", 0),
+    }
 
 
 def invoke_permissions(lam, function: str) -> list:
@@ -260,6 +282,9 @@ class Declared:
                     if p.startswith("aws_lambda_permission.") and self.name_of(m.attribute(p, "function_name")) == stk.RELAY
                 ),
             },
+            "archive": sorted(
+                (self.archive(r) for r in self.present() if r.startswith(f"{ARCHIVE}.")), key=lambda a: a["name"]
+            ),
             "functions": {},
             "mappings": {},
         }
@@ -301,6 +326,18 @@ class Declared:
                 "enabled": m.attribute(r, "enabled"),
             }
         return out
+
+    def archive(self, r: str) -> dict:
+        """An aws_cloudwatch_event_archive in archive_part's shape."""
+        m = self.m
+        body = self.present()[r]
+        pattern = m.attribute(r, "event_pattern") if "event_pattern" in body else None
+        return {
+            "name": m.attribute(r, "name"),
+            "bus": self.name_of(m.attribute(r, "event_source_arn")),
+            "pattern": pattern.value if isinstance(pattern, JsonDoc) else pattern and json.loads(pattern),
+            "retention_days": m.attribute(r, "retention_days") if "retention_days" in body else 0,
+        }
 
     def targets_of(self, rule: str) -> list[str]:
         """The aws_cloudwatch_event_target resources of one rule."""
@@ -348,7 +385,7 @@ class Declared:
 # --------------------------------------------------------------------------- tests
 
 
-@pytest.mark.parametrize("part", ["queues", "rule", "schedule", "topic", "table", "functions", "mappings"])
+@pytest.mark.parametrize("part", ["queues", "rule", "schedule", "archive", "topic", "table", "functions", "mappings"])
 def test_the_embedded_stack_provisions_what_terraform_declares(live, declared, part):
     assert live[part] == declared[part], f"{part} differ between `make up` (left) and terraform/ (right)"
 
@@ -361,6 +398,10 @@ def test_the_comparison_sees_every_resource(live, declared):
     assert declared["schedule"]["targets"] == [(stk.RELAY, stk.RELAY)] and declared["schedule"]["expression"]
     assert declared["schedule"]["permissions"], "EventBridge must be let to invoke the relay"
     assert declared["table"]["indexes"], "the relay queries the outbox index"
+    assert len(declared["archive"]) == 1, "one archive keeps the jobs' events"
+    (archive,) = declared["archive"]
+    assert archive["name"] == SETTINGS["archive"]["name"] and archive["bus"] == SETTINGS["event_bus"]
+    assert archive["pattern"] == declared["rule"]["pattern"], "the archive keeps what the jobs rule accepts"
     assert declared["rule"]["targets"] and declared["queues"][INGESTER_QUEUE]["policy"]
     assert declared["queues"][DEAD_LETTER_QUEUE]["policy"], "EventBridge must be let to dead-letter"
     assert all(t[2] == DEAD_LETTER_QUEUE and t[3] and t[4] for t in declared["rule"]["targets"])

@@ -53,6 +53,7 @@ def test_the_main_resources_have_plain_names(module):
         "aws_iam_role.ingester", "aws_iam_role.processor", "aws_dynamodb_table.jobs",
         "aws_lambda_function.relay", "aws_cloudwatch_log_group.relay", "aws_iam_role.relay",
         "aws_cloudwatch_event_rule.relay", "aws_cloudwatch_event_target.relay", "aws_lambda_permission.relay_schedule",
+        "aws_cloudwatch_event_archive.jobs",
     }
     assert expected <= set(module.resources())
 
