@@ -89,3 +89,19 @@ def workers_of(stack: stk.Stack, function: str) -> list[int]:
         if f"AWS_LAMBDA_FUNCTION_NAME={function}".encode() in env:
             found.append(pid)
     return found
+
+
+def dead_letters_of(stack: stk.Stack, job_ids: set[str]) -> list[dict]:
+    """Every message in the DLQ about these jobs, read without taking it: each is made
+    visible again at once, so the queue is left as it was."""
+    sqs = stack.client("sqs")
+    url = stack.resources["queues"][DEAD_LETTER_QUEUE]
+    seen: dict[str, dict] = {}
+    for _ in range(5):
+        out = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1, VisibilityTimeout=30)
+        for m in out.get("Messages", []):
+            seen[m["MessageId"]] = m
+    for m in seen.values():
+        sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"], VisibilityTimeout=0)
+    bodies = [json.loads(m["Body"]) for m in seen.values()]
+    return [b for b in bodies if b.get("job_id") in job_ids]

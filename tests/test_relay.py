@@ -10,7 +10,6 @@ minute, so each test waits a minute or two.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
@@ -21,7 +20,7 @@ import pytest
 import otlp_receiver
 import stack as stk
 from helpers import (
-    DEADLINE_MARGIN_SECONDS, DEAD_LETTER_QUEUE, INGESTER_QUEUE, JOBS_TODO, onboarding, put_jobs, set_polling, state_record,
+    DEADLINE_MARGIN_SECONDS, INGESTER_QUEUE, JOBS_TODO, dead_letters_of, onboarding, put_jobs, set_polling, state_record,
     wait_for, workers_of,
 )
 
@@ -73,21 +72,6 @@ def lose_messages(stack: stk.Stack, *queues: str) -> None:
 def unannounced_end(stack: stk.Stack, stage: str, job_id: str, status: str) -> bool:
     record = state_record(stack, stage, job_id) or {}
     return record.get("progress") == status and record.get("announced") is False
-
-
-def dead_letters_of(stack: stk.Stack, job_ids: set[str]) -> list[dict]:
-    """Every dead letter of these jobs (read, then put back)."""
-    sqs = stack.client("sqs")
-    url = stack.resources["queues"][DEAD_LETTER_QUEUE]
-    seen: dict[str, dict] = {}
-    for _ in range(5):
-        out = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1, VisibilityTimeout=30)
-        for m in out.get("Messages", []):
-            seen[m["MessageId"]] = m
-    for m in seen.values():
-        sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"], VisibilityTimeout=0)
-    bodies = [json.loads(m["Body"]) for m in seen.values()]
-    return [b for b in bodies if b.get("job_id") in job_ids]
 
 
 def test_ends_whose_messages_were_purged_are_announced_once_by_the_relay(relayed):

@@ -7,28 +7,17 @@ the ingester's.
 
 from __future__ import annotations
 
-import json
 import uuid
 from datetime import datetime, timedelta, timezone
 
 import otlp_receiver
 import stack as stk
-from helpers import DEAD_LETTER_QUEUE, EVENT_BUS, JOBS_TODO, MAX_JOB_SECONDS, onboarding, put_jobs, wait_for
+from helpers import EVENT_BUS, JOBS_TODO, MAX_JOB_SECONDS, dead_letters_of, onboarding, put_jobs, wait_for
 
 
 def letters_of(stack: stk.Stack, job_ids: set[str]) -> list[tuple[str, str]]:
     """(job id, status) of every dead letter of these jobs; the queue is left as it was."""
-    sqs = stack.client("sqs")
-    url = stack.resources["queues"][DEAD_LETTER_QUEUE]
-    seen: dict[str, dict] = {}
-    for _ in range(5):
-        for m in sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1,
-                                     VisibilityTimeout=30).get("Messages", []):
-            seen[m["MessageId"]] = m
-    for m in seen.values():
-        sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"], VisibilityTimeout=0)
-    bodies = (json.loads(m["Body"]) for m in seen.values())
-    return sorted((b["job_id"], b["status"]) for b in bodies if b.get("job_id") in job_ids)
+    return sorted((d["job_id"], d["status"]) for d in dead_letters_of(stack, job_ids))
 
 
 def consumer_spans(stack: stk.Stack, job_id: str, queue: str) -> list[dict]:

@@ -25,6 +25,13 @@ impl Stage {
             Stage::Processor => "processor",
         }
     }
+
+    /// The stage [`Stage::as_str`] names; `None` for any other text.
+    pub fn parse(name: &str) -> Option<Stage> {
+        [Stage::Ingester, Stage::Processor]
+            .into_iter()
+            .find(|s| s.as_str() == name)
+    }
 }
 
 /// A job's status. `NEW` while in flight; the other three are terminal.

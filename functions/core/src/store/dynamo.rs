@@ -294,11 +294,7 @@ fn from_item(item: &Item) -> Option<JobState> {
             .and_then(|v| v.as_n().ok())
             .and_then(|v| v.parse::<i64>().ok())
     };
-    let stage = match text("stage")?.as_str() {
-        "ingester" => Stage::Ingester,
-        "processor" => Stage::Processor,
-        _ => return None,
-    };
+    let stage = Stage::parse(text("stage")?)?;
     Some(JobState {
         job_id: text("job_id")?.clone(),
         stage,
@@ -736,11 +732,7 @@ impl Outbox for DynamoStore {
     /// A conditional `UpdateItem` that moves the lease, returning the whole record.
     async fn take(&self, take: &Take<'_>, now: Timestamp) -> Result<Option<JobState>, PortError> {
         const OP: &str = "UpdateItem";
-        let ended = [
-            crate::messages::JobStatus::Completed,
-            crate::messages::JobStatus::Failed,
-            crate::messages::JobStatus::Rejected,
-        ];
+        let ended = crate::messages::JobStatus::TERMINAL;
         let update = self
             .client
             .update_item()
@@ -789,11 +781,7 @@ impl Outbox for DynamoStore {
 fn stranded_of(item: &Item) -> Option<Stranded> {
     let pk = item.get("pk")?.as_s().ok()?;
     let (stage, job_id) = pk.split_once('#')?;
-    let stage = match stage {
-        "ingester" => Stage::Ingester,
-        "processor" => Stage::Processor,
-        _ => return None,
-    };
+    let stage = Stage::parse(stage)?;
     let millis = item.get("lease_until")?.as_n().ok()?.parse::<i64>().ok()?;
     Some(Stranded {
         job_id: job_id.to_owned(),
