@@ -32,6 +32,7 @@ fn enriched() -> EnrichedJob {
         attempt: 1,
         trace_context: None,
         errors: Vec::new(),
+        replay: None,
         job: envelope.detail,
     }
 }

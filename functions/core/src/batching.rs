@@ -256,6 +256,25 @@ impl<S: crate::store::Outbox> crate::store::Outbox for Batching<S> {
     }
 }
 
+/// Replays are rare: their calls go one by one.
+#[async_trait]
+impl<S: crate::store::Replays> crate::store::Replays for Batching<S> {
+    async fn replay_order(
+        &self,
+        name: &str,
+    ) -> Result<Option<crate::store::ReplayOrder>, PortError> {
+        self.inner.replay_order(name).await
+    }
+
+    async fn rerun(
+        &self,
+        rerun: &crate::store::Rerun<'_>,
+        now: Timestamp,
+    ) -> Result<crate::store::Rerunning, PortError> {
+        self.inner.rerun(rerun, now).await
+    }
+}
+
 #[async_trait]
 impl<S: JobStore> JobStore for Batching<S> {
     async fn claim(&self, claim: &Claim<'_>, now: Timestamp) -> Result<ClaimOutcome, PortError> {
@@ -427,6 +446,23 @@ mod tests {
     impl Counting {
         fn batches(&self) -> Vec<(&'static str, usize)> {
             self.batches.lock().expect("lock").clone()
+        }
+    }
+
+    #[async_trait]
+    impl crate::store::Replays for Counting {
+        async fn replay_order(
+            &self,
+            name: &str,
+        ) -> Result<Option<crate::store::ReplayOrder>, PortError> {
+            self.store.replay_order(name).await
+        }
+        async fn rerun(
+            &self,
+            rerun: &crate::store::Rerun<'_>,
+            now: Timestamp,
+        ) -> Result<crate::store::Rerunning, PortError> {
+            self.store.rerun(rerun, now).await
         }
     }
 
@@ -666,6 +702,7 @@ mod tests {
                 attempts: 1,
                 errors: Vec::new(),
                 result: None,
+                replay: None,
                 timestamp: at(0),
             })
             .collect();

@@ -245,6 +245,27 @@ impl<S: crate::store::Outbox> crate::store::Outbox for Guarded<S> {
 }
 
 #[async_trait]
+impl<S: crate::store::Replays> crate::store::Replays for Guarded<S> {
+    async fn replay_order(
+        &self,
+        name: &str,
+    ) -> Result<Option<crate::store::ReplayOrder>, PortError> {
+        let call = self.inner.replay_order(name);
+        self.call("GetItem", call, Result::is_err, Err).await
+    }
+
+    async fn rerun(
+        &self,
+        rerun: &crate::store::Rerun<'_>,
+        now: Timestamp,
+    ) -> Result<crate::store::Rerunning, PortError> {
+        let call = self.inner.rerun(rerun, now);
+        self.call("TransactWriteItems", call, Result::is_err, Err)
+            .await
+    }
+}
+
+#[async_trait]
 impl<S: JobStore> JobStore for Guarded<S> {
     async fn claim(&self, claim: &Claim<'_>, now: Timestamp) -> Result<ClaimOutcome, PortError> {
         let call = self.inner.claim(claim, now);
@@ -417,6 +438,7 @@ mod tests {
             attempts: 1,
             errors: vec![],
             result: None,
+            replay: None,
             timestamp: chrono::Utc::now(),
         };
         let started = Instant::now();

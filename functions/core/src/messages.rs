@@ -242,6 +242,18 @@ pub struct TraceContext {
     pub tracestate: Option<String>,
 }
 
+/// The replay an event came back in (EventBridge's `replay-name`), carried from the
+/// ingester to the job's end so its notification says so.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replayed {
+    /// The replay's name.
+    pub name: String,
+    /// Whether this run ends, once more, a job that had ended already (an operator's
+    /// `--rerun`), under a new attempt.
+    #[serde(default)]
+    pub rerun: bool,
+}
+
 /// The message the ingester puts on `jobs-todo`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EnrichedJob {
@@ -259,6 +271,9 @@ pub struct EnrichedJob {
     pub trace_context: Option<TraceContext>,
     #[serde(default)]
     pub errors: Vec<ErrorEntry>,
+    /// The replay this job came back in, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay: Option<Replayed>,
     /// The job detail exactly as it was sent.
     pub job: Value,
 }
@@ -321,6 +336,9 @@ pub struct DeadLetter {
     pub errors: Vec<ErrorEntry>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace_context: Option<TraceContext>,
+    /// The replay whose event this end came from, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay: Option<Replayed>,
     /// The job detail as sent; the raw SQS body (a string) when even that was unreadable.
     pub job: Value,
 }
@@ -344,6 +362,7 @@ impl DeadLetter {
             attempts: error.attempt,
             errors: vec![error],
             trace_context: None,
+            replay: None,
             job,
         }
     }
@@ -372,6 +391,7 @@ impl DeadLetter {
             attempts,
             errors,
             trace_context: job.trace_context,
+            replay: job.replay,
             job: job.job,
         }
     }
@@ -391,6 +411,7 @@ impl DeadLetter {
             attempts: note.attempts,
             errors: note.errors.clone(),
             trace_context,
+            replay: note.replay.clone(),
             job,
         }
     }
@@ -419,6 +440,10 @@ pub struct Notification {
     pub errors: Vec<ErrorEntry>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<Value>,
+    /// The replay this end came from: with `rerun`, the job had ended before and an
+    /// operator asked to run it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay: Option<Replayed>,
     #[serde(with = "rfc3339")]
     pub timestamp: DateTime<Utc>,
 }
@@ -435,6 +460,7 @@ impl Notification {
             attempts: job.attempt,
             errors: job.errors.clone(),
             result: Some(result),
+            replay: job.replay.clone(),
             timestamp,
         }
     }
@@ -449,6 +475,7 @@ impl Notification {
             attempts: dl.attempts,
             errors: dl.errors.clone(),
             result: None,
+            replay: dl.replay.clone(),
             timestamp,
         }
     }
@@ -545,6 +572,8 @@ pub fn attribute_value(value: &str) -> String {
 pub struct EventEnvelope {
     pub id: Option<String>,
     pub time: Option<String>,
+    /// The replay that sent this event again (`replay-name`); `None` for live traffic.
+    pub replay_name: Option<String>,
     pub detail: Value,
 }
 
@@ -562,6 +591,7 @@ impl EventEnvelope {
         Some(EventEnvelope {
             id: text(obj.remove("id")),
             time: text(obj.remove("time")),
+            replay_name: text(obj.remove("replay-name")),
             detail,
         })
     }
@@ -616,6 +646,7 @@ mod tests {
             attempt: 1,
             trace_context: None,
             errors: vec![],
+            replay: None,
             job: json!({"job_type":"data_cleanup","message":{"target_table":"t","retention":1}}),
         };
         let body = serde_json::to_string(&job).expect("serializes");

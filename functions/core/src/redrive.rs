@@ -40,7 +40,7 @@ impl Redrive {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Stranded {
     /// A `jobs-todo` message: the enriched job, at the attempt it had reached.
-    Job(EnrichedJob),
+    Job(Box<EnrichedJob>),
     /// An `ingester-queue` message: the EventBridge event, not yet validated.
     Event { job_id: Option<String> },
 }
@@ -51,7 +51,7 @@ impl Stranded {
     /// newer version, say): it stays in the DLQ rather than end as unreadable.
     pub fn of(body: &str) -> Option<Stranded> {
         if let Ok(job) = EnrichedJob::from_body_in(body, &crate::kinds::Registry::builtin()) {
-            return Some(Stranded::Job(job));
+            return Some(Stranded::Job(Box::new(job)));
         }
         let envelope = crate::messages::EventEnvelope::from_body(body)?;
         let job_id = envelope
@@ -95,6 +95,8 @@ pub fn plan(dl: &DeadLetter, now: Timestamp) -> Redrive {
                 attempt: dl.attempts.saturating_add(1),
                 trace_context: dl.trace_context.clone(),
                 errors: dl.errors.clone(),
+                // A redrive is an operator's act of its own, not part of any replay.
+                replay: None,
                 job: dl.job.clone(),
             })
         }

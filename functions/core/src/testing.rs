@@ -236,6 +236,28 @@ pub struct SdkRetry<S> {
     pub inner: S,
 }
 
+/// A rerun's transaction is sent again with the very same request when it fails.
+#[async_trait]
+impl<S: crate::store::Replays> crate::store::Replays for SdkRetry<S> {
+    async fn replay_order(
+        &self,
+        name: &str,
+    ) -> Result<Option<crate::store::ReplayOrder>, PortError> {
+        self.inner.replay_order(name).await
+    }
+
+    async fn rerun(
+        &self,
+        rerun: &crate::store::Rerun<'_>,
+        now: Timestamp,
+    ) -> Result<crate::store::Rerunning, PortError> {
+        match self.inner.rerun(rerun, now).await {
+            Err(_) => self.inner.rerun(rerun, now).await,
+            answered => answered,
+        }
+    }
+}
+
 #[async_trait]
 impl<S: JobStore> JobStore for SdkRetry<S> {
     async fn claim(&self, claim: &Claim<'_>, now: Timestamp) -> Result<ClaimOutcome, PortError> {
@@ -421,6 +443,7 @@ mod tests {
             attempts: 1,
             errors: Vec::new(),
             result: Some(serde_json::Value::from(result)),
+            replay: None,
             timestamp: chrono::Utc::now(),
         }
     }
@@ -558,6 +581,24 @@ mod tests {
 /// call goes to the borrowed store, batch calls included.
 #[derive(Debug)]
 pub struct Shared<'a, S>(pub &'a S);
+
+#[async_trait]
+impl<S: crate::store::Replays> crate::store::Replays for Shared<'_, S> {
+    async fn replay_order(
+        &self,
+        name: &str,
+    ) -> Result<Option<crate::store::ReplayOrder>, PortError> {
+        self.0.replay_order(name).await
+    }
+
+    async fn rerun(
+        &self,
+        rerun: &crate::store::Rerun<'_>,
+        now: Timestamp,
+    ) -> Result<crate::store::Rerunning, PortError> {
+        self.0.rerun(rerun, now).await
+    }
+}
 
 #[async_trait]
 impl<S: JobStore> JobStore for Shared<'_, S> {

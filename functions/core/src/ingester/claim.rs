@@ -16,7 +16,7 @@ use crate::record::RecordMeta;
 use crate::store::{Claim, ClaimOutcome, Fingerprints, JobStore, Progress};
 use chrono::{DateTime, Utc};
 
-impl<Q: MessageQueue, T: Topic, S: JobStore> Ingester<Q, T, S> {
+impl<Q: MessageQueue, T: Topic, S: JobStore + crate::store::Replays> Ingester<Q, T, S> {
     /// Decides what to do with a record by its verdict: a valid job is forwarded
     /// without a record of its own (the processor's claim makes it run and end once,
     /// however often it is forwarded); a rejection is claimed, so it ends once.

@@ -19,7 +19,7 @@ use tracing::{info, warn};
 /// A record's last receive whose forward failed, and the error.
 type LastChance = (RecordMeta, EnrichedJob, PortError);
 
-impl<Q: MessageQueue, T: Topic, S: JobStore> Ingester<Q, T, S> {
+impl<Q: MessageQueue, T: Topic, S: JobStore + crate::store::Replays> Ingester<Q, T, S> {
     /// Sends every forward, then settles each record by its result. A last receive's
     /// end is announced by `deadline` or by the processor.
     pub(super) async fn forward(&self, run: &mut Run, deadline: Timestamp, now: Timestamp) {
@@ -39,7 +39,8 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Ingester<Q, T, S> {
                 }
                 Err(e) => {
                     producer.fail(ErrorCode::ForwardFailed.as_str(), &e.to_string());
-                    if meta.receive_count >= self.config.max_receive_count {
+                    let last = meta.receive_count >= self.config.max_receive_count;
+                    if last && !super::replay::is_rerun(&job) {
                         meta.log.in_scope(|| warn!(job_id = %job.job_id, error = %e, "forwarding failed on the last attempt; ending the job unless the processor has it"));
                         last_chances.push((meta, job, e));
                     } else {

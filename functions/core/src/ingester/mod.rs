@@ -18,6 +18,7 @@
 
 mod claim;
 mod forward;
+mod replay;
 mod triage;
 
 use crate::ending::{EndPorts, Ending, Tracking};
@@ -25,7 +26,7 @@ use crate::kinds::Registry;
 use crate::messages::{DeadLetter, EnrichedJob, Notification, Stage};
 use crate::ports::{MessageQueue, Topic};
 use crate::record::{retry_soon, RecordMeta};
-use crate::store::JobStore;
+use crate::store::{JobStore, Replays};
 use crate::telemetry::instruments_prelude::*;
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use chrono::{DateTime, TimeDelta, Utc};
@@ -109,7 +110,7 @@ impl Run {
     }
 }
 
-impl<Q: MessageQueue, T: Topic, S: JobStore> Ingester<Q, T, S> {
+impl<Q: MessageQueue, T: Topic, S: JobStore + Replays> Ingester<Q, T, S> {
     /// Handles a batch outside any Lambda invocation (tests, tools), as if the
     /// invocation had the function's 30 s.
     pub async fn handle(&self, event: SqsEvent, now: DateTime<Utc>) -> SqsBatchResponse {
@@ -171,10 +172,14 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Ingester<Q, T, S> {
         deadline: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Vec<(RecordMeta, Action, Option<Context>)> {
+        let orders = &self.replay_orders(event).await;
         let decided = event.records.iter().map(|record| async move {
             let meta = RecordMeta::of(record);
             let verdict = triage::triage(record, &meta, &self.config, now);
-            let action = self.claim(verdict, &meta, deadline, now).await;
+            let action = match self.follow_replay(verdict, orders, &meta, now).await {
+                Ok(verdict) => self.claim(verdict, &meta, deadline, now).await,
+                Err(settled) => settled,
+            };
             let parent = trace_parent(&action, record);
             (meta, action, parent)
         });

@@ -4,8 +4,8 @@
 use super::{IngesterConfig, Verdict};
 use crate::job::{parse_job_with, raw_job_type, Job, Rejection};
 use crate::messages::{
-    written_len, DeadLetter, EnrichedJob, ErrorCode, ErrorEntry, EventEnvelope, JobStatus, Stage,
-    TraceContext, MAX_FORWARD_BYTES,
+    written_len, DeadLetter, EnrichedJob, ErrorCode, ErrorEntry, EventEnvelope, JobStatus,
+    Replayed, Stage, TraceContext, MAX_FORWARD_BYTES,
 };
 use crate::record::{enriched_message, raw_body, RecordMeta, MAX_KEPT_BODY_BYTES};
 use crate::telemetry::propagation;
@@ -41,12 +41,17 @@ pub(super) fn triage(
         .id
         .clone()
         .unwrap_or_else(|| meta.message_id.clone());
+    let replay = envelope
+        .replay_name
+        .clone()
+        .map(|name| Replayed { name, rerun: false });
     let parsed = parse_job_with(&config.kinds, &envelope.detail, Some(size))
         .and_then(|job| job.spec.admit(config.max_job_timeout_secs).map(|()| job));
     let (detail, rejection) = match parsed {
         Ok(job) => {
             let time = envelope.time.clone();
-            let enriched = enrich(job, envelope.detail, time, fallback_id.clone(), now);
+            let mut enriched = enrich(job, envelope.detail, time, fallback_id.clone(), now);
+            enriched.replay.clone_from(&replay);
             match too_large_to_forward(&enriched) {
                 None => return Verdict::Forward(enriched, envelope.time),
                 Some(rejection) => (enriched.job, rejection),
@@ -60,17 +65,16 @@ pub(super) fn triage(
     } else {
         detail
     };
-    Verdict::Reject(
-        reject(
-            job_id,
-            propagation::detail_trace_context(&job),
-            job,
-            rejection,
-            meta,
-            now,
-        ),
-        envelope.time,
-    )
+    let mut letter = reject(
+        job_id,
+        propagation::detail_trace_context(&job),
+        job,
+        rejection,
+        meta,
+        now,
+    );
+    letter.replay = replay;
+    Verdict::Reject(letter, envelope.time)
 }
 
 /// A body that is not an EventBridge event: rejected as it came, under its SQS
@@ -110,6 +114,7 @@ fn enrich(
         attempt: 1,
         trace_context: propagation::detail_trace_context(&detail),
         errors: Vec::new(),
+        replay: None,
         job: detail,
     }
 }

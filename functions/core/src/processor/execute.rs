@@ -87,11 +87,11 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Processor<Q, T, S> {
                 delay,
                 next_attempt,
             } => Outcome::Retry {
-                next: EnrichedJob {
+                next: Box::new(EnrichedJob {
                     attempt: next_attempt,
                     errors: dl.errors,
                     ..job.clone()
-                },
+                }),
                 delay,
                 code: e.code(),
             },

@@ -91,7 +91,7 @@ enum Outcome {
     End(Box<Ending>),
     /// The attempt failed and the job goes back to the queue as its next attempt.
     Retry {
-        next: EnrichedJob,
+        next: Box<EnrichedJob>,
         delay: Duration,
         code: ErrorCode,
     },

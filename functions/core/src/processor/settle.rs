@@ -28,7 +28,7 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Processor<Q, T, S> {
         let stays = match outcome {
             Outcome::End(ending) => !self.end(*ending, event_time, consumer).await,
             Outcome::Retry { next, delay, code } => {
-                !self.retry(&meta, next, delay, code, consumer).await
+                !self.retry(&meta, *next, delay, code, consumer).await
             }
             Outcome::Defer(delay) => !self.defer(record, delay).await,
             Outcome::Repeat(reason) => {

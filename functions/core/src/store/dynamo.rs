@@ -16,6 +16,8 @@
 //! claimed on its own, under the full rules), finishes and announcements as
 //! conditional `UPDATE`s.
 
+mod replay;
+
 use crate::messages::Stage;
 use crate::ports::PortError;
 use crate::store::outbox::{self, Outbox, Stranded, Take};
@@ -644,11 +646,49 @@ impl JobStore for DynamoStore {
     }
 }
 
+/// How an operator's redrive, and a replay's rerun, reopen an end: back for the
+/// attempts after `:below`, held by `:by`, unannounced and out of the outbox index (the
+/// reopened job is not an end to announce). The ingester's grant on processor records
+/// lists exactly the attributes this writes (terraform/iam.tf).
+pub(crate) const REOPEN: &str = "SET progress = :retrying, attempt = :below, holder = :by, \
+     announced = :f, updated_ms = :u, expires_at = :x REMOVE outbox";
+
+/// A reopening applies only to the end as it was read.
+const REOPEN_IF_SEEN: &str =
+    "progress = :done AND attempt = :ended AND fingerprint = :fp AND updated_ms = :seen";
+
+/// The values [`REOPEN`] and [`REOPEN_IF_SEEN`] name.
+fn reopen_values(below: u32, by: &str, seen: &JobState, now: Timestamp) -> Item {
+    [
+        (":retrying", s(Progress::Retrying.as_str())),
+        (":below", n(below)),
+        (":by", s(by)),
+        (":f", AttributeValue::Bool(false)),
+        (":u", n(now.timestamp_millis())),
+        (":x", n(expires_at(now))),
+        (":done", s(seen.progress.as_str())),
+        (":ended", n(seen.attempt)),
+        (":fp", s(&seen.fingerprint)),
+        (":seen", n(seen.updated_at.timestamp_millis())),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
 #[async_trait]
 impl OperatorStore for DynamoStore {
     /// Reads the record, decides by [`decide_reopen`], and writes only if the item is
     /// still the one read (same `updated_ms`, progress and attempt); if it changed in
     /// between, decides again on what it became.
+    async fn record_replay(
+        &self,
+        order: &crate::store::ReplayOrder,
+        now: Timestamp,
+    ) -> Result<bool, PortError> {
+        self.put_order(order, now).await
+    }
+
     async fn reopen(&self, reopen: &Reopen<'_>, now: Timestamp) -> Result<Reopened, PortError> {
         for _ in 0..3 {
             let current = self.read(reopen.job_id, reopen.stage).await?;
@@ -661,25 +701,14 @@ impl OperatorStore for DynamoStore {
                 .update_item()
                 .table_name(&self.table)
                 .key("pk", s(key(reopen.stage, reopen.job_id)))
-                // Out of the outbox: the reopened job is not an end to announce.
-                .update_expression(
-                    "SET progress = :retrying, attempt = :a, holder = :by, announced = :f, \
-                     updated_ms = :u, expires_at = :x REMOVE outbox",
-                )
-                .condition_expression(
-                    "progress = :done AND attempt = :ended AND fingerprint = :fp \
-                     AND updated_ms = :seen",
-                )
-                .expression_attribute_values(":retrying", s(Progress::Retrying.as_str()))
-                .expression_attribute_values(":a", n(reopen.below))
-                .expression_attribute_values(":by", s(reopen.by))
-                .expression_attribute_values(":f", AttributeValue::Bool(false))
-                .expression_attribute_values(":u", n(now.timestamp_millis()))
-                .expression_attribute_values(":x", n(expires_at(now)))
-                .expression_attribute_values(":done", s(seen.progress.as_str()))
-                .expression_attribute_values(":ended", n(seen.attempt))
-                .expression_attribute_values(":fp", s(&seen.fingerprint))
-                .expression_attribute_values(":seen", n(seen.updated_at.timestamp_millis()))
+                .update_expression(REOPEN)
+                .condition_expression(REOPEN_IF_SEEN)
+                .set_expression_attribute_values(Some(reopen_values(
+                    reopen.below,
+                    reopen.by,
+                    &seen,
+                    now,
+                )))
                 .send()
                 .await;
             match update {

@@ -20,6 +20,15 @@ pub struct MemoryStore {
     /// that passed, as the emulator did: two claims of one new job in one batch both
     /// succeed, and so do their two ends.
     pub snapshot_batches: std::sync::atomic::AtomicBool,
+    /// Replay orders and marks ([`replay`]), apart from the job records.
+    pub replays: Mutex<ReplayBook>,
+}
+
+/// The replay items of the table: orders by name, marks by replay, stage and job.
+#[derive(Debug, Default)]
+pub struct ReplayBook {
+    pub orders: HashMap<String, replay::ReplayOrder>,
+    pub marks: HashMap<(String, &'static str, String), replay::RerunMark>,
 }
 
 type Records = HashMap<(String, &'static str), JobState>;
@@ -275,8 +284,70 @@ impl JobStore for MemoryStore {
     }
 }
 
+impl MemoryStore {
+    fn book(&self) -> std::sync::MutexGuard<'_, ReplayBook> {
+        self.replays.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[async_trait]
+impl replay::Replays for MemoryStore {
+    async fn replay_order(&self, name: &str) -> Result<Option<replay::ReplayOrder>, PortError> {
+        self.call("GetItem", |_| Ok(self.book().orders.get(name).cloned()))
+            .await
+    }
+
+    /// Decided and written under one lock, as DynamoDB's transaction is atomic.
+    async fn rerun(
+        &self,
+        rerun: &replay::Rerun<'_>,
+        now: Timestamp,
+    ) -> Result<replay::Rerunning, PortError> {
+        self.call("TransactWriteItems", |records| {
+            let mut book = self.book();
+            let mark_key = (
+                rerun.replay.to_owned(),
+                rerun.stage.as_str(),
+                rerun.job_id.to_owned(),
+            );
+            let key = key_of(rerun.job_id, rerun.stage);
+            let step = replay::decide_rerun(records.get(&key), book.marks.get(&mark_key), rerun);
+            Ok(match step {
+                replay::RerunStep::Answer(answer) => answer,
+                replay::RerunStep::Reopen { mark, .. } => {
+                    if let Some(r) = records.get_mut(&key) {
+                        replay::reopened(r, &mark, now);
+                    }
+                    book.marks.insert(mark_key, mark.clone());
+                    replay::Rerunning::Rerun {
+                        below: mark.below,
+                        errors: mark.errors,
+                    }
+                }
+            })
+        })
+        .await
+    }
+}
+
 #[async_trait]
 impl OperatorStore for MemoryStore {
+    async fn record_replay(
+        &self,
+        order: &replay::ReplayOrder,
+        _now: Timestamp,
+    ) -> Result<bool, PortError> {
+        self.call("PutItem", |_| {
+            let mut book = self.book();
+            if book.orders.contains_key(&order.name) {
+                return Ok(false);
+            }
+            book.orders.insert(order.name.clone(), order.clone());
+            Ok(true)
+        })
+        .await
+    }
+
     async fn reopen(&self, reopen: &Reopen<'_>, now: Timestamp) -> Result<Reopened, PortError> {
         self.call("UpdateItem", |records| {
             let key = key_of(reopen.job_id, reopen.stage);

@@ -23,6 +23,7 @@
 pub mod dynamo;
 pub mod memory;
 pub mod outbox;
+pub mod replay;
 
 use crate::messages::{ErrorEntry, JobStatus, Stage};
 use crate::record::RecordMeta;
@@ -33,6 +34,7 @@ use chrono::TimeDelta;
 use futures_util::future::join_all;
 pub use memory::MemoryStore;
 pub use outbox::{Outbox, Stranded, Take};
+pub use replay::{ReplayOrder, Replays, Rerun, Rerunning};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::fmt::Write as _;
@@ -364,6 +366,10 @@ pub trait OperatorStore: JobStore {
     /// reopened, and only once (see [`decide_reopen`]); the answer says what to do with
     /// the letter.
     async fn reopen(&self, reopen: &Reopen<'_>, now: Timestamp) -> Result<Reopened, PortError>;
+
+    /// Writes a replay's order ([`ReplayOrder`]) before the replay starts, only if
+    /// none of that name exists: `false` if one does.
+    async fn record_replay(&self, order: &ReplayOrder, now: Timestamp) -> Result<bool, PortError>;
 }
 
 /// Decides a claim against the current record. Shared by every store so the rules
@@ -658,7 +664,7 @@ pub fn is_legacy(stored: &str) -> bool {
 /// old-format one equal to the claim's [`legacy_fingerprint`]. A copy re-sent with a
 /// fresh trace context still conflicts with an old-format record (the old function
 /// hashed the trace context too); that lasts only as long as such records do.
-fn same_content(stored: &str, fingerprint: &str, legacy: Option<&str>) -> bool {
+pub(crate) fn same_content(stored: &str, fingerprint: &str, legacy: Option<&str>) -> bool {
     stored == fingerprint || legacy.is_some_and(|legacy| is_legacy(stored) && stored == legacy)
 }
 
