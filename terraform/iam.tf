@@ -106,6 +106,41 @@ data "aws_iam_policy_document" "ingester" {
     }
   }
 
+  # A replay's rerun of an ended job (functions/core/src/store/replay.rs) is one
+  # TransactWriteItems: it puts the replay's mark on the job (keys "replay#<name>#...",
+  # written once per replay and job) and reopens the end. A processor end may be
+  # reopened only for the attributes the reopening writes (`REOPEN` in
+  # functions/core/src/store/dynamo.rs); the ingester's own records are above.
+  statement {
+    sid       = "MarkAReplaysRerun"
+    actions   = ["dynamodb:PutItem"]
+    resources = [aws_dynamodb_table.jobs.arn]
+
+    condition {
+      test     = "ForAllValues:StringLike"
+      variable = "dynamodb:LeadingKeys"
+      values   = ["replay#*"]
+    }
+  }
+
+  statement {
+    sid       = "ReopenAProcessorEndForARerun"
+    actions   = ["dynamodb:UpdateItem"]
+    resources = [aws_dynamodb_table.jobs.arn]
+
+    condition {
+      test     = "ForAllValues:StringLike"
+      variable = "dynamodb:LeadingKeys"
+      values   = ["processor#*"]
+    }
+
+    condition {
+      test     = "ForAllValues:StringEquals"
+      variable = "dynamodb:Attributes"
+      values   = ["pk", "progress", "attempt", "holder", "announced", "updated_ms", "expires_at", "outbox"]
+    }
+  }
+
   statement {
     sid       = "WriteOwnLogs"
     actions   = ["logs:CreateLogStream", "logs:PutLogEvents"]

@@ -140,10 +140,19 @@ RELAY_GRANTS = {
 } | {(a, "aws_cloudwatch_log_group:/aws/lambda/relay:*", "") for a in LOGS}
 
 
+# A replay's rerun: the mark it puts (keys "replay#...") and its reopening of a
+# processor end, limited to what the reopening writes.
+RERUN_ONLY = "ForAllValues:StringEquals dynamodb:Attributes pk,progress,attempt,holder,announced,updated_ms,expires_at,outbox"
+RERUN = {
+    ("dynamodb:PutItem", "aws_dynamodb_table:jobs", "ForAllValues:StringLike dynamodb:LeadingKeys replay#*"),
+    ("dynamodb:UpdateItem", "aws_dynamodb_table:jobs", f"{PROCESSOR_KEYS} {RERUN_ONLY}"),
+}
+
+
 def test_each_function_may_touch_only_its_own_resources(module):
     assert grants(module, "ingester") == expected_grants(
         "ingester", "ingester-queue", ["jobs-todo", "dead-letter-queue"], "/aws/lambda/ingester"
-    ) | PROCESSOR_STOP
+    ) | PROCESSOR_STOP | RERUN
     # The processor sends retries back to its own queue.
     assert grants(module, "processor") == expected_grants(
         "processor", "jobs-todo", ["jobs-todo", "dead-letter-queue"], "/aws/lambda/processor"
@@ -190,6 +199,24 @@ def test_the_stop_mark_grant_lists_what_the_mark_writes():
     assert allowed == written | {"pk"}, (allowed, written)
 
 
+def test_the_rerun_grant_lists_what_the_reopening_writes():
+    """Guards against a replay's rerun of a FAILED job being denied on AWS (the replayed
+    event would stay in SQS and the job would never run again): the attributes the
+    reopening's UpdateExpression writes, read from the code, must be the ones the
+    ingester's grant on processor records allows, with the key; and the mark's key must
+    start as the grant's LeadingKeys says."""
+    store = stk.ROOT / "functions/core/src/store"
+    found = re.search(r'const REOPEN: &str = "((?:[^"\\]|\\\n)+)"', (store / "dynamo.rs").read_text())
+    assert found, "REOPEN was not found in dynamo.rs"
+    src = (store / "dynamo/replay.rs").read_text()
+    assert ".update_expression(REOPEN)" in src, "the rerun reopens with another expression"
+    expression = re.sub(r"\\\n\s*", "", found.group(1))
+    allowed = set(RERUN_ONLY.split()[-1].split(","))
+    assert allowed == written_by(expression) | {"pk"}, (allowed, expression)
+    mark_key = re.search(r'fn mark_key\(.*?\{\s*format!\("([^"]+)"', src, re.S)
+    assert mark_key and mark_key.group(1).startswith("replay#"), mark_key
+
+
 def test_a_customer_managed_topic_key_is_granted_to_every_publisher():
     key = "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
     m = Module(TF, variables={"topic_kms_key_id": key})
@@ -197,7 +224,7 @@ def test_a_customer_managed_topic_key_is_granted_to_every_publisher():
         extra = grants(m, fn) - (RELAY_GRANTS if fn == "relay" else expected_grants(
             fn, "ingester-queue" if fn == "ingester" else "jobs-todo", ["jobs-todo", "dead-letter-queue"],
             f"/aws/lambda/{fn}",
-        ) | PROCESSOR_STOP)
+        ) | PROCESSOR_STOP | RERUN)
         assert extra == {("kms:GenerateDataKey*", f"aws_kms_key:{key}", ""), ("kms:Decrypt", f"aws_kms_key:{key}", "")}, extra
 
 

@@ -4,6 +4,7 @@
 mod catalog;
 mod dlq;
 mod ops;
+mod replay;
 mod route;
 mod send;
 

@@ -1,4 +1,5 @@
-//! The operator subcommands: `job-generator dlq list|redrive` and `job-generator job <id>`.
+//! The operator subcommands: `job-generator dlq list|redrive`, `job-generator replay` and
+//! `job-generator job <id>`.
 
 use crate::dlq::{self, Selection, SqsMailbox};
 use clap::{Args, Subcommand};
@@ -12,6 +13,14 @@ pub enum Command {
     Dlq {
         #[command(subcommand)]
         action: DlqAction,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Send the archived job events of a time window through the pipeline again.
+    /// Jobs that ended are not run again, unless --rerun names their status.
+    Replay {
+        #[command(flatten)]
+        args: crate::replay::ReplayArgs,
         #[command(flatten)]
         target: Target,
     },
@@ -130,6 +139,12 @@ async fn execute(command: Command) -> Result<i32, String> {
                     redrive(&mailbox, &store, &selection, dry_run).await
                 }
             }
+        }
+        Command::Replay { args, target } => {
+            let sdk = target.sdk().await;
+            let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), &target.table);
+            let events = aws_sdk_eventbridge::Client::new(&sdk);
+            crate::replay::run(&args, &events, &store).await
         }
         Command::Job { job_id, target } => show_job(job_id, &target).await,
     }
