@@ -109,8 +109,9 @@ data "aws_iam_policy_document" "ingester" {
   # A replay's rerun of an ended job (functions/core/src/store/replay.rs) is one
   # TransactWriteItems: it puts the replay's mark on the job (keys "replay#<name>#...",
   # written once per replay and job) and reopens the end. A processor end may be
-  # reopened only for the attributes the reopening writes (`REOPEN` in
-  # functions/core/src/store/dynamo.rs); the ingester's own records are above.
+  # reopened only through the attributes the reopening writes or checks (`REOPEN` and
+  # `REOPEN_IF_SEEN` in functions/core/src/store/dynamo.rs; IAM counts the names in
+  # the condition too); the ingester's own records are above.
   statement {
     sid       = "MarkAReplaysRerun"
     actions   = ["dynamodb:PutItem"]
@@ -137,7 +138,7 @@ data "aws_iam_policy_document" "ingester" {
     condition {
       test     = "ForAllValues:StringEquals"
       variable = "dynamodb:Attributes"
-      values   = ["pk", "progress", "attempt", "holder", "announced", "updated_ms", "expires_at", "outbox"]
+      values   = ["pk", "progress", "attempt", "holder", "announced", "updated_ms", "expires_at", "outbox", "fingerprint"]
     }
   }
 

@@ -142,7 +142,9 @@ RELAY_GRANTS = {
 
 # A replay's rerun: the mark it puts (keys "replay#...") and its reopening of a
 # processor end, limited to what the reopening writes.
-RERUN_ONLY = "ForAllValues:StringEquals dynamodb:Attributes pk,progress,attempt,holder,announced,updated_ms,expires_at,outbox"
+RERUN_ONLY = (
+    "ForAllValues:StringEquals dynamodb:Attributes pk,progress,attempt,holder,announced,updated_ms,expires_at,outbox,fingerprint"
+)
 RERUN = {
     ("dynamodb:PutItem", "aws_dynamodb_table:jobs", "ForAllValues:StringLike dynamodb:LeadingKeys replay#*"),
     ("dynamodb:UpdateItem", "aws_dynamodb_table:jobs", f"{PROCESSOR_KEYS} {RERUN_ONLY}"),
@@ -199,20 +201,40 @@ def test_the_stop_mark_grant_lists_what_the_mark_writes():
     assert allowed == written | {"pk"}, (allowed, written)
 
 
-def test_the_rerun_grant_lists_what_the_reopening_writes():
+def rust_str(src: str, name: str) -> str:
+    """The value of `const NAME: &str = "..."` in Rust source, `\\`-continued lines joined."""
+    found = re.search(rf'const {name}: &str =\s*"((?:[^"\\]|\\\n)+)"', src)
+    assert found, f"{name} was not found"
+    return re.sub(r"\\\n\s*", "", found.group(1))
+
+
+def named_by(condition: str) -> set[str]:
+    """The attribute names a ConditionExpression mentions (not its values or keywords)."""
+    words = set(re.findall(r"(?<![:\w])([A-Za-z_]\w*)\b(?!\s*\()", condition))
+    return words - {"AND", "OR", "NOT", "BETWEEN", "IN"}
+
+
+def test_named_by_reads_names_not_values_or_functions():
+    assert named_by("progress = :done AND attribute_exists(pk) AND NOT announced = :t") == {
+        "progress", "pk", "announced"
+    }
+
+
+def test_the_rerun_grant_lists_what_the_reopening_touches():
     """Guards against a replay's rerun of a FAILED job being denied on AWS (the replayed
     event would stay in SQS and the job would never run again): the attributes the
-    reopening's UpdateExpression writes, read from the code, must be the ones the
-    ingester's grant on processor records allows, with the key; and the mark's key must
-    start as the grant's LeadingKeys says."""
+    reopening writes and checks, read from the code, must be the ones the ingester's
+    grant on processor records allows, with the key; and the mark's key must start as
+    the grant's LeadingKeys says."""
     store = stk.ROOT / "functions/core/src/store"
-    found = re.search(r'const REOPEN: &str = "((?:[^"\\]|\\\n)+)"', (store / "dynamo.rs").read_text())
-    assert found, "REOPEN was not found in dynamo.rs"
+    dynamo = (store / "dynamo.rs").read_text()
     src = (store / "dynamo/replay.rs").read_text()
     assert ".update_expression(REOPEN)" in src, "the rerun reopens with another expression"
-    expression = re.sub(r"\\\n\s*", "", found.group(1))
+    extra = re.search(r'format!\("\{REOPEN_IF_SEEN\}([^"]*)"\)', src)
+    assert extra, "the rerun's condition was not found in dynamo/replay.rs"
+    touched = written_by(rust_str(dynamo, "REOPEN")) | named_by(rust_str(dynamo, "REOPEN_IF_SEEN") + extra.group(1))
     allowed = set(RERUN_ONLY.split()[-1].split(","))
-    assert allowed == written_by(expression) | {"pk"}, (allowed, expression)
+    assert allowed == touched | {"pk"}, (allowed, touched)
     mark_key = re.search(r'fn mark_key\(.*?\{\s*format!\("([^"]+)"', src, re.S)
     assert mark_key and mark_key.group(1).startswith("replay#"), mark_key
 

@@ -10,10 +10,10 @@
 use aws_sdk_eventbridge::error::DisplayErrorContext;
 use aws_sdk_eventbridge::primitives::DateTime as AwsTime;
 use aws_sdk_eventbridge::types::{ReplayDestination, ReplayState};
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, SecondsFormat, TimeDelta, Utc};
 use clap::Args;
 use jobs_core::messages::JobStatus;
-use jobs_core::store::{OperatorStore, ReplayOrder};
+use jobs_core::store::{OperatorStore, ReplayOrder, Replays, RETENTION};
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -112,14 +112,30 @@ pub struct Plan {
     pub order: ReplayOrder,
 }
 
+/// How far back a replay may reach: a day short of how long the state table keeps a
+/// job's records. Events older than that would find their jobs' records gone, and
+/// every job among them would run and end again.
+pub fn oldest(now: DateTime<Utc>) -> DateTime<Utc> {
+    now - RETENTION + TimeDelta::days(1)
+}
+
 /// Checks the arguments against each other, naming the flag at fault.
 pub fn plan(args: &ReplayArgs, now: DateTime<Utc>) -> Result<Plan, String> {
     let to = args.to.unwrap_or(now).min(now);
+    if args.from < oldest(now) {
+        return Err(format!(
+            "--from ({}) is older than {}: the job state table keeps records {} days, so \
+             ended jobs from before then would run again",
+            args.from.to_rfc3339_opts(SecondsFormat::Secs, true),
+            oldest(now).to_rfc3339_opts(SecondsFormat::Secs, true),
+            RETENTION.num_days()
+        ));
+    }
     if args.from >= to {
         return Err(format!(
             "--from ({}) must be before --to ({}, and no later than now)",
-            args.from.to_rfc3339(),
-            to.to_rfc3339()
+            args.from.to_rfc3339_opts(SecondsFormat::Secs, true),
+            to.to_rfc3339_opts(SecondsFormat::Secs, true)
         ));
     }
     let name = args
@@ -143,7 +159,7 @@ pub fn plan(args: &ReplayArgs, now: DateTime<Utc>) -> Result<Plan, String> {
 /// Writes the order, starts the replay and (unless `--no-wait`) follows it to its end.
 /// The exit code: 0 completed (or started, with `--no-wait`), 1 failed, cancelled or
 /// still running when the wait ran out.
-pub async fn run<S: OperatorStore + ?Sized>(
+pub async fn run<S: OperatorStore + Replays + ?Sized>(
     args: &ReplayArgs,
     events: &aws_sdk_eventbridge::Client,
     store: &S,
@@ -173,16 +189,14 @@ pub async fn run<S: OperatorStore + ?Sized>(
         .await
         .map_err(|e| format!("--rule {:?}: {}", args.rule, DisplayErrorContext(&e)))?;
     let rule_arn = rule.arn().unwrap_or_default().to_owned();
-    if !store
-        .record_replay(&plan.order, now)
-        .await
-        .map_err(|e| format!("cannot write the order of replay {name}: {e}"))?
-    {
-        return Err(format!(
-            "a replay named {name} was ordered already: choose another --name"
-        ));
+    order(store, &plan.order, now).await?;
+    if to_recent(plan.to, now) {
+        eprintln!(
+            "note: EventBridge may take a few minutes to archive an event; events of the \
+             last minutes before --to may not be replayed"
+        );
     }
-    events
+    let started = events
         .start_replay()
         .replay_name(&name)
         .event_source_arn(archive_arn)
@@ -196,14 +210,56 @@ pub async fn run<S: OperatorStore + ?Sized>(
                 .map_err(|e| e.to_string())?,
         )
         .send()
-        .await
-        .map_err(|e| format!("cannot start replay {name}: {}", DisplayErrorContext(&e)))?;
+        .await;
+    match started {
+        Ok(_) => {}
+        // Started already: this command run again after a lost answer.
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|se| se.is_resource_already_exists_exception()) =>
+        {
+            eprintln!("replay {name} was started before; following it");
+        }
+        Err(e) => {
+            return Err(format!(
+                "cannot start replay {name}: {}",
+                DisplayErrorContext(&e)
+            ));
+        }
+    }
     eprintln!("{}", describe(&plan));
     if args.no_wait {
         println!("replay {name} started");
         return Ok(0);
     }
     follow(events, &name, Duration::from_secs(args.wait_secs)).await
+}
+
+/// Writes the order, or finds the same order written by an earlier run of this
+/// command (whose replay may or may not have started); another order of that name is
+/// an error.
+async fn order<S: OperatorStore + Replays + ?Sized>(
+    store: &S,
+    order: &ReplayOrder,
+    now: DateTime<Utc>,
+) -> Result<(), String> {
+    let name = &order.name;
+    let cannot =
+        |e: jobs_core::ports::PortError| format!("cannot write the order of replay {name}: {e}");
+    if store.record_replay(order, now).await.map_err(cannot)? {
+        return Ok(());
+    }
+    match store.replay_order(name).await.map_err(cannot)? {
+        Some(existing) if existing == *order => Ok(()),
+        _ => Err(format!(
+            "a replay named {name} was ordered already with other job ids or statuses: choose another --name"
+        )),
+    }
+}
+
+/// Whether `to` is within the minutes an event may take to reach the archive.
+fn to_recent(to: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+    now - to < TimeDelta::minutes(5)
 }
 
 fn describe(plan: &Plan) -> String {
@@ -226,8 +282,8 @@ fn describe(plan: &Plan) -> String {
     format!(
         "replay {}: events from {} to {}, {ids}, run again: {rerun}",
         o.name,
-        plan.from.to_rfc3339(),
-        plan.to.to_rfc3339()
+        plan.from.to_rfc3339_opts(SecondsFormat::Secs, true),
+        plan.to.to_rfc3339_opts(SecondsFormat::Secs, true)
     )
 }
 
@@ -376,6 +432,21 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn the_same_order_may_be_written_again_and_another_may_not() {
+        let store = jobs_core::store::MemoryStore::default();
+        let first = plan(&args("1h"), now()).expect("plan").order;
+        order(&store, &first, now()).await.expect("written");
+        order(&store, &first, now())
+            .await
+            .expect("the same order, written again");
+        let mut other = args("1h");
+        other.rerun = Some(Statuses(vec![JobStatus::Failed]));
+        let other = plan(&other, now()).expect("plan").order;
+        let refused = order(&store, &other, now()).await.expect_err("refused");
+        assert!(refused.contains("--name"), "{refused}");
+    }
+
     #[test]
     fn rerun_takes_failed_and_rejected_only() {
         assert_eq!(
@@ -405,6 +476,12 @@ mod tests {
         assert!(plan(&backwards, now())
             .expect_err("backwards")
             .contains("--from"));
+
+        let too_old = args("15d");
+        assert!(plan(&too_old, now())
+            .expect_err("too old")
+            .contains("15 days"));
+        assert!(plan(&args("13d"), now()).is_ok());
 
         let mut bad_name = args("1h");
         bad_name.name = Some("no spaces".into());

@@ -67,6 +67,9 @@ impl<Q: MessageQueue, T: Topic, S: JobStore + Replays> Ingester<Q, T, S> {
             }
             None => None,
         };
+        if !names_its_job(&verdict) {
+            return Err(Action::Repeat(job_id, "no_job_id"));
+        }
         if order.as_ref().is_some_and(|o| !o.includes(&job_id)) {
             return Err(Action::Repeat(job_id, "not_replayed"));
         }
@@ -98,7 +101,7 @@ impl<Q: MessageQueue, T: Topic, S: JobStore + Replays> Looker<'_, Q, T, S> {
     /// as the rerun's attempt if the processor's end is reopened.
     async fn forward(&self, mut job: crate::messages::EnrichedJob, t: Option<String>) -> Followed {
         let id = job.job_id.clone();
-        match self.look(Stage::Processor, &id, &job.job).await {
+        match self.look(Stage::Processor, &id, &job.job, true).await {
             Ok(Rerunning::Open) => {}
             Ok(Rerunning::Rerun { below, errors }) => {
                 job.attempt = below.saturating_add(1);
@@ -110,7 +113,7 @@ impl<Q: MessageQueue, T: Topic, S: JobStore + Replays> Looker<'_, Q, T, S> {
             Err(e) => return Err(Action::Later(id, e)),
         }
         // Rejected before, and valid now (the validator was fixed, say).
-        match self.look(Stage::Ingester, &id, &job.job).await {
+        match self.look(Stage::Ingester, &id, &job.job, true).await {
             Ok(Rerunning::Open) => Ok(Verdict::Forward(job, t)),
             Ok(Rerunning::Rerun { .. }) => {
                 mark_rerun(&mut job.replay);
@@ -121,12 +124,20 @@ impl<Q: MessageQueue, T: Topic, S: JobStore + Replays> Looker<'_, Q, T, S> {
         }
     }
 
-    /// A rejection: claimed as any other, after a rerun reopened its earlier end
-    /// (the claim then makes it a new end) or with the earlier end still there (the
+    /// A rejection: a repeat if the job ended at the processor (it was valid when it
+    /// came: a rule that refuses it now must not end it twice, so no processor end is
+    /// rerun from here). Else claimed as any other, after a rerun reopened its earlier
+    /// rejection (the claim then makes it a new end) or with that end still there (the
     /// claim finds it a duplicate, or announces it if it went unannounced).
     async fn reject(&self, mut dl: crate::messages::DeadLetter, t: Option<String>) -> Followed {
         let id = dl.job_id.clone();
-        match self.look(Stage::Ingester, &id, &dl.job).await {
+        match self.look(Stage::Processor, &id, &dl.job, false).await {
+            Ok(Rerunning::Open) => {}
+            Ok(Rerunning::Ended(_)) => return Err(Action::Repeat(id, "duplicate")),
+            Ok(other) => return Err(settled(id, &other)),
+            Err(e) => return Err(Action::Later(id, e)),
+        }
+        match self.look(Stage::Ingester, &id, &dl.job, true).await {
             Ok(Rerunning::Open | Rerunning::Ended(_)) => Ok(Verdict::Reject(dl, t)),
             Ok(Rerunning::Rerun { .. }) => {
                 mark_rerun(&mut dl.replay);
@@ -137,8 +148,18 @@ impl<Q: MessageQueue, T: Topic, S: JobStore + Replays> Looker<'_, Q, T, S> {
         }
     }
 
-    async fn look(&self, stage: Stage, job_id: &str, content: &Value) -> Result<Rerunning, String> {
-        let statuses = self.order.map(|o| o.rerun_at(stage)).unwrap_or_default();
+    /// This job's end at `stage`, reopened if `rerun` and the order asks for its status.
+    async fn look(
+        &self,
+        stage: Stage,
+        job_id: &str,
+        content: &Value,
+        rerun: bool,
+    ) -> Result<Rerunning, String> {
+        let statuses = match self.order {
+            Some(order) if rerun => order.rerun_at(stage),
+            _ => Vec::new(),
+        };
         let prints = Fingerprints::of(content);
         let rerun = Rerun {
             replay: self.replay,
@@ -181,6 +202,18 @@ fn replay_of(verdict: &Verdict) -> Option<&Replayed> {
         Verdict::Forward(job, _) => job.replay.as_ref(),
         Verdict::Reject(dl, _) => dl.replay.as_ref(),
     }
+}
+
+/// Whether the job carries its own id. A job without one is known by its event's id,
+/// and AWS does not promise that a replayed event keeps it: such a job could not be
+/// told from its earlier run, so its replayed event is dropped rather than risk
+/// running it twice.
+fn names_its_job(verdict: &Verdict) -> bool {
+    let (content, id) = match verdict {
+        Verdict::Forward(job, _) => (&job.job, &job.job_id),
+        Verdict::Reject(dl, _) => (&dl.job, &dl.job_id),
+    };
+    content.get("id").and_then(Value::as_str) == Some(id.as_str())
 }
 
 fn job_id_of(verdict: &Verdict) -> &str {

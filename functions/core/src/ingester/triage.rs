@@ -51,9 +51,14 @@ pub(super) fn triage(
         Ok(job) => {
             let time = envelope.time.clone();
             let mut enriched = enrich(job, envelope.detail, time, fallback_id.clone(), now);
-            enriched.replay.clone_from(&replay);
+            // Measured as the live event was: a replay's few bytes of name must not turn
+            // a job that was forwarded into a rejection (the processor reads messages
+            // up to MAX_ENRICHED_BYTES, well above).
             match too_large_to_forward(&enriched) {
-                None => return Verdict::Forward(enriched, envelope.time),
+                None => {
+                    enriched.replay = replay;
+                    return Verdict::Forward(enriched, envelope.time);
+                }
                 Some(rejection) => (enriched.job, rejection),
             }
         }

@@ -24,11 +24,11 @@ pub struct MemoryStore {
     pub replays: Mutex<ReplayBook>,
 }
 
-/// The replay items of the table: orders by name, marks by replay, stage and job.
+/// The replay items of the table: orders by name, marks by replay and job.
 #[derive(Debug, Default)]
 pub struct ReplayBook {
     pub orders: HashMap<String, replay::ReplayOrder>,
-    pub marks: HashMap<(String, &'static str, String), replay::RerunMark>,
+    pub marks: HashMap<(String, String), replay::RerunMark>,
 }
 
 type Records = HashMap<(String, &'static str), JobState>;
@@ -305,11 +305,7 @@ impl replay::Replays for MemoryStore {
     ) -> Result<replay::Rerunning, PortError> {
         self.call("TransactWriteItems", |records| {
             let mut book = self.book();
-            let mark_key = (
-                rerun.replay.to_owned(),
-                rerun.stage.as_str(),
-                rerun.job_id.to_owned(),
-            );
+            let mark_key = (rerun.replay.to_owned(), rerun.job_id.to_owned());
             let key = key_of(rerun.job_id, rerun.stage);
             let step = replay::decide_rerun(records.get(&key), book.marks.get(&mark_key), rerun);
             Ok(match step {

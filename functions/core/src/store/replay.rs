@@ -100,9 +100,13 @@ impl ReplayOrder {
     }
 }
 
-/// A replay's mark on one job's record at one stage: the rerun it started.
+/// A replay's mark on one job: the rerun it started, and at which stage. One per
+/// replay and job, whatever the stage, so a job whose end moved from one stage to the
+/// other (rejected before, run now) is rerun once, not once per stage.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RerunMark {
+    /// The stage whose end was reopened.
+    pub stage: Stage,
     /// The SQS message id of the delivery that reopened the record (for operators).
     pub holder: String,
     /// The attempt the record was reopened at; the rerun claims the next one.
@@ -181,6 +185,7 @@ pub fn decide_rerun(
     RerunStep::Reopen {
         seen: cur.clone(),
         mark: RerunMark {
+            stage: rerun.stage,
             holder: rerun.holder.to_owned(),
             below: rerun_below(rerun.stage, cur.attempt),
             errors: recorded_errors(cur),
@@ -188,22 +193,37 @@ pub fn decide_rerun(
     }
 }
 
-/// What a delivery makes of a job this replay reopened already. At the processor's
-/// record, a rerun nobody has claimed yet (still back at the mark's attempt) is sent
-/// again: the processor's claim runs one of any number of copies. Once claimed, the
-/// rerun is on its way and this copy is not needed. At the ingester's record, the
-/// ingester's own claim decides between copies as for any rejection, so every
-/// delivery goes on to it.
+/// What a delivery makes of a job this replay reopened already, looking at `stage`'s
+/// record (`current`).
+///
+/// - The processor's end was reopened: a rerun nobody has claimed yet (the record still
+///   back at the mark's attempt) is sent again, and the processor's claim runs one of
+///   any number of copies. Once claimed, the rerun is on its way and this copy is not
+///   needed.
+/// - The ingester's end was reopened: at the ingester's record, its own claim decides
+///   between copies as for any rejection, so every delivery goes on to it. At the
+///   processor's, a record means the rerun (now valid) was forwarded and claimed; none
+///   yet, and the copy goes on to the ingester's record.
 fn after_mark(current: Option<&JobState>, mark: &RerunMark, stage: Stage) -> Rerunning {
-    let unclaimed =
-        current.is_some_and(|c| c.progress == Progress::Retrying && c.attempt == mark.below);
-    if stage == Stage::Ingester || unclaimed {
-        Rerunning::Rerun {
-            below: mark.below,
-            errors: mark.errors.clone(),
+    let rerun = Rerunning::Rerun {
+        below: mark.below,
+        errors: mark.errors.clone(),
+    };
+    match (mark.stage, stage) {
+        (Stage::Processor, Stage::Processor) => {
+            let unclaimed = current
+                .is_some_and(|c| c.progress == Progress::Retrying && c.attempt == mark.below);
+            if unclaimed {
+                rerun
+            } else {
+                Rerunning::Elsewhere
+            }
         }
-    } else {
-        Rerunning::Elsewhere
+        (Stage::Ingester, Stage::Ingester) => rerun,
+        (Stage::Ingester, Stage::Processor) if current.is_none() => Rerunning::Open,
+        // The rerun went the other way (a rejection that passes now and ran, or a
+        // processor end whose event is refused now): this copy is not needed.
+        _ => Rerunning::Elsewhere,
     }
 }
 

@@ -325,6 +325,25 @@ async fn a_job_that_never_ended_runs_from_its_replayed_event() {
     );
 }
 
+/// The processor handles the `index`th message the ingester forwarded once more, as
+/// SQS delivers a message given back: its failures.
+async fn redeliver_forward(
+    pair: &(Ing<'_>, Proc<'_>),
+    index: usize,
+    at: DateTime<Utc>,
+) -> Vec<String> {
+    let body = pair.0.jobs_todo.bodies()[index].clone();
+    let record = json!({"messageId": format!("todo-{index}"), "receiptHandle": "rh", "body": body,
+        "attributes": {"ApproximateReceiveCount": "2"},
+        "eventSourceARN": "arn:aws:sqs:us-east-1:000000000000:jobs-todo"});
+    let event = serde_json::from_value(json!({ "Records": [record] })).expect("event");
+    let done = pair.1.handle(event, at + TimeDelta::seconds(60), at).await;
+    done.batch_item_failures
+        .into_iter()
+        .map(|f| f.item_identifier)
+        .collect()
+}
+
 #[tokio::test]
 async fn a_rerun_waits_for_the_end_it_reopens_to_be_announced() {
     let store = MemoryStore::default();
@@ -336,9 +355,104 @@ async fn a_rerun_waits_for_the_end_it_reopens_to_be_announced() {
     pair.1.topic.refuse.lock().expect("lock").clear();
     order(&store, "fix", vec![JobStatus::Failed], None).await;
     let later = t0() + TimeDelta::minutes(5);
-    let failed = through(&pair, delivery("r-bad", &fails("bad"), Some("fix")), later).await;
+    let replayed = || delivery("r-bad", &fails("bad"), Some("fix"));
+    let failed = through(&pair, replayed(), later).await;
     assert_eq!(failed, ["r-bad"], "kept in SQS, not dropped");
     assert!(ends(&pair).is_empty(), "{:?}", ends(&pair));
+    // The end's own message comes back and announces it; then the rerun goes ahead.
+    assert!(redeliver_forward(&pair, 0, later).await.is_empty());
+    assert!(through(&pair, replayed(), later).await.is_empty());
+    assert_eq!(
+        ends(&pair),
+        [
+            ("bad".into(), JobStatus::Failed, 1, None),
+            ("bad".into(), JobStatus::Failed, 2, rerun("fix")),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_replayed_event_refused_now_does_not_end_a_job_that_ran_again() {
+    // A job that ran live, and a validator made stricter since: its replayed event
+    // would be rejected now.
+    let store = MemoryStore::default();
+    let mut pair = stages(&store);
+    let job = json!({"id": "ran", "job_type": "long_running_job",
+        "message": {"task_name": "t", "timeout": 1}});
+    assert!(through(&pair, delivery("l", &job, None), t0())
+        .await
+        .is_empty());
+    pair.0.config.max_job_timeout_secs = 0;
+    order(
+        &store,
+        "fix",
+        vec![JobStatus::Failed, JobStatus::Rejected],
+        None,
+    )
+    .await;
+    let later = t0() + TimeDelta::minutes(5);
+    for (m, name) in [("a", "fix"), ("b", "by-hand")] {
+        assert!(through(&pair, delivery(m, &job, Some(name)), later)
+            .await
+            .is_empty());
+    }
+    assert_eq!(ends(&pair), [("ran".into(), JobStatus::Completed, 1, None)]);
+    assert!(letters(&pair).is_empty(), "{:?}", letters(&pair));
+}
+
+#[tokio::test]
+async fn a_rejection_rerun_that_runs_now_is_not_rerun_again_at_the_processor() {
+    // Rejected live by a wrong limit; valid once the limit is fixed, and then FAILED
+    // by the processor (too long for what its invocation has left).
+    let store = MemoryStore::default();
+    let mut pair = stages(&store);
+    pair.0.config.max_job_timeout_secs = 10;
+    assert!(through(&pair, delivery("l", &fails("j"), None), t0())
+        .await
+        .is_empty());
+    pair.0.config.max_job_timeout_secs = crate::job::DEFAULT_MAX_TIMEOUT_SECS;
+    order(
+        &store,
+        "fix",
+        vec![JobStatus::Failed, JobStatus::Rejected],
+        None,
+    )
+    .await;
+    let later = t0() + TimeDelta::minutes(5);
+    // Two deliveries of the replayed event, one after the other's rerun ended.
+    for m in ["r1", "r2"] {
+        assert!(through(&pair, delivery(m, &fails("j"), Some("fix")), later)
+            .await
+            .is_empty());
+    }
+    assert_eq!(
+        ends(&pair),
+        [
+            ("j".into(), JobStatus::Rejected, 1, None),
+            ("j".into(), JobStatus::Failed, 1, rerun("fix")),
+        ],
+        "one rerun per replay, whichever stage ended the job"
+    );
+}
+
+#[tokio::test]
+async fn a_replayed_job_without_an_id_of_its_own_is_dropped() {
+    let store = MemoryStore::default();
+    let pair = stages(&store);
+    let no_id =
+        json!({"job_type": "user_onboarding", "message": {"user_id": "1", "user_name": "Ada"}});
+    assert!(through(&pair, delivery("l", &no_id, None), t0())
+        .await
+        .is_empty());
+    assert_eq!(ends(&pair).len(), 1);
+    assert!(through(&pair, delivery("r", &no_id, Some("by-hand")), t0())
+        .await
+        .is_empty());
+    assert_eq!(
+        ends(&pair).len(),
+        1,
+        "not run again under whatever id its event has now"
+    );
 }
 
 #[tokio::test]

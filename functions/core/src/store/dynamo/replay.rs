@@ -1,8 +1,9 @@
 //! Replay orders and reruns on DynamoDB ([`crate::store::replay`]).
 //!
 //! An order is the item `replay#<name>`; a replay's mark on a job is the item
-//! `replay#<name>#<stage>#<job_id>`. A replay name has no `#`, so neither key can be
-//! another's, nor a job record's (`<stage>#<job_id>`). Both expire with the records.
+//! `replay#<name>#<job_id>`, one per job whatever the stage. A replay name has no `#`,
+//! so neither key can be another's, nor a job record's (`<stage>#<job_id>`). Both
+//! expire with the records.
 
 use super::{
     expires_at, is_condition_failure, key, n, reopen_values, s, DynamoStore, Item, REOPEN,
@@ -22,8 +23,8 @@ fn order_key(name: &str) -> String {
     format!("replay#{name}")
 }
 
-fn mark_key(replay: &str, stage: Stage, job_id: &str) -> String {
-    format!("replay#{replay}#{}#{job_id}", stage.as_str())
+fn mark_key(replay: &str, job_id: &str) -> String {
+    format!("replay#{replay}#{job_id}")
 }
 
 impl DynamoStore {
@@ -65,9 +66,7 @@ impl DynamoStore {
     }
 
     async fn mark(&self, rerun: &Rerun<'_>) -> Result<Option<RerunMark>, PortError> {
-        let item = self
-            .get_item(mark_key(rerun.replay, rerun.stage, rerun.job_id))
-            .await?;
+        let item = self.get_item(mark_key(rerun.replay, rerun.job_id)).await?;
         Ok(item.as_ref().map(mark_of))
     }
 
@@ -84,7 +83,8 @@ impl DynamoStore {
         let errors = serde_json::to_string(&mark.errors).unwrap_or_else(|_| "[]".into());
         let put = Put::builder()
             .table_name(&self.table)
-            .item("pk", s(mark_key(rerun.replay, rerun.stage, rerun.job_id)))
+            .item("pk", s(mark_key(rerun.replay, rerun.job_id)))
+            .item("stage", s(mark.stage.as_str()))
             .item("holder", s(&mark.holder))
             .item("below", n(mark.below))
             .item("errors", s(errors))
@@ -130,9 +130,14 @@ fn refused(operation: &'static str, e: &impl std::fmt::Display) -> PortError {
     }
 }
 
+/// A mark as written; one whose stage cannot be read names the processor's, whose
+/// answer ([`crate::store::replay`]) sends no copy on that it cannot account for.
 fn mark_of(item: &Item) -> RerunMark {
     let text = |k: &str| item.get(k).and_then(|v| v.as_s().ok());
     RerunMark {
+        stage: text("stage")
+            .and_then(|s| Stage::parse(s))
+            .unwrap_or(Stage::Processor),
         holder: text("holder").cloned().unwrap_or_default(),
         below: item
             .get("below")
