@@ -275,6 +275,9 @@ impl<S: crate::store::Replays> crate::store::Replays for Batching<S> {
     }
 }
 
+// A saga's calls are one at a time, in order: nothing to batch.
+crate::delegate_sagas!([S: crate::store::Sagas] Batching<S>, inner);
+
 #[async_trait]
 impl<S: JobStore> JobStore for Batching<S> {
     async fn claim(&self, claim: &Claim<'_>, now: Timestamp) -> Result<ClaimOutcome, PortError> {
@@ -465,6 +468,8 @@ mod tests {
             self.store.rerun(rerun, now).await
         }
     }
+
+    crate::delegate_sagas!([] Counting, store);
 
     #[async_trait]
     impl JobStore for Counting {

@@ -266,6 +266,47 @@ impl<S: crate::store::Replays> crate::store::Replays for Guarded<S> {
 }
 
 #[async_trait]
+impl<S: crate::store::Sagas> crate::store::Sagas for Guarded<S> {
+    async fn saga_log(
+        &self,
+        job_id: &str,
+    ) -> Result<Option<crate::store::saga::Versioned>, PortError> {
+        let call = self.inner.saga_log(job_id);
+        self.call("GetItem", call, Result::is_err, Err).await
+    }
+
+    async fn save_saga_log(
+        &self,
+        job_id: &str,
+        log: &crate::store::saga::SagaLog,
+        version: u64,
+        now: Timestamp,
+    ) -> Result<bool, PortError> {
+        let call = self.inner.save_saga_log(job_id, log, version, now);
+        self.call("PutItem", call, Result::is_err, Err).await
+    }
+
+    async fn apply(
+        &self,
+        effect: &crate::store::saga::Effect<'_>,
+        now: Timestamp,
+    ) -> Result<crate::store::saga::Applied, PortError> {
+        let call = self.inner.apply(effect, now);
+        self.call("UpdateItem", call, Result::is_err, Err).await
+    }
+
+    async fn compensate(
+        &self,
+        effect: &crate::store::saga::Effect<'_>,
+        compensation: &str,
+        now: Timestamp,
+    ) -> Result<crate::store::saga::Undo, PortError> {
+        let call = self.inner.compensate(effect, compensation, now);
+        self.call("UpdateItem", call, Result::is_err, Err).await
+    }
+}
+
+#[async_trait]
 impl<S: JobStore> JobStore for Guarded<S> {
     async fn claim(&self, claim: &Claim<'_>, now: Timestamp) -> Result<ClaimOutcome, PortError> {
         let call = self.inner.claim(claim, now);

@@ -109,6 +109,11 @@ pub enum ErrorCode {
     DeadlineExceeded,
     /// The job asked to fail (fault injection).
     InjectedFault,
+    /// A saga step names an action the pipeline does not know.
+    UnknownAction,
+    /// A saga's step was undone by its compensation (an entry of the history, not a
+    /// failure of its own).
+    Compensated,
     /// The ingester could not forward the job to `jobs-todo`.
     ForwardFailed,
     /// A `jobs-todo` message the processor cannot read.
@@ -118,7 +123,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    const KNOWN: [ErrorCode; 14] = [
+    const KNOWN: [ErrorCode; 16] = [
         ErrorCode::MalformedEnvelope,
         ErrorCode::InvalidDetail,
         ErrorCode::TooLarge,
@@ -133,6 +138,8 @@ impl ErrorCode {
         ErrorCode::InjectedFault,
         ErrorCode::ForwardFailed,
         ErrorCode::InvalidMessage,
+        ErrorCode::UnknownAction,
+        ErrorCode::Compensated,
     ];
 
     pub fn as_str(&self) -> &str {
@@ -150,6 +157,8 @@ impl ErrorCode {
             ErrorCode::DeadlineExceeded => "deadline_exceeded",
             ErrorCode::InjectedFault => "injected_fault",
             ErrorCode::ForwardFailed => "forward_failed",
+            ErrorCode::UnknownAction => "unknown_action",
+            ErrorCode::Compensated => "compensated",
             ErrorCode::InvalidMessage => "invalid_message",
             ErrorCode::Other(code) => code,
         }

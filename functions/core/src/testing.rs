@@ -258,6 +258,56 @@ impl<S: crate::store::Replays> crate::store::Replays for SdkRetry<S> {
     }
 }
 
+/// A saga's calls are sent again with the very same request when they fail.
+#[async_trait]
+impl<S: crate::store::Sagas> crate::store::Sagas for SdkRetry<S> {
+    async fn saga_log(
+        &self,
+        job_id: &str,
+    ) -> Result<Option<crate::store::saga::Versioned>, PortError> {
+        match self.inner.saga_log(job_id).await {
+            Err(_) => self.inner.saga_log(job_id).await,
+            answered => answered,
+        }
+    }
+
+    async fn save_saga_log(
+        &self,
+        job_id: &str,
+        log: &crate::store::saga::SagaLog,
+        version: u64,
+        now: Timestamp,
+    ) -> Result<bool, PortError> {
+        match self.inner.save_saga_log(job_id, log, version, now).await {
+            Err(_) => self.inner.save_saga_log(job_id, log, version, now).await,
+            answered => answered,
+        }
+    }
+
+    async fn apply(
+        &self,
+        effect: &crate::store::saga::Effect<'_>,
+        now: Timestamp,
+    ) -> Result<crate::store::saga::Applied, PortError> {
+        match self.inner.apply(effect, now).await {
+            Err(_) => self.inner.apply(effect, now).await,
+            answered => answered,
+        }
+    }
+
+    async fn compensate(
+        &self,
+        effect: &crate::store::saga::Effect<'_>,
+        compensation: &str,
+        now: Timestamp,
+    ) -> Result<crate::store::saga::Undo, PortError> {
+        match self.inner.compensate(effect, compensation, now).await {
+            Err(_) => self.inner.compensate(effect, compensation, now).await,
+            answered => answered,
+        }
+    }
+}
+
 #[async_trait]
 impl<S: JobStore> JobStore for SdkRetry<S> {
     async fn claim(&self, claim: &Claim<'_>, now: Timestamp) -> Result<ClaimOutcome, PortError> {
@@ -599,6 +649,8 @@ impl<S: crate::store::Replays> crate::store::Replays for Shared<'_, S> {
         self.0.rerun(rerun, now).await
     }
 }
+
+crate::delegate_sagas!([S: crate::store::Sagas] Shared<'_, S>, 0);
 
 #[async_trait]
 impl<S: JobStore> JobStore for Shared<'_, S> {

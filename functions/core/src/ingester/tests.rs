@@ -919,7 +919,7 @@ fn delivery(message_id: &str, detail: &Value, receive: u32) -> SqsEvent {
 /// The processor handles every message the ingester put on `jobs-todo` (from
 /// `from` on), each as SQS delivers it, and none is dead-lettered: returns what it
 /// announced.
-async fn process_forwarded<S: JobStore>(
+async fn process_forwarded<S: JobStore + crate::store::Sagas>(
     ing: &Ingester<MemoryQueue, MemoryTopic, S>,
     store: S,
     from: usize,
@@ -932,7 +932,7 @@ async fn process_forwarded<S: JobStore>(
 
 /// The processor that handled every message the ingester put on `jobs-todo` (from
 /// `from` on), with nothing left in SQS.
-async fn run_forwarded<S: JobStore>(
+async fn run_forwarded<S: JobStore + crate::store::Sagas>(
     ing: &Ingester<MemoryQueue, MemoryTopic, S>,
     store: S,
     from: usize,

@@ -67,6 +67,34 @@ impl<'a> Fields<'a> {
         }
     }
 
+    /// An array whose length is in `len`.
+    pub fn array(
+        &self,
+        name: &str,
+        len: std::ops::RangeInclusive<usize>,
+    ) -> Result<&'a Vec<Value>, Rejection> {
+        let path = format!("message.{name}");
+        match self.message.get(name) {
+            None | Some(Value::Null) => Err(self.missing(&path)),
+            Some(Value::Array(items)) if len.contains(&items.len()) => Ok(items),
+            Some(Value::Array(items)) => Err(Rejection::new(
+                ErrorCode::OutOfRange,
+                Some(&path),
+                format!(
+                    "{path} must have {} to {} items, got {}",
+                    len.start(),
+                    len.end(),
+                    items.len()
+                ),
+            )),
+            Some(other) => Err(Rejection::new(
+                ErrorCode::WrongType,
+                Some(&path),
+                format!("{path} must be an array, got {}", describe(other)),
+            )),
+        }
+    }
+
     fn missing(&self, path: &str) -> Rejection {
         Rejection::new(
             ErrorCode::MissingField,

@@ -19,6 +19,7 @@ mod fields;
 pub mod long_running_job;
 mod registry;
 pub mod report_generation;
+pub mod saga;
 pub mod user_onboarding;
 
 pub use data_cleanup::DataCleanup;
@@ -28,6 +29,7 @@ pub(crate) use fields::{describe, truncate};
 pub use long_running_job::LongRunningJob;
 pub use registry::{Kind, Registry, Spec, BUILTIN};
 pub use report_generation::ReportGeneration;
+pub use saga::{Action, Saga, SagaKind};
 pub use user_onboarding::UserOnboarding;
 
 use crate::execute::JobError;

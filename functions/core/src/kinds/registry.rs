@@ -2,7 +2,8 @@
 //! behind one object-safe trait ([`Kind`]) whatever its spec's type.
 
 use super::{
-    DataCleanup, Draw, Fields, JobKind, LongRunningJob, Malformed, ReportGeneration, UserOnboarding,
+    DataCleanup, Draw, Fields, JobKind, LongRunningJob, Malformed, ReportGeneration, SagaKind,
+    UserOnboarding,
 };
 use crate::execute::JobError;
 use crate::job::Rejection;
@@ -15,11 +16,12 @@ use std::fmt;
 use std::time::Duration;
 
 /// The kinds the pipeline knows, in the order the generator's catalogue lists them.
-pub static BUILTIN: [&dyn Kind; 4] = [
+pub static BUILTIN: [&dyn Kind; 5] = [
     &ReportGeneration,
     &DataCleanup,
     &UserOnboarding,
     &LongRunningJob,
+    &SagaKind,
 ];
 
 /// A [`JobKind`] as the registry holds it. Implemented for every `JobKind`.
@@ -144,6 +146,17 @@ impl Registry {
     /// The kind named `job_type` (case-sensitive).
     pub fn get(&self, job_type: &str) -> Option<&'static dyn Kind> {
         self.kinds.iter().copied().find(|k| k.name() == job_type)
+    }
+
+    /// These kinds but the one named `job_type`.
+    pub fn without(&self, job_type: &str) -> Registry {
+        Registry::of(
+            self.kinds
+                .iter()
+                .copied()
+                .filter(|k| k.name() != job_type)
+                .collect(),
+        )
     }
 
     /// Every kind's `job_type`, in order.

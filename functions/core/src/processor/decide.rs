@@ -8,14 +8,14 @@ use crate::kinds::Registry;
 use crate::messages::{EnrichedJob, ErrorCode, Notification, Stage};
 use crate::ports::{MessageQueue, Topic};
 use crate::record::RecordMeta;
-use crate::store::{Claim, ClaimOutcome, Fingerprints, JobStore};
+use crate::store::{Claim, ClaimOutcome, Fingerprints, JobStore, Sagas};
 use crate::telemetry::instruments_prelude::*;
 use aws_lambda_events::sqs::SqsMessage;
 use chrono::{DateTime, Utc};
 use std::time::Duration;
 use tracing::warn;
 
-impl<Q: MessageQueue, T: Topic, S: JobStore> Processor<Q, T, S> {
+impl<Q: MessageQueue, T: Topic, S: JobStore + Sagas> Processor<Q, T, S> {
     /// Decides one record; returns its outcome and the job's event time (for latency).
     /// `clock` is the deadline and the instant the invocation started at `now`.
     pub(super) async fn decide(

@@ -6,20 +6,20 @@ use crate::ending::{Ending, Tracking};
 use crate::execute::JobError;
 use crate::fault::Fault;
 use crate::job::parse_job_with;
-use crate::kinds::{Registry, Spec};
+use crate::kinds::{Registry, Saga, Spec};
 use crate::messages::{
     DeadLetter, EnrichedJob, ErrorCode, ErrorEntry, JobStatus, Notification, Stage,
 };
 use crate::ports::{MessageQueue, Topic};
 use crate::record::{raw_body, RecordMeta};
 use crate::retry::Decision;
-use crate::store::JobStore;
+use crate::store::{JobStore, Sagas};
 use crate::telemetry::instruments_prelude::*;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use tracing::{info, warn};
 
-impl<Q: MessageQueue, T: Topic, S: JobStore> Processor<Q, T, S> {
+impl<Q: MessageQueue, T: Topic, S: JobStore + Sagas> Processor<Q, T, S> {
     /// Runs a claimed job.
     pub(super) async fn run(
         &self,
@@ -39,6 +39,9 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> Processor<Q, T, S> {
             .unwrap_or_default()
             .saturating_sub(started.elapsed())
             .saturating_sub(self.config.deadline_margin);
+        if let Some(saga) = spec.get::<Saga>() {
+            return self.run_saga(job, saga, meta, budget, consumer).await;
+        }
         match self.attempt(job, &spec, budget, now, consumer).await {
             Ok(result) => {
                 info!(job_id = %job.job_id, job_type = %job.job_type, attempt = job.attempt, "job completed");
@@ -126,7 +129,7 @@ fn revalidate(kinds: &Registry, job: &EnrichedJob) -> Result<Spec, Box<DeadLette
 }
 
 /// The job's `COMPLETED` ending, with its result.
-fn completed(meta: &RecordMeta, job: &EnrichedJob, result: Value) -> Outcome {
+pub(super) fn completed(meta: &RecordMeta, job: &EnrichedJob, result: Value) -> Outcome {
     Outcome::End(Box::new(Ending::new(
         meta.clone(),
         Notification::completed(job, result, Utc::now()),
@@ -138,7 +141,7 @@ fn completed(meta: &RecordMeta, job: &EnrichedJob, result: Value) -> Outcome {
 }
 
 /// The job's `FAILED` ending with `dl`, recorded for this attempt.
-fn give_up(meta: &RecordMeta, job: &EnrichedJob, dl: DeadLetter) -> Outcome {
+pub(super) fn give_up(meta: &RecordMeta, job: &EnrichedJob, dl: DeadLetter) -> Outcome {
     Outcome::End(Box::new(Ending::new(
         meta.clone(),
         Notification::for_dead_letter(&dl, Utc::now()),

@@ -14,6 +14,7 @@
 
 mod decide;
 mod execute;
+mod saga;
 mod settle;
 
 use crate::ending::Ending;
@@ -23,7 +24,7 @@ use crate::messages::{DeadLetter, EnrichedJob};
 use crate::ports::{MessageQueue, PortError, Topic};
 use crate::record::{retry_soon, RecordMeta};
 use crate::retry::RetryPolicy;
-use crate::store::JobStore;
+use crate::store::{JobStore, Sagas};
 use crate::telemetry::instruments_prelude::*;
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use chrono::{DateTime, Utc};
@@ -106,7 +107,7 @@ enum Outcome {
     Held(DateTime<Utc>),
 }
 
-impl<Q: MessageQueue, T: Topic, S: JobStore> Processor<Q, T, S> {
+impl<Q: MessageQueue, T: Topic, S: JobStore + Sagas> Processor<Q, T, S> {
     /// Handles a batch outside any Lambda invocation (tests, tools). `deadline` is
     /// when the invocation is cut off.
     pub async fn handle(

@@ -6,14 +6,14 @@ use crate::ending::{give_back, EndPorts, Ending};
 use crate::messages::{EnrichedJob, ErrorCode, JobStatus, Stage};
 use crate::ports::{send_all, MessageQueue, OutgoingMessage, Topic};
 use crate::record::{enriched_message, RecordMeta};
-use crate::store::{Finish, JobStore, Progress};
+use crate::store::{Finish, JobStore, Progress, Sagas};
 use crate::telemetry::instruments_prelude::*;
 use aws_lambda_events::sqs::SqsMessage;
 use chrono::Utc;
 use std::time::Duration;
 use tracing::{info, warn};
 
-impl<Q: MessageQueue, T: Topic, S: JobStore> Processor<Q, T, S> {
+impl<Q: MessageQueue, T: Topic, S: JobStore + Sagas> Processor<Q, T, S> {
     /// Carries out an outcome; returns the record's message id if it must stay in SQS.
     pub(super) async fn settle(
         &self,

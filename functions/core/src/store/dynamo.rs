@@ -17,6 +17,7 @@
 //! conditional `UPDATE`s.
 
 mod replay;
+mod saga;
 
 use crate::messages::Stage;
 use crate::ports::PortError;

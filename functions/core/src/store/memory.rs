@@ -22,6 +22,15 @@ pub struct MemoryStore {
     pub snapshot_batches: std::sync::atomic::AtomicBool,
     /// Replay orders and marks ([`replay`]), apart from the job records.
     pub replays: Mutex<ReplayBook>,
+    /// Sagas' logs and effects ([`saga`]).
+    pub sagas: Mutex<SagaBook>,
+}
+
+/// The saga items of the table: logs by job, effects by idempotency key.
+#[derive(Debug, Default)]
+pub struct SagaBook {
+    pub logs: HashMap<String, saga::Versioned>,
+    pub effects: HashMap<String, saga::EffectRecord>,
 }
 
 /// The replay items of the table: orders by name, marks by replay and job.
@@ -285,6 +294,15 @@ impl JobStore for MemoryStore {
 }
 
 impl MemoryStore {
+    fn sagas(&self) -> std::sync::MutexGuard<'_, SagaBook> {
+        self.sagas.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The effect kept under `key`, if any (for tests).
+    pub fn effect(&self, key: &str) -> Option<saga::EffectRecord> {
+        self.sagas().effects.get(key).cloned()
+    }
+
     fn book(&self) -> std::sync::MutexGuard<'_, ReplayBook> {
         self.replays.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -321,6 +339,76 @@ impl replay::Replays for MemoryStore {
                     }
                 }
             })
+        })
+        .await
+    }
+}
+
+/// Each call decided under one lock, as DynamoDB decides one item's write; the call
+/// names are the faults' ([`Faults::only`]).
+#[async_trait]
+impl saga::Sagas for MemoryStore {
+    async fn saga_log(&self, job_id: &str) -> Result<Option<saga::Versioned>, PortError> {
+        self.call("GetItem saga", |_| {
+            Ok(self.sagas().logs.get(job_id).cloned())
+        })
+        .await
+    }
+
+    async fn save_saga_log(
+        &self,
+        job_id: &str,
+        log: &saga::SagaLog,
+        version: u64,
+        _: Timestamp,
+    ) -> Result<bool, PortError> {
+        self.call("PutItem saga", |_| {
+            let mut book = self.sagas();
+            let stored = book.logs.get(job_id).map_or(0, |v| v.version);
+            if stored != version {
+                return Ok(false);
+            }
+            let next = saga::Versioned {
+                log: log.clone(),
+                version: version + 1,
+            };
+            book.logs.insert(job_id.to_owned(), next);
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn apply(
+        &self,
+        effect: &saga::Effect<'_>,
+        now: Timestamp,
+    ) -> Result<saga::Applied, PortError> {
+        self.call("UpdateItem apply", |_| {
+            let mut book = self.sagas();
+            let mut record = book.effects.remove(&effect.key());
+            let answer = saga::apply_to(&mut record, effect, saga::epoch_ns(now));
+            if let Some(r) = record {
+                book.effects.insert(effect.key(), r);
+            }
+            Ok(answer)
+        })
+        .await
+    }
+
+    async fn compensate(
+        &self,
+        effect: &saga::Effect<'_>,
+        compensation: &str,
+        now: Timestamp,
+    ) -> Result<saga::Undo, PortError> {
+        self.call("UpdateItem compensate", |_| {
+            let mut book = self.sagas();
+            let mut record = book.effects.remove(&effect.key());
+            let answer = saga::compensate_to(&mut record, compensation, saga::epoch_ns(now));
+            if let Some(r) = record {
+                book.effects.insert(effect.key(), r);
+            }
+            Ok(answer)
         })
         .await
     }

@@ -24,6 +24,7 @@ pub mod dynamo;
 pub mod memory;
 pub mod outbox;
 pub mod replay;
+pub mod saga;
 
 use crate::messages::{ErrorEntry, JobStatus, Stage};
 use crate::record::RecordMeta;
@@ -35,6 +36,7 @@ use futures_util::future::join_all;
 pub use memory::MemoryStore;
 pub use outbox::{Outbox, Stranded, Take};
 pub use replay::{ReplayOrder, Replays, Rerun, Rerunning};
+pub use saga::Sagas;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::fmt::Write as _;

@@ -290,6 +290,16 @@ impl Instruments {
         )
     }
 
+    /// `step <action>` or `compensate <compensation>` (`what`): one request of a
+    /// saga's step `step` or of its compensation, a child of the job's `execute saga`.
+    pub fn saga_span(&self, what: String, job_id: &str, step: u32, parent: &JobSpan) -> JobSpan {
+        let attrs = vec![
+            KeyValue::new("job.id", job_id.to_owned()),
+            KeyValue::new("saga.step", i64::from(step)),
+        ];
+        self.start(what, SpanKind::Internal, attrs, Vec::new(), &parent.cx)
+    }
+
     /// The relay's invocation: a root span for one sweep of the outbox, linking to
     /// every end it announced.
     pub fn sweep_span(&self, invocation: &Invocation) -> JobSpan {

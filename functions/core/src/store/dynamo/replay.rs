@@ -28,7 +28,7 @@ fn mark_key(replay: &str, job_id: &str) -> String {
 }
 
 impl DynamoStore {
-    async fn get_item(&self, pk: String) -> Result<Option<Item>, PortError> {
+    pub(super) async fn get_item(&self, pk: String) -> Result<Option<Item>, PortError> {
         let out = self
             .client
             .get_item()
