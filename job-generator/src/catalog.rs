@@ -2,7 +2,7 @@
 //! randomised fields, and the malformed jobs real senders produce, each with the
 //! rejection it must earn. The samples are each kind's own ([`jobs_core::kinds`]).
 
-use jobs_core::kinds::{Draw, Registry};
+use jobs_core::kinds::{Draw, JobKind, Registry, SagaKind};
 use jobs_core::messages::ErrorCode;
 use rand::Rng;
 use serde_json::{json, Value};
@@ -31,6 +31,8 @@ pub struct CatalogConfig {
     /// Share of valid jobs that ask to fail their first [`FLAKY_FAILURES`] attempts
     /// (honoured only where the processor enables fault injection).
     pub flaky_ratio: f64,
+    /// Share of valid jobs that are sagas, where the registry knows them.
+    pub saga_ratio: f64,
 }
 
 /// Attempts a flaky job fails before it succeeds.
@@ -57,7 +59,7 @@ pub fn next_job_of<R: Rng>(kinds: &Registry, rng: &mut R, config: &CatalogConfig
     let good = if rng.random_bool(config.malformed_ratio.clamp(0.0, 1.0)) {
         None
     } else {
-        kinds.sample(&mut RngDraw(rng), config.max_job_seconds)
+        valid(kinds, rng, config)
     };
     let mut planned = match good {
         Some(mut detail) => {
@@ -83,6 +85,22 @@ pub fn next_job_of<R: Rng>(kinds: &Registry, rng: &mut R, config: &CatalogConfig
     planned
 }
 
+/// A valid job: a saga for `saga_ratio` of them, else one of the other kinds.
+fn valid<R: Rng>(kinds: &Registry, rng: &mut R, config: &CatalogConfig) -> Option<Value> {
+    let saga = kinds.get(SagaKind::NAME);
+    let draw = &mut RngDraw(rng);
+    match saga {
+        Some(kind) if draw.0.random_bool(config.saga_ratio.clamp(0.0, 1.0)) => Some(
+            json!({"job_type": kind.name(), "message": kind.sample(draw, config.max_job_seconds)}),
+        ),
+        Some(_) => kinds
+            .without(SagaKind::NAME)
+            .sample(draw, config.max_job_seconds)
+            .or_else(|| kinds.sample(draw, config.max_job_seconds)),
+        None => kinds.sample(draw, config.max_job_seconds),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,6 +115,7 @@ mod tests {
             malformed_ratio: 0.5,
             max_job_seconds: 5,
             flaky_ratio: 0.3,
+            saga_ratio: 0.2,
         };
         let (mut good, mut bad) = (0, 0);
         for _ in 0..2_000 {
@@ -122,6 +141,7 @@ mod tests {
             malformed_ratio: 0.0,
             max_job_seconds: 5,
             flaky_ratio: 0.5,
+            saga_ratio: 0.2,
         };
         let jobs: Vec<Planned> = (0..400).map(|_| next_job(&mut rng, &config)).collect();
         let flaky = jobs
@@ -147,6 +167,7 @@ mod tests {
             malformed_ratio: 0.0,
             max_job_seconds: 5,
             flaky_ratio: 0.0,
+            saga_ratio: 0.2,
         };
         let run = |seed| {
             let mut rng = StdRng::seed_from_u64(seed);
@@ -166,6 +187,7 @@ mod tests {
             malformed_ratio: 0.5,
             max_job_seconds: 5,
             flaky_ratio: 0.0,
+            saga_ratio: 0.2,
         };
         let mut kinds = std::collections::BTreeMap::<String, u32>::new();
         let mut malformed = std::collections::BTreeSet::new();
@@ -185,9 +207,28 @@ mod tests {
                 }
             }
         }
-        assert_eq!(kinds.len(), 4, "{kinds:?}");
-        assert!(kinds.values().all(|n| (400..600).contains(n)), "{kinds:?}");
-        assert_eq!(malformed.len(), 11, "{malformed:?}");
+        assert_eq!(kinds.len(), 5, "{kinds:?}");
+        assert!(kinds.values().all(|n| (320..480).contains(n)), "{kinds:?}");
+        assert_eq!(malformed.len(), 14, "{malformed:?}");
+    }
+
+    #[test]
+    fn the_saga_ratio_is_the_share_of_sagas_among_valid_jobs() {
+        for (ratio, expected) in [(0.0, 0..1), (0.5, 400..600), (1.0, 1000..1001)] {
+            let mut rng = StdRng::seed_from_u64(3);
+            let config = CatalogConfig {
+                malformed_ratio: 0.0,
+                max_job_seconds: 5,
+                flaky_ratio: 0.0,
+                saga_ratio: ratio,
+            };
+            let sagas = (0..1000)
+                .map(|_| next_job(&mut rng, &config))
+                .filter(|p| p.detail["job_type"] == "saga")
+                .inspect(|p| assert_eq!(parse_job(&p.detail, None).err(), None))
+                .count();
+            assert!(expected.contains(&sagas), "{ratio}: {sagas}");
+        }
     }
 
     #[test]
@@ -197,6 +238,7 @@ mod tests {
             malformed_ratio: 0.0,
             max_job_seconds: 5,
             flaky_ratio: 0.0,
+            saga_ratio: 0.2,
         };
         let kinds = Registry::of(vec![&jobs_core::kinds::DataCleanup]);
         for _ in 0..100 {

@@ -45,6 +45,10 @@ struct Args {
     /// FAULT_INJECTION=on in the processor; elsewhere they are ordinary jobs.
     #[arg(long, default_value_t = 0.0, value_name = "RATIO")]
     flaky_ratio: f64,
+    /// Share of valid jobs that are sagas: a few steps (create account, workspace...),
+    /// undone in reverse when one fails for good (0 to 1).
+    #[arg(long, default_value_t = 0.2, value_name = "RATIO")]
+    saga_ratio: f64,
     /// Share of jobs sent a second time with the same id (0 to 1), as an at-least-once
     /// producer would; the pipeline must end each id once.
     #[arg(long, default_value_t = 0.0, value_name = "RATIO")]
@@ -318,6 +322,7 @@ fn check_args(args: &Args) -> Result<(), Failure> {
     for (flag, ratio) in [
         ("--malformed-ratio", args.malformed_ratio),
         ("--flaky-ratio", args.flaky_ratio),
+        ("--saga-ratio", args.saga_ratio),
         ("--duplicate-ratio", args.duplicate_ratio),
     ] {
         if !(0.0..=1.0).contains(&ratio) {
@@ -343,6 +348,7 @@ fn source(args: &Args, seed: u64) -> Result<Source, Failure> {
                 malformed_ratio: args.malformed_ratio,
                 max_job_seconds: args.max_job_seconds,
                 flaky_ratio: args.flaky_ratio,
+                saga_ratio: args.saga_ratio,
             },
             duplicate_ratio: args.duplicate_ratio,
             repeat: None,
