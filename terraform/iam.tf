@@ -195,6 +195,34 @@ data "aws_iam_policy_document" "processor" {
     }
   }
 
+  # A saga's log (functions/core/src/store/dynamo/saga.rs): one item per job, written
+  # whole over the version read ("saga#<job_id>").
+  statement {
+    sid       = "RecordSagaLogs"
+    actions   = ["dynamodb:PutItem"]
+    resources = [aws_dynamodb_table.jobs.arn]
+
+    condition {
+      test     = "ForAllValues:StringLike"
+      variable = "dynamodb:LeadingKeys"
+      values   = ["saga#*"]
+    }
+  }
+
+  # A saga step's effect under its idempotency key ("effect#<job_id>#<run>#<step>"),
+  # the stand-in for the service the step acts on: requested and undone by updates.
+  statement {
+    sid       = "ApplySagaEffects"
+    actions   = ["dynamodb:UpdateItem"]
+    resources = [aws_dynamodb_table.jobs.arn]
+
+    condition {
+      test     = "ForAllValues:StringLike"
+      variable = "dynamodb:LeadingKeys"
+      values   = ["effect#*"]
+    }
+  }
+
   statement {
     sid       = "WriteOwnLogs"
     actions   = ["logs:CreateLogStream", "logs:PutLogEvents"]

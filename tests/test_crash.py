@@ -29,7 +29,8 @@ def short_settings() -> dict:
 
 @pytest.fixture(scope="module")
 def short(start_stack):
-    with start_stack("crash", receiver=True, settings=short_settings()) as stack:
+    # Fault injection on: the saga's test asks for its crash.
+    with start_stack("crash", receiver=True, settings=short_settings(), fault_injection=True) as stack:
         yield stack
 
 
@@ -53,3 +54,30 @@ def test_a_worker_killed_mid_job_leaves_the_job_to_run_again_and_end_once(short)
     notes = stk.await_end_states(short, {job_id}, timeout=6 * PROCESSOR_TIMEOUT + 90)
     assert [(n["status"], n["errors"]) for n in notes] == [("COMPLETED", [])], notes
     assert notes[0]["result"]["ran_for_secs"] == JOB_SECS
+
+
+def test_a_saga_worker_killed_between_a_step_and_its_record_takes_the_effect_once(short):
+    """The job asks its worker to abort right after step 1's request took effect and before
+    the saga's log records it (fault injection, first delivery only). Its message comes
+    back after the visibility timeout; the step's request goes out again under the same
+    idempotency key, the service finds it done, and the saga goes on and ends once."""
+    job_id = f"crash-saga-{int(time.time())}"
+    steps = ["create_account", "create_workspace", "send_welcome"]
+    put_jobs(short, [{"id": job_id, "job_type": "saga", "fault": {"step": 1, "crash": True},
+                      "message": {"user_id": job_id, "steps": [{"action": a} for a in steps]}}])
+
+    def effect(step: int) -> dict | None:
+        return state_record(short, "effect", f"{job_id}#1#{step}")
+
+    wait_for("step 1 to take effect", lambda: effect(1), timeout=60, every=0.2)
+    assert not stk.await_end_states(short, {job_id}, timeout=5, linger=0), "the crashed worker cannot end the job"
+    assert (effect(1)["calls"], effect(2)) == ("1", None)
+    log = state_record(short, "saga", job_id)
+    assert log and '"done":1' in log["log"], log
+
+    notes = stk.await_end_states(short, {job_id}, timeout=6 * PROCESSOR_TIMEOUT + 90)
+    assert [(n["status"], n["attempts"], n["errors"]) for n in notes] == [("COMPLETED", 1, [])], notes
+    # Step 1 was asked twice and took effect once; the others once each.
+    found = [effect(s) for s in range(len(steps))]
+    assert [(e["calls"], "applied_ns" in e, "compensated_ns" in e) for e in found] == [
+        ("1", True, False), ("2", True, False), ("1", True, False)], found

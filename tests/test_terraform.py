@@ -151,6 +151,38 @@ RERUN = {
 }
 
 
+def saga_grants() -> set[tuple[str, str, str]]:
+    """The processor's writes of saga items, read from functions/core/src/store/dynamo/saga.rs
+    and store/saga.rs: each call of the DynamoDB client there with the prefix of the key
+    it writes (a log by PutItem, an effect by UpdateItem)."""
+    store = stk.ROOT / "functions/core/src/store"
+    src = (store / "dynamo/saga.rs").read_text()
+    log_prefix = re.search(r'fn log_key\(.*?\{\s*format!\("(\w+#)', src, re.S)
+    effect_prefix = re.search(r'fn key\(&self\) -> String \{\s*format!\(\s*"(\w+#)', (store / "saga.rs").read_text(), re.S)
+    assert log_prefix and effect_prefix, "the saga keys were not found"
+    keys = {"log_key(": log_prefix.group(1), "effect.key()": effect_prefix.group(1)}
+    out = set()
+    for call in re.finditer(r"\.(put_item|update_item|get_item|delete_item)\(\)([^;]*?)\.key\(|\.(put_item)\(\)([^;]*?)\.item\(\"pk\", s\(([^)]*\)?)\)", src, re.S):
+        op = call.group(1) or call.group(3)
+        if op == "get_item":
+            continue
+        after = src[call.end():call.end() + 80]
+        named = call.group(5) or after
+        prefix = next((p for k, p in keys.items() if k in named), None)
+        assert prefix, f"the key of a {op} in dynamo/saga.rs is not a saga key: {named!r}"
+        action = "dynamodb:" + "".join(w.title() for w in op.split("_"))
+        out.add((action, "aws_dynamodb_table:jobs", f"ForAllValues:StringLike dynamodb:LeadingKeys {prefix}*"))
+    return out
+
+
+def test_the_saga_grants_are_the_keys_and_calls_the_code_writes():
+    """Guards against a saga's log or effect writes being denied on AWS (every saga would
+    stay in SQS until its retries ran out): the calls in the saga store, with the prefix
+    of the keys they write, must be the processor's grants beyond its own records."""
+    found = saga_grants()
+    assert {a for a, _, _ in found} == {"dynamodb:PutItem", "dynamodb:UpdateItem"}, found
+
+
 def test_each_function_may_touch_only_its_own_resources(module):
     assert grants(module, "ingester") == expected_grants(
         "ingester", "ingester-queue", ["jobs-todo", "dead-letter-queue"], "/aws/lambda/ingester"
@@ -158,7 +190,7 @@ def test_each_function_may_touch_only_its_own_resources(module):
     # The processor sends retries back to its own queue.
     assert grants(module, "processor") == expected_grants(
         "processor", "jobs-todo", ["jobs-todo", "dead-letter-queue"], "/aws/lambda/processor"
-    )
+    ) | saga_grants()
     assert grants(module, "relay") == RELAY_GRANTS
 
 
@@ -246,7 +278,7 @@ def test_a_customer_managed_topic_key_is_granted_to_every_publisher():
         extra = grants(m, fn) - (RELAY_GRANTS if fn == "relay" else expected_grants(
             fn, "ingester-queue" if fn == "ingester" else "jobs-todo", ["jobs-todo", "dead-letter-queue"],
             f"/aws/lambda/{fn}",
-        ) | PROCESSOR_STOP | RERUN)
+        ) | PROCESSOR_STOP | RERUN | (saga_grants() if fn == "processor" else set()))
         assert extra == {("kms:GenerateDataKey*", f"aws_kms_key:{key}", ""), ("kms:Decrypt", f"aws_kms_key:{key}", "")}, extra
 
 
