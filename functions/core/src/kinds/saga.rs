@@ -16,8 +16,9 @@ use std::time::Duration;
 #[derive(Debug, Clone, Copy)]
 pub struct SagaKind;
 
-/// The most steps one saga may have: every step and compensation is a few calls,
-/// and all of them must fit in one invocation's budget.
+/// The most steps one saga may have: each step and compensation is a few calls and
+/// a record, so ten of each fit in an invocation's budget (a saga cut short resumes on
+/// its next delivery, but each delivery is a receive of the five SQS allows).
 pub const MAX_STEPS: usize = 10;
 
 /// A step's action on a (simulated) service, and the compensation that undoes it.

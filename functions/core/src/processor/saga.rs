@@ -61,6 +61,9 @@ struct Run<'a> {
     version: u64,
     /// When the budget runs out.
     until: Instant,
+    /// What one step or compensation may take, with the phase's save after it: a
+    /// request, a save and its read-back, then one more save.
+    reserve: std::time::Duration,
 }
 
 impl Run<'_> {
@@ -78,8 +81,9 @@ impl Run<'_> {
         self.saga.steps[step as usize]
     }
 
+    /// Whether a step or compensation still fits in the budget, its calls included.
     fn in_time(&self, what: &str) -> Result<(), Stop> {
-        if Instant::now() < self.until {
+        if Instant::now() + self.reserve <= self.until {
             return Ok(());
         }
         Err(Stop::Unavailable(PortError::Unreachable {
@@ -102,8 +106,9 @@ impl<Q: MessageQueue, T: Topic, S: JobStore + Sagas> Processor<Q, T, S> {
         consumer: &JobSpan,
     ) -> Outcome {
         let span = self.telemetry.execute_span(&job.job_id, "saga", consumer);
+        let until = Instant::now() + budget;
         let outcome = span
-            .around(self.saga_outcome(job, saga, meta, budget, &span))
+            .around(self.saga_outcome(job, saga, meta, until, &span))
             .await;
         match &outcome {
             Outcome::End(ending) if ending.dead_letter.is_some() => span.fail(
@@ -123,13 +128,29 @@ impl<Q: MessageQueue, T: Topic, S: JobStore + Sagas> Processor<Q, T, S> {
         job: &EnrichedJob,
         saga: &Saga,
         meta: &RecordMeta,
-        budget: std::time::Duration,
+        until: Instant,
         span: &JobSpan,
     ) -> Outcome {
-        let mut run = match self.open(job, saga, budget).await {
+        let mut run = match self.open(job, saga, until).await {
             Ok(run) => run,
             Err(e) => return self.stays(job, meta, e).await,
         };
+        // A later attempt wrote the log: this delivery is an older attempt's, come
+        // back after that one gave the job back. The later attempt's own message is
+        // still queued (it has not ended, or this claim would have found the end), so
+        // this one is dropped, and the claim it just took given back.
+        if job.attempt < run.log.attempt {
+            give_back(
+                &self.store,
+                Stage::Processor,
+                &job.job_id,
+                job.attempt,
+                meta,
+                Utc::now(),
+            )
+            .await;
+            return Outcome::Repeat("stale");
+        }
         if run.log.phase == Phase::Forward {
             let failure = match self.forward(&mut run, meta, span).await {
                 Ok(result) => {
@@ -166,12 +187,13 @@ impl<Q: MessageQueue, T: Topic, S: JobStore + Sagas> Processor<Q, T, S> {
         &self,
         job: &'a EnrichedJob,
         saga: &'a Saga,
-        budget: std::time::Duration,
+        until: Instant,
     ) -> Result<Run<'a>, PortError> {
         let read = self.store.saga_log(&job.job_id).await?;
         let (mut log, version) = read.map_or((SagaLog::start(1), 0), |v| (v.log, v.version));
         if log.phase == Phase::Compensated && job.attempt > log.ended_attempt {
             log = SagaLog::start(log.run + 1);
+            log.attempt = job.attempt;
         }
         let fault = StepFault::of(&job.job).filter(|_| self.config.fault_injection);
         Ok(Run {
@@ -180,7 +202,8 @@ impl<Q: MessageQueue, T: Topic, S: JobStore + Sagas> Processor<Q, T, S> {
             fault,
             log,
             version,
-            until: Instant::now() + budget,
+            until,
+            reserve: self.config.deadline_margin.saturating_mul(2),
         })
     }
 
@@ -295,6 +318,7 @@ impl<Q: MessageQueue, T: Topic, S: JobStore + Sagas> Processor<Q, T, S> {
     /// earlier copy landed (a lost answer sent again) is taken as written.
     async fn save(&self, run: &mut Run<'_>) -> Result<(), Stop> {
         let job_id = &run.job.job_id;
+        run.log.attempt = run.log.attempt.max(run.job.attempt);
         if self
             .store
             .save_saga_log(job_id, &run.log, run.version, Utc::now())
@@ -304,7 +328,8 @@ impl<Q: MessageQueue, T: Topic, S: JobStore + Sagas> Processor<Q, T, S> {
             return Ok(());
         }
         match self.store.saga_log(job_id).await? {
-            Some(stored) if stored.log == run.log => {
+            // Compared as written: the table keeps times to the millisecond.
+            Some(stored) if as_written(&stored.log) == as_written(&run.log) => {
                 run.version = stored.version;
                 Ok(())
             }
@@ -384,6 +409,10 @@ fn entry_or_retry<Q, T, S>(
         }
         Decision::GiveUp => Ok(entry),
     }
+}
+
+fn as_written(log: &SagaLog) -> Option<Value> {
+    serde_json::to_value(log).ok()
 }
 
 fn last_step(saga: &Saga) -> u32 {

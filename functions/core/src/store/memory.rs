@@ -298,6 +298,22 @@ impl MemoryStore {
         self.sagas.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// `f` over the effect kept under the key of `effect` (`None`: none yet), kept as
+    /// `f` leaves it.
+    fn with_effect<R>(
+        &self,
+        effect: &saga::Effect<'_>,
+        f: impl FnOnce(&mut Option<saga::EffectRecord>) -> R,
+    ) -> R {
+        let mut book = self.sagas();
+        let mut record = book.effects.remove(&effect.key());
+        let answer = f(&mut record);
+        if let Some(r) = record {
+            book.effects.insert(effect.key(), r);
+        }
+        answer
+    }
+
     /// The effect kept under `key`, if any (for tests).
     pub fn effect(&self, key: &str) -> Option<saga::EffectRecord> {
         self.sagas().effects.get(key).cloned()
@@ -368,8 +384,10 @@ impl saga::Sagas for MemoryStore {
             if stored != version {
                 return Ok(false);
             }
+            // Kept as written, as DynamoDB keeps the JSON: times to the millisecond.
+            let written = serde_json::to_string(log).unwrap_or_default();
             let next = saga::Versioned {
-                log: log.clone(),
+                log: serde_json::from_str(&written).unwrap_or_else(|_| log.clone()),
                 version: version + 1,
             };
             book.logs.insert(job_id.to_owned(), next);
@@ -384,13 +402,7 @@ impl saga::Sagas for MemoryStore {
         now: Timestamp,
     ) -> Result<saga::Applied, PortError> {
         self.call("UpdateItem apply", |_| {
-            let mut book = self.sagas();
-            let mut record = book.effects.remove(&effect.key());
-            let answer = saga::apply_to(&mut record, effect, saga::epoch_ns(now));
-            if let Some(r) = record {
-                book.effects.insert(effect.key(), r);
-            }
-            Ok(answer)
+            Ok(self.with_effect(effect, |r| saga::apply_to(r, effect, saga::epoch_ns(now))))
         })
         .await
     }
@@ -402,13 +414,9 @@ impl saga::Sagas for MemoryStore {
         now: Timestamp,
     ) -> Result<saga::Undo, PortError> {
         self.call("UpdateItem compensate", |_| {
-            let mut book = self.sagas();
-            let mut record = book.effects.remove(&effect.key());
-            let answer = saga::compensate_to(&mut record, compensation, saga::epoch_ns(now));
-            if let Some(r) = record {
-                book.effects.insert(effect.key(), r);
-            }
-            Ok(answer)
+            Ok(self.with_effect(effect, |r| {
+                saga::compensate_to(r, compensation, saga::epoch_ns(now))
+            }))
         })
         .await
     }

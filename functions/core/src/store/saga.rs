@@ -9,9 +9,11 @@
 //! still on its way) is refused instead of taking effect after its undo.
 //!
 //! The *log* (`saga#<job>`) is what the saga knows it did: how many steps of this
-//! run are done, whether it is compensating, which compensations ran. Only the job's
-//! claim holder writes it, and every write is conditional on the version it read, so
-//! a write sent twice (the SDK's retry after a lost answer) cannot apply twice.
+//! run are done, whether it is compensating, which compensations ran, and the latest
+//! attempt that wrote it (an older attempt's delivery coming back after is dropped).
+//! Only the job's claim holder writes it, and every write is conditional on the
+//! version it read, so a write sent twice (the SDK's retry after a lost answer)
+//! cannot apply twice.
 
 use crate::messages::ErrorEntry;
 use crate::ports::PortError;
@@ -56,6 +58,9 @@ pub struct SagaLog {
     /// The attempt that finished compensating.
     #[serde(default)]
     pub ended_attempt: u32,
+    /// The latest attempt that wrote the log: an older one coming back later is stale.
+    #[serde(default)]
+    pub attempt: u32,
 }
 
 impl SagaLog {
@@ -70,6 +75,7 @@ impl SagaLog {
             undid: Vec::new(),
             failure: None,
             ended_attempt: 0,
+            attempt: 0,
         }
     }
 

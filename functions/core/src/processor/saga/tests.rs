@@ -262,15 +262,28 @@ async fn a_crash_between_a_step_and_its_record_repeats_the_request_not_the_effec
 
 #[tokio::test]
 async fn lost_answers_sent_again_change_nothing() {
-    for op in ["UpdateItem apply", "PutItem saga", "UpdateItem compensate"] {
+    // (the call whose answer is lost, the step failing for good, the requests each
+    // step's key got: the lost one's twice)
+    let cases = [
+        ("UpdateItem apply", 2, [2, 1, 0]),
+        ("PutItem saga", 2, [1, 1, 0]),
+        // The first save is the one that starts the compensations.
+        ("PutItem saga", 0, [0, 0, 0]),
+        ("UpdateItem compensate", 2, [1, 1, 0]),
+    ];
+    for (op, failing, calls) in cases {
         let p = processor(SdkRetry {
             inner: MemoryStore::default(),
         });
         p.store.inner.faults.only(op);
         p.store.inner.faults.lose_answers(1);
-        let fault = json!({"step": 2, "fail_always": true});
-        let job = format!("s-lost-{}", op.len());
-        through(&p, "m-1", &body(&job, 1, &saga(Some(fault))), 0).await;
+        let fault = json!({"step": failing, "fail_always": true});
+        let job = format!("s-lost-{}-{failing}", op.len());
+        assert_eq!(
+            through(&p, "m-1", &body(&job, 1, &saga(Some(fault))), 0).await,
+            0,
+            "{op}"
+        );
         assert_eq!(ends(&p), [(job.clone(), JobStatus::Failed)], "{op}");
         let letter = &p.dead_letters.dead_letters()[0];
         let undone: Vec<_> = history(letter)
@@ -278,14 +291,68 @@ async fn lost_answers_sent_again_change_nothing() {
             .filter(|e| e.0 == "compensated")
             .collect();
         let entry = |s| ("compensated".to_owned(), step(s), 3);
-        assert_eq!(undone, [entry(1), entry(0)], "{op}");
-        // Applied and undone once each, whatever the requests' count.
-        let flags: Vec<_> = effects(&p.store.inner, &job, 1)
-            .into_iter()
-            .map(|(applied, undone, _)| (applied, undone))
+        let expected: Vec<_> = (0..failing).rev().map(entry).collect();
+        assert_eq!(undone, expected, "{op} at {failing}");
+        // Applied and undone once each, however often its key was asked.
+        let found = effects(&p.store.inner, &job, 1);
+        let flags: Vec<_> = found.iter().map(|(a, u, _)| (*a, *u)).collect();
+        let want: Vec<_> = (0..3).map(|s| (s < failing, s <= failing)).collect();
+        assert_eq!(flags, want, "{op} at {failing}");
+        let asked: Vec<u32> = found.iter().map(|(_, _, c)| *c).collect();
+        assert_eq!(asked, calls, "{op} at {failing}");
+        let undo_calls: Vec<u32> = (0..=failing)
+            .map(|s| effect(&p.store.inner, &job, 1, s).map_or(0, |e| e.undo_calls))
             .collect();
-        assert_eq!(flags, [(true, true), (true, true), (false, true)], "{op}");
+        let resent = usize::from(op == "UpdateItem compensate");
+        let mut want_undo = vec![1; failing as usize + 1];
+        if resent == 1 {
+            // The first compensation sent is the failed step's own.
+            want_undo[failing as usize] = 2;
+        }
+        assert_eq!(undo_calls, want_undo, "{op} at {failing}");
     }
+}
+
+#[tokio::test]
+async fn an_older_attempt_back_after_a_later_one_wrote_the_log_is_dropped() {
+    let p = processor(MemoryStore::default());
+    p.store.faults.only("UpdateItem compensate");
+    p.store.faults.refuse_calls(1);
+    let fault = json!({"step": 1, "fail_always": true});
+    let detail = saga(Some(fault));
+    // Attempt 3 began compensating, then gave the job back.
+    through(&p, "m-1", &body("s-old", 1, &detail), 0).await;
+    let log = p.store.saga_log("s-old").await.expect("read").expect("log");
+    assert_eq!((log.log.phase, log.log.attempt), (Phase::Compensating, 3));
+    // Attempt 2's message, sent again by SQS, claims the released job: dropped.
+    let old = body("s-old", 2, &detail);
+    let r = p.handle(delivery("m-old", &old, 2), at(900), at(20)).await;
+    assert!(r.batch_item_failures.is_empty(), "dropped, not kept");
+    assert!(ends(&p).is_empty());
+    // Attempt 3's own delivery ends the job, at attempt 3.
+    let last = p
+        .jobs_todo
+        .sent
+        .lock()
+        .expect("lock")
+        .last()
+        .expect("attempt 3")
+        .body
+        .clone();
+    p.handle(delivery("m-1-retry-0-retry-0", &last, 2), at(900), at(30))
+        .await;
+    assert_eq!(ends(&p), [("s-old".to_owned(), JobStatus::Failed)]);
+    let letter = &p.dead_letters.dead_letters()[0];
+    assert_eq!(letter.attempts, 3);
+    assert_eq!(
+        history(letter),
+        [
+            ("injected_fault".into(), step(1), 1),
+            ("injected_fault".into(), step(1), 2),
+            ("injected_fault".into(), step(1), 3),
+            ("compensated".into(), step(0), 3)
+        ]
+    );
 }
 
 #[tokio::test]

@@ -36,18 +36,19 @@ pub(crate) const COMPENSATE: &str = "SET #compensation = :compensation, \
      #compensated_ns = if_not_exists(#compensated_ns, :ns), #expires_at = :expires \
      ADD #undo_calls :one";
 
-/// The names an effect's expressions use.
-const EFFECT_NAMES: [&str; 9] = [
+/// The attribute names [`APPLY`] and its condition use.
+const APPLY_NAMES: [&str; 7] = [
     "action",
     "step",
     "attempt",
     "applied_ns",
     "calls",
-    "compensation",
     "compensated_ns",
-    "undo_calls",
     "expires_at",
 ];
+
+/// The attribute names [`COMPENSATE`] uses.
+const COMPENSATE_NAMES: [&str; 4] = ["compensation", "compensated_ns", "undo_calls", "expires_at"];
 
 fn number(item: &Item, name: &str) -> Option<i64> {
     item.get(name)?.as_n().ok()?.parse().ok()
@@ -59,7 +60,7 @@ impl DynamoStore {
     async fn update_effect(
         &self,
         effect: &Effect<'_>,
-        expression: &str,
+        (expression, names): (&str, &[&str]),
         condition: Option<&str>,
         values: Vec<(&str, aws_sdk_dynamodb::types::AttributeValue)>,
     ) -> Result<Result<Item, ()>, PortError> {
@@ -71,14 +72,9 @@ impl DynamoStore {
             .update_expression(expression)
             .set_condition_expression(condition.map(str::to_owned))
             .return_values(ReturnValue::AllNew);
-        // Only the names an expression uses may be given.
-        for name in EFFECT_NAMES {
-            let placeholder = format!("#{name}");
-            if expression.contains(&placeholder)
-                || condition.is_some_and(|c| c.contains(&placeholder))
-            {
-                update = update.expression_attribute_names(placeholder, name);
-            }
+        // Only the names an expression uses may be given: each expression's own list.
+        for name in names {
+            update = update.expression_attribute_names(format!("#{name}"), *name);
         }
         for (name, value) in values {
             update = update.expression_attribute_values(name, value);
@@ -148,7 +144,7 @@ impl Sagas for DynamoStore {
             (":one", n(1)),
         ];
         let after = self
-            .update_effect(effect, APPLY, Some(APPLY_IF), values)
+            .update_effect(effect, (APPLY, &APPLY_NAMES), Some(APPLY_IF), values)
             .await?;
         Ok(match after {
             Err(()) => Applied::Refused,
@@ -170,7 +166,7 @@ impl Sagas for DynamoStore {
             (":one", n(1)),
         ];
         let item = self
-            .update_effect(effect, COMPENSATE, None, values)
+            .update_effect(effect, (COMPENSATE, &COMPENSATE_NAMES), None, values)
             .await?
             .unwrap_or_default();
         let calls = number(&item, "undo_calls").and_then(|c| u32::try_from(c).ok());
@@ -178,5 +174,29 @@ impl Sagas for DynamoStore {
             item.contains_key("applied_ns"),
             calls.unwrap_or(1),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    fn placeholders(expressions: &[&str]) -> BTreeSet<String> {
+        expressions
+            .iter()
+            .flat_map(|e| e.split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '#')))
+            .filter_map(|w| w.strip_prefix('#'))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// DynamoDB refuses a request naming an attribute its expressions do not use, and
+    /// one using a name it does not give.
+    #[test]
+    fn each_expression_is_given_exactly_the_names_it_uses() {
+        let given = |names: &[&str]| names.iter().map(|n| (*n).to_owned()).collect();
+        assert_eq!(placeholders(&[APPLY, APPLY_IF]), given(&APPLY_NAMES));
+        assert_eq!(placeholders(&[COMPENSATE]), given(&COMPENSATE_NAMES));
     }
 }
