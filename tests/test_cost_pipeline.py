@@ -42,3 +42,18 @@ def test_a_job_that_completes_at_once_costs_three_state_writes():
     assert run.state_write_units(m) == 3 * m.jobs, dict(m.units)
     # And twice in the outbox index: the end puts the job's entry, the mark removes it.
     assert run.state_write_units(m, "index_wru") == 2 * m.jobs, dict(m.units)
+
+
+def test_a_saga_costs_two_state_writes_per_step_more():
+    """A saga that completes on its first attempt is written as any job (three times), and
+    twice more per step: the step's effect (UpdateItem under its key) and its record in
+    the saga's log (PutItem); none of it lands in the outbox index."""
+    m = run.count_requests(stk.RELEASE, 20, "sagas", timeout=80, mix=run.SAGA_MIX)
+    assert m.jobs == 20
+    units = {action: v for (svc, action, unit), v in m.units.items() if svc == "dynamodb" and unit == "wru"}
+    steps = units.get("UpdateItem", 0)
+    # The generator's sagas have one to four steps.
+    assert m.jobs <= steps <= 4 * m.jobs, units
+    assert units.get("PutItem", 0) == steps, units
+    assert run.state_write_units(m) == 3 * m.jobs + 2 * steps, units
+    assert run.state_write_units(m, "index_wru") == 2 * m.jobs, dict(m.units)
