@@ -61,8 +61,8 @@ struct Run<'a> {
     version: u64,
     /// When the budget runs out.
     until: Instant,
-    /// What one step or compensation may take, with the phase's save after it: a
-    /// request, a save and its read-back, then one more save.
+    /// Kept back before each step or compensation: one call's share of the ending's
+    /// reserve ([`call_share`]).
     reserve: std::time::Duration,
 }
 
@@ -203,7 +203,7 @@ impl<Q: MessageQueue, T: Topic, S: JobStore + Sagas> Processor<Q, T, S> {
             log,
             version,
             until,
-            reserve: self.config.deadline_margin.saturating_mul(2),
+            reserve: call_share(self.config.deadline_margin),
         })
     }
 
@@ -409,6 +409,16 @@ fn entry_or_retry<Q, T, S>(
         }
         Decision::GiveUp => Ok(entry),
     }
+}
+
+/// One call's share of the deadline margin (which holds the ending's calls and their
+/// slack, [`super::ending_reserve`]). Kept back before each step or compensation so that
+/// one does not start when even its first call could not finish. Steps take a few
+/// milliseconds, so keeping a worst case of every call back would stop sagas that fit
+/// with room to spare. A step that runs into the ending's reserve anyway is cut off
+/// with the invocation and resumed from the log, at worst a visibility timeout later.
+fn call_share(margin: std::time::Duration) -> std::time::Duration {
+    margin.saturating_sub(super::ENDING_SLACK) / super::ENDING_CALLS
 }
 
 fn as_written(log: &SagaLog) -> Option<Value> {

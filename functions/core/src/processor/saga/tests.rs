@@ -427,9 +427,12 @@ async fn a_redriven_saga_runs_again_under_new_keys() {
         by: "dlq-1",
     };
     p.store.reopen(&reopen, at(1000)).await.expect("reopened");
-    let mut again: Value = serde_json::from_str(&body("s-again", 4, &detail)).expect("json");
-    again["errors"] = serde_json::to_value(&letter.errors).expect("json");
-    through(&p, "m-4", &again.to_string(), 1000).await;
+    let crate::redrive::Redrive::JobsTodo(again) = crate::redrive::plan(&letter, at(1000)) else {
+        panic!("a saga's letter goes back to jobs-todo");
+    };
+    assert_eq!(again.attempt, 4);
+    let again = serde_json::to_string(&again).expect("json");
+    through(&p, "m-4", &again, 1000).await;
     assert_eq!(
         ends(&p),
         [
@@ -448,4 +451,49 @@ async fn a_redriven_saga_runs_again_under_new_keys() {
         carried.iter().any(|e| e.code == ErrorCode::Compensated),
         "the history it came back with"
     );
+}
+
+#[tokio::test]
+async fn a_saga_whose_end_was_not_recorded_ends_once_without_asking_its_steps_again() {
+    let p = processor(MemoryStore::default());
+    // The end's record is refused once: every step done, the job not ended.
+    p.store.faults.only("UpdateItem");
+    p.store.faults.refuse_calls(1);
+    let job = body("s-end", 1, &saga(None));
+    let r = p.handle(delivery("m-1", &job, 1), at(900), at(0)).await;
+    assert_eq!(r.batch_item_failures.len(), 1, "stays in SQS");
+    assert!(ends(&p).is_empty());
+    // Its next delivery finds every step recorded and ends the job.
+    let r = p.handle(delivery("m-1", &job, 2), at(1900), at(1000)).await;
+    assert!(r.batch_item_failures.is_empty());
+    assert_eq!(ends(&p), [("s-end".to_owned(), JobStatus::Completed)]);
+    assert_eq!(effects(&p.store, "s-end", 1), [(true, false, 1); 3]);
+}
+
+#[tokio::test]
+async fn a_saga_fits_in_the_budget_a_short_function_timeout_leaves() {
+    // The crash test's stack: a 30 s function, 21 s kept back for the ending.
+    let mut p = processor(MemoryStore::default());
+    p.config.deadline_margin = Duration::from_secs(21);
+    let r = p
+        .handle(
+            delivery("m-1", &body("s-short", 1, &saga(None)), 1),
+            at(30),
+            at(0),
+        )
+        .await;
+    assert!(r.batch_item_failures.is_empty());
+    assert_eq!(ends(&p), [("s-short".to_owned(), JobStatus::Completed)]);
+    // With less than a call's share left the saga waits for its next delivery instead.
+    let mut p = processor(MemoryStore::default());
+    p.config.deadline_margin = Duration::from_secs(21);
+    let r = p
+        .handle(
+            delivery("m-1", &body("s-tight", 1, &saga(None)), 1),
+            at(23),
+            at(0),
+        )
+        .await;
+    assert_eq!(r.batch_item_failures.len(), 1, "stays in SQS");
+    assert!(ends(&p).is_empty() && effect(&p.store, "s-tight", 1, 0).is_none());
 }
