@@ -82,16 +82,16 @@ impl Run<'_> {
     }
 
     /// Whether a step or compensation still fits in the budget, its calls included.
-    fn in_time(&self, what: &str) -> Result<(), Stop> {
+    fn in_time(&self, what: &str) -> Result<(), PortError> {
         if Instant::now() + self.reserve <= self.until {
             return Ok(());
         }
-        Err(Stop::Unavailable(PortError::Unreachable {
+        Err(PortError::Unreachable {
             operation: "saga",
             message: format!(
                 "the invocation's budget ran out before {what}; the next delivery resumes there"
             ),
-        }))
+        })
     }
 }
 
@@ -140,15 +140,7 @@ impl<Q: MessageQueue, T: Topic, S: JobStore + Sagas> Processor<Q, T, S> {
         // still queued (it has not ended, or this claim would have found the end), so
         // this one is dropped, and the claim it just took given back.
         if job.attempt < run.log.attempt {
-            give_back(
-                &self.store,
-                Stage::Processor,
-                &job.job_id,
-                job.attempt,
-                meta,
-                Utc::now(),
-            )
-            .await;
+            self.give_back(job, meta).await;
             return Outcome::Repeat("stale");
         }
         if run.log.phase == Phase::Forward {
@@ -170,12 +162,12 @@ impl<Q: MessageQueue, T: Topic, S: JobStore + Sagas> Processor<Q, T, S> {
             run.log.top = run.log.done.min(last_step(saga));
             run.log.failure = Some(entry);
             if let Err(e) = self.save(&mut run).await {
-                return self.stopped(job, meta, e).await;
+                return self.stays(job, meta, e).await;
             }
         }
         if run.log.phase == Phase::Compensating {
             if let Err(e) = self.compensate(&mut run, span).await {
-                return self.stopped(job, meta, e).await;
+                return self.stays(job, meta, e).await;
             }
         }
         give_up(meta, job, compensated(&run))
@@ -275,12 +267,12 @@ impl<Q: MessageQueue, T: Topic, S: JobStore + Sagas> Processor<Q, T, S> {
             return Err(Stop::Crashed);
         }
         run.log.done = step + 1;
-        self.save(run).await
+        Ok(self.save(run).await?)
     }
 
     /// The compensations still to run, from the highest step down, each recorded;
     /// then the log's `compensated`.
-    async fn compensate(&self, run: &mut Run<'_>, span: &JobSpan) -> Result<(), Stop> {
+    async fn compensate(&self, run: &mut Run<'_>, span: &JobSpan) -> Result<(), PortError> {
         let to_undo: Vec<u32> = run.log.to_undo().collect();
         for step in to_undo {
             let compensation = run.action(step).compensation();
@@ -298,7 +290,7 @@ impl<Q: MessageQueue, T: Topic, S: JobStore + Sagas> Processor<Q, T, S> {
                 Err(e) => {
                     undo_span.fail("state_unavailable", &e.to_string());
                     undo_span.end();
-                    return Err(e.into());
+                    return Err(e);
                 }
             };
             undo_span.set_attribute("saga.undid", undo != Undo::NothingToUndo);
@@ -316,7 +308,7 @@ impl<Q: MessageQueue, T: Topic, S: JobStore + Sagas> Processor<Q, T, S> {
 
     /// Writes the run's log over the version it read. A write refused because its own
     /// earlier copy landed (a lost answer sent again) is taken as written.
-    async fn save(&self, run: &mut Run<'_>) -> Result<(), Stop> {
+    async fn save(&self, run: &mut Run<'_>) -> Result<(), PortError> {
         let job_id = &run.job.job_id;
         run.log.attempt = run.log.attempt.max(run.job.attempt);
         if self
@@ -333,33 +325,13 @@ impl<Q: MessageQueue, T: Topic, S: JobStore + Sagas> Processor<Q, T, S> {
                 run.version = stored.version;
                 Ok(())
             }
-            _ => Err(Stop::Unavailable(PortError::Refused {
+            _ => Err(PortError::Refused {
                 operation: "PutItem",
                 message: format!(
                     "the saga log of job {job_id} changed under attempt {}",
                     run.job.attempt
                 ),
-            })),
-        }
-    }
-
-    /// What a stop after the saga began compensating makes of the record.
-    async fn stopped(&self, job: &EnrichedJob, meta: &RecordMeta, stop: Stop) -> Outcome {
-        match stop {
-            Stop::Unavailable(e) => self.stays(job, meta, e).await,
-            Stop::Crashed => crashed(),
-            // Compensations do not fail as steps do: only by the store, above.
-            Stop::Step { entry, .. } => {
-                self.stays(
-                    job,
-                    meta,
-                    PortError::Refused {
-                        operation: "saga",
-                        message: entry.message,
-                    },
-                )
-                .await
-            }
+            }),
         }
     }
 
@@ -367,16 +339,22 @@ impl<Q: MessageQueue, T: Topic, S: JobStore + Sagas> Processor<Q, T, S> {
     /// resumes at once from the log.
     async fn stays(&self, job: &EnrichedJob, meta: &RecordMeta, e: PortError) -> Outcome {
         warn!(job_id = %job.job_id, error = %e, "saga stopped; its next delivery resumes");
+        self.give_back(job, meta).await;
+        Outcome::Unavailable(e)
+    }
+
+    /// Releases this delivery's claim on the job (only if it still holds it).
+    async fn give_back(&self, job: &EnrichedJob, meta: &RecordMeta) {
+        let now = Utc::now();
         give_back(
             &self.store,
             Stage::Processor,
             &job.job_id,
             job.attempt,
             meta,
-            Utc::now(),
+            now,
         )
         .await;
-        Outcome::Unavailable(e)
     }
 }
 
