@@ -33,6 +33,9 @@ pub struct CatalogConfig {
     pub flaky_ratio: f64,
     /// Share of valid jobs that are sagas, where the registry knows them.
     pub saga_ratio: f64,
+    /// Ordering keys to spread valid jobs over (`key-0` ... ): jobs sharing one run one
+    /// at a time, in order. 0 sends no keys.
+    pub keys: u32,
 }
 
 /// Attempts a flaky job fails before it succeeds.
@@ -65,6 +68,10 @@ pub fn next_job_of<R: Rng>(kinds: &Registry, rng: &mut R, config: &CatalogConfig
         Some(mut detail) => {
             if rng.random_bool(config.flaky_ratio.clamp(0.0, 1.0)) {
                 detail["fault"] = json!({ "fail_attempts": FLAKY_FAILURES });
+            }
+            if config.keys > 0 {
+                let key = rng.random_range(0..config.keys);
+                detail["ordering_key"] = json!(format!("key-{key}"));
             }
             Planned {
                 detail,
@@ -116,6 +123,7 @@ mod tests {
             max_job_seconds: 5,
             flaky_ratio: 0.3,
             saga_ratio: 0.2,
+            keys: 0,
         };
         let (mut good, mut bad) = (0, 0);
         for _ in 0..2_000 {
@@ -142,6 +150,7 @@ mod tests {
             max_job_seconds: 5,
             flaky_ratio: 0.5,
             saga_ratio: 0.2,
+            keys: 0,
         };
         let jobs: Vec<Planned> = (0..400).map(|_| next_job(&mut rng, &config)).collect();
         let flaky = jobs
@@ -168,6 +177,7 @@ mod tests {
             max_job_seconds: 5,
             flaky_ratio: 0.0,
             saga_ratio: 0.2,
+            keys: 0,
         };
         let run = |seed| {
             let mut rng = StdRng::seed_from_u64(seed);
@@ -188,6 +198,7 @@ mod tests {
             max_job_seconds: 5,
             flaky_ratio: 0.0,
             saga_ratio: 0.2,
+            keys: 0,
         };
         let mut kinds = std::collections::BTreeMap::<String, u32>::new();
         let mut malformed = std::collections::BTreeSet::new();
@@ -221,6 +232,7 @@ mod tests {
                 max_job_seconds: 5,
                 flaky_ratio: 0.0,
                 saga_ratio: ratio,
+                keys: 0,
             };
             let sagas = (0..1000)
                 .map(|_| next_job(&mut rng, &config))
@@ -239,11 +251,41 @@ mod tests {
             max_job_seconds: 5,
             flaky_ratio: 0.0,
             saga_ratio: 0.2,
+            keys: 0,
         };
         let kinds = Registry::of(vec![&jobs_core::kinds::DataCleanup]);
         for _ in 0..100 {
             let planned = next_job_of(&kinds, &mut rng, &config);
             assert_eq!(planned.detail["job_type"], "data_cleanup");
         }
+    }
+
+    #[test]
+    fn keys_spread_valid_jobs_over_that_many_ordering_keys() {
+        let mut rng = StdRng::seed_from_u64(11);
+        let config = CatalogConfig {
+            malformed_ratio: 0.3,
+            max_job_seconds: 5,
+            flaky_ratio: 0.0,
+            saga_ratio: 0.2,
+            keys: 3,
+        };
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..200 {
+            let planned = next_job(&mut rng, &config);
+            let key = planned.detail.get("ordering_key").and_then(Value::as_str);
+            match planned.expected_rejection {
+                None => {
+                    let job = parse_job(&planned.detail, None).expect("valid");
+                    assert_eq!(job.ordering_key.as_deref(), key);
+                    seen.insert(key.expect("every valid job has a key").to_owned());
+                }
+                Some(_) => assert_eq!(key, None, "malformed jobs carry no key"),
+            }
+        }
+        assert_eq!(
+            seen.into_iter().collect::<Vec<_>>(),
+            ["key-0", "key-1", "key-2"]
+        );
     }
 }

@@ -369,6 +369,7 @@ fn plan_move(
         body,
         attributes: vec![],
         delay_seconds: 0,
+        group: None,
     };
     let reopen = |letter, stage, attempt, below| {
         Some(EndToReopen {

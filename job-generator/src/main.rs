@@ -49,6 +49,10 @@ struct Args {
     /// undone in reverse when one fails for good (0 to 1).
     #[arg(long, default_value_t = 0.2, value_name = "RATIO")]
     saga_ratio: f64,
+    /// Spread valid jobs over N ordering keys (key-0 ... key-N-1): jobs sharing a key run
+    /// one at a time, in the order the ingester forwarded them. 0: no keys.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    keys: u32,
     /// Share of jobs sent a second time with the same id (0 to 1), as an at-least-once
     /// producer would; the pipeline must end each id once.
     #[arg(long, default_value_t = 0.0, value_name = "RATIO")]
@@ -349,6 +353,7 @@ fn source(args: &Args, seed: u64) -> Result<Source, Failure> {
                 max_job_seconds: args.max_job_seconds,
                 flaky_ratio: args.flaky_ratio,
                 saga_ratio: args.saga_ratio,
+                keys: args.keys,
             },
             duplicate_ratio: args.duplicate_ratio,
             repeat: None,

@@ -392,6 +392,11 @@ fn sqs_entries(
                 .min(crate::retry::SQS_MAX_DELAY.as_secs() as u32);
             entry = entry.delay_seconds(i32::try_from(delay).unwrap_or(900));
         }
+        if let Some(group) = &m.group {
+            entry = entry
+                .message_group_id(&group.group_id)
+                .message_deduplication_id(&group.deduplication_id);
+        }
         for (name, value) in &m.attributes {
             let attr = MessageAttributeValue::builder()
                 .data_type("String")

@@ -618,6 +618,7 @@ mod tests {
         let ingester = Ingester {
             source: MemoryQueue::default(),
             jobs_todo: MemoryQueue::default(),
+            jobs_todo_fifo: MemoryQueue::fifo(),
             dead_letters: MemoryQueue::default(),
             topic: MemoryTopic::default(),
             store: Batching::new(Counting::default()),
@@ -667,6 +668,7 @@ mod tests {
             .collect();
         let processor = Processor {
             jobs_todo: MemoryQueue::default(),
+            jobs_todo_fifo: MemoryQueue::fifo(),
             dead_letters: MemoryQueue::default(),
             topic: Batching::new(MemoryTopic::default()),
             store: Batching::new(Counting::default()),
@@ -800,6 +802,7 @@ mod tests {
             body,
             attributes: Vec::new(),
             delay_seconds: 0,
+            group: None,
         }
     }
 

@@ -56,6 +56,7 @@ pub const INGESTER_VARS: FunctionVars = FunctionVars {
     required: &[
         "INGESTER_QUEUE_URL",
         "JOBS_TODO_QUEUE_URL",
+        "JOBS_TODO_FIFO_QUEUE_URL",
         "DEAD_LETTER_QUEUE_URL",
         "JOB_END_STATE_TOPIC_ARN",
         "JOBS_TABLE",
@@ -68,6 +69,7 @@ pub const INGESTER_VARS: FunctionVars = FunctionVars {
 pub const PROCESSOR_VARS: FunctionVars = FunctionVars {
     required: &[
         "JOBS_TODO_QUEUE_URL",
+        "JOBS_TODO_FIFO_QUEUE_URL",
         "DEAD_LETTER_QUEUE_URL",
         "JOB_END_STATE_TOPIC_ARN",
         "JOBS_TABLE",
@@ -102,6 +104,8 @@ pub const MAX_JOB_TIMEOUT_VAR: &str = "MAX_JOB_TIMEOUT_SECONDS";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Downstream {
     pub jobs_todo_url: String,
+    /// `jobs-todo.fifo`, for jobs with an `ordering_key`.
+    pub jobs_todo_fifo_url: String,
     pub dead_letter_url: String,
     pub topic_arn: String,
     pub table: String,
@@ -231,6 +235,7 @@ impl Downstream {
     fn from(vars: &Vars<'_>) -> Result<Downstream, ConfigError> {
         Ok(Downstream {
             jobs_todo_url: vars.required("JOBS_TODO_QUEUE_URL")?,
+            jobs_todo_fifo_url: vars.required("JOBS_TODO_FIFO_QUEUE_URL")?,
             dead_letter_url: vars.required("DEAD_LETTER_QUEUE_URL")?,
             topic_arn: vars.required("JOB_END_STATE_TOPIC_ARN")?,
             table: vars.required("JOBS_TABLE")?,

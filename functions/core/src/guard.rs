@@ -397,6 +397,7 @@ mod tests {
             body: "{}".into(),
             attributes: vec![],
             delay_seconds: 0,
+            group: None,
         }
     }
 

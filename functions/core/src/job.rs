@@ -1,8 +1,9 @@
 //! The job envelope: parsing and validating a job detail into a [`Job`].
 //!
 //! A job arrives as the `detail` of an EventBridge event:
-//! `{"job_type": <string>, "message": <object>, "id"?: <string>}`. This module checks
-//! the envelope (size, id, `job_type`, `message`); the kind `job_type` names checks
+//! `{"job_type": <string>, "message": <object>, "id"?: <string>, "ordering_key"?:
+//! <string>}`. This module checks the envelope (size, id, ordering key, `job_type`,
+//! `message`); the kind `job_type` names checks
 //! its `message` ([`crate::kinds`]). Unknown fields are ignored, so the original
 //! demo's job files are accepted unchanged. Validation never panics; every rejection
 //! names the field at fault and says what was expected.
@@ -56,6 +57,8 @@ impl fmt::Display for JobType {
 #[derive(Debug)]
 pub struct Job {
     pub id: Option<String>,
+    /// Jobs sharing a key run one at a time, in order ([`ordering_key`]).
+    pub ordering_key: Option<String>,
     pub spec: Spec,
 }
 
@@ -77,6 +80,12 @@ impl Rejection {
             message: message.into(),
         }
     }
+}
+
+/// A job detail's `ordering_key`, once the detail is valid: where the ingester and the
+/// processor read it from (the enriched job carries the detail as it was sent).
+pub fn ordering_key(detail: &Value) -> Option<&str> {
+    detail.get("ordering_key").and_then(Value::as_str)
 }
 
 /// Parses and validates a job detail against the built-in kinds ([`parse_job_with`]).
@@ -116,10 +125,15 @@ pub fn parse_job_with(
         ));
     };
     let id = parse_id(obj)?;
+    let ordering_key = parse_ordering_key(obj)?;
     let kind = parse_kind(kinds, obj)?;
     let message = parse_message(kind.name(), obj)?;
     let spec = kind.parse(&Fields::new(kind.name(), message))?;
-    Ok(Job { id, spec })
+    Ok(Job {
+        id,
+        ordering_key,
+        spec,
+    })
 }
 
 /// The kind the detail's `job_type` names.
@@ -199,30 +213,46 @@ pub fn malformed_details() -> Vec<Malformed> {
 }
 
 fn parse_id(obj: &Map<String, Value>) -> Result<Option<String>, Rejection> {
-    match obj.get("id") {
+    parse_name(obj, "id", ErrorCode::InvalidId)
+}
+
+/// The detail's `ordering_key`, validated as `id` is: jobs that share one run one at a
+/// time, in the order the ingester forwarded them.
+fn parse_ordering_key(obj: &Map<String, Value>) -> Result<Option<String>, Rejection> {
+    parse_name(obj, "ordering_key", ErrorCode::InvalidOrderingKey)
+}
+
+/// An optional name the sender chose (`id`, `ordering_key`): 1 to [`MAX_ID_CHARS`]
+/// characters of text, without control characters.
+fn parse_name(
+    obj: &Map<String, Value>,
+    field: &str,
+    code: ErrorCode,
+) -> Result<Option<String>, Rejection> {
+    match obj.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => {
             let chars = s.chars().count();
             if chars == 0 || chars > MAX_ID_CHARS {
                 Err(Rejection::new(
-                    ErrorCode::InvalidId,
-                    Some("id"),
-                    format!("id must be 1 to {MAX_ID_CHARS} characters, got {chars}"),
+                    code,
+                    Some(field),
+                    format!("{field} must be 1 to {MAX_ID_CHARS} characters, got {chars}"),
                 ))
             } else if s.chars().any(char::is_control) {
                 Err(Rejection::new(
-                    ErrorCode::InvalidId,
-                    Some("id"),
-                    "id must not contain control characters",
+                    code,
+                    Some(field),
+                    format!("{field} must not contain control characters"),
                 ))
             } else {
                 Ok(Some(s.clone()))
             }
         }
         Some(other) => Err(Rejection::new(
-            ErrorCode::InvalidId,
-            Some("id"),
-            format!("id must be a string, got {}", describe(other)),
+            code,
+            Some(field),
+            format!("{field} must be a string, got {}", describe(other)),
         )),
     }
 }
@@ -340,5 +370,27 @@ mod tests {
             );
             assert_eq!(r.code, ErrorCode::InvalidId);
         }
+    }
+
+    #[test]
+    fn ordering_keys_are_bounded_strings_like_ids() {
+        let job = |key: Value| {
+            json!({"ordering_key": key, "job_type": "user_onboarding",
+                   "message": {"user_id": "1", "user_name": "A"}})
+        };
+        for key in [
+            json!(""),
+            json!(7),
+            json!("x".repeat(MAX_ID_CHARS + 1)),
+            json!("a\tb"),
+        ] {
+            let r = reject(job(key));
+            assert_eq!(r.code, ErrorCode::InvalidOrderingKey);
+            assert_eq!(r.field.as_deref(), Some("ordering_key"));
+        }
+        let ok = parse_job(&job(json!("user 42 é")), None).expect("valid key");
+        assert_eq!(ok.ordering_key.as_deref(), Some("user 42 é"));
+        let none = parse_job(&job(Value::Null), None).expect("no key");
+        assert_eq!(none.ordering_key, None);
     }
 }

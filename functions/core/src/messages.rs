@@ -103,6 +103,8 @@ pub enum ErrorCode {
     OutOfRange,
     UnknownJobType,
     InvalidId,
+    /// The job's `ordering_key` is not 1 to 128 characters of text.
+    InvalidOrderingKey,
     /// The job's id was already used for a job with different content.
     IdReused,
     /// The job needs more time than the invocation has left.
@@ -123,7 +125,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    const KNOWN: [ErrorCode; 16] = [
+    const KNOWN: [ErrorCode; 17] = [
         ErrorCode::MalformedEnvelope,
         ErrorCode::InvalidDetail,
         ErrorCode::TooLarge,
@@ -133,6 +135,7 @@ impl ErrorCode {
         ErrorCode::OutOfRange,
         ErrorCode::UnknownJobType,
         ErrorCode::InvalidId,
+        ErrorCode::InvalidOrderingKey,
         ErrorCode::IdReused,
         ErrorCode::DeadlineExceeded,
         ErrorCode::InjectedFault,
@@ -153,6 +156,7 @@ impl ErrorCode {
             ErrorCode::OutOfRange => "out_of_range",
             ErrorCode::UnknownJobType => "unknown_job_type",
             ErrorCode::InvalidId => "invalid_id",
+            ErrorCode::InvalidOrderingKey => "invalid_ordering_key",
             ErrorCode::IdReused => "job_id_reused",
             ErrorCode::DeadlineExceeded => "deadline_exceeded",
             ErrorCode::InjectedFault => "injected_fault",

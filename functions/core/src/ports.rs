@@ -16,6 +16,19 @@ pub struct OutgoingMessage {
     pub attributes: Vec<(&'static str, String)>,
     /// Seconds before the message becomes visible (SQS `DelaySeconds`, at most 900).
     pub delay_seconds: u32,
+    /// Its place in a FIFO queue; `None` on a standard queue.
+    pub group: Option<MessageGroup>,
+}
+
+/// Where a message goes in a FIFO queue (`jobs-todo.fifo`): SQS delivers a group's
+/// messages one at a time, in the order it accepted them, and drops a second message
+/// with the same deduplication id within five minutes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageGroup {
+    /// `MessageGroupId`: up to 128 ASCII letters, digits and punctuation.
+    pub group_id: String,
+    /// `MessageDeduplicationId`, of the same alphabet.
+    pub deduplication_id: String,
 }
 
 /// A failed call to a downstream service. Every variant is worth retrying later: the

@@ -94,6 +94,7 @@ pub fn enriched_message(job: &EnrichedJob) -> OutgoingMessage {
         body: to_json(job),
         attributes,
         delay_seconds: 0,
+        group: None,
     }
 }
 
@@ -137,6 +138,7 @@ fn dead_letter_message_as_is(dl: &DeadLetter) -> OutgoingMessage {
             ),
         ],
         delay_seconds: 0,
+        group: None,
     }
 }
 
@@ -151,6 +153,7 @@ pub fn notification_message(n: &Notification) -> OutgoingMessage {
             ("job_type", attribute_value(n.job_type_attribute())),
         ],
         delay_seconds: 0,
+        group: None,
     }
 }
 

@@ -77,9 +77,30 @@ pub fn message_refusal(m: &OutgoingMessage) -> Option<String> {
     None
 }
 
+/// Why a FIFO queue would refuse this message, if it would: every message needs a
+/// group and a deduplication id of SQS's alphabet, and none may have its own delay.
+pub fn fifo_refusal(m: &OutgoingMessage) -> Option<String> {
+    let Some(group) = &m.group else {
+        return Some("MissingParameter: MessageGroupId is required for a FIFO queue".into());
+    };
+    let fits = |s: &str| !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic());
+    if !fits(&group.group_id) || !fits(&group.deduplication_id) {
+        return Some("InvalidParameterValue: MessageGroupId and MessageDeduplicationId must be 1 to 128 ASCII letters, digits or punctuation".into());
+    }
+    if m.delay_seconds != 0 {
+        return Some(
+            "InvalidParameterValue: a FIFO queue takes no per-message DelaySeconds".into(),
+        );
+    }
+    None
+}
+
 /// A queue in memory. Messages whose body contains one of `refuse` are refused.
+/// A FIFO one ([`MemoryQueue::fifo`]) refuses what SQS's FIFO queues refuse
+/// ([`fifo_refusal`]) and accepts a repeated deduplication id without keeping it.
 #[derive(Debug, Default)]
 pub struct MemoryQueue {
+    pub fifo: bool,
     pub sent: Mutex<Vec<OutgoingMessage>>,
     /// Records made visible again early, as the handler asked.
     pub released: Mutex<Vec<Receipt>>,
@@ -90,6 +111,25 @@ pub struct MemoryQueue {
 }
 
 impl MemoryQueue {
+    pub fn fifo() -> MemoryQueue {
+        MemoryQueue {
+            fifo: true,
+            ..MemoryQueue::default()
+        }
+    }
+
+    /// Whether an accepted message repeats one kept already (same deduplication id).
+    fn deduplicated(&self, m: &OutgoingMessage) -> bool {
+        let Some(group) = m.group.as_ref().filter(|_| self.fifo) else {
+            return false;
+        };
+        self.sent.lock().expect("lock").iter().any(|kept| {
+            kept.group
+                .as_ref()
+                .is_some_and(|g| g.deduplication_id == group.deduplication_id)
+        })
+    }
+
     pub fn refusing(pattern: &str) -> MemoryQueue {
         let q = MemoryQueue::default();
         q.refuse.lock().expect("lock").push(pattern.to_owned());
@@ -140,10 +180,14 @@ impl MessageQueue for MemoryQueue {
             .map(|m| {
                 if refuse.iter().any(|p| m.body.contains(p.as_str())) {
                     Err(refused(OP, "refused by the test"))
-                } else if let Some(why) = message_refusal(m) {
+                } else if let Some(why) =
+                    message_refusal(m).or_else(|| self.fifo.then(|| fifo_refusal(m)).flatten())
+                {
                     Err(refused(OP, why))
                 } else {
-                    self.sent.lock().expect("lock").push(m.clone());
+                    if !self.deduplicated(m) {
+                        self.sent.lock().expect("lock").push(m.clone());
+                    }
                     Ok(())
                 }
             })
@@ -481,6 +525,7 @@ mod tests {
             body: body.to_owned(),
             attributes: vec![("job_id", "job-1".into())],
             delay_seconds: 0,
+            group: None,
         }
     }
 

@@ -122,6 +122,7 @@ proptest! {
         let ingester = Ingester {
             source: MemoryQueue::default(),
             jobs_todo: MemoryQueue::default(),
+            jobs_todo_fifo: MemoryQueue::fifo(),
             dead_letters: MemoryQueue::default(),
             topic: MemoryTopic::default(),
             store: MemoryStore::default(),
@@ -157,6 +158,7 @@ proptest! {
         let event = serde_json::from_value(json!({"Records": records})).expect("event");
         let processor = Processor {
             jobs_todo: MemoryQueue::default(),
+            jobs_todo_fifo: MemoryQueue::fifo(),
             dead_letters: MemoryQueue::default(),
             topic: MemoryTopic::default(),
             store: MemoryStore::default(),

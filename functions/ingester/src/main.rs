@@ -22,6 +22,7 @@ async fn main() -> Result<(), Error> {
     let ingester = Ingester {
         source: clients.queue(settings.source_url, "ingester-queue"),
         jobs_todo: clients.queue(down.jobs_todo_url, "jobs-todo"),
+        jobs_todo_fifo: clients.queue(down.jobs_todo_fifo_url, "jobs-todo.fifo"),
         dead_letters: clients.queue(down.dead_letter_url, "dead-letter-queue"),
         topic: clients.topic(down.topic_arn),
         store: clients.store(down.table),

@@ -24,6 +24,7 @@ async fn main() -> Result<(), Error> {
     let down = settings.downstream;
     let processor = Processor {
         jobs_todo: clients.queue(down.jobs_todo_url, "jobs-todo"),
+        jobs_todo_fifo: clients.queue(down.jobs_todo_fifo_url, "jobs-todo.fifo"),
         dead_letters: clients.queue(down.dead_letter_url, "dead-letter-queue"),
         topic: clients.topic(down.topic_arn),
         store: clients.store(down.table),

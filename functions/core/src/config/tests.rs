@@ -12,6 +12,7 @@ fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
 
 const DOWNSTREAM: &[(&str, &str)] = &[
     ("JOBS_TODO_QUEUE_URL", "http://q/jobs-todo"),
+    ("JOBS_TODO_FIFO_QUEUE_URL", "http://q/jobs-todo.fifo"),
     ("DEAD_LETTER_QUEUE_URL", "http://q/dlq"),
     ("JOB_END_STATE_TOPIC_ARN", "arn:aws:sns:us-east-1:1:t"),
     ("JOBS_TABLE", "jobs"),

@@ -5,15 +5,17 @@
 
 use super::{Ingester, Run};
 use crate::ending::{recorded_detail, Ending, Tracking};
+use crate::job::ordering_key;
 use crate::messages::{
     DeadLetter, EnrichedJob, ErrorCode, ErrorEntry, JobStatus, Notification, Stage,
 };
-use crate::ports::{send_all, MessageQueue, PortError, Topic};
+use crate::ports::{send_all, MessageGroup, MessageQueue, OutgoingMessage, PortError, Topic};
 use crate::record::{enriched_message, RecordMeta};
 use crate::store::{Fingerprints, Forestalled, JobStore, Unforwarded};
 use crate::Timestamp;
 use chrono::{DateTime, Utc};
 use futures_util::future::join_all;
+use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
 /// A record's last receive whose forward failed, and the error.
@@ -24,11 +26,7 @@ impl<Q: MessageQueue, T: Topic, S: JobStore + crate::store::Replays> Ingester<Q,
     /// end is announced by `deadline` or by the processor.
     pub(super) async fn forward(&self, run: &mut Run, deadline: Timestamp, now: Timestamp) {
         let forwards = std::mem::take(&mut run.forwards);
-        let outgoing: Vec<_> = forwards
-            .iter()
-            .map(|(_, job, _)| enriched_message(job))
-            .collect();
-        let sent = send_all(&self.jobs_todo, &outgoing).await;
+        let sent = self.send_forwards(&forwards).await;
         let mut last_chances = Vec::new();
         for ((meta, job, producer), result) in forwards.into_iter().zip(sent) {
             match result {
@@ -52,6 +50,47 @@ impl<Q: MessageQueue, T: Topic, S: JobStore + crate::store::Replays> Ingester<Q,
         }
         self.settle_last_chances(run, last_chances, deadline, now)
             .await;
+    }
+
+    /// The queue a job goes to: `jobs-todo.fifo` when it has an ordering key.
+    pub(super) fn queue_for(&self, job: &EnrichedJob) -> &Q {
+        match ordering_key(&job.job) {
+            Some(_) => &self.jobs_todo_fifo,
+            None => &self.jobs_todo,
+        }
+    }
+
+    /// Sends every forward to its queue, both queues at once: one result per forward.
+    async fn send_forwards(
+        &self,
+        forwards: &[(RecordMeta, EnrichedJob, crate::telemetry::JobSpan)],
+    ) -> Vec<Result<(), PortError>> {
+        let (keyed, plain): (Vec<usize>, Vec<usize>) =
+            (0..forwards.len()).partition(|&i| ordering_key(&forwards[i].1.job).is_some());
+        let plain_messages: Vec<_> = plain
+            .iter()
+            .map(|&i| enriched_message(&forwards[i].1))
+            .collect();
+        let keyed_messages: Vec<_> = keyed
+            .iter()
+            .map(|&i| ordered_message(&forwards[i].1, &forwards[i].0))
+            .collect();
+        let (plain_sent, keyed_sent) = futures_util::future::join(
+            send_all(&self.jobs_todo, &plain_messages),
+            send_in_order(&self.jobs_todo_fifo, &keyed_messages),
+        )
+        .await;
+        let mut sent: Vec<Option<Result<(), PortError>>> = vec![None; forwards.len()];
+        for (i, result) in plain
+            .into_iter()
+            .chain(keyed)
+            .zip(plain_sent.into_iter().chain(keyed_sent))
+        {
+            sent[i] = Some(result);
+        }
+        sent.into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(held_back())))
+            .collect()
     }
 
     /// Ends the last receives whose forward failed, all at once: each as `FAILED`, as a
@@ -153,6 +192,85 @@ fn forward_failed(
         now,
     );
     DeadLetter::failed(job, error)
+}
+
+/// The `jobs-todo.fifo` message for a job with an ordering key: its group is the key
+/// ([`fifo_group`]), and its deduplication id names this delivery of the event, so a
+/// send repeated after a lost answer is dropped by SQS while a replay goes through.
+fn ordered_message(job: &EnrichedJob, meta: &RecordMeta) -> OutgoingMessage {
+    let mut message = enriched_message(job);
+    let key = ordering_key(&job.job).unwrap_or_default();
+    let dedup = Sha256::digest(format!("{}\n{}", meta.message_id, job.job_id));
+    message.group = Some(MessageGroup {
+        group_id: fifo_group(key),
+        deduplication_id: dedup.iter().map(|b| format!("{b:02x}")).collect(),
+    });
+    message
+}
+
+/// The `MessageGroupId` of an ordering key: the key itself when SQS takes it (ASCII
+/// letters, digits and punctuation), else `key-` and the SHA-256 of the key, so any
+/// key an `id` may be has a group of its own (two keys sharing a group would only
+/// run one at a time together).
+pub fn fifo_group(key: &str) -> String {
+    if key.bytes().all(|b| b.is_ascii_graphic()) && key.len() <= 128 {
+        return key.to_owned();
+    }
+    let digest = Sha256::digest(key.as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("key-{hex}")
+}
+
+/// Sends FIFO messages so that a group's later message is sent only once the one
+/// before it was accepted: in rounds, the first message of each group, then the
+/// second, and so on. A message whose predecessor failed is not sent (it fails as
+/// held back), so SQS never holds a group's later job ahead of an earlier one that
+/// the ingester will send again.
+pub async fn send_in_order<Q: MessageQueue + ?Sized>(
+    queue: &Q,
+    messages: &[OutgoingMessage],
+) -> Vec<Result<(), PortError>> {
+    let group = |i: usize| messages[i].group.as_ref().map(|g| g.group_id.as_str());
+    let mut results: Vec<Option<Result<(), PortError>>> = vec![None; messages.len()];
+    let mut pending: Vec<usize> = (0..messages.len()).collect();
+    while !pending.is_empty() {
+        let mut round = Vec::new();
+        let mut later = Vec::new();
+        for i in pending {
+            let blocked = results[..i]
+                .iter()
+                .enumerate()
+                .any(|(j, r)| group(j) == group(i) && matches!(r, Some(Err(_))));
+            let waiting = round
+                .iter()
+                .chain(&later)
+                .any(|&j: &usize| group(j) == group(i));
+            if blocked {
+                results[i] = Some(Err(held_back()));
+            } else if waiting {
+                later.push(i);
+            } else {
+                round.push(i);
+            }
+        }
+        let batch: Vec<OutgoingMessage> = round.iter().map(|&i| messages[i].clone()).collect();
+        for (i, result) in round.into_iter().zip(send_all(queue, &batch).await) {
+            results[i] = Some(result);
+        }
+        pending = later;
+    }
+    results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(held_back())))
+        .collect()
+}
+
+/// A message not sent because an earlier one of its group failed.
+fn held_back() -> PortError {
+    PortError::Refused {
+        operation: "SendMessageBatch",
+        message: "held back: an earlier job with the same ordering_key was not forwarded".into(),
+    }
 }
 
 /// A failed forward with receives left: SQS retries the record.

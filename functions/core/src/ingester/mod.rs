@@ -58,6 +58,8 @@ pub struct Ingester<Q, T, S> {
     /// `ingester-queue`, where failed records are made visible again early.
     pub source: Q,
     pub jobs_todo: Q,
+    /// `jobs-todo.fifo`, where jobs with an `ordering_key` go ([`forward`]).
+    pub jobs_todo_fifo: Q,
     pub dead_letters: Q,
     pub topic: T,
     pub store: S,
@@ -193,8 +195,8 @@ impl<Q: MessageQueue, T: Topic, S: JobStore + Replays> Ingester<Q, T, S> {
             Action::Forward(mut job, event_time) => {
                 consumer.set_job(&job.job_id, Some(job.job_type.as_str()));
                 meta.identify(&job.job_id, consumer.trace_id().as_deref());
-                let producer =
-                    tel.producer_span(AWS_SQS, self.jobs_todo.name(), consumer.context());
+                let queue = self.queue_for(&job);
+                let producer = tel.producer_span(AWS_SQS, queue.name(), consumer.context());
                 producer.set_job(&job.job_id, Some(job.job_type.as_str()));
                 if let Some(tc) = propagation::to_trace_context(producer.context()) {
                     job.trace_context = Some(tc);

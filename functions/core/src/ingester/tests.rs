@@ -18,6 +18,7 @@ fn ingester(
     Ingester {
         source: MemoryQueue::default(),
         jobs_todo,
+        jobs_todo_fifo: MemoryQueue::fifo(),
         dead_letters,
         topic,
         store: MemoryStore::default(),
@@ -516,6 +517,7 @@ async fn ten_near_limit_dead_letters_all_get_through_without_tripping_the_breake
     let ing = Ingester {
         source: queue("ingester-queue"),
         jobs_todo: queue("jobs-todo"),
+        jobs_todo_fifo: queue("jobs-todo.fifo"),
         dead_letters: queue("dead-letter-queue"),
         topic: MemoryTopic::default(),
         store: MemoryStore::default(),
@@ -676,6 +678,7 @@ async fn two_copies_in_one_batch_claim_the_job_once_whatever_the_table_answers()
     let ing = Ingester {
         source: MemoryQueue::default(),
         jobs_todo: MemoryQueue::default(),
+        jobs_todo_fifo: MemoryQueue::fifo(),
         dead_letters: MemoryQueue::default(),
         topic: MemoryTopic::default(),
         store,
@@ -753,6 +756,7 @@ async fn a_rejection_whose_claim_is_held_goes_back_before_the_slow_forward_of_th
     let ing = Ingester {
         source: queue(0),
         jobs_todo: queue(5),
+        jobs_todo_fifo: queue(5),
         dead_letters: queue(0),
         topic: MemoryTopic::default(),
         store: MemoryStore::default(),
@@ -804,6 +808,7 @@ fn ingester_over<S: JobStore>(store: S) -> Ingester<MemoryQueue, MemoryTopic, S>
     Ingester {
         source: MemoryQueue::default(),
         jobs_todo: MemoryQueue::default(),
+        jobs_todo_fifo: MemoryQueue::fifo(),
         dead_letters: MemoryQueue::default(),
         topic: MemoryTopic::default(),
         store,
@@ -894,6 +899,7 @@ fn processor_over<S: JobStore>(
 ) -> crate::processor::Processor<MemoryQueue, MemoryTopic, S> {
     crate::processor::Processor {
         jobs_todo: MemoryQueue::default(),
+        jobs_todo_fifo: MemoryQueue::fifo(),
         dead_letters: MemoryQueue::default(),
         topic: MemoryTopic::default(),
         store,
@@ -1124,4 +1130,101 @@ async fn an_unforwarded_job_whose_ending_could_not_be_written_stays_in_sqs() {
     assert!(ing.dead_letters.dead_letters().is_empty());
     let records = ing.store.get("job-8").await.expect("store");
     assert!(records.is_empty(), "nothing written: {records:?}");
+}
+
+fn keyed(id: &str, key: &str) -> Value {
+    let mut job = onboarding(id);
+    job["ordering_key"] = key.into();
+    job
+}
+
+#[tokio::test]
+async fn jobs_with_an_ordering_key_go_to_the_fifo_queue_grouped_by_key() {
+    let ing = ingester(
+        MemoryQueue::default(),
+        MemoryQueue::default(),
+        MemoryTopic::default(),
+    );
+    let bodies: Vec<(String, String)> = [
+        keyed("a1", "user-1"),
+        onboarding("plain"),
+        keyed("b1", "ünïcode key"),
+        keyed("a2", "user-1"),
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, d)| (format!("msg-{i}"), event_body(&format!("evt-{i}"), d)))
+    .collect();
+    let response = ing.handle(records(&bodies), now()).await;
+    assert!(response.batch_item_failures.is_empty());
+    let plain: Vec<String> = ing.jobs_todo.jobs().into_iter().map(|j| j.job_id).collect();
+    assert_eq!(plain, ["plain"]);
+    let sent = ing.jobs_todo_fifo.sent.lock().expect("lock").clone();
+    let placed: Vec<(String, String)> = sent
+        .iter()
+        .map(|m| {
+            let job: EnrichedJob = serde_json::from_str(&m.body).expect("job");
+            (job.job_id, m.group.clone().expect("a group").group_id)
+        })
+        .collect();
+    let hashed = super::forward::fifo_group("ünïcode key");
+    assert!(hashed.starts_with("key-") && hashed.len() == 68, "{hashed}");
+    assert_eq!(
+        placed,
+        [
+            ("a1".to_owned(), "user-1".to_owned()),
+            ("b1".to_owned(), hashed),
+            ("a2".to_owned(), "user-1".to_owned()),
+        ],
+        "in the batch's order within each key"
+    );
+    let dedup: std::collections::HashSet<_> = sent
+        .iter()
+        .map(|m| m.group.as_ref().expect("group").deduplication_id.clone())
+        .collect();
+    assert_eq!(dedup.len(), 3, "each forward its own deduplication id");
+}
+
+#[tokio::test]
+async fn a_keys_later_job_is_not_forwarded_ahead_of_an_earlier_one_that_failed() {
+    let fifo = MemoryQueue::fifo();
+    fifo.refuse.lock().expect("lock").push("\"a1\"".into());
+    let ing = Ingester {
+        jobs_todo_fifo: fifo,
+        ..ingester(
+            MemoryQueue::default(),
+            MemoryQueue::default(),
+            MemoryTopic::default(),
+        )
+    };
+    let bodies: Vec<(String, String)> = [
+        keyed("a1", "a"),
+        keyed("b1", "b"),
+        keyed("a2", "a"),
+        keyed("b2", "b"),
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, d)| (format!("msg-{i}"), event_body(&format!("evt-{i}"), d)))
+    .collect();
+    let event = records(&bodies);
+    let first = ing.handle(event.clone(), now()).await;
+    let failed: Vec<&str> = first
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.as_str())
+        .collect();
+    assert_eq!(
+        failed,
+        ["msg-0", "msg-2"],
+        "a2 waits with a1; key b goes on"
+    );
+    let ids = |q: &MemoryQueue| -> Vec<String> { q.jobs().into_iter().map(|j| j.job_id).collect() };
+    assert_eq!(ids(&ing.jobs_todo_fifo), ["b1", "b2"]);
+
+    ing.jobs_todo_fifo.refuse.lock().expect("lock").clear();
+    let again = failed_again(event, &first);
+    let response = ing.handle(again, now() + TimeDelta::seconds(15)).await;
+    assert!(response.batch_item_failures.is_empty());
+    assert_eq!(ids(&ing.jobs_todo_fifo), ["b1", "b2", "a1", "a2"]);
 }

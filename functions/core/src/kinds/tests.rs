@@ -67,6 +67,7 @@ fn ingester(kinds: Registry) -> Ingester<MemoryQueue, MemoryTopic, MemoryStore> 
     Ingester {
         source: MemoryQueue::default(),
         jobs_todo: MemoryQueue::default(),
+        jobs_todo_fifo: MemoryQueue::fifo(),
         dead_letters: MemoryQueue::default(),
         topic: MemoryTopic::default(),
         store: MemoryStore::default(),
@@ -82,6 +83,7 @@ fn ingester(kinds: Registry) -> Ingester<MemoryQueue, MemoryTopic, MemoryStore> 
 fn processor(kinds: Registry) -> Processor<MemoryQueue, MemoryTopic, MemoryStore> {
     Processor {
         jobs_todo: MemoryQueue::default(),
+        jobs_todo_fifo: MemoryQueue::fifo(),
         dead_letters: MemoryQueue::default(),
         topic: MemoryTopic::default(),
         store: MemoryStore::default(),

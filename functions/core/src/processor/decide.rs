@@ -4,6 +4,7 @@
 use super::execute::{end_untracked, rejection, unreadable};
 use super::{Outcome, Processor, Subject, HAND_OVER_WAIT};
 use crate::ending::{give_back, recorded, Ending, Tracking};
+use crate::job::ordering_key;
 use crate::kinds::Registry;
 use crate::messages::{EnrichedJob, ErrorCode, Notification, Stage};
 use crate::ports::{MessageQueue, Topic};
@@ -26,7 +27,12 @@ impl<Q: MessageQueue, T: Topic, S: JobStore + Sagas> Processor<Q, T, S> {
         now: DateTime<Utc>,
         consumer: &JobSpan,
     ) -> (Outcome, Option<String>) {
-        let subject = read(record, meta, &self.config.kinds, consumer);
+        let mut subject = read(record, meta, &self.config.kinds, consumer);
+        if let Subject::Job(job) = &mut subject {
+            if let Err(e) = self.resume_keyed(record, job, consumer).await {
+                return (Outcome::Unavailable(e), job.event_time.clone());
+            }
+        }
         let (job_id, content, attempt) = subject.key();
         let prints = Fingerprints::of(content);
         let claim = Claim::for_delivery(meta, job_id, Stage::Processor, attempt, &prints, clock.0);
@@ -49,6 +55,30 @@ impl<Q: MessageQueue, T: Topic, S: JobStore + Sagas> Processor<Q, T, S> {
             Subject::Unreadable(..) => None,
         };
         (outcome, event_time)
+    }
+
+    /// Reads the attempt a keyed job is at from its record ([`Processor::resume`]): its
+    /// body may say attempt 1 whatever attempt it is at, on `jobs-todo.fifo` always, and
+    /// as a record SQS stranded there that an operator redrove to `jobs-todo`.
+    async fn resume_keyed(
+        &self,
+        record: &SqsMessage,
+        job: &mut EnrichedJob,
+        consumer: &JobSpan,
+    ) -> Result<(), crate::ports::PortError> {
+        let group = super::ordered::group_of(record);
+        if let Some(group) = group {
+            consumer.set_attribute("job.ordering_group", group.to_owned());
+            if let Some(seq) = record.attributes.get("SequenceNumber") {
+                consumer.set_attribute("job.sequence_number", seq.clone());
+            }
+        }
+        if group.is_none() && ordering_key(&job.job).is_none() {
+            return Ok(());
+        }
+        self.resume(job).await?;
+        consumer.set_attribute("job.attempt", i64::from(job.attempt));
+        Ok(())
     }
 
     /// A claimed record: run its job, or end an unreadable one like any job, so a

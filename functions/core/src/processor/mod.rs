@@ -14,6 +14,7 @@
 
 mod decide;
 mod execute;
+mod ordered;
 mod saga;
 mod settle;
 
@@ -68,12 +69,32 @@ const HAND_OVER_WAIT: Duration = Duration::from_secs(5);
 pub struct Processor<Q, T, S> {
     /// The source queue, where retries go.
     pub jobs_todo: Q,
+    /// The FIFO source queue of jobs with an `ordering_key`, whose records wait out
+    /// their retries in place ([`ordered`]).
+    pub jobs_todo_fifo: Q,
     pub dead_letters: Q,
     pub topic: T,
     pub store: S,
     pub config: ProcessorConfig,
     /// Spans and metrics (no-ops by default).
     pub telemetry: Instruments,
+}
+
+/// What every record of one invocation shares.
+struct Batch<'a> {
+    queue: &'a str,
+    span: &'a JobSpan,
+    invocation: &'a Invocation,
+    /// The deadline, and the instant the invocation started at `now`.
+    clock: (DateTime<Utc>, tokio::time::Instant),
+    now: DateTime<Utc>,
+}
+
+/// A record that stays in SQS, and when it should come back: `None` for
+/// [`crate::ports::retry_later_delay`] of its receive count.
+struct Stay {
+    message_id: String,
+    after: Option<Duration>,
 }
 
 /// What a `jobs-todo` record holds.
@@ -139,34 +160,57 @@ impl<Q: MessageQueue, T: Topic, S: JobStore + Sagas> Processor<Q, T, S> {
         let batch = tel.batch_span("processor", &queue, invocation, links, parents.len());
         // `now` is when the invocation started; what each record spends before its job
         // runs (its claim) comes off that job's budget.
-        let started = tokio::time::Instant::now();
+        let at = Batch {
+            queue: &queue,
+            span: &batch,
+            invocation,
+            clock: (deadline, tokio::time::Instant::now()),
+            now,
+        };
         // Each record ends its job as soon as it can, so a quick job is not held back
-        // by a long one in the same batch.
-        let runs = event.records.iter().zip(&parents).map(|(record, parent)| {
-            let meta = RecordMeta::of(record);
-            let log = meta.log.clone();
-            let consumer = tel.consumer_span(
-                &queue,
-                &meta.message_id,
-                parent.as_ref(),
-                &batch,
-                invocation,
-            );
-            let traced = consumer.clone();
-            let run = self.process(record, meta, consumer, (deadline, started), now);
-            // The record's spans nest in its consumer span, its log lines in its log span.
-            traced.around(run).instrument(log)
-        });
+        // by a long one in the same batch; a FIFO group's records go one by one.
+        let records: Vec<_> = event.records.iter().zip(parents.iter()).collect();
+        let failed = if records.iter().any(|(r, _)| ordered::group_of(r).is_some()) {
+            self.in_groups(records, &at).await
+        } else {
+            let runs = records
+                .into_iter()
+                .map(|(record, parent)| self.traced(record, parent.as_ref(), &at));
+            futures_util::future::join_all(runs)
+                .await
+                .into_iter()
+                .flatten()
+                .collect()
+        };
         let mut response = SqsBatchResponse::default();
-        for id in futures_util::future::join_all(runs)
-            .await
-            .into_iter()
-            .flatten()
-        {
+        for id in failed {
             response.add_failure(id);
         }
         batch.end();
         response
+    }
+
+    /// One record in its `process <queue>` span (its log lines in its log span); its
+    /// message id when it stays in SQS.
+    async fn traced(
+        &self,
+        record: &SqsMessage,
+        parent: Option<&opentelemetry::Context>,
+        at: &Batch<'_>,
+    ) -> Option<String> {
+        let meta = RecordMeta::of(record);
+        let log = meta.log.clone();
+        let consumer = self.telemetry.consumer_span(
+            at.queue,
+            &meta.message_id,
+            parent,
+            at.span,
+            at.invocation,
+        );
+        let traced = consumer.clone();
+        let run = self.process(record, meta, consumer, at.clock, at.now);
+        // The record's spans nest in its consumer span, its log lines in its log span.
+        traced.around(run).instrument(log).await
     }
 
     /// One record, from its claim to its end; its message id when it goes back to SQS.
@@ -179,20 +223,32 @@ impl<Q: MessageQueue, T: Topic, S: JobStore + Sagas> Processor<Q, T, S> {
         now: DateTime<Utc>,
     ) -> Option<String> {
         let (outcome, event_time) = self.decide(record, &meta, clock, now, &consumer).await;
-        let failed = self
+        let stays = self
             .settle(outcome, record, meta, event_time, &consumer)
             .await;
         // Back to SQS soon now, not once the batch's longest job is done.
-        if let Some(id) = &failed {
-            retry_soon(
-                &self.jobs_todo,
-                std::slice::from_ref(record),
-                &[id.as_str()],
-            )
-            .await;
-        }
+        let failed = match stays {
+            Some(Stay { message_id, after }) => {
+                self.come_back(record, &message_id, after).await;
+                Some(message_id)
+            }
+            None => None,
+        };
         consumer.end();
         failed
+    }
+
+    /// Makes a record that stays in SQS visible again: after `after` (a FIFO record's
+    /// retry, waiting in place), else after [`crate::ports::retry_later_delay`].
+    async fn come_back(&self, record: &SqsMessage, message_id: &str, after: Option<Duration>) {
+        let records = std::slice::from_ref(record);
+        match (ordered::group_of(record), after) {
+            (Some(_), Some(after)) => {
+                ordered::visible_after(&self.jobs_todo_fifo, record, after).await
+            }
+            (Some(_), None) => retry_soon(&self.jobs_todo_fifo, records, &[message_id]).await,
+            (None, _) => retry_soon(&self.jobs_todo, records, &[message_id]).await,
+        }
     }
 }
 

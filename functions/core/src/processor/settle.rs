@@ -1,7 +1,7 @@
 //! Settling a record: carrying out its outcome (end the job, queue its next attempt,
 //! look again later, or leave the record in SQS) and saying whether it stays in SQS.
 
-use super::{forwarded_attributes, Outcome, Processor};
+use super::{forwarded_attributes, ordered, Outcome, Processor, Stay};
 use crate::ending::{give_back, EndPorts, Ending};
 use crate::messages::{EnrichedJob, ErrorCode, JobStatus, Stage};
 use crate::ports::{send_all, MessageQueue, OutgoingMessage, Topic};
@@ -14,7 +14,11 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 impl<Q: MessageQueue, T: Topic, S: JobStore + Sagas> Processor<Q, T, S> {
-    /// Carries out an outcome; returns the record's message id if it must stay in SQS.
+    /// Carries out an outcome; says so if the record must stay in SQS.
+    ///
+    /// A FIFO record ([`ordered`]) is its job's only place in its group: its retries
+    /// and deferrals wait in place, as the record itself, instead of going to the
+    /// back of the group as new messages.
     pub(super) async fn settle(
         &self,
         outcome: Outcome,
@@ -22,13 +26,28 @@ impl<Q: MessageQueue, T: Topic, S: JobStore + Sagas> Processor<Q, T, S> {
         meta: RecordMeta,
         event_time: Option<String>,
         consumer: &JobSpan,
-    ) -> Option<String> {
+    ) -> Option<Stay> {
         let tel = &self.telemetry;
         let message_id = meta.message_id.clone();
+        let in_place = ordered::group_of(record).is_some();
         let stays = match outcome {
             Outcome::End(ending) => !self.end(*ending, event_time, consumer).await,
+            Outcome::Retry { next, delay, code } if in_place => {
+                self.retry_in_place(&meta, *next, delay, code, consumer)
+                    .await;
+                return Some(Stay {
+                    message_id,
+                    after: Some(delay),
+                });
+            }
             Outcome::Retry { next, delay, code } => {
                 !self.retry(&meta, *next, delay, code, consumer).await
+            }
+            Outcome::Defer(delay) if in_place => {
+                return Some(Stay {
+                    message_id,
+                    after: Some(delay),
+                })
             }
             Outcome::Defer(delay) => !self.defer(record, delay).await,
             Outcome::Repeat(reason) => {
@@ -48,7 +67,10 @@ impl<Q: MessageQueue, T: Topic, S: JobStore + Sagas> Processor<Q, T, S> {
                 true
             }
         };
-        stays.then_some(message_id)
+        stays.then_some(Stay {
+            message_id,
+            after: None,
+        })
     }
 
     /// Ends the job; whether it is ended and announced (else its record stays in SQS).
@@ -115,23 +137,35 @@ impl<Q: MessageQueue, T: Topic, S: JobStore + Sagas> Processor<Q, T, S> {
         self.telemetry
             .record_retry(next.job_type.as_str(), code.as_str());
         info!(job_id = %next.job_id, next_attempt = next.attempt, delay_s = delay.as_secs(), "attempt failed; retrying");
+        let detail = next
+            .errors
+            .last()
+            .and_then(|e| serde_json::to_value(e).ok());
+        // The next attempt is queued either way; if the hand-over was not recorded it
+        // waits for this attempt's lease to end.
+        let _ = self.hand_over(&next, detail).await;
+        true
+    }
+
+    /// Records that the attempt before `next` handed the job over to it.
+    pub(super) async fn hand_over(
+        &self,
+        next: &EnrichedJob,
+        detail: Option<serde_json::Value>,
+    ) -> Result<(), crate::ports::PortError> {
         let hand_over = Finish {
             job_id: next.job_id.clone(),
             stage: Stage::Processor,
-            attempt,
+            attempt: next.attempt - 1,
             progress: Progress::Retrying,
-            detail: next
-                .errors
-                .last()
-                .and_then(|e| serde_json::to_value(e).ok()),
+            detail,
             now: Utc::now(),
         };
-        // The next attempt is queued either way; if the hand-over was not recorded it
-        // waits for this attempt's lease to end.
-        if let Err(e) = self.store.finish(&hand_over).await {
+        let recorded = self.store.finish(&hand_over).await;
+        if let Err(e) = &recorded {
             warn!(job_id = %next.job_id, error = %e, "could not record the hand-over to the next attempt");
         }
-        true
+        recorded
     }
 
     /// Sends the record again, unchanged, to be looked at after `delay`; whether sent.
@@ -140,6 +174,7 @@ impl<Q: MessageQueue, T: Topic, S: JobStore + Sagas> Processor<Q, T, S> {
             body: record.body.clone().unwrap_or_default(),
             attributes: forwarded_attributes(record),
             delay_seconds: u32::try_from(delay.as_secs()).unwrap_or(1).max(1),
+            group: None,
         };
         let sent = matches!(
             send_all(&self.jobs_todo, &[again]).await.pop(),

@@ -19,6 +19,7 @@ fn batch() -> SqsEvent {
 fn processor(topic: MemoryTopic) -> TestProcessor {
     Processor {
         jobs_todo: MemoryQueue::default(),
+        jobs_todo_fifo: MemoryQueue::fifo(),
         dead_letters: MemoryQueue::default(),
         topic,
         store: MemoryStore::default(),
@@ -284,6 +285,7 @@ async fn ten_large_results_are_published_in_batches_that_fit() {
     };
     let p = Processor {
         jobs_todo: MemoryQueue::default(),
+        jobs_todo_fifo: MemoryQueue::fifo(),
         dead_letters: MemoryQueue::default(),
         topic: Batching::new(Guarded::new(MemoryTopic::default(), "topic", guard)),
         store: MemoryStore::default(),
@@ -361,6 +363,7 @@ async fn two_copies_in_one_batch_run_once_whatever_the_table_answers() {
     store.inner().faults.slow_down(Duration::from_millis(300));
     let p = Processor {
         jobs_todo: MemoryQueue::default(),
+        jobs_todo_fifo: MemoryQueue::fifo(),
         dead_letters: MemoryQueue::default(),
         topic: MemoryTopic::default(),
         store,
@@ -600,6 +603,7 @@ async fn a_job_sized_to_its_budget_leaves_time_for_its_ending_after_a_slow_claim
     store.faults.slow_down(call);
     let p = Processor {
         jobs_todo: slow(),
+        jobs_todo_fifo: slow(),
         dead_letters: slow(),
         topic,
         store,
@@ -651,6 +655,7 @@ async fn a_job_whose_envelope_disagrees_is_not_executed() {
 fn processor_over<S: JobStore>(store: S) -> Processor<MemoryQueue, MemoryTopic, S> {
     Processor {
         jobs_todo: MemoryQueue::default(),
+        jobs_todo_fifo: MemoryQueue::fifo(),
         dead_letters: MemoryQueue::default(),
         topic: MemoryTopic::default(),
         store,
@@ -762,6 +767,7 @@ fn batched_processor() -> Processor<Batching<MemoryQueue>, MemoryTopic, MemorySt
     let p = processor(MemoryTopic::default());
     Processor {
         jobs_todo: Batching::new(MemoryQueue::default()),
+        jobs_todo_fifo: Batching::new(MemoryQueue::fifo()),
         dead_letters: Batching::new(MemoryQueue::default()),
         topic: p.topic,
         store: p.store,

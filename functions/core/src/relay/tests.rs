@@ -18,6 +18,7 @@ use std::time::Duration;
 struct Account {
     ingester_queue: MemoryQueue,
     jobs_todo: MemoryQueue,
+    jobs_todo_fifo: MemoryQueue,
     dead_letters: MemoryQueue,
     topic: MemoryTopic,
     store: MemoryStore,
@@ -29,6 +30,7 @@ impl Account {
     ) -> Processor<Shared<'_, MemoryQueue>, Shared<'_, MemoryTopic>, Shared<'_, MemoryStore>> {
         Processor {
             jobs_todo: Shared(&self.jobs_todo),
+            jobs_todo_fifo: Shared(&self.jobs_todo_fifo),
             dead_letters: Shared(&self.dead_letters),
             topic: Shared(&self.topic),
             store: Shared(&self.store),
@@ -48,6 +50,7 @@ impl Account {
         Ingester {
             source: Shared(&self.ingester_queue),
             jobs_todo: Shared(&self.jobs_todo),
+            jobs_todo_fifo: Shared(&self.jobs_todo_fifo),
             dead_letters: Shared(&self.dead_letters),
             topic: Shared(&self.topic),
             store: Shared(&self.store),

@@ -100,6 +100,7 @@ async fn an_invocation_is_exported_before_it_returns() {
     let ingester = Ingester {
         source: MemoryQueue::default(),
         jobs_todo: MemoryQueue::default(),
+        jobs_todo_fifo: MemoryQueue::fifo(),
         dead_letters: MemoryQueue::default(),
         topic: MemoryTopic::default(),
         store: crate::store::MemoryStore::default(),
@@ -182,6 +183,7 @@ async fn a_failed_job_keeps_its_trace_with_an_error() {
     let _spans = traced(&telemetry);
     let processor = Processor {
         jobs_todo: MemoryQueue::default(),
+        jobs_todo_fifo: MemoryQueue::fifo(),
         dead_letters: MemoryQueue::default(),
         topic: MemoryTopic::default(),
         store: crate::store::MemoryStore::default(),

@@ -26,6 +26,7 @@ fn stages(store: &MemoryStore) -> (Ing<'_>, Proc<'_>) {
     let ingester = Ingester {
         source: MemoryQueue::default(),
         jobs_todo: MemoryQueue::default(),
+        jobs_todo_fifo: MemoryQueue::fifo(),
         dead_letters: MemoryQueue::default(),
         topic: MemoryTopic::default(),
         store: Shared(store),
@@ -38,6 +39,7 @@ fn stages(store: &MemoryStore) -> (Ing<'_>, Proc<'_>) {
     };
     let processor = Processor {
         jobs_todo: MemoryQueue::default(),
+        jobs_todo_fifo: MemoryQueue::fifo(),
         dead_letters: MemoryQueue::default(),
         topic: MemoryTopic::default(),
         store: Shared(store),

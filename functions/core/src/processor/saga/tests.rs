@@ -20,6 +20,7 @@ type SagaProcessor<S> = Processor<MemoryQueue, MemoryTopic, S>;
 fn processor<S>(store: S) -> SagaProcessor<S> {
     Processor {
         jobs_todo: MemoryQueue::default(),
+        jobs_todo_fifo: MemoryQueue::fifo(),
         dead_letters: MemoryQueue::default(),
         topic: MemoryTopic::default(),
         store,
