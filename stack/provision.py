@@ -39,6 +39,21 @@ TOPIC_KMS_KEY = "alias/aws/sns"  # terraform: var.topic_kms_key_id
 ARCHIVE_DESCRIPTION = "Job events the ingester rule accepts, for replay"
 
 
+def redrive_target(settings: dict, queue: str) -> str:
+    """The dead-letter queue SQS moves `queue`'s records to: its own `dead_letter_queue`,
+    else the shared one (a FIFO queue's must be FIFO)."""
+    return settings["queues"][queue].get("dead_letter_queue", settings["dead_letter_queue"])
+
+
+def dead_letter_queues(settings: dict) -> dict[str, list[str]]:
+    """Each redrive target and the work queues that redrive to it, in settings order."""
+    targets: dict[str, list[str]] = {}
+    for name, q in settings["queues"].items():
+        if "max_receive_count" in q:
+            targets.setdefault(redrive_target(settings, name), []).append(name)
+    return targets
+
+
 def package(binary: Path) -> bytes:
     """A Lambda zip holding the binary as an executable `bootstrap`."""
     if not binary.is_file():
@@ -66,8 +81,8 @@ def provision(
     sqs, sns, events, lam, iam = (stack.client(n) for n in ("sqs", "sns", "events", "lambda", "iam"))
     dlq_name = s["dead_letter_queue"]
     urls = {}
-    # The DLQ first: the work queues' redrive policies point at it.
-    for name in sorted(s["queues"], key=lambda n: n != dlq_name):
+    # Dead-letter queues first: the work queues' redrive policies point at them.
+    for name in sorted(s["queues"], key=lambda n: n not in dead_letter_queues(s)):
         q = s["queues"][name]
         attrs = {
             "VisibilityTimeout": str(q["visibility_timeout_seconds"]),
@@ -76,17 +91,23 @@ def provision(
         }
         if "max_receive_count" in q:
             attrs["RedrivePolicy"] = json.dumps(
-                {"deadLetterTargetArn": queue_arn(stack, dlq_name), "maxReceiveCount": q["max_receive_count"]}
+                {"deadLetterTargetArn": queue_arn(stack, redrive_target(s, name)), "maxReceiveCount": q["max_receive_count"]}
             )
-        url = sqs.create_queue(QueueName=name)["QueueUrl"]
+        # A queue is FIFO from its creation on (SQS cannot change it later); content-based
+        # deduplication stays off: the ingester names each forward.
+        created = {"FifoQueue": "true", "ContentBasedDeduplication": "false"} if q.get("fifo") else {}
+        url = sqs.create_queue(QueueName=name, Attributes=created)["QueueUrl"]
         sqs.set_queue_attributes(QueueUrl=url, Attributes=attrs)
         urls[name] = url
 
-    work_queues = [queue_arn(stack, n) for n, q in s["queues"].items() if "max_receive_count" in q]
-    sqs.set_queue_attributes(
-        QueueUrl=urls[dlq_name],
-        Attributes={"RedriveAllowPolicy": json.dumps({"redrivePermission": "byQueue", "sourceQueueArns": work_queues})},
-    )
+    # Each dead-letter queue takes redrives only from the queues that name it.
+    for target, redriven in dead_letter_queues(s).items():
+        sqs.set_queue_attributes(
+            QueueUrl=urls[target],
+            Attributes={"RedriveAllowPolicy": json.dumps(
+                {"redrivePermission": "byQueue", "sourceQueueArns": [queue_arn(stack, n) for n in redriven]}
+            )},
+        )
 
     topic_arn = sns.create_topic(Name=s["topic"], Attributes={"KmsMasterKeyId": TOPIC_KMS_KEY})["TopicArn"]
     watch = s["demo_subscriber_queue"]
@@ -154,6 +175,8 @@ def provision(
         env = dict(fn.get("environment", {}), **common)
         # The ingester forwards to jobs-todo; the processor sends retries back to it.
         env["JOBS_TODO_QUEUE_URL"] = urls[s["functions"]["processor"]["source_queue"]]
+        # Jobs with an ordering key go, and wait out their retries, in the FIFO queue.
+        env["JOBS_TODO_FIFO_QUEUE_URL"] = urls[s["functions"]["processor"]["ordered_source_queue"]]
         if name == "ingester":
             env["INGESTER_QUEUE_URL"] = urls[fn["source_queue"]]
             # Its last receive dead-letters instead of failing (the processor counts
@@ -162,7 +185,8 @@ def provision(
         if name == "processor" and fault_injection:
             env["FAULT_INJECTION"] = "true"
         deploy_function(lam, name, fn, zips[name], role_arn, env)
-        ensure_mapping(lam, name, fn, queue_arn(stack, fn["source_queue"]))
+        for source in sources(fn):
+            ensure_mapping(lam, name, fn, queue_arn(stack, source), fifo=s["queues"][source].get("fifo", False))
     # The relay gets `common` too: the same endpoint (behind a fault proxy, if any) and the
     # marker `down` stops its workers by.
     relay = s["relay"]
@@ -356,13 +380,20 @@ def wait_active(lam, name: str, timeout: float = 60) -> None:
     raise StackError(f"function {name} did not become Active within {timeout:.0f} s")
 
 
-def ensure_mapping(lam, name: str, fn: dict, source_arn: str) -> None:
+def sources(fn: dict) -> list[str]:
+    """The queues a function consumes: its source queue, and the processor's FIFO one."""
+    return [fn["source_queue"], *([fn["ordered_source_queue"]] if "ordered_source_queue" in fn else [])]
+
+
+def ensure_mapping(lam, name: str, fn: dict, source_arn: str, fifo: bool = False) -> None:
     settings = {
         "BatchSize": fn["batch_size"],
-        "MaximumBatchingWindowInSeconds": fn["maximum_batching_window_seconds"],
         "FunctionResponseTypes": ["ReportBatchItemFailures"],
         "ScalingConfig": {"MaximumConcurrency": fn["maximum_concurrency"]},
     }
+    # Lambda takes no batching window for a FIFO queue.
+    if not fifo:
+        settings["MaximumBatchingWindowInSeconds"] = fn["maximum_batching_window_seconds"]
     existing = lam.list_event_source_mappings(FunctionName=name, EventSourceArn=source_arn).get(
         "EventSourceMappings", []
     )

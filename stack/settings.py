@@ -55,6 +55,7 @@ def load_settings(path: Path = SETTINGS_FILE, min_receive_count: int = MIN_RECEI
             problems.append(f"functions.{name}.maximum_concurrency must be 2..1000")
         if queues[src].get("max_receive_count", 5) < min_receive_count:
             problems.append(f"queues.{src}.max_receive_count must be at least {min_receive_count} with Lambda")
+    problems += fifo_problems(settings)
     fns = settings.get("functions", {})
     try:
         runs_for = fns["processor"]["timeout_seconds"] - int(fns["processor"]["environment"]["DEADLINE_MARGIN_MS"]) // 1000
@@ -83,6 +84,41 @@ def load_settings(path: Path = SETTINGS_FILE, min_receive_count: int = MIN_RECEI
     if problems:
         raise StackError(f"{path.name} is invalid:\n  " + "\n  ".join(problems))
     return settings
+
+
+def fifo_problems(settings: dict) -> list[str]:
+    """The FIFO queues of jobs with an ordering key: named `.fifo` (SQS's rule) exactly when
+    `fifo` is set, redriven only to a queue of their own kind (a FIFO queue's dead-letter
+    queue must be FIFO), and the processor's `ordered_source_queue` one of them, with room
+    in its receive count for every attempt: its retries wait in place, one receive each."""
+    queues = settings.get("queues", {})
+    problems = []
+    for name, q in queues.items():
+        fifo = q.get("fifo", False)
+        if fifo is not (name.endswith(".fifo")):
+            problems.append(f"queues.{name}.fifo is {fifo}: SQS wants a FIFO queue's name, and only its, to end in .fifo")
+        target = q.get("dead_letter_queue", settings.get("dead_letter_queue"))
+        if "max_receive_count" in q and target in queues and queues[target].get("fifo", False) is not fifo:
+            problems.append(f"queues.{name}.dead_letter_queue is {target!r}: a queue's dead-letter queue must be "
+                            "of its own kind (FIFO for FIFO)")
+        elif "max_receive_count" in q and target not in queues:
+            problems.append(f"queues.{name}.dead_letter_queue: {target!r} is not in queues")
+    processor = settings.get("functions", {}).get("processor", {})
+    ordered = processor.get("ordered_source_queue")
+    if ordered not in queues or not queues[ordered].get("fifo", False):
+        return problems + [f"functions.processor.ordered_source_queue: {ordered!r} must name a FIFO queue of queues"]
+    q = queues[ordered]
+    if q["visibility_timeout_seconds"] < 6 * processor.get("timeout_seconds", 0):
+        problems.append(f"queues.{ordered}.visibility_timeout_seconds must be at least 6 x "
+                        "functions.processor.timeout_seconds")
+    try:
+        attempts = int(processor.get("environment", {}).get("MAX_ATTEMPTS", "3"))
+    except ValueError:
+        attempts = 3
+    if q.get("max_receive_count", 0) < attempts + MIN_RECEIVE_COUNT:
+        problems.append(f"queues.{ordered}.max_receive_count must be at least MAX_ATTEMPTS + {MIN_RECEIVE_COUNT} "
+                        f"= {attempts + MIN_RECEIVE_COUNT}: each attempt of an ordered job is one receive")
+    return problems
 
 
 # functions/core/src/guard.rs GuardConfig's default, and relay.rs PASS_CALLS.

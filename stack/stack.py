@@ -39,7 +39,7 @@ from emulator import (
 from provision import (
     ACCOUNT, ARCHIVE_DESCRIPTION, FUNCTIONS, PACKAGED, RELAY, RELAY_RULE, RELAY_RULE_BUS, TOPIC_KMS_KEY,
     deploy_function, ensure_archive, ensure_mapping, ensure_role, ensure_schedule, ensure_table, event_queue_policy,
-    host_architecture, outbox_index, package, provision, queue_arn, wait_active,
+    host_architecture, outbox_index, package, provision, queue_arn, sources, wait_active,
 )
 from settings import MIN_RECEIVE_COUNT, SETTINGS_FILE, load_settings
 from traffic import await_end_states, drain, generate, outcomes, parse_time, print_outcomes, queue_depth, wait_idle
@@ -57,7 +57,7 @@ __all__ = [
     "ACCOUNT", "ARCHIVE_DESCRIPTION", "FUNCTIONS", "PACKAGED", "RELAY", "RELAY_RULE", "RELAY_RULE_BUS",
     "TOPIC_KMS_KEY", "deploy_function", "ensure_archive", "ensure_mapping", "ensure_role", "ensure_schedule",
     "ensure_table", "event_queue_policy", "host_architecture", "outbox_index", "package", "provision", "queue_arn",
-    "wait_active",
+    "sources", "wait_active",
     # traffic
     "await_end_states", "drain", "generate", "outcomes", "parse_time", "print_outcomes", "queue_depth", "wait_idle",
     # this file

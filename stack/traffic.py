@@ -90,9 +90,11 @@ def parse_time(rfc3339: str) -> float:
 
 
 def wait_idle(stack: Stack, timeout: float) -> bool:
-    """Waits until both work queues are empty (nothing in flight)."""
+    """Waits until every work queue is empty (nothing in flight)."""
+    from provision import sources
+
     sqs = stack.client("sqs")
-    urls = [stack.resources["queues"][fn["source_queue"]] for fn in stack.settings["functions"].values()]
+    urls = [stack.resources["queues"][q] for fn in stack.settings["functions"].values() for q in sources(fn)]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if all(queue_depth(sqs, u) == 0 for u in urls):

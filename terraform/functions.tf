@@ -21,9 +21,10 @@ resource "aws_lambda_function" "ingester" {
 
   environment {
     variables = merge(local.ingester.environment, local.common_environment, {
-      INGESTER_QUEUE_URL  = aws_sqs_queue.ingester.url
-      JOBS_TODO_QUEUE_URL = aws_sqs_queue.jobs_todo.url
-      MAX_RECEIVE_COUNT   = tostring(local.ingester_queue.max_receive_count)
+      INGESTER_QUEUE_URL       = aws_sqs_queue.ingester.url
+      JOBS_TODO_QUEUE_URL      = aws_sqs_queue.jobs_todo.url
+      JOBS_TODO_FIFO_QUEUE_URL = aws_sqs_queue.jobs_todo_fifo.url
+      MAX_RECEIVE_COUNT        = tostring(local.ingester_queue.max_receive_count)
     })
   }
 
@@ -56,7 +57,8 @@ resource "aws_lambda_function" "processor" {
 
   environment {
     variables = merge(local.processor.environment, local.common_environment, {
-      JOBS_TODO_QUEUE_URL = aws_sqs_queue.jobs_todo.url
+      JOBS_TODO_QUEUE_URL      = aws_sqs_queue.jobs_todo.url
+      JOBS_TODO_FIFO_QUEUE_URL = aws_sqs_queue.jobs_todo_fifo.url
     }, var.fault_injection ? { FAULT_INJECTION = "true" } : {})
   }
 
@@ -147,6 +149,21 @@ resource "aws_lambda_event_source_mapping" "processor" {
   maximum_batching_window_in_seconds = local.processor.maximum_batching_window_seconds
   function_response_types            = ["ReportBatchItemFailures"]
   enabled                            = true
+
+  scaling_config {
+    maximum_concurrency = local.processor.maximum_concurrency
+  }
+}
+
+# The same function on the FIFO queue of jobs with an ordering key. Lambda takes no
+# batching window here; a batch holds up to batch_size records of several groups, each
+# group's in order, and the processor runs each group's one after another.
+resource "aws_lambda_event_source_mapping" "processor_ordered" {
+  event_source_arn        = aws_sqs_queue.jobs_todo_fifo.arn
+  function_name           = aws_lambda_function.processor.arn
+  batch_size              = local.processor.batch_size
+  function_response_types = ["ReportBatchItemFailures"]
+  enabled                 = true
 
   scaling_config {
     maximum_concurrency = local.processor.maximum_concurrency

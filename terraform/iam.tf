@@ -39,7 +39,7 @@ data "aws_iam_policy_document" "ingester" {
   statement {
     sid       = "ForwardAndDeadLetter"
     actions   = ["sqs:SendMessage"]
-    resources = [aws_sqs_queue.jobs_todo.arn, aws_sqs_queue.dead_letter.arn]
+    resources = [aws_sqs_queue.jobs_todo.arn, aws_sqs_queue.jobs_todo_fifo.arn, aws_sqs_queue.dead_letter.arn]
   }
 
   statement {
@@ -153,7 +153,7 @@ data "aws_iam_policy_document" "processor" {
   statement {
     sid       = "ConsumeJobsTodo"
     actions   = ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:ChangeMessageVisibility"]
-    resources = [aws_sqs_queue.jobs_todo.arn]
+    resources = [aws_sqs_queue.jobs_todo.arn, aws_sqs_queue.jobs_todo_fifo.arn]
   }
 
   # Failed attempts go back to jobs-todo, delayed, as the job's next attempt.

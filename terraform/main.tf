@@ -24,6 +24,11 @@ locals {
   ingester_queue    = local.queues[local.ingester.source_queue]
   jobs_todo_queue   = local.queues[local.processor.source_queue]
   dead_letter_queue = local.queues[local.pipeline.dead_letter_queue]
+  # Jobs with an ordering key: a FIFO queue, redriven to a FIFO dead-letter queue (SQS
+  # refuses a standard one for a FIFO queue).
+  jobs_todo_fifo_queue   = local.queues[local.processor.ordered_source_queue]
+  dead_letter_fifo_name  = local.jobs_todo_fifo_queue.dead_letter_queue
+  dead_letter_fifo_queue = local.queues[local.dead_letter_fifo_name]
 
   # Settings every function reads. Functions on an emulator need its endpoint; on AWS the
   # SDK finds the regional one itself.

@@ -8,6 +8,16 @@ output "jobs_todo_queue_url" {
   value       = aws_sqs_queue.jobs_todo.url
 }
 
+output "jobs_todo_fifo_queue_url" {
+  description = "Validated jobs with an ordering_key, one FIFO group per key"
+  value       = aws_sqs_queue.jobs_todo_fifo.url
+}
+
+output "dead_letter_fifo_queue_url" {
+  description = "Records of jobs-todo.fifo that no processor invocation could report (SQS's own redrive)"
+  value       = aws_sqs_queue.dead_letter_fifo.url
+}
+
 output "dead_letter_queue_url" {
   description = "Rejected and failed jobs, each with its error history"
   value       = aws_sqs_queue.dead_letter.url

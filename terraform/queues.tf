@@ -33,6 +33,42 @@ resource "aws_sqs_queue" "jobs_todo" {
   })
 }
 
+# Jobs with an ordering key, one group per key: SQS hands out a group's messages one at a
+# time and in order. No content-based deduplication: the ingester names each forward
+# (MessageDeduplicationId), so a resend after a lost answer is dropped and a replay is not.
+resource "aws_sqs_queue" "jobs_todo_fifo" {
+  name                        = local.processor.ordered_source_queue
+  fifo_queue                  = true
+  content_based_deduplication = false
+  visibility_timeout_seconds  = local.jobs_todo_fifo_queue.visibility_timeout_seconds
+  message_retention_seconds   = local.jobs_todo_fifo_queue.message_retention_seconds
+  sqs_managed_sse_enabled     = true
+
+  # Retries wait in place, one receive per attempt, so the count is higher than the
+  # standard queue's; this only catches a record no invocation could report.
+  redrive_policy = jsonencode({
+    deadLetterTargetArn = aws_sqs_queue.dead_letter_fifo.arn
+    maxReceiveCount     = local.jobs_todo_fifo_queue.max_receive_count
+  })
+}
+
+resource "aws_sqs_queue" "dead_letter_fifo" {
+  name                       = local.dead_letter_fifo_name
+  fifo_queue                 = true
+  visibility_timeout_seconds = local.dead_letter_fifo_queue.visibility_timeout_seconds
+  message_retention_seconds  = local.dead_letter_fifo_queue.message_retention_seconds
+  sqs_managed_sse_enabled    = true
+}
+
+resource "aws_sqs_queue_redrive_allow_policy" "dead_letter_fifo" {
+  queue_url = aws_sqs_queue.dead_letter_fifo.id
+
+  redrive_allow_policy = jsonencode({
+    redrivePermission = "byQueue"
+    sourceQueueArns   = [aws_sqs_queue.jobs_todo_fifo.arn]
+  })
+}
+
 # Only the two work queues may redrive into the dead-letter queue.
 resource "aws_sqs_queue_redrive_allow_policy" "dead_letter" {
   queue_url = aws_sqs_queue.dead_letter.id

@@ -65,6 +65,8 @@ def described(stack: stk.Stack) -> dict:
         a = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
         redrive = json.loads(a["RedrivePolicy"]) if "RedrivePolicy" in a else None
         out["queues"][name] = {
+            "fifo": a.get("FifoQueue") == "true",
+            "content_based_deduplication": a.get("ContentBasedDeduplication") == "true",
             "visibility_timeout_seconds": int(a["VisibilityTimeout"]),
             "message_retention_seconds": int(a["MessageRetentionPeriod"]),
             "sse": a.get("SqsManagedSseEnabled") == "true",
@@ -137,7 +139,7 @@ def described(stack: stk.Stack) -> dict:
             "environment": {k: env_value(v) for k, v in env.items() if k not in LOCAL_ONLY_ENV},
         }
         for m in lam.list_event_source_mappings(FunctionName=name)["EventSourceMappings"]:
-            out["mappings"][name] = {
+            out["mappings"][f"{name} <- {last(m['EventSourceArn'])}"] = {
                 "source": last(m["EventSourceArn"]),
                 "batch_size": m["BatchSize"],
                 "window": m.get("MaximumBatchingWindowInSeconds", 0),
@@ -246,6 +248,10 @@ class Declared:
             allow = redrive_allows.get(name)
             policy = policies.get(name)
             queues[name] = {
+                "fifo": m.attribute(r, "fifo_queue") if "fifo_queue" in body else False,
+                "content_based_deduplication": (
+                    m.attribute(r, "content_based_deduplication") if "content_based_deduplication" in body else False
+                ),
                 "visibility_timeout_seconds": m.attribute(r, "visibility_timeout_seconds"),
                 "message_retention_seconds": m.attribute(r, "message_retention_seconds"),
                 "sse": m.attribute(r, "sqs_managed_sse_enabled") if "sqs_managed_sse_enabled" in body else False,
@@ -317,10 +323,16 @@ class Declared:
             if not r.startswith("aws_lambda_event_source_mapping."):
                 continue
             fn = self.name_of(m.attribute(r, "function_name"))
-            out["mappings"][fn] = {
-                "source": self.name_of(m.attribute(r, "event_source_arn")),
+            source = self.name_of(m.attribute(r, "event_source_arn"))
+            body = m.resources()[r]
+            out["mappings"][f"{fn} <- {source}"] = {
+                "source": source,
                 "batch_size": m.attribute(r, "batch_size"),
-                "window": m.attribute(r, "maximum_batching_window_in_seconds"),
+                # Unset (a FIFO queue takes none), the provider sends none: Lambda's 0.
+                "window": (
+                    m.attribute(r, "maximum_batching_window_in_seconds")
+                    if "maximum_batching_window_in_seconds" in body else 0
+                ),
                 "response_types": m.attribute(r, "function_response_types"),
                 "max_concurrency": self.one(r, "scaling_config")["maximum_concurrency"],
                 "enabled": m.attribute(r, "enabled"),
@@ -394,7 +406,11 @@ def test_the_comparison_sees_every_resource(live, declared):
     """An empty or partial read on both sides would compare equal; it must not."""
     assert set(declared["queues"]) == set(SETTINGS["queues"])
     assert set(declared["functions"]) == set(stk.PACKAGED)
-    assert set(declared["mappings"]) == set(stk.FUNCTIONS), "the relay is run by its schedule, not a queue"
+    assert set(declared["mappings"]) == {
+        f"{fn} <- {source}" for fn in stk.FUNCTIONS for source in stk.sources(SETTINGS["functions"][fn])
+    }, "each function on each of its queues; the relay is run by its schedule, not a queue"
+    fifo = {name for name, q in declared["queues"].items() if q["fifo"]}
+    assert fifo == {n for n in SETTINGS["queues"] if n.endswith(".fifo")} and fifo, "the ordered jobs' queues"
     assert declared["schedule"]["targets"] == [(stk.RELAY, stk.RELAY)] and declared["schedule"]["expression"]
     assert declared["schedule"]["permissions"], "EventBridge must be let to invoke the relay"
     assert declared["table"]["indexes"], "the relay queries the outbox index"

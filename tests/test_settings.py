@@ -26,6 +26,8 @@ def test_the_shipped_settings_follow_the_aws_rules():
         q = s["queues"][fn["source_queue"]]
         assert q["visibility_timeout_seconds"] >= 6 * fn["timeout_seconds"]
         assert q["max_receive_count"] == stk.MIN_RECEIVE_COUNT
+    ordered = s["queues"][s["functions"]["processor"]["ordered_source_queue"]]
+    assert ordered["fifo"] and s["queues"][ordered["dead_letter_queue"]]["fifo"]
 
 
 @pytest.mark.parametrize(
@@ -58,6 +60,19 @@ def test_the_shipped_settings_follow_the_aws_rules():
         (lambda s: s["relay"]["environment"].update(CALL_TIMEOUT_MS="12000"), "relay.timeout_seconds"),
         (lambda s: s["relay"]["environment"].update(CALL_TIMEOUT_MS="soon"), "relay.environment.CALL_TIMEOUT_MS"),
         (lambda s: s.pop("archive"), "archive"),
+        # SQS: a FIFO queue's name ends in .fifo, and its dead-letter queue is FIFO too.
+        (lambda s: s["queues"]["jobs-todo.fifo"].pop("fifo"), "queues.jobs-todo.fifo.fifo"),
+        (lambda s: s["queues"]["jobs-todo"].update(fifo=True), "queues.jobs-todo.fifo"),
+        (lambda s: s["queues"]["jobs-todo.fifo"].update(dead_letter_queue="dead-letter-queue"),
+         "queues.jobs-todo.fifo.dead_letter_queue"),
+        (lambda s: s["queues"]["jobs-todo.fifo"].update(dead_letter_queue="gone.fifo"),
+         "queues.jobs-todo.fifo.dead_letter_queue"),
+        (lambda s: s["functions"]["processor"].update(ordered_source_queue="jobs-todo"),
+         "functions.processor.ordered_source_queue"),
+        # Each attempt of an ordered job is one receive: 3 attempts and AWS's 5.
+        (lambda s: s["queues"]["jobs-todo.fifo"].update(max_receive_count=7), "queues.jobs-todo.fifo.max_receive_count"),
+        (lambda s: s["queues"]["jobs-todo.fifo"].update(visibility_timeout_seconds=900),
+         "queues.jobs-todo.fifo.visibility_timeout_seconds"),
         (lambda s: s["archive"].update(name=""), "archive.name"),
         (lambda s: s["archive"].update(name="j" * 49), "archive.name"),
         # EventBridge's archive names take no slash, colon or space.

@@ -102,8 +102,14 @@ def describe(module: Module, res) -> str:
     return f"{kind}:{name}{suffix}"
 
 
-def expected_grants(function: str, source: str, sends: list[str], log_group: str) -> set[tuple[str, str, str]]:
-    out = {(a, f"aws_sqs_queue:{source}", "") for a in RECEIVE}
+# The processor's two queues, as the settings name them: jobs without an ordering key and
+# the FIFO one of jobs with one (the ingester sends to both, the processor reads both).
+JOBS_TODO = [stk.load_settings()["functions"]["processor"][q] for q in ("source_queue", "ordered_source_queue")]
+
+
+def expected_grants(function: str, source: str | list[str], sends: list[str], log_group: str) -> set[tuple[str, str, str]]:
+    sources = [source] if isinstance(source, str) else source
+    out = {(a, f"aws_sqs_queue:{q}", "") for a in RECEIVE for q in sources}
     out |= {("sqs:SendMessage", f"aws_sqs_queue:{q}", "") for q in sends}
     out.add(("sns:Publish", "aws_sns_topic:job-end-state-topic", ""))
     out |= {(a, f"aws_cloudwatch_log_group:{log_group}:*", "") for a in LOGS}
@@ -185,11 +191,12 @@ def test_the_saga_grants_are_the_keys_and_calls_the_code_writes():
 
 def test_each_function_may_touch_only_its_own_resources(module):
     assert grants(module, "ingester") == expected_grants(
-        "ingester", "ingester-queue", ["jobs-todo", "dead-letter-queue"], "/aws/lambda/ingester"
+        "ingester", "ingester-queue", [*JOBS_TODO, "dead-letter-queue"], "/aws/lambda/ingester"
     ) | PROCESSOR_STOP | RERUN
-    # The processor sends retries back to its own queue.
+    # The processor consumes both, and sends retries back to the standard one only (an
+    # ordered job's retry waits in place: a visibility change, part of consuming).
     assert grants(module, "processor") == expected_grants(
-        "processor", "jobs-todo", ["jobs-todo", "dead-letter-queue"], "/aws/lambda/processor"
+        "processor", JOBS_TODO, ["jobs-todo", "dead-letter-queue"], "/aws/lambda/processor"
     ) | saga_grants()
     assert grants(module, "relay") == RELAY_GRANTS
 
@@ -276,7 +283,8 @@ def test_a_customer_managed_topic_key_is_granted_to_every_publisher():
     m = Module(TF, variables={"topic_kms_key_id": key})
     for fn in ("ingester", "processor", "relay"):
         extra = grants(m, fn) - (RELAY_GRANTS if fn == "relay" else expected_grants(
-            fn, "ingester-queue" if fn == "ingester" else "jobs-todo", ["jobs-todo", "dead-letter-queue"],
+            fn, "ingester-queue" if fn == "ingester" else JOBS_TODO,
+            [*(JOBS_TODO if fn == "ingester" else ["jobs-todo"]), "dead-letter-queue"],
             f"/aws/lambda/{fn}",
         ) | PROCESSOR_STOP | RERUN | (saga_grants() if fn == "processor" else set()))
         assert extra == {("kms:GenerateDataKey*", f"aws_kms_key:{key}", ""), ("kms:Decrypt", f"aws_kms_key:{key}", "")}, extra
