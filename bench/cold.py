@@ -53,6 +53,7 @@ COMMON = {
     "AWS_LAMBDA_LOG_FORMAT": "JSON",
     "RUST_LOG": "info",
     "JOBS_TODO_QUEUE_URL": f"{QUEUE}/jobs-todo",
+    "JOBS_TODO_FIFO_QUEUE_URL": f"{QUEUE}/jobs-todo.fifo",
 }
 ENVS = {
     "ingester": {**COMMON, "MAX_JOB_TIMEOUT_SECONDS": "879", "INGESTER_QUEUE_URL": f"{QUEUE}/ingester-queue",

@@ -387,7 +387,8 @@ def sources(fn: dict) -> list[str]:
 
 def ensure_mapping(lam, name: str, fn: dict, source_arn: str, fifo: bool = False) -> None:
     settings = {
-        "BatchSize": fn["batch_size"],
+        # A FIFO queue's batch is one record (stack/settings.py says why).
+        "BatchSize": fn["ordered_batch_size"] if fifo else fn["batch_size"],
         "FunctionResponseTypes": ["ReportBatchItemFailures"],
         "ScalingConfig": {"MaximumConcurrency": fn["maximum_concurrency"]},
     }

@@ -90,7 +90,9 @@ def fifo_problems(settings: dict) -> list[str]:
     """The FIFO queues of jobs with an ordering key: named `.fifo` (SQS's rule) exactly when
     `fifo` is set, redriven only to a queue of their own kind (a FIFO queue's dead-letter
     queue must be FIFO), and the processor's `ordered_source_queue` one of them, with room
-    in its receive count for every attempt: its retries wait in place, one receive each."""
+    in its receive count for every receive a job that ends can take: its own attempts wait
+    in place, one receive each (with `ordered_batch_size` 1, no record waits in a batch
+    behind another)."""
     queues = settings.get("queues", {})
     problems = []
     for name, q in queues.items():
@@ -115,9 +117,17 @@ def fifo_problems(settings: dict) -> list[str]:
         attempts = int(processor.get("environment", {}).get("MAX_ATTEMPTS", "3"))
     except ValueError:
         attempts = 3
-    if q.get("max_receive_count", 0) < attempts + MIN_RECEIVE_COUNT:
+    # One record per batch: a group's records in one batch would run one after another
+    # within one invocation's time, and a later one could fail for a deadline it did not
+    # take; and each one waiting behind a failed one would use up a receive.
+    batch = processor.get("ordered_batch_size")
+    if batch != 1:
+        problems.append(f"functions.processor.ordered_batch_size is {batch!r}; it must be 1: a FIFO group's jobs "
+                        "in one batch share one invocation's time, and those waiting behind a failed one use up receives")
+    least = attempts + MIN_RECEIVE_COUNT
+    if q.get("max_receive_count", 0) < least:
         problems.append(f"queues.{ordered}.max_receive_count must be at least MAX_ATTEMPTS + {MIN_RECEIVE_COUNT} "
-                        f"= {attempts + MIN_RECEIVE_COUNT}: each attempt of an ordered job is one receive")
+                        f"= {least}: an ordered job is received once per attempt")
     return problems
 
 

@@ -156,12 +156,13 @@ resource "aws_lambda_event_source_mapping" "processor" {
 }
 
 # The same function on the FIFO queue of jobs with an ordering key. Lambda takes no
-# batching window here; a batch holds up to batch_size records of several groups, each
-# group's in order, and the processor runs each group's one after another.
+# batching window here. One record per batch: a group's records in one batch would share
+# one invocation's time, and each waiting behind a failed one would use up a receive
+# (groups still run side by side, in their own invocations).
 resource "aws_lambda_event_source_mapping" "processor_ordered" {
   event_source_arn        = aws_sqs_queue.jobs_todo_fifo.arn
   function_name           = aws_lambda_function.processor.arn
-  batch_size              = local.processor.batch_size
+  batch_size              = local.processor.ordered_batch_size
   function_response_types = ["ReportBatchItemFailures"]
   enabled                 = true
 

@@ -57,3 +57,15 @@ def test_a_saga_costs_two_state_writes_per_step_more():
     assert units.get("PutItem", 0) == steps, units
     assert run.state_write_units(m) == 3 * m.jobs + 2 * steps, units
     assert run.state_write_units(m, "index_wru") == 2 * m.jobs, dict(m.units)
+
+
+def test_a_keyed_job_costs_the_same_writes_and_two_reads():
+    """A job with an ordering key is written as any job (three times); its processor
+    reads its record (both stages', consistently) once before the claim, to learn the
+    attempt its FIFO record's body cannot say."""
+    m = run.count_requests(stk.RELEASE, 20, "keyed", timeout=80, mix=run.KEYED_MIX)
+    assert m.jobs == 20
+    assert m.records == 2 * m.jobs, "each job once on ingester-queue, once on jobs-todo.fifo"
+    assert run.state_write_units(m) == 3 * m.jobs, dict(m.units)
+    reads = {action: v for (svc, action, unit), v in m.units.items() if svc == "dynamodb" and unit == "rru"}
+    assert reads == {"GetItem": 2 * m.jobs}, reads

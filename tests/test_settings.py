@@ -69,8 +69,11 @@ def test_the_shipped_settings_follow_the_aws_rules():
          "queues.jobs-todo.fifo.dead_letter_queue"),
         (lambda s: s["functions"]["processor"].update(ordered_source_queue="jobs-todo"),
          "functions.processor.ordered_source_queue"),
-        # Each attempt of an ordered job is one receive: 3 attempts and AWS's 5.
+        # An ordered job's receives: 3 attempts and AWS's 5.
         (lambda s: s["queues"]["jobs-todo.fifo"].update(max_receive_count=7), "queues.jobs-todo.fifo.max_receive_count"),
+        (lambda s: s["functions"]["processor"].update(ordered_batch_size=10), "functions.processor.ordered_batch_size"),
+        (lambda s: s["functions"]["processor"]["environment"].update(MAX_ATTEMPTS="6"),
+         "queues.jobs-todo.fifo.max_receive_count"),
         (lambda s: s["queues"]["jobs-todo.fifo"].update(visibility_timeout_seconds=900),
          "queues.jobs-todo.fifo.visibility_timeout_seconds"),
         (lambda s: s["archive"].update(name=""), "archive.name"),

@@ -958,6 +958,7 @@ mod tests {
             lease_until: chrono::Utc::now() + chrono::TimeDelta::minutes(15),
             holder,
             token: "",
+            history: None,
         };
         assert_eq!(
             store
@@ -1241,6 +1242,7 @@ mod tests {
             lease_until: chrono::Utc::now() + chrono::TimeDelta::minutes(15),
             holder: "todo-1",
             token: "",
+            history: None,
         };
         let outcome = store
             .claim(&processor, chrono::Utc::now())

@@ -180,6 +180,7 @@ impl OwnedClaim {
             lease_until: self.lease_until,
             holder: &self.holder,
             token: &self.token,
+            history: None,
         }
     }
 }
@@ -549,6 +550,7 @@ mod tests {
             lease_until: at(60),
             holder: job_id,
             token: "",
+            history: None,
         }
     }
 

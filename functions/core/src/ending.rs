@@ -316,6 +316,7 @@ mod tests {
             lease_until: at(60),
             holder: "m1",
             token: "",
+            history: None,
         };
         assert_eq!(
             store.claim(&claim, at(0)).await.expect("store"),

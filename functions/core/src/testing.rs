@@ -613,6 +613,7 @@ mod tests {
             lease_until: at + chrono::TimeDelta::seconds(60),
             holder: "m1",
             token: "",
+            history: None,
         };
         store.faults.lose_answers(1);
         assert!(store.claim(&claim, at).await.is_err());
@@ -657,6 +658,7 @@ mod tests {
             lease_until: at + chrono::TimeDelta::seconds(60),
             holder,
             token: "",
+            history: None,
         };
         let answers = store.claim_all(&[claim("m1"), claim("m2")], at).await;
         assert_eq!(

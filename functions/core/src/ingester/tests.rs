@@ -778,6 +778,7 @@ async fn a_rejection_whose_claim_is_held_goes_back_before_the_slow_forward_of_th
         lease_until: now() + TimeDelta::seconds(30),
         holder: "m-held",
         token: "",
+        history: None,
     };
     ing.store.claim(&held, now()).await.expect("store");
     let handling = ing.handle(event, now());

@@ -35,7 +35,16 @@ impl<Q: MessageQueue, T: Topic, S: JobStore + Sagas> Processor<Q, T, S> {
         }
         let (job_id, content, attempt) = subject.key();
         let prints = Fingerprints::of(content);
-        let claim = Claim::for_delivery(meta, job_id, Stage::Processor, attempt, &prints, clock.0);
+        let history = match &subject {
+            Subject::Job(job) if attempt > 1 && !job.errors.is_empty() => {
+                Some(serde_json::json!({ "errors": job.errors }))
+            }
+            _ => None,
+        };
+        let claim = Claim {
+            history: history.as_ref(),
+            ..Claim::for_delivery(meta, job_id, Stage::Processor, attempt, &prints, clock.0)
+        };
         let outcome = match self.store.claim(&claim, now).await {
             Err(e) => {
                 // The claim may have taken effect with its answer lost: give it back

@@ -516,6 +516,7 @@ async fn a_retry_racing_its_hand_over_is_deferred_not_dropped() {
         lease_until: at(600),
         holder: "m0",
         token: "",
+        history: None,
     };
     p.store.claim(&claim, at(0)).await.expect("store");
     let response = p
@@ -563,6 +564,7 @@ async fn a_record_that_failed_at_once_goes_back_before_the_batch_s_long_job_ends
         lease_until: at(600),
         holder: "m-job-h-1",
         token: "",
+        history: None,
     };
     p.store.claim(&held, at(0)).await.expect("store");
     let long = json!({"job_type": "long_running_job",
@@ -713,6 +715,7 @@ async fn another_delivery_of_a_running_claim_is_held_even_when_its_answer_is_los
         lease_until: at(600),
         holder: "m-job-1-1",
         token: "first-delivery",
+        history: None,
     };
     assert_eq!(
         p.store.claim(&first, at(0)).await,

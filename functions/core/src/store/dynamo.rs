@@ -193,7 +193,7 @@ impl DynamoStore {
 
 /// The item a claim writes, attribute by attribute.
 fn claim_fields(claim: &Claim<'_>, now: Timestamp) -> Vec<(&'static str, AttributeValue)> {
-    vec![
+    let mut fields = vec![
         ("pk", s(key(claim.stage, claim.job_id))),
         ("job_id", s(claim.job_id)),
         ("stage", s(claim.stage.as_str())),
@@ -206,7 +206,11 @@ fn claim_fields(claim: &Claim<'_>, now: Timestamp) -> Vec<(&'static str, Attribu
         ("announced", AttributeValue::Bool(false)),
         ("updated_ms", n(now.timestamp_millis())),
         ("expires_at", n(expires_at(now))),
-    ]
+    ];
+    if let Some(history) = claim.history {
+        fields.push(("detail", s(history.to_string())));
+    }
+    fields
 }
 
 /// `expires_at` (the TTL, epoch seconds) of a record changed at `now`: every write
@@ -975,6 +979,7 @@ mod tests {
             lease_until: now,
             holder: "m1",
             token: "t1",
+            history: None,
         };
         let _ = store.claim(&claim, now).await;
         let _ = store.claim_all(std::slice::from_ref(&claim), now).await;

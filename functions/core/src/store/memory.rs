@@ -109,7 +109,7 @@ fn claimed(claim: &Claim<'_>, now: Timestamp) -> JobState {
         holder: claim.holder.to_owned(),
         token: claim.token.to_owned(),
         announced: false,
-        detail: None,
+        detail: claim.history.cloned(),
         updated_at: now,
         expires_at: now + RETENTION,
     }

@@ -121,6 +121,10 @@ pub struct Claim<'a> {
     /// delivery of the same message (another token) is still [`ClaimOutcome::Held`].
     /// No token matches nothing.
     pub token: &'a str,
+    /// The error history the attempt runs with (`{"errors": [...]}`), kept in the record
+    /// it writes: a keyed job's attempts are read back from its record
+    /// ([`crate::processor`]'s `resume`), so a crash must not lose the ones before.
+    pub history: Option<&'a Value>,
 }
 
 impl<'a> Claim<'a> {
@@ -144,6 +148,7 @@ impl<'a> Claim<'a> {
             lease_until,
             holder: &meta.message_id,
             token: &meta.claim_token,
+            history: None,
         }
     }
 }

@@ -18,6 +18,7 @@ fn claim<'a>(fp: &'a str, attempt: u32, lease: i64) -> Claim<'a> {
         lease_until: at(lease),
         holder: "m1",
         token: "",
+        history: None,
     }
 }
 
@@ -187,6 +188,7 @@ async fn a_claim_retried_with_its_own_token_is_claimed_and_another_delivery_held
     let store = MemoryStore::default();
     let mine = Claim {
         token: "t1",
+        history: None,
         ..claim("a", 1, 60)
     };
     store.faults.lose_answers(1);
@@ -198,6 +200,7 @@ async fn a_claim_retried_with_its_own_token_is_claimed_and_another_delivery_held
     );
     let other = Claim {
         token: "t2",
+        history: None,
         ..claim("a", 1, 120)
     };
     assert_eq!(
@@ -236,12 +239,14 @@ async fn a_batch_of_claims_retried_with_their_tokens_is_claimed() {
     let claims = [
         Claim {
             token: "t1",
+            history: None,
             ..claim("a", 1, 60)
         },
         Claim {
             job_id: "job-2",
             holder: "m2",
             token: "t2",
+            history: None,
             ..claim("a", 1, 60)
         },
     ];

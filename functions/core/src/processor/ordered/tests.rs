@@ -474,3 +474,28 @@ async fn a_stranded_record_redriven_to_the_standard_queue_resumes_at_its_attempt
         (JobStatus::Completed, 3, vec![1, 2])
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_lost_hand_over_at_attempt_two_keeps_the_history_of_attempt_one() {
+    let mut fifo = Fifo::default();
+    let mut store = Watch::default();
+    fifo.send("a", "a#0", report("a", Some(json!({"fail_attempts": 2}))));
+    store.order.insert("a".into(), vec!["a#0".into()]);
+    let p = processor(store);
+    let batch = fifo.receive().expect("the first delivery");
+    let response = p.handle(batch.clone(), at(900), at(0)).await;
+    fifo.settle(&batch, &response, &p.jobs_todo_fifo);
+    // Attempt 2's hand-over is refused; its claim (which carries attempt 1's error) is
+    // given back, and the next delivery runs attempt 2 again.
+    p.store.inner.faults.only("UpdateItem");
+    p.store.inner.faults.refuse_calls(1);
+    fifo.drain(&p, 20).await;
+    let notes = p.topic.notifications();
+    let n = notification(&notes, "a#0");
+    let history: Vec<u32> = n.errors.iter().map(|e| e.attempt).collect();
+    assert_eq!(
+        (n.status, n.attempts, history),
+        (JobStatus::Completed, 3, vec![1, 2]),
+        "attempt 1's error survives the claim that attempt 2's rerun took over"
+    );
+}
