@@ -265,6 +265,15 @@ fn twenty_jobs() -> (Fifo, Watch, Vec<(String, Option<Value>)>) {
     (fifo, store, jobs)
 }
 
+/// One job, `a#0` of key `a`, with `fault`, and the processor to run it.
+fn one_job(fault: Value) -> (Fifo, Ordered) {
+    let mut fifo = Fifo::default();
+    let mut store = Watch::default();
+    fifo.send("a", "a#0", report("a", Some(fault)));
+    store.order.insert("a".into(), vec!["a#0".into()]);
+    (fifo, processor(store))
+}
+
 fn notification<'a>(notes: &'a [Notification], job_id: &str) -> &'a Notification {
     let mine: Vec<_> = notes.iter().filter(|n| n.job_id == job_id).collect();
     assert_eq!(mine.len(), 1, "{job_id}: {mine:?}");
@@ -386,11 +395,7 @@ async fn a_failed_attempt_holds_back_the_rest_of_its_group_but_not_other_groups(
 
 #[tokio::test(start_paused = true)]
 async fn a_redelivery_after_the_hand_over_was_lost_runs_the_same_attempt_again() {
-    let mut fifo = Fifo::default();
-    let mut store = Watch::default();
-    fifo.send("a", "a#0", report("a", Some(json!({"fail_attempts": 1}))));
-    store.order.insert("a".into(), vec!["a#0".into()]);
-    let p = processor(store);
+    let (mut fifo, p) = one_job(json!({"fail_attempts": 1}));
     p.store.inner.faults.only("UpdateItem");
     p.store.inner.faults.refuse_calls(1);
     fifo.drain(&p, 20).await;
@@ -433,11 +438,7 @@ fn the_attempt_after_a_record_is_the_next_only_after_a_hand_over() {
 
 #[tokio::test(start_paused = true)]
 async fn a_stranded_record_redriven_to_the_standard_queue_resumes_at_its_attempt() {
-    let mut fifo = Fifo::default();
-    let mut store = Watch::default();
-    fifo.send("a", "a#0", report("a", Some(json!({"fail_attempts": 2}))));
-    store.order.insert("a".into(), vec!["a#0".into()]);
-    let p = processor(store);
+    let (mut fifo, p) = one_job(json!({"fail_attempts": 2}));
     // Two failed attempts, waiting in place; then SQS strands the record.
     for _ in 0..2 {
         let batch = (0..60)
@@ -477,11 +478,7 @@ async fn a_stranded_record_redriven_to_the_standard_queue_resumes_at_its_attempt
 
 #[tokio::test(start_paused = true)]
 async fn a_lost_hand_over_at_attempt_two_keeps_the_history_of_attempt_one() {
-    let mut fifo = Fifo::default();
-    let mut store = Watch::default();
-    fifo.send("a", "a#0", report("a", Some(json!({"fail_attempts": 2}))));
-    store.order.insert("a".into(), vec!["a#0".into()]);
-    let p = processor(store);
+    let (mut fifo, p) = one_job(json!({"fail_attempts": 2}));
     let batch = fifo.receive().expect("the first delivery");
     let response = p.handle(batch.clone(), at(900), at(0)).await;
     fifo.settle(&batch, &response, &p.jobs_todo_fifo);
