@@ -113,11 +113,11 @@ def kind(body: dict) -> str:
     return "unknown"
 
 
-def dlq_by_job(stack: stk.Stack) -> dict[str, list[tuple]]:
-    """The DLQ per job id: (kind, status, attempts, last error code, last error time)
-    per message, oldest first."""
+def dlq_by_job(stack: stk.Stack, dlq: str | None = None) -> dict[str, list[tuple]]:
+    """A DLQ (by default the shared one) per job id: (kind, status, attempts, last error
+    code, last error time) per message, oldest first."""
     out: dict[str, list[tuple]] = {}
-    for body in peek(stack, stack.settings["dead_letter_queue"]):
+    for body in peek(stack, dlq or stack.settings["dead_letter_queue"]):
         k = kind(body)
         if k == "dead_letter":
             last = body["errors"][-1] if body["errors"] else {}
@@ -325,6 +325,11 @@ def outage_settings() -> dict:
     queues["ingester-queue"]["visibility_timeout_seconds"] = 6 * INGESTER_TIMEOUT
     fns["processor"]["timeout_seconds"] = OUTAGE_PROCESSOR_TIMEOUT
     queues["jobs-todo"]["visibility_timeout_seconds"] = 6 * OUTAGE_PROCESSOR_TIMEOUT
+    # The FIFO queue of keyed jobs, as short as its settings check allows: 6x the
+    # processor's timeout, and one receive per attempt plus five.
+    ordered = queues[fns["processor"]["ordered_source_queue"]]
+    ordered["visibility_timeout_seconds"] = 6 * OUTAGE_PROCESSOR_TIMEOUT
+    ordered["max_receive_count"] = int(fns["processor"]["environment"].get("MAX_ATTEMPTS", "3")) + 5
     margin_ms = 4 * CALL_TIMEOUT_MS + 1000
     for fn in fns.values():
         fn["environment"]["CALL_TIMEOUT_MS"] = str(CALL_TIMEOUT_MS)
@@ -366,20 +371,24 @@ def test_an_sns_outage_longer_than_the_retry_schedule_ends_every_job_once_after_
     - a valid job is forwarded (SQS and DynamoDB are up), runs and is recorded
       COMPLETED by the processor, whose every receive then fails to publish; SQS moves
       the jobs-todo record to the DLQ ("stranded");
+    - a keyed job goes the same way through jobs-todo.fifo, whose records SQS moves to
+      dead-letter-queue.fifo (a FIFO queue's DLQ is FIFO);
     - a malformed job is recorded REJECTED by the ingester, which stores its dead letter
       and fails to publish, on every receive (the retry finds the recorded end and
       resumes at the dead letter): one copy of the letter per receive, then SQS moves
       the ingester-queue record to the DLQ too.
 
-    SNS comes back; `job-generator dlq redrive --all`. The valid job must be announced
-    COMPLETED once (from its recorded end, attempt 1, not run again), the malformed one
+    SNS comes back; `job-generator dlq redrive --all`, which reads both dead-letter
+    queues. Each valid job must be announced COMPLETED once (from its recorded end,
+    attempt 1, not run again), the malformed one
     REJECTED once, with exactly one dead letter left: its own. Nothing announced twice,
     nothing left stranded.
     """
     stack, proxy = outage
     receives = stack.settings["queues"]["ingester-queue"]["max_receive_count"]
     run = int(time.time())
-    valid, malformed = f"outage-ok-{run}", f"outage-bad-{run}"
+    valid, malformed, keyed = f"outage-ok-{run}", f"outage-bad-{run}", f"outage-keyed-{run}"
+    fifo_dlq = stack.settings["queues"]["jobs-todo.fifo"]["dead_letter_queue"]
     rejection = [("missing_field", 1)]
     proxy.set_rules(SNS_DOWN)
     try:
@@ -387,14 +396,18 @@ def test_an_sns_outage_longer_than_the_retry_schedule_ends_every_job_once_after_
             stack,
             {"id": valid, "job_type": "user_onboarding", "message": {"user_id": "u1", "user_name": "Ada"}},
             {"id": malformed, "job_type": "report_generation", "message": {"filters": "region=EU"}},
+            {"id": keyed, "job_type": "user_onboarding", "ordering_key": "outage",
+             "message": {"user_id": "u2", "user_name": "Grace"}},
         )
         # Both records go round until SQS moves them: the work queues empty out.
         visibility = max(q["visibility_timeout_seconds"] for q in stack.settings["queues"].values())
+        most_receives = max(q.get("max_receive_count", 0) for q in stack.settings["queues"].values())
         wait_for(
             lambda: all(queue_counts(stack, q) == EMPTY
-                        for q in ("ingester-queue", "jobs-todo"))
-            and len(peek(stack, stack.settings["dead_letter_queue"])) >= receives + 2,
-            timeout=(receives + 1) * visibility + 60, every=3, what="both records moved to the DLQ",
+                        for q in ("ingester-queue", "jobs-todo", "jobs-todo.fifo"))
+            and len(peek(stack, stack.settings["dead_letter_queue"])) >= receives + 2
+            and len(peek(stack, fifo_dlq)) >= 1,
+            timeout=(most_receives + 1) * visibility + 60, every=3, what="every record moved to a DLQ",
         )
         refused = [e for e in proxy.log() if e.get("rule") == 0]  # SNS_DOWN[0]
     finally:
@@ -402,10 +415,12 @@ def test_an_sns_outage_longer_than_the_retry_schedule_ends_every_job_once_after_
 
     # During the outage: nothing announced, both ends recorded and not announced.
     assert refused, "SNS was never called: did the rule stop matching?"
-    during = stk.await_end_states(stack, {valid, malformed}, timeout=0, linger=1)
+    during = stk.await_end_states(stack, {valid, malformed, keyed}, timeout=0, linger=1)
     assert not during, f"announced with SNS down: {ended_as(during)}"
     assert ended(stack, "ingester", valid) == (None, -1, None), "a forwarded job has no ingester record"
     assert ended(stack, "processor", valid) == ("COMPLETED", 1, False)
+    assert ended(stack, "processor", keyed) == ("COMPLETED", 1, False)
+    assert dlq_by_job(stack, fifo_dlq) == {keyed: [("stranded_job", 1)]}
     assert ended(stack, "ingester", malformed) == ("REJECTED", 1, False)
     before = dlq_by_job(stack)
     copies = before[malformed][:-1]
@@ -420,15 +435,19 @@ def test_an_sns_outage_longer_than_the_retry_schedule_ends_every_job_once_after_
     assert listed.returncode == 0, listed.stderr
     assert re.search(rf"^{valid}  STRANDED in jobs-todo .* attempt 1", listed.stdout, re.M), listed.stdout
     assert re.search(rf"^{malformed}  STRANDED in ingester-queue", listed.stdout, re.M), listed.stdout
+    assert re.search(rf"^{keyed}  STRANDED in jobs-todo .* attempt 1", listed.stdout, re.M), listed.stdout
+    assert f"1 in {fifo_dlq}" in listed.stderr, listed.stderr
     assert len(re.findall(rf"^{malformed}  REJECTED at ingester", listed.stdout, re.M)) == receives, listed.stdout
 
     # The operator sends everything back (bounded: a redrive of seven messages takes
     # seconds; one that is still running after 30 s is stopped, by its own pid).
     redriven = redrive(stack, "--all", timeout=30)
-    notes = stk.await_end_states(stack, {valid, malformed}, timeout=90, linger=15)
+    notes = stk.await_end_states(stack, {valid, malformed, keyed}, timeout=90, linger=15)
     by_job = ended_as(notes)
     assert by_job.get(valid) == [("COMPLETED", 1, [])], (notes, redriven)
+    assert by_job.get(keyed) == [("COMPLETED", 1, [])], (notes, redriven)
     assert ended(stack, "processor", valid) == ("COMPLETED", 1, True)
+    assert ended(stack, "processor", keyed) == ("COMPLETED", 1, True)
     if not redriven["finished"] or by_job.get(malformed) != [("REJECTED", 1, rejection)]:
         raise RedriveLoop(
             f"`dlq redrive --all` {'finished' if redriven['finished'] else 'was still running after 30 s'}; "
@@ -437,14 +456,15 @@ def test_an_sns_outage_longer_than_the_retry_schedule_ends_every_job_once_after_
         )
     assert ended(stack, "ingester", malformed) == ("REJECTED", 1, True)
     wait_for(lambda: all(queue_counts(stack, q) == EMPTY
-                         for q in ("ingester-queue", "jobs-todo")), timeout=60, what="work queues emptied")
+                         for q in ("ingester-queue", "jobs-todo", "jobs-todo.fifo")), timeout=60, what="work queues emptied")
+    assert dlq_by_job(stack, fifo_dlq) == {}, "the stranded keyed record was moved back"
     after = dlq_by_job(stack)
     assert {job: [e[:4] for e in entries] for job, entries in after.items()} == {
         malformed: [("dead_letter", "REJECTED", 1, "missing_field")],
     }, (after, redriven)
-    # Moved: the first copy of the letter and both stranded records; the other copies
-    # found their end reopened and were deleted unsent.
-    assert f"moved 3, kept 0, skipped {receives - 1}, failed 0" in redriven["stderr"], redriven
+    # Moved: the first copy of the letter and the three stranded records; the other
+    # copies found their end reopened and were deleted unsent.
+    assert f"moved 4, kept 0, skipped {receives - 1}, failed 0" in redriven["stderr"], redriven
 
 
 def test_a_redriven_rejection_is_validated_once_more_and_ends_once_more(outage):

@@ -110,6 +110,22 @@ pub struct Report {
     pub lines: Vec<String>,
 }
 
+impl Report {
+    /// The letters this report decided on, whatever it did with each.
+    pub fn matched(&self) -> usize {
+        self.moved + self.kept + self.skipped + self.failed
+    }
+
+    /// Adds another queue's report to this one.
+    pub fn absorb(&mut self, other: Report) {
+        self.moved += other.moved;
+        self.kept += other.kept;
+        self.skipped += other.skipped;
+        self.failed += other.failed;
+        self.lines.extend(other.lines);
+    }
+}
+
 /// Reads every DLQ message once (up to the selection's max matches), hands each match to
 /// `act`, and releases whatever `act` did not consume. Messages seen twice in one run
 /// (released ones can come back at once) are skipped by message id.
@@ -515,6 +531,8 @@ async fn settle<M: Mailbox + Sync>(
 /// The mailbox on SQS: the DLQ and the two queues redrives go to, by URL.
 pub struct SqsMailbox {
     pub client: aws_sdk_sqs::Client,
+    /// The dead-letter queue's name, as reports say it.
+    pub name: String,
     pub dead_letters: String,
     pub jobs_todo: String,
     pub ingester: String,
@@ -554,6 +572,7 @@ impl SqsMailbox {
                 })
         };
         Ok(SqsMailbox {
+            name: dead_letters.to_owned(),
             dead_letters: url(dead_letters).await?,
             jobs_todo: url(jobs_todo).await?,
             ingester: url(ingester).await?,

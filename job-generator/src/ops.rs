@@ -63,23 +63,38 @@ pub enum DlqAction {
     },
 }
 
-/// Where the pipeline runs.
+/// Where the pipeline runs. Global, so these may follow `dlq`'s action too.
 #[derive(Debug, Args)]
 pub struct Target {
     /// AWS endpoint, e.g. http://127.0.0.1:4566 for an emulator.
-    #[arg(long, env = "AWS_ENDPOINT_URL", value_name = "URL")]
+    #[arg(long, global = true, env = "AWS_ENDPOINT_URL", value_name = "URL")]
     endpoint_url: Option<String>,
     /// AWS region.
-    #[arg(long, env = "AWS_REGION", default_value = "us-east-1")]
+    #[arg(long, global = true, env = "AWS_REGION", default_value = "us-east-1")]
     region: String,
-    #[arg(long, default_value = "dead-letter-queue", value_name = "NAME")]
-    dead_letter_queue: String,
-    #[arg(long, default_value = "jobs-todo", value_name = "NAME")]
+    /// A dead-letter queue to read (repeatable). By default both: the shared one, which
+    /// holds every dead letter and what SQS moved out of the standard queues, and the
+    /// FIFO one, which holds what SQS moved out of jobs-todo.fifo.
+    #[arg(
+        long = "dead-letter-queue",
+        global = true,
+        value_name = "NAME",
+        default_values_t = [String::from("dead-letter-queue"), String::from("dead-letter-queue.fifo")]
+    )]
+    dead_letter_queues: Vec<String>,
+    /// Where processor failures and stranded jobs are redriven to.
+    #[arg(long, global = true, default_value = "jobs-todo", value_name = "NAME")]
     jobs_todo_queue: String,
-    #[arg(long, default_value = "ingester-queue", value_name = "NAME")]
+    /// Where rejections and stranded events are redriven to.
+    #[arg(
+        long,
+        global = true,
+        default_value = "ingester-queue",
+        value_name = "NAME"
+    )]
     ingester_queue: String,
     /// The job state table.
-    #[arg(long, default_value = "jobs", value_name = "NAME")]
+    #[arg(long, global = true, default_value = "jobs", value_name = "NAME")]
     table: String,
 }
 
@@ -88,15 +103,23 @@ impl Target {
         crate::sdk_config(&self.region, self.endpoint_url.as_deref()).await
     }
 
-    async fn mailbox(&self, sdk: &aws_config::SdkConfig) -> Result<SqsMailbox, String> {
-        SqsMailbox::connect(
-            aws_sdk_sqs::Client::new(sdk),
-            &self.dead_letter_queue,
-            &self.jobs_todo_queue,
-            &self.ingester_queue,
-        )
-        .await
-        .map_err(|e| e.to_string())
+    /// One mailbox per dead-letter queue, each looked up before any is read, so a
+    /// misspelt name fails the command before it moves anything.
+    async fn mailboxes(&self, sdk: &aws_config::SdkConfig) -> Result<Vec<SqsMailbox>, String> {
+        let client = aws_sdk_sqs::Client::new(sdk);
+        let mut mailboxes = Vec::new();
+        for dlq in &self.dead_letter_queues {
+            let mailbox = SqsMailbox::connect(
+                client.clone(),
+                dlq,
+                &self.jobs_todo_queue,
+                &self.ingester_queue,
+            )
+            .await
+            .map_err(|e| format!("{e} (--dead-letter-queue {dlq})"))?;
+            mailboxes.push(mailbox);
+        }
+        Ok(mailboxes)
     }
 }
 
@@ -115,14 +138,14 @@ async fn execute(command: Command) -> Result<i32, String> {
     match command {
         Command::Dlq { action, target } => {
             let sdk = target.sdk().await;
-            let mailbox = target.mailbox(&sdk).await?;
+            let mailboxes = target.mailboxes(&sdk).await?;
             match action {
                 DlqAction::List { job_ids, max } => {
                     let selection = Selection {
                         job_ids: job_ids.into_iter().collect(),
                         max,
                     };
-                    list(&mailbox, &selection).await
+                    list(&mailboxes, &selection).await
                 }
                 DlqAction::Redrive {
                     job_ids,
@@ -136,7 +159,7 @@ async fn execute(command: Command) -> Result<i32, String> {
                     };
                     let store =
                         DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), &target.table);
-                    redrive(&mailbox, &store, &selection, dry_run).await
+                    redrive(&mailboxes, &store, &selection, dry_run).await
                 }
             }
         }
@@ -150,31 +173,49 @@ async fn execute(command: Command) -> Result<i32, String> {
     }
 }
 
-/// `dlq list`: the letters on stdout, their count on stderr.
-async fn list(mailbox: &SqsMailbox, selection: &Selection) -> Result<i32, String> {
-    let lines = dlq::list(mailbox, selection)
-        .await
-        .map_err(|e| e.to_string())?;
-    for line in &lines {
-        println!("{line}");
+/// `dlq list`: the letters on stdout, their count per queue on stderr.
+async fn list(mailboxes: &[SqsMailbox], selection: &Selection) -> Result<i32, String> {
+    let mut counts = Vec::new();
+    let mut selection = selection.clone();
+    for mailbox in mailboxes {
+        if selection.max == 0 {
+            break;
+        }
+        let lines = dlq::list(mailbox, &selection)
+            .await
+            .map_err(|e| e.to_string())?;
+        for line in &lines {
+            println!("{line}");
+        }
+        selection.max = selection.max.saturating_sub(lines.len());
+        counts.push(format!("{} in {}", lines.len(), mailbox.name));
     }
-    eprintln!("{} dead letter(s)", lines.len());
+    eprintln!("dead letter(s): {}", counts.join(", "));
     Ok(0)
 }
 
 /// `dlq redrive`: a line per letter, the tally on stderr; 1 when a letter could not
 /// be moved.
 async fn redrive(
-    mailbox: &SqsMailbox,
+    mailboxes: &[SqsMailbox],
     store: &DynamoStore,
     selection: &Selection,
     dry_run: bool,
 ) -> Result<i32, String> {
-    let report = dlq::redrive(mailbox, store, selection, dry_run)
-        .await
-        .map_err(|e| e.to_string())?;
-    for line in &report.lines {
-        println!("{}", dlq::printable(line));
+    let mut report = dlq::Report::default();
+    let mut selection = selection.clone();
+    for mailbox in mailboxes {
+        if selection.max == 0 {
+            break;
+        }
+        let one = dlq::redrive(mailbox, store, &selection, dry_run)
+            .await
+            .map_err(|e| format!("{e} (in {})", mailbox.name))?;
+        for line in &one.lines {
+            println!("{}", dlq::printable(line));
+        }
+        selection.max = selection.max.saturating_sub(one.matched());
+        report.absorb(one);
     }
     let verb = if dry_run { "would move" } else { "moved" };
     eprintln!(
@@ -209,16 +250,59 @@ async fn show_job(job_id: String, target: &Target) -> Result<i32, String> {
             println!("    {}", dlq::printable(&detail.to_string()));
         }
     }
-    let mailbox = target.mailbox(&sdk).await?;
     let selection = Selection {
         job_ids: [job_id].into(),
         max: usize::MAX,
     };
-    for line in dlq::list(&mailbox, &selection)
-        .await
-        .map_err(|e| e.to_string())?
-    {
-        println!("dead letter: {line}");
+    for mailbox in target.mailboxes(&sdk).await? {
+        for line in dlq::list(&mailbox, &selection)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            println!("dead letter: {line}");
+        }
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    /// The subcommands as a command line parses them.
+    #[derive(Debug, Parser)]
+    struct Line {
+        #[command(subcommand)]
+        command: Command,
+    }
+
+    fn dead_letter_queues(args: &[&str]) -> Vec<String> {
+        let line =
+            Line::try_parse_from(std::iter::once("job-generator").chain(args.iter().copied()))
+                .expect("parses");
+        match line.command {
+            Command::Dlq { target, .. } => target.dead_letter_queues,
+            other => panic!("not dlq: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn dlq_reads_both_dead_letter_queues_unless_told_which() {
+        // A keyed job's record that SQS gave up on is in the FIFO one: an operator's
+        // `dlq redrive --all` must find it too.
+        assert_eq!(
+            dead_letter_queues(&["dlq", "redrive", "--all"]),
+            ["dead-letter-queue", "dead-letter-queue.fifo"]
+        );
+        assert_eq!(
+            dead_letter_queues(&[
+                "dlq",
+                "list",
+                "--dead-letter-queue",
+                "dead-letter-queue.fifo"
+            ]),
+            ["dead-letter-queue.fifo"]
+        );
+    }
 }
