@@ -105,3 +105,12 @@ def dead_letters_of(stack: stk.Stack, job_ids: set[str]) -> list[dict]:
         sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"], VisibilityTimeout=0)
     bodies = [json.loads(m["Body"]) for m in seen.values()]
     return [b for b in bodies if b.get("job_id") in job_ids]
+
+
+def expected_end(sent: dict) -> tuple[str, str | None, int]:
+    """(status, last error code, number of errors) a generator manifest line promises."""
+    if sent["expected_rejection"]:
+        return "REJECTED", sent["expected_rejection"], 1
+    if isinstance(sent["detail"], dict) and "fault" in sent["detail"]:
+        return "COMPLETED", None, MAX_ATTEMPTS - 1  # fails twice, then completes
+    return "COMPLETED", None, 0

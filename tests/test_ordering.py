@@ -17,7 +17,7 @@ import pytest
 
 import otlp_receiver
 import stack as stk
-from helpers import MAX_ATTEMPTS, dead_letters_of, put_jobs, state_record
+from helpers import MAX_ATTEMPTS, dead_letters_of, expected_end, put_jobs, state_record
 
 KEYS = 5
 PER_KEY = 10
@@ -71,6 +71,23 @@ def spans_by_job(stack: stk.Stack, ids: set[str]) -> tuple[dict, dict]:
     return {j: sorted(v, key=lambda s: s["start_ns"]) for j, v in executes.items()}, sequence
 
 
+def assert_run_in_sequence(by_key: dict, executes: dict, sequence: dict, attempts: dict) -> None:
+    """Each key's execute spans follow SQS's sequence order, a job's attempts together
+    and before the next job's first, never overlapping; one span per attempt."""
+    for key, mine in by_key.items():
+        # The ingester forwards in rounds, so SQS's order within a key may differ from the
+        # send order; it is the order the key's jobs must run in.
+        by_sequence = sorted(mine, key=lambda j: sequence[j])
+        runs = [(s["start_ns"], s["end_ns"], j) for j in mine for s in executes[j]]
+        by_start = [j for _, _, j in sorted(runs)]
+        collapsed = [j for i, j in enumerate(by_start) if i == 0 or by_start[i - 1] != j]
+        assert collapsed == by_sequence, f"key {key}: ran in another order than SQS's"
+        ordered = sorted(runs)
+        overlaps = [(a[2], b[2]) for a, b in zip(ordered, ordered[1:]) if b[0] < a[1]]
+        assert not overlaps, f"key {key}: executions overlap: {overlaps}"
+        assert len(runs) == sum(attempts[j] for j in mine), f"key {key}: one execute span per attempt"
+
+
 def test_each_keys_jobs_run_one_at_a_time_in_order_through_failures_and_retries(pipeline):
     run = uuid.uuid4().hex[:8]
     jobs = plan(run)
@@ -92,20 +109,8 @@ def test_each_keys_jobs_run_one_at_a_time_in_order_through_failures_and_retries(
 
     executes, sequence = spans_by_job(pipeline, set(jobs))
     assert set(sequence) == set(jobs), "every keyed job came through jobs-todo.fifo"
-    for k in range(KEYS):
-        mine = [j for j in jobs if f"-k{k}-" in j]
-        # The ingester forwards in rounds, so SQS's order within a key may differ from the
-        # send order; it is the order the key's jobs must run in.
-        by_sequence = sorted(mine, key=lambda j: sequence[j])
-        runs = [(s["start_ns"], s["end_ns"], j) for j in mine for s in executes[j]]
-        by_start = [j for _, _, j in sorted(runs)]
-        # Each job's attempts, one after another, before the next job's first.
-        collapsed = [j for i, j in enumerate(by_start) if i == 0 or by_start[i - 1] != j]
-        assert collapsed == by_sequence, f"key {k}: ran in another order than SQS's"
-        ordered = sorted(runs)
-        overlaps = [(a[2], b[2]) for a, b in zip(ordered, ordered[1:]) if b[0] < a[1]]
-        assert not overlaps, f"key {k}: executions overlap: {overlaps}"
-        assert len(runs) == sum(want[j][1] for j in mine), "one execute span per attempt"
+    by_key = {k: [j for j in jobs if f"-k{k}-" in j] for k in range(KEYS)}
+    assert_run_in_sequence(by_key, executes, sequence, {j: w[1] for j, w in want.items()})
 
     # Retries waited in place: nothing was sent to the FIFO queue beyond the forwards,
     # and the unkeyed jobs never went through it.
@@ -133,3 +138,47 @@ def test_a_key_that_sqs_cannot_hold_still_orders_and_a_bad_key_is_rejected(pipel
     assert set(sequence) == set(good)
     starts = sorted((executes[j][0]["start_ns"], j) for j in good)
     assert [j for _, j in starts] == sorted(good, key=lambda j: sequence[j])
+
+
+def test_generated_keyed_traffic_ends_each_job_once_and_each_key_in_order(pipeline, tmp_path):
+    """The generator's own mix with every valid job keyed: malformed jobs, flaky ones,
+    sagas, and copies of jobs sent again with fresh trace contexts. Every job ends once
+    as the manifest promises (status, last code, error count), with a letter only when
+    rejected; each key's jobs run in SQS's order, one at a time."""
+    sent = stk.generate(
+        pipeline, tmp_path / "keyed.jsonl",
+        *("--count", "120", "--rate", "40", "--seed", "1602", "--max-job-seconds", "1", "--keys", "6"),
+        *("--malformed-ratio", "0.2", "--flaky-ratio", "0.1", "--duplicate-ratio", "0.05", "--saga-ratio", "0.3"),
+    )
+    delivered = [s for s in sent if s["outcome"] == "sent"]
+    first: dict[str, dict] = {}
+    for s in delivered:
+        first.setdefault(s["job_id"], s)
+    keyed = {j: s["detail"]["ordering_key"] for j, s in first.items()
+             if isinstance(s["detail"], dict) and isinstance(s["detail"].get("ordering_key"), str)
+             and not s["expected_rejection"]}
+    kinds = {first[j]["detail"]["job_type"] for j in keyed}
+    assert len(first) < len(delivered) and "saga" in kinds and len(set(keyed.values())) == 6, (
+        "the mix must hold copies, sagas and every key", kinds)
+
+    notes = stk.await_end_states(pipeline, set(first), timeout=500, linger=5)
+    ends: dict[str, list] = defaultdict(list)
+    for n in notes:
+        ends[n["job_id"]].append((n["status"], n["errors"][-1]["code"] if n["errors"] else None, len(n["errors"])))
+    wrong = {}
+    for job_id, s in first.items():
+        status, code, errors = expected_end(s)
+        got = ends.get(job_id, [])
+        if len(got) != 1 or got[0][0] != status or (code and got[0][1] != code) or got[0][2] != errors:
+            wrong[job_id] = (got, (status, code, errors), s["detail"])
+    assert not wrong, f"{len(wrong)} jobs ended otherwise than sent (got, expected, detail): {list(wrong.items())[:3]}"
+    rejected = {j for j, s in first.items() if s["expected_rejection"]}
+    letters = dead_letters_of(pipeline, set(first))
+    assert sorted(d["job_id"] for d in letters) == sorted(rejected), "one letter per rejection, none else"
+
+    executes, sequence = spans_by_job(pipeline, set(keyed))
+    assert set(sequence) == set(keyed), "every keyed job came through jobs-todo.fifo, once forwarded"
+    by_key: dict[str, list] = defaultdict(list)
+    for j, key in keyed.items():
+        by_key[key].append(j)
+    assert_run_in_sequence(by_key, executes, sequence, {j: ends[j][0][2] + 1 for j in keyed})

@@ -18,8 +18,8 @@ import pytest
 
 import stack as stk
 from helpers import (
-    DEAD_LETTER_QUEUE, INGESTER_QUEUE, JOBS_TODO, MAX_ATTEMPTS, RETRY_BASE_DELAY_SECONDS, WORK_QUEUES, onboarding,
-    put_jobs, set_polling, wait_for,
+    DEAD_LETTER_QUEUE, INGESTER_QUEUE, JOBS_TODO, MAX_ATTEMPTS, RETRY_BASE_DELAY_SECONDS, WORK_QUEUES, expected_end,
+    onboarding, put_jobs, set_polling, wait_for,
 )
 
 SLACK = 4  # seconds of polling and processing around a retry's delay
@@ -164,15 +164,6 @@ def test_jobs_sent_while_the_processor_is_down_all_complete(pipeline, tmp_path):
     per_job = Counter(n["job_id"] for n in notes)
     assert set(per_job) == ids and max(per_job.values()) == 1
     assert all(n["status"] == "COMPLETED" for n in notes)
-
-
-def expected_end(sent: dict) -> tuple[str, str | None, int]:
-    """(status, last error code, number of errors) the manifest line promises."""
-    if sent["expected_rejection"]:
-        return "REJECTED", sent["expected_rejection"], 1
-    if isinstance(sent["detail"], dict) and "fault" in sent["detail"]:
-        return "COMPLETED", None, MAX_ATTEMPTS - 1  # fails twice, then completes
-    return "COMPLETED", None, 0
 
 
 def test_every_job_has_exactly_one_end_state_under_mixed_load(pipeline, tmp_path):
