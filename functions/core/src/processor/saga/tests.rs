@@ -498,3 +498,41 @@ async fn a_saga_fits_in_the_budget_a_short_function_timeout_leaves() {
     assert_eq!(r.batch_item_failures.len(), 1, "stays in SQS");
     assert!(ends(&p).is_empty() && effect(&p.store, "s-tight", 1, 0).is_none());
 }
+
+#[tokio::test]
+async fn a_step_whose_key_was_compensated_first_never_takes_effect_and_the_saga_fails_once() {
+    // A compensation's tombstone already stands on step 1's key (a compensation that
+    // overtook the request it undoes): the request is refused, not retried, and the
+    // saga undoes step 0 and ends FAILED once, saying why.
+    let p = processor(MemoryStore::default());
+    let job = "s-refused";
+    let step_1 = crate::store::saga::Effect {
+        job_id: job,
+        run: 1,
+        step: 1,
+        action: "create_workspace",
+        attempt: 1,
+    };
+    p.store
+        .compensate(&step_1, "close_workspace", at(0))
+        .await
+        .expect("tombstone");
+    let stayed = through(&p, "m-1", &body(job, 1, &saga(None)), 1).await;
+    assert_eq!(stayed, 0);
+    assert_eq!(ends(&p), [(job.to_owned(), JobStatus::Failed)]);
+    let letters = p.dead_letters.dead_letters();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(
+        history(&letters[0]),
+        [
+            ("compensated".to_owned(), step(1), 1),
+            ("compensated".to_owned(), step(0), 1)
+        ],
+        "the refusal, then step 0 undone; no retry"
+    );
+    assert_eq!(
+        effects(&p.store, job, 1),
+        [(true, true, 1), (false, true, 0), (false, false, 0)],
+        "step 0 applied and undone once; step 1 never applied; step 2 never asked"
+    );
+}
