@@ -97,9 +97,14 @@ def dead_letters_of(stack: stk.Stack, job_ids: set[str]) -> list[dict]:
     sqs = stack.client("sqs")
     url = stack.resources["queues"][DEAD_LETTER_QUEUE]
     seen: dict[str, dict] = {}
-    for _ in range(5):
+    # Received messages stay hidden, so each receive brings new ones until none is left
+    # (bounded: 200 receives is 2,000 messages).
+    for _ in range(200):
         out = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1, VisibilityTimeout=30)
-        for m in out.get("Messages", []):
+        fresh = [m for m in out.get("Messages", []) if m["MessageId"] not in seen]
+        if not fresh:
+            break
+        for m in fresh:
             seen[m["MessageId"]] = m
     for m in seen.values():
         sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"], VisibilityTimeout=0)

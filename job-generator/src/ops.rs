@@ -304,5 +304,22 @@ mod tests {
             ]),
             ["dead-letter-queue.fifo"]
         );
+        // Global: the option may come before the action or after it, and repeats.
+        assert_eq!(
+            dead_letter_queues(&["dlq", "--dead-letter-queue", "a", "redrive", "--all"]),
+            ["a"]
+        );
+        assert_eq!(
+            dead_letter_queues(&[
+                "dlq",
+                "redrive",
+                "--all",
+                "--dead-letter-queue",
+                "a",
+                "--dead-letter-queue",
+                "b"
+            ]),
+            ["a", "b"]
+        );
     }
 }
