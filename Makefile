@@ -15,7 +15,7 @@ BENCH_REQUESTS ?= 300
 # Test modules run side by side: each starts its own MiniStack and mostly waits.
 TEST_WORKERS ?= 3
 
-.PHONY: help venv checkov tools build up demo down status trace test test-rust test-stack lint bench compose-smoke
+.PHONY: help venv checkov tools build up demo down status trace test test-rust test-stack test-sim lint bench compose-smoke sim
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -63,6 +63,13 @@ trace: venv ## Print job JOB's trace as a waterfall (spans from the local OTLP r
 
 compose-smoke: venv ## With Docker: bring the compose stack up, send jobs, check each ended once and has its trace in Jaeger
 	$(PY) stack/compose_smoke.py $(SMOKE_ARGS)
+
+# The simulator: `make sim SECONDS=N` runs fresh seeds for N seconds, `make sim SEED=N`
+# replays one schedule (its whole trace with TRACE=1).
+SIM_ARGS = $(if $(SEED),--seed $(SEED),--seconds $(or $(SECONDS),60)) $(if $(TRACE),--trace)
+sim: ## Deterministic simulation under faults and operators: SECONDS=N of fresh seeds, or SEED=N to replay one
+	$(CARGO) build --locked -p sim
+	./target/debug/sim $(SIM_ARGS)
 
 lint: ## rustfmt and clippy, warnings as errors
 	$(CARGO) fmt --all -- --check

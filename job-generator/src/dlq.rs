@@ -331,7 +331,7 @@ where
     S: OperatorStore + ?Sized,
 {
     let mut report = Report::default();
-    let now = chrono::Utc::now();
+    let now = jobs_core::clock::now();
     let started = Some(now.timestamp_millis());
     sweep(
         mailbox,
@@ -529,6 +529,7 @@ async fn settle<M: Mailbox + Sync>(
 }
 
 /// The mailbox on SQS: the DLQ and the two queues redrives go to, by URL.
+#[derive(Debug)]
 pub struct SqsMailbox {
     pub client: aws_sdk_sqs::Client,
     /// The dead-letter queue's name, as reports say it.

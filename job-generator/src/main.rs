@@ -1,8 +1,7 @@
 //! `job-generator`: puts realistic job traffic, some of it malformed, on EventBridge
 //! (source `jobs`, detail type `JobEvent`), or sends the jobs of a file.
 
-mod catalog;
-mod dlq;
+use job_generator::catalog;
 mod ops;
 mod replay;
 mod route;

@@ -1,8 +1,8 @@
 //! The operator subcommands: `job-generator dlq list|redrive`, `job-generator replay` and
 //! `job-generator job <id>`.
 
-use crate::dlq::{self, Selection, SqsMailbox};
 use clap::{Args, Subcommand};
+use job_generator::dlq::{self, Selection, SqsMailbox};
 use jobs_core::store::dynamo::DynamoStore;
 use jobs_core::store::JobStore;
 use std::collections::HashSet;

@@ -682,7 +682,7 @@ mod tests {
             },
             telemetry: Instruments::default(),
         };
-        let now = Utc::now();
+        let now = crate::clock::now();
         let response = processor
             .handle(event, now + chrono::TimeDelta::seconds(60), now)
             .await;

@@ -219,7 +219,7 @@ impl EndCount {
 
     fn record(&self, telemetry: &Instruments) {
         let (job_type, at) = (self.job_type.as_deref(), self.event_time.as_deref());
-        telemetry.record_end_state(job_type, self.status, at, chrono::Utc::now());
+        telemetry.record_end_state(job_type, self.status, at, crate::clock::now());
     }
 }
 

@@ -84,11 +84,31 @@ impl StepFault {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Crashed;
 
+/// What a simulated process unwinds with when a job asks to crash
+/// ([`simulate_crashes`]): the simulator drops the invocation, as Lambda loses a
+/// sandbox whose process died.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SimulatedCrash;
+
+thread_local! {
+    static SIMULATED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// On this thread, from now on, [`crash`] unwinds with [`SimulatedCrash`] instead of
+/// ending the process: a simulation runs many sandboxes in one process.
+pub fn simulate_crashes(on: bool) {
+    SIMULATED.with(|s| s.set(on));
+}
+
 /// Ends the process at once (no unwinding, no flush, no answer to Lambda), as a worker
-/// killed mid-job; in unit tests, [`Crashed`].
+/// killed mid-job; in unit tests, [`Crashed`]; in a simulation, an unwind the
+/// simulator catches ([`simulate_crashes`]).
 pub fn crash() -> Crashed {
     if cfg!(test) {
         return Crashed;
+    }
+    if SIMULATED.with(std::cell::Cell::get) {
+        std::panic::panic_any(SimulatedCrash);
     }
     std::process::abort()
 }

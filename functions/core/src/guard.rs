@@ -481,7 +481,7 @@ mod tests {
             errors: vec![],
             result: None,
             replay: None,
-            timestamp: chrono::Utc::now(),
+            timestamp: crate::clock::now(),
         };
         let started = Instant::now();
         let err = guarded.publish(&n).await.expect_err("must fail");

@@ -10,6 +10,7 @@ pub type Timestamp = chrono::DateTime<chrono::Utc>;
 
 pub mod aws;
 pub mod batching;
+pub mod clock;
 pub mod config;
 pub mod ending;
 pub mod execute;

@@ -202,6 +202,28 @@ pub struct Faults {
     lost: AtomicUsize,
     delay_ms: AtomicU64,
     only: std::sync::Mutex<Option<&'static str>>,
+    chaos: std::sync::Mutex<Option<std::sync::Arc<dyn Chaos>>>,
+}
+
+/// Decides the fault of every call as it is made, for a simulation that draws them
+/// from a seeded generator (see the `sim` crate): asked once when a call starts and
+/// once when a call that took effect answers.
+pub trait Chaos: Send + Sync + std::fmt::Debug {
+    /// What happens to a call of `operation` before it can take effect.
+    fn before(&self, operation: &'static str) -> Before;
+    /// Whether the answer of a call of `operation` that took effect is lost.
+    fn lose_answer(&self, operation: &'static str) -> bool;
+}
+
+/// What [`Chaos::before`] does to a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Before {
+    /// The call goes through.
+    Pass,
+    /// The call waits this long first (past the caller's timeout, it never lands).
+    Slow(Duration),
+    /// The call is refused whole, with this message (throttled, out, failing).
+    Refuse(String),
 }
 
 impl Faults {
@@ -237,8 +259,24 @@ impl Faults {
         self.delay_ms.store(ms, Ordering::SeqCst);
     }
 
+    /// From now on, `chaos` decides a fault for every call, on top of the others.
+    pub fn set_chaos(&self, chaos: std::sync::Arc<dyn Chaos>) {
+        *self.chaos.lock().unwrap_or_else(|e| e.into_inner()) = Some(chaos);
+    }
+
+    fn chaos(&self) -> Option<std::sync::Arc<dyn Chaos>> {
+        self.chaos.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// Every call starts here: it waits out the delay, then fails if refused whole.
     pub async fn enter(&self, operation: &'static str) -> Result<(), PortError> {
+        if let Some(chaos) = self.chaos() {
+            match chaos.before(operation) {
+                Before::Pass => {}
+                Before::Slow(by) => tokio::time::sleep(by).await,
+                Before::Refuse(message) => return Err(PortError::Refused { operation, message }),
+            }
+        }
         if !self.strikes(operation) {
             return Ok(());
         }
@@ -257,7 +295,8 @@ impl Faults {
 
     /// A call that took effect ends here: it fails if its answer is to be lost.
     pub fn leave(&self, operation: &'static str) -> Result<(), PortError> {
-        if self.strikes(operation) && take_one(&self.lost) {
+        let chaos_loses = self.chaos().is_some_and(|c| c.lose_answer(operation));
+        if chaos_loses || (self.strikes(operation) && take_one(&self.lost)) {
             return Err(PortError::Unreachable {
                 operation,
                 message: "the call took effect but its answer was lost (test)".into(),

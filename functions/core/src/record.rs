@@ -284,7 +284,7 @@ mod tests {
     use serde_json::json;
 
     fn letter(job: Value, job_type: Option<String>) -> DeadLetter {
-        let now = chrono::Utc::now();
+        let now = crate::clock::now();
         let error = ErrorEntry::new(Stage::Ingester, "too_large".into(), "too large", 1, now);
         DeadLetter::new("job-1".into(), job_type, JobStatus::Rejected, error, job)
     }

@@ -300,7 +300,7 @@ fn open_ending(
     }
     meta.log
         .in_scope(|| info!(job_id = %dl.job_id, code = dl.last_error_code(), "job rejected"));
-    let notification = Notification::for_dead_letter(&dl, Utc::now());
+    let notification = Notification::for_dead_letter(&dl, crate::clock::now());
     Ending::new(meta, notification, Some(dl), tracking)
 }
 

@@ -104,7 +104,7 @@ impl<Q: MessageQueue, T: Topic, S: JobStore + Sagas> Processor<Q, T, S> {
             Subject::Job(job) => self.run(job, meta, clock, now, consumer).await,
             Subject::Unreadable(dl, attempt) => Outcome::End(Box::new(Ending::new(
                 meta.clone(),
-                Notification::for_dead_letter(dl, Utc::now()),
+                Notification::for_dead_letter(dl, crate::clock::now()),
                 Some(dl.clone()),
                 Tracking::Finish { attempt: *attempt },
             ))),

@@ -132,7 +132,7 @@ fn revalidate(kinds: &Registry, job: &EnrichedJob) -> Result<Spec, Box<DeadLette
 pub(super) fn completed(meta: &RecordMeta, job: &EnrichedJob, result: Value) -> Outcome {
     Outcome::End(Box::new(Ending::new(
         meta.clone(),
-        Notification::completed(job, result, Utc::now()),
+        Notification::completed(job, result, crate::clock::now()),
         None,
         Tracking::Finish {
             attempt: job.attempt,
@@ -144,7 +144,7 @@ pub(super) fn completed(meta: &RecordMeta, job: &EnrichedJob, result: Value) -> 
 pub(super) fn give_up(meta: &RecordMeta, job: &EnrichedJob, dl: DeadLetter) -> Outcome {
     Outcome::End(Box::new(Ending::new(
         meta.clone(),
-        Notification::for_dead_letter(&dl, Utc::now()),
+        Notification::for_dead_letter(&dl, crate::clock::now()),
         Some(dl),
         Tracking::Finish {
             attempt: job.attempt,
@@ -179,13 +179,20 @@ fn this_attempt(
     message: String,
     field: Option<String>,
 ) -> ErrorEntry {
-    ErrorEntry::new(Stage::Processor, code, message, job.attempt, Utc::now()).on_field(field)
+    ErrorEntry::new(
+        Stage::Processor,
+        code,
+        message,
+        job.attempt,
+        crate::clock::now(),
+    )
+    .on_field(field)
 }
 
 pub(super) fn end_untracked(meta: &RecordMeta, dl: DeadLetter) -> Outcome {
     Outcome::End(Box::new(Ending::new(
         meta.clone(),
-        Notification::for_dead_letter(&dl, Utc::now()),
+        Notification::for_dead_letter(&dl, crate::clock::now()),
         Some(dl),
         Tracking::Untracked,
     )))
@@ -215,7 +222,7 @@ pub(super) fn unreadable(body: &str, meta: &RecordMeta, reason: &str) -> (DeadLe
         ErrorCode::InvalidMessage,
         reason,
         meta.receive_count,
-        Utc::now(),
+        crate::clock::now(),
     );
     let dl = DeadLetter::new(
         field("job_id").unwrap_or_else(|| meta.message_id.clone()),

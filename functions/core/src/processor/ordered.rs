@@ -181,7 +181,7 @@ impl<Q: MessageQueue, T: Topic, S: JobStore + Sagas> Processor<Q, T, S> {
                 &next.job_id,
                 attempt,
                 meta,
-                chrono::Utc::now(),
+                crate::clock::now(),
             )
             .await;
             return;

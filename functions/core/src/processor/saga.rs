@@ -31,7 +31,6 @@ use crate::retry::Decision;
 use crate::store::saga::{Applied, Effect, Phase, SagaLog, Sagas, Undo};
 use crate::store::JobStore;
 use crate::telemetry::instruments_prelude::*;
-use chrono::Utc;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 use tracing::{info, warn};
@@ -242,7 +241,11 @@ impl<Q: MessageQueue, T: Topic, S: JobStore + Sagas> Processor<Q, T, S> {
                 true,
             ));
         }
-        match self.store.apply(&run.effect(step), Utc::now()).await? {
+        match self
+            .store
+            .apply(&run.effect(step), crate::clock::now())
+            .await?
+        {
             Applied::Now | Applied::Already => {}
             // Only a compensation leaves a tombstone, and a compensating log never
             // comes back here; a step refused is never run again.
@@ -284,7 +287,9 @@ impl<Q: MessageQueue, T: Topic, S: JobStore + Sagas> Processor<Q, T, S> {
                 span,
             );
             let effect = run.effect(step);
-            let call = self.store.compensate(&effect, compensation, Utc::now());
+            let call = self
+                .store
+                .compensate(&effect, compensation, crate::clock::now());
             let undo = match undo_span.around(call).await {
                 Ok(undo) => undo,
                 Err(e) => {
@@ -313,7 +318,7 @@ impl<Q: MessageQueue, T: Topic, S: JobStore + Sagas> Processor<Q, T, S> {
         run.log.attempt = run.log.attempt.max(run.job.attempt);
         if self
             .store
-            .save_saga_log(job_id, &run.log, run.version, Utc::now())
+            .save_saga_log(job_id, &run.log, run.version, crate::clock::now())
             .await?
         {
             run.version += 1;
@@ -345,7 +350,7 @@ impl<Q: MessageQueue, T: Topic, S: JobStore + Sagas> Processor<Q, T, S> {
 
     /// Releases this delivery's claim on the job (only if it still holds it).
     async fn give_back(&self, job: &EnrichedJob, meta: &RecordMeta) {
-        let now = Utc::now();
+        let now = crate::clock::now();
         give_back(
             &self.store,
             Stage::Processor,
@@ -417,8 +422,14 @@ fn step_failure(
     retryable: bool,
 ) -> Stop {
     let message = format!("step {step} ({}) failed: {why}", action.name());
-    let entry = ErrorEntry::new(Stage::Processor, code, message, job.attempt, Utc::now())
-        .on_field(Some(format!("message.steps[{step}]")));
+    let entry = ErrorEntry::new(
+        Stage::Processor,
+        code,
+        message,
+        job.attempt,
+        crate::clock::now(),
+    )
+    .on_field(Some(format!("message.steps[{step}]")));
     Stop::Step { entry, retryable }
 }
 
@@ -432,7 +443,7 @@ fn compensated(run: &Run<'_>) -> DeadLetter {
             ErrorCode::Compensated,
             "the saga was compensated",
             job.attempt,
-            Utc::now(),
+            crate::clock::now(),
         )
     });
     let mut dl = DeadLetter::failed(job.clone(), failure);
@@ -448,7 +459,7 @@ fn compensated(run: &Run<'_>) -> DeadLetter {
             ErrorCode::Compensated,
             message,
             job.attempt,
-            Utc::now(),
+            crate::clock::now(),
         );
         dl.errors
             .push(entry.on_field(Some(format!("message.steps[{step}]"))));

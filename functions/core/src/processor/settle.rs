@@ -9,7 +9,6 @@ use crate::record::{enriched_message, RecordMeta};
 use crate::store::{Finish, JobStore, Progress, Sagas};
 use crate::telemetry::instruments_prelude::*;
 use aws_lambda_events::sqs::SqsMessage;
-use chrono::Utc;
 use std::time::Duration;
 use tracing::{info, warn};
 
@@ -100,7 +99,11 @@ impl<Q: MessageQueue, T: Topic, S: JobStore + Sagas> Processor<Q, T, S> {
             store: &self.store,
             telemetry: &self.telemetry,
         };
-        if !ports.end(vec![ending], Utc::now()).await.is_empty() {
+        if !ports
+            .end(vec![ending], crate::clock::now())
+            .await
+            .is_empty()
+        {
             consumer.set_attribute("job.end_state_pending", true);
             return false;
         }
@@ -129,7 +132,7 @@ impl<Q: MessageQueue, T: Topic, S: JobStore + Sagas> Processor<Q, T, S> {
                 &next.job_id,
                 attempt,
                 meta,
-                Utc::now(),
+                crate::clock::now(),
             )
             .await;
             return false;
@@ -159,7 +162,7 @@ impl<Q: MessageQueue, T: Topic, S: JobStore + Sagas> Processor<Q, T, S> {
             attempt: next.attempt - 1,
             progress: Progress::Retrying,
             detail,
-            now: Utc::now(),
+            now: crate::clock::now(),
         };
         let recorded = self.store.finish(&hand_over).await;
         if let Err(e) = &recorded {

@@ -24,6 +24,9 @@ pub struct MemoryStore {
     pub replays: Mutex<ReplayBook>,
     /// Sagas' logs and effects ([`saga`]).
     pub sagas: Mutex<SagaBook>,
+    /// Every reopen that took effect ([`Reopened::Now`]), as (job id, stage), for a
+    /// checker that counts a job's lives: each one owes the job one more end.
+    pub reopened: Mutex<Vec<(String, Stage)>>,
 }
 
 /// The saga items of the table: logs by job, effects by idempotency key.
@@ -445,6 +448,10 @@ impl OperatorStore for MemoryStore {
             let key = key_of(reopen.job_id, reopen.stage);
             let decided = decide_reopen(records.get(&key), reopen);
             if decided == Reopened::Now {
+                self.reopened
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((reopen.job_id.to_owned(), reopen.stage));
                 if let Some(r) = records.get_mut(&key) {
                     r.progress = Progress::Retrying;
                     r.attempt = reopen.below;

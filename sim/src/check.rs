@@ -1,0 +1,301 @@
+//! The checker of the invariant, run once a schedule has quiesced: every accepted
+//! event ends exactly once per life (its first, and one more for each reopen an
+//! operator or a replay's rerun made), under the id its producer knows, with a status
+//! its oracle allows, and with exactly one dead letter for each `FAILED` or `REJECTED`
+//! end; nothing is left unannounced, or non-terminal without a message in a
+//! dead-letter queue that `dlq list` shows; every saga effect took effect once and
+//! was undone in reverse.
+
+use crate::producer::Sent;
+use crate::sqs::Sqs;
+use crate::world::World;
+use crate::Outcome;
+use jobs_core::messages::{DeadLetter, JobStatus, Notification};
+use jobs_core::redrive::Stranded;
+use jobs_core::store::{MemoryStore, Progress};
+use jobs_core::testing::MemoryTopic;
+use jobs_core::Timestamp;
+use std::collections::{BTreeMap, HashMap};
+
+/// What a quiesced schedule left for the checker.
+#[derive(Debug)]
+pub struct Seen<'a> {
+    pub world: &'a World,
+    pub sqs: &'a Sqs,
+    pub topic: &'a MemoryTopic,
+    pub store: &'a MemoryStore,
+    pub sent: &'a [Sent],
+    pub strict_from: Option<Timestamp>,
+}
+
+/// What tells one end from another: two notifications with the same key announce
+/// the same end twice.
+type EndKey = (&'static str, u32, String, Option<String>);
+
+fn end_key(status: JobStatus, attempts: u32, code: &str, replay: Option<&str>) -> EndKey {
+    (
+        status.as_str(),
+        attempts,
+        code.to_owned(),
+        replay.map(str::to_owned),
+    )
+}
+
+fn note_key(n: &Notification) -> EndKey {
+    let code = n.errors.last().map_or("", |e| e.code.as_str());
+    end_key(
+        n.status,
+        n.attempts,
+        code,
+        n.replay.as_ref().map(|r| r.name.as_str()),
+    )
+}
+
+fn letter_key(dl: &DeadLetter) -> EndKey {
+    let code = dl.errors.last().map_or("", |e| e.code.as_str());
+    end_key(
+        dl.status,
+        dl.attempts,
+        code,
+        dl.replay.as_ref().map(|r| r.name.as_str()),
+    )
+}
+
+fn describe(n: &Notification) -> String {
+    let codes: Vec<&str> = n.errors.iter().map(|e| e.code.as_str()).collect();
+    format!(
+        "{} by {} at attempt {} [{}]{}",
+        n.status.as_str(),
+        n.stage.as_str(),
+        n.attempts,
+        codes.join(","),
+        n.replay
+            .as_ref()
+            .map(|r| format!(" replay {}{}", r.name, if r.rerun { " rerun" } else { "" }))
+            .unwrap_or_default()
+    )
+}
+
+/// Checks a quiesced schedule.
+pub fn check(seen: &Seen<'_>) -> Outcome {
+    let mut violations = Vec::new();
+    let notes = seen.topic.notifications();
+    let letters: Vec<DeadLetter> = seen
+        .sqs
+        .accepted("dead-letter-queue")
+        .iter()
+        .filter_map(|m| serde_json::from_str(&m.body).ok())
+        .collect();
+    // Which producer's job an id names: its own id, or one of its events' ids.
+    let mut owner: HashMap<&str, usize> = HashMap::new();
+    for (i, s) in seen.sent.iter().enumerate() {
+        owner.insert(&s.job_id, i);
+        for e in &s.event_ids {
+            owner.entry(e).or_insert(i);
+        }
+    }
+    let mut by_job: BTreeMap<usize, Vec<&Notification>> = BTreeMap::new();
+    for n in &notes {
+        match owner.get(n.job_id.as_str()) {
+            Some(&i) => by_job.entry(i).or_default().push(n),
+            None => violations.push(format!(
+                "a notification under the id {:?}, which no producer knows: {}",
+                n.job_id,
+                describe(n)
+            )),
+        }
+    }
+    let reopened = seen
+        .store
+        .reopened
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let marks: Vec<String> = seen
+        .store
+        .replays
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .marks
+        .keys()
+        .map(|(_, job)| job.clone())
+        .collect();
+    let waiting = waiting_in_dlq(seen.sqs);
+    let mut lives = 0;
+    for (i, sent) in seen.sent.iter().enumerate() {
+        let id = sent.job_id.as_str();
+        let ends = by_job.get(&i).cloned().unwrap_or_default();
+        let reopens = reopened.iter().filter(|(j, _)| j == id).count()
+            + marks.iter().filter(|j| *j == id).count();
+        lives += reopens + 1;
+        let pending = waiting.contains_key(id);
+        let said: Vec<String> = ends.iter().map(|n| describe(n)).collect();
+        if ends.len() == reopens + 1 || (ends.len() == reopens && pending) {
+            if let Some(last) = ends.last() {
+                if !allowed(seen, sent, last) {
+                    violations.push(format!(
+                        "job {id} ended {}, its oracle says {:?}: {}",
+                        last.status.as_str(),
+                        sent.expect,
+                        said.join("; ")
+                    ));
+                }
+            }
+        } else {
+            violations.push(format!(
+                "job {id}: {} end(s) for {} li(fe|ves){}: [{}]",
+                ends.len(),
+                reopens + 1,
+                if pending { " (one waits in a DLQ)" } else { "" },
+                said.join("; ")
+            ));
+        }
+        check_letters(id, &ends, &letters, &mut violations);
+    }
+    check_records(seen.store, &waiting, &mut violations);
+    check_sagas(seen.store, &mut violations);
+    Outcome {
+        seed: 0,
+        lives,
+        violations,
+        trace: seen.world.trace(),
+    }
+}
+
+/// Whether the status a job ended with is one its oracle allows.
+fn allowed(seen: &Seen<'_>, sent: &Sent, last: &Notification) -> bool {
+    if sent.expect.contains(&last.status) {
+        return true;
+    }
+    let code = last.errors.last().map_or("", |e| e.code.as_str());
+    match last.status {
+        JobStatus::Rejected => sent.strict_rejects && seen.strict_from.is_some(),
+        // A dependency out past the retry schedule fails a valid job's forward; a long
+        // job claimed late has no budget left.
+        JobStatus::Failed => {
+            code == "forward_failed"
+                || (code == "deadline_exceeded" && sent.detail["job_type"] == "long_running_job")
+        }
+        _ => false,
+    }
+}
+
+/// Exactly one dead letter for each `FAILED` or `REJECTED` end, none for another.
+fn check_letters(id: &str, ends: &[&Notification], letters: &[DeadLetter], out: &mut Vec<String>) {
+    let mine: Vec<&DeadLetter> = letters.iter().filter(|dl| dl.job_id == id).collect();
+    let mut owed: BTreeMap<_, usize> = BTreeMap::new();
+    for n in ends {
+        if matches!(n.status, JobStatus::Failed | JobStatus::Rejected) {
+            *owed.entry(note_key(n)).or_default() += 1;
+        }
+    }
+    let mut have: BTreeMap<_, usize> = BTreeMap::new();
+    for dl in &mine {
+        *have.entry(letter_key(dl)).or_default() += 1;
+    }
+    for (key, n) in &have {
+        let want = owed.get(key).copied().unwrap_or(0);
+        if want == 0 {
+            out.push(format!(
+                "job {id}: a dead letter {key:?} of an end never announced"
+            ));
+        } else if *n != 1 {
+            out.push(format!("job {id}: {n} dead letters of one end {key:?}"));
+        }
+    }
+    for key in owed.keys() {
+        if !have.contains_key(key) {
+            out.push(format!("job {id}: no dead letter for its end {key:?}"));
+        }
+    }
+}
+
+/// The jobs that have a message in a dead-letter queue now, as `dlq list` shows them.
+fn waiting_in_dlq(sqs: &Sqs) -> BTreeMap<String, usize> {
+    let mut waiting = BTreeMap::new();
+    for q in ["dead-letter-queue", "dead-letter-queue.fifo"] {
+        for m in sqs.messages(q) {
+            let id = serde_json::from_str::<DeadLetter>(&m.body)
+                .map(|dl| dl.job_id)
+                .ok()
+                .or_else(|| Stranded::of(&m.body).and_then(|s| s.job_id().map(str::to_owned)));
+            if let Some(id) = id {
+                *waiting.entry(id).or_insert(0) += 1;
+            }
+        }
+    }
+    waiting
+}
+
+/// No end left unannounced, no record left in flight unless `dlq list` shows its job.
+fn check_records(store: &MemoryStore, waiting: &BTreeMap<String, usize>, out: &mut Vec<String>) {
+    let records = store.records.lock().unwrap_or_else(|e| e.into_inner());
+    let mut keys: Vec<_> = records.keys().cloned().collect();
+    keys.sort();
+    for key in keys {
+        let r = &records[&key];
+        match r.progress {
+            Progress::Done(Some(_)) if !r.announced => out.push(format!(
+                "job {}: its {} end {} was never announced",
+                r.job_id,
+                r.stage.as_str(),
+                r.progress.as_str()
+            )),
+            Progress::InProgress | Progress::Retrying if !waiting.contains_key(&r.job_id) => {
+                out.push(format!(
+                    "job {}: left {} at the {} at attempt {}, and no DLQ message shows it",
+                    r.job_id,
+                    r.progress.as_str(),
+                    r.stage.as_str(),
+                    r.attempt
+                ));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A saga step's index, and when it took effect and was undone (ns), if it was.
+type StepTimes = (u32, Option<i64>, Option<i64>);
+
+/// Each saga effect took effect at most once per key (a key is a job, run and step);
+/// where a run was compensated, every step that took effect was undone, in reverse.
+fn check_sagas(store: &MemoryStore, out: &mut Vec<String>) {
+    let sagas = store.sagas.lock().unwrap_or_else(|e| e.into_inner());
+    let mut runs: BTreeMap<(String, String), Vec<StepTimes>> = BTreeMap::new();
+    for (key, effect) in &sagas.effects {
+        // effect#<job>#<run>#<step>
+        let parts: Vec<&str> = key.rsplitn(3, '#').collect();
+        let (Some(step), Some(run), Some(job)) = (parts.first(), parts.get(1), parts.get(2)) else {
+            continue;
+        };
+        let step: u32 = step.parse().unwrap_or(0);
+        runs.entry(((*job).to_owned(), (*run).to_owned()))
+            .or_default()
+            .push((step, effect.applied_ns, effect.compensated_ns));
+        if effect.compensated_ns.is_some() && effect.undo_calls == 0 {
+            out.push(format!("saga {key}: compensated without a request"));
+        }
+    }
+    for ((job, run), mut steps) in runs {
+        steps.sort_unstable();
+        let compensated = steps.iter().any(|s| s.2.is_some());
+        if !compensated {
+            continue;
+        }
+        for s in &steps {
+            if s.1.is_some() && s.2.is_none() {
+                out.push(format!(
+                    "saga {job} run {run}: step {} took effect and was never undone",
+                    s.0
+                ));
+            }
+        }
+        let undone: Vec<(u32, i64)> = steps.iter().filter_map(|s| s.2.map(|t| (s.0, t))).collect();
+        if undone.windows(2).any(|w| w[0].1 < w[1].1) {
+            out.push(format!(
+                "saga {job} run {run}: compensations not in reverse order: {undone:?}"
+            ));
+        }
+    }
+}
