@@ -64,6 +64,10 @@ pub struct Outcome {
     pub seed: u64,
     /// Job lives checked: each accepted job once, plus each reopen an operator made.
     pub lives: usize,
+    /// Notifications that repeat an end under its `notification_id`, same content.
+    pub copies: usize,
+    /// Dead letters stored again after a lost answer (window 6).
+    pub letter_copies: usize,
     pub violations: Vec<String>,
     pub trace: Vec<String>,
 }

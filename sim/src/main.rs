@@ -100,6 +100,8 @@ fn corpus(text: &str) -> Vec<u64> {
 struct Totals {
     schedules: usize,
     lives: usize,
+    copies: usize,
+    letter_copies: usize,
     violations: usize,
 }
 
@@ -108,6 +110,8 @@ impl Totals {
     fn record(&mut self, outcome: Outcome, whole_trace: bool) -> bool {
         self.schedules += 1;
         self.lives += outcome.lives;
+        self.copies += outcome.copies;
+        self.letter_copies += outcome.letter_copies;
         self.violations += outcome.violations.len();
         if outcome.violations.is_empty() {
             return false;
@@ -142,6 +146,10 @@ impl Totals {
     }
 
     fn finish(&self) -> std::process::ExitCode {
+        println!(
+            "copies (same end, same notification_id): {} notifications, {} dead letters",
+            self.copies, self.letter_copies
+        );
         println!(
             "{} schedules, {} job lives, {} violations",
             self.schedules, self.lives, self.violations

@@ -392,7 +392,25 @@ impl MessageQueue for QueuePort {
             .collect();
         match self.lost(OP) {
             None => results,
-            Some(e) => results.into_iter().map(|_| Err(e.clone())).collect(),
+            Some(e) => {
+                if self.queue == "dead-letter-queue" {
+                    let mut lost = self
+                        .sqs
+                        .world
+                        .lost_letters
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner());
+                    for (m, r) in messages.iter().zip(&results) {
+                        let job = serde_json::from_str::<Value>(&m.body).ok();
+                        if let (Ok(()), Some(id)) =
+                            (r, job.as_ref().and_then(|j| j["job_id"].as_str()))
+                        {
+                            lost.push(id.to_owned());
+                        }
+                    }
+                }
+                results.into_iter().map(|_| Err(e.clone())).collect()
+            }
         }
     }
 

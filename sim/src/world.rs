@@ -53,6 +53,8 @@ pub struct World {
     stopped: AtomicBool,
     /// Every call whose answer was lost: (service, operation, what it carried).
     pub lost: Mutex<Vec<(String, &'static str)>>,
+    /// The job ids of dead letters stored by a call whose answer was lost.
+    pub lost_letters: Mutex<Vec<String>>,
 }
 
 /// Services a schedule may take out.
@@ -101,6 +103,7 @@ impl World {
             calm: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
             lost: Mutex::new(Vec::new()),
+            lost_letters: Mutex::new(Vec::new()),
         })
     }
 

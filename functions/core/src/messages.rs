@@ -462,6 +462,48 @@ pub struct Notification {
 }
 
 impl Notification {
+    /// The id of the end this notification announces, the same in every copy: every
+    /// re-publish of one end (after a lost `Publish` answer, or a lost announced mark)
+    /// carries it, and another end of the job (a rerun, a redriven attempt) has another.
+    /// It is a SHA-256, as 32 hex digits, of what tells one end from another: the job,
+    /// the stage, the status, the attempt, the replay, and the last error with the time
+    /// it was raised (a rejection redriven and rejected again has a new one). Consumers
+    /// drop copies by it (the SNS message attribute `notification_id`).
+    pub fn notification_id(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let last = self.errors.last();
+        let replay = self.replay.as_ref();
+        let parts = [
+            self.job_id.as_str(),
+            self.stage.as_str(),
+            self.status.as_str(),
+            &self.attempts.to_string(),
+            replay.map_or("", |r| r.name.as_str()),
+            if replay.is_some_and(|r| r.rerun) {
+                "rerun"
+            } else {
+                ""
+            },
+            last.map_or("", |e| e.code.as_str()),
+            &last.map(|e| e.attempt.to_string()).unwrap_or_default(),
+            &last
+                .map(|e| rfc3339::format(&e.timestamp))
+                .unwrap_or_default(),
+        ];
+        let mut hash = Sha256::new();
+        for part in parts {
+            // Lengths first, so no two lists of parts hash alike.
+            hash.update((part.len() as u64).to_le_bytes());
+            hash.update(part.as_bytes());
+        }
+        hash.finalize()[..16]
+            .iter()
+            .fold(String::with_capacity(32), |mut hex, b| {
+                let _ = write!(hex, "{b:02x}");
+                hex
+            })
+    }
+
     /// The `COMPLETED` announcement of `job` with its `result`. Only the processor
     /// completes a job, so the stage is the processor's.
     pub fn completed(job: &EnrichedJob, result: Value, timestamp: DateTime<Utc>) -> Notification {
@@ -610,9 +652,151 @@ impl EventEnvelope {
     }
 }
 
+/// The ids an event's text names, read without building the event: the event's own
+/// `id` and its detail's `id`, each only when it is a string.
+///
+/// EventBridge accepted the event, so its text is JSON; but a parser may still refuse
+/// it (serde_json stops at 128 levels of nesting), and the event must then end under
+/// the id its producer knows, not under an SQS message id. This walks the top level and
+/// the detail's top level only, skipping every other value with a counter instead of
+/// recursion, so no depth stops it.
+pub fn shallow_ids(body: &str) -> (Option<String>, Option<String>) {
+    let mut event_id = None;
+    let mut detail_id = None;
+    let b = body.as_bytes();
+    let Some(open) = skip_ws(b, 0).filter(|&i| b[i] == b'{') else {
+        return (None, None);
+    };
+    members(body, open, &mut |key, start, end| match key.as_str() {
+        "id" => event_id = json_string(body, start, end),
+        "detail" if b[start] == b'{' => members(body, start, &mut |key, start, end| {
+            if key == "id" {
+                detail_id = json_string(body, start, end);
+            }
+        }),
+        _ => {}
+    });
+    (event_id, detail_id)
+}
+
+/// Calls `each(key, start, end)` for every member of the object opening at `open`,
+/// with the byte range of its value; stops quietly at anything that is not JSON.
+fn members(body: &str, open: usize, each: &mut dyn FnMut(String, usize, usize)) {
+    let b = body.as_bytes();
+    let mut i = open + 1;
+    loop {
+        let Some(k) = skip_ws(b, i).filter(|&k| b[k] == b'"') else {
+            return;
+        };
+        let Some(key_end) = skip_value(b, k) else {
+            return;
+        };
+        let Some(key) = json_string(body, k, key_end) else {
+            return;
+        };
+        let Some(colon) = skip_ws(b, key_end).filter(|&c| b[c] == b':') else {
+            return;
+        };
+        let Some(start) = skip_ws(b, colon + 1) else {
+            return;
+        };
+        let Some(end) = skip_value(b, start) else {
+            return;
+        };
+        each(key, start, end);
+        match skip_ws(b, end).map(|j| (j, b[j])) {
+            Some((j, b',')) => i = j + 1,
+            _ => return,
+        }
+    }
+}
+
+fn skip_ws(b: &[u8], mut i: usize) -> Option<usize> {
+    while i < b.len() && b[i].is_ascii_whitespace() {
+        i += 1;
+    }
+    (i < b.len()).then_some(i)
+}
+
+/// The end (exclusive) of the JSON value starting at `i`, nested to any depth.
+fn skip_value(b: &[u8], i: usize) -> Option<usize> {
+    match *b.get(i)? {
+        b'"' => skip_string(b, i),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut j = i;
+            loop {
+                match *b.get(j)? {
+                    b'"' => j = skip_string(b, j)?,
+                    b'{' | b'[' => {
+                        depth += 1;
+                        j += 1;
+                    }
+                    b'}' | b']' => {
+                        depth -= 1;
+                        j += 1;
+                        if depth == 0 {
+                            return Some(j);
+                        }
+                    }
+                    _ => j += 1,
+                }
+            }
+        }
+        _ => {
+            let mut j = i;
+            while j < b.len() && !matches!(b[j], b',' | b'}' | b']') && !b[j].is_ascii_whitespace()
+            {
+                j += 1;
+            }
+            Some(j)
+        }
+    }
+}
+
+/// The end (exclusive) of the JSON string opening at `i`.
+fn skip_string(b: &[u8], i: usize) -> Option<usize> {
+    let mut j = i + 1;
+    loop {
+        match *b.get(j)? {
+            b'\\' => j += 2,
+            b'"' => return Some(j + 1),
+            _ => j += 1,
+        }
+    }
+}
+
+fn json_string(body: &str, start: usize, end: usize) -> Option<String> {
+    serde_json::from_str::<String>(body.get(start..end)?).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ids_of_an_event_too_deep_to_parse_are_still_read() {
+        let deep = format!("{}1{}", "[".repeat(300), "]".repeat(300));
+        let body = format!(
+            r#"{{"version":"0","id":"evt-\u0031","detail":{{"job_type":"x","message":{{"f":{deep}}},"id":"job-7"}},"source":"jobs"}}"#
+        );
+        assert!(
+            serde_json::from_str::<Value>(&body).is_err(),
+            "past the parser's limit"
+        );
+        assert_eq!(
+            shallow_ids(&body),
+            (Some("evt-1".to_owned()), Some("job-7".to_owned()))
+        );
+        let no_detail_id = format!(r#"{{"detail":{{"m":{deep},"id":5}},"id":"e2"}}"#);
+        assert_eq!(shallow_ids(&no_detail_id), (Some("e2".to_owned()), None));
+        assert_eq!(shallow_ids("not json"), (None, None));
+        assert_eq!(
+            shallow_ids(r#"{"id":"e3","detail":"s\"x"}"#),
+            (Some("e3".to_owned()), None)
+        );
+        assert_eq!(shallow_ids(r#"{"id": "#), (None, None));
+    }
 
     #[test]
     fn error_codes_keep_their_wire_names_and_unknown_ones_pass_through() {

@@ -143,19 +143,29 @@ fn dead_letter_message_as_is(dl: &DeadLetter) -> OutgoingMessage {
 }
 
 /// What goes to `job-end-state-topic` for a notification (SNS delivers the same to an
-/// SQS subscriber): the notification and its routing attributes `status` and
-/// `job_type`.
+/// SQS subscriber): the notification with its `notification_id`, and the attributes
+/// `status` and `job_type` (for subscription filter policies) and `notification_id`
+/// (for consumers that drop copies).
 pub fn notification_message(n: &Notification) -> OutgoingMessage {
+    let id = n.notification_id();
+    let mut body = serde_json::to_value(n).unwrap_or_default();
+    if let Value::Object(fields) = &mut body {
+        fields.insert(NOTIFICATION_ID.to_owned(), Value::String(id.clone()));
+    }
     OutgoingMessage {
-        body: to_json(n),
+        body: to_json(&body),
         attributes: vec![
             ("status", n.status.as_str().to_owned()),
             ("job_type", attribute_value(n.job_type_attribute())),
+            (NOTIFICATION_ID, id),
         ],
         delay_seconds: 0,
         group: None,
     }
 }
+
+/// The body field and SNS message attribute that carry [`Notification::notification_id`].
+pub const NOTIFICATION_ID: &str = "notification_id";
 
 /// Sends each dead letter, then announces it. Returns the message ids of records to
 /// report as failures: the dead letter was not stored, or its notification not sent.
@@ -282,6 +292,34 @@ mod tests {
     use super::*;
     use crate::messages::{ErrorEntry, JobStatus, Stage};
     use serde_json::json;
+
+    #[test]
+    fn every_copy_of_an_end_carries_one_notification_id_and_another_end_another() {
+        let dl = letter(json!({"job_type": "x"}), Some("x".into()));
+        let first = Notification::for_dead_letter(&dl, crate::clock::now());
+        let later =
+            Notification::for_dead_letter(&dl, first.timestamp + chrono::TimeDelta::hours(1));
+        assert_eq!(
+            first.notification_id(),
+            later.notification_id(),
+            "a re-publish, built later"
+        );
+        let wire = notification_message(&first);
+        let body: Value = serde_json::from_str(&wire.body).expect("json");
+        assert_eq!(body[NOTIFICATION_ID], json!(first.notification_id()));
+        assert!(wire
+            .attributes
+            .contains(&(NOTIFICATION_ID, first.notification_id())));
+        // The same job rejected again (a redrive): a new error, a new end.
+        let mut again = dl.clone();
+        again.errors[0].timestamp += chrono::TimeDelta::seconds(1);
+        let again = Notification::for_dead_letter(&again, first.timestamp);
+        assert_ne!(again.notification_id(), first.notification_id());
+        let mut next_attempt = first.clone();
+        next_attempt.attempts += 1;
+        assert_ne!(next_attempt.notification_id(), first.notification_id());
+        assert_eq!(first.notification_id().len(), 32);
+    }
 
     fn letter(job: Value, job_type: Option<String>) -> DeadLetter {
         let now = crate::clock::now();

@@ -82,22 +82,22 @@ pub(super) fn triage(
     Verdict::Reject(letter, envelope.time)
 }
 
-/// A body that is not an EventBridge event: rejected as it came, under its SQS
-/// message id.
+/// A body that is not an EventBridge event the parser can read: rejected as it came,
+/// under the id its producer knows when its text names one (the detail's `id`, else
+/// the event's: EventBridge accepted it, so it is JSON, even if too deep to parse),
+/// and only else under its SQS message id.
 fn not_an_event(body: &str, meta: &RecordMeta, now: DateTime<Utc>) -> Verdict {
     let rejection = Rejection::new(
         crate::job::ErrorCode::MalformedEnvelope,
         None,
-        "the message is not an EventBridge event with a detail",
+        "the message is not an EventBridge event with a detail the parser can read",
     );
-    let dl = reject(
-        meta.message_id.clone(),
-        None,
-        raw_body(body),
-        rejection,
-        meta,
-        now,
-    );
+    let (event_id, detail_id) = crate::messages::shallow_ids(body);
+    let producers_id = detail_id
+        .filter(|id| usable_id(id))
+        .or(event_id)
+        .unwrap_or_else(|| meta.message_id.clone());
+    let dl = reject(producers_id, None, raw_body(body), rejection, meta, now);
     Verdict::Reject(dl, None)
 }
 
@@ -163,7 +163,10 @@ pub(super) fn reject(
 /// The sender's id when it is usable, so even a rejected job keeps the id it was sent with.
 fn valid_id(detail: &Value) -> Option<String> {
     let id = detail.get("id")?.as_str()?;
-    let ok = (1..=crate::job::MAX_ID_CHARS).contains(&id.chars().count())
-        && !id.chars().any(char::is_control);
-    ok.then(|| id.to_owned())
+    usable_id(id).then(|| id.to_owned())
+}
+
+fn usable_id(id: &str) -> bool {
+    (1..=crate::job::MAX_ID_CHARS).contains(&id.chars().count())
+        && !id.chars().any(char::is_control)
 }
