@@ -335,3 +335,109 @@ fn check_sagas(store: &MemoryStore, out: &mut Vec<String>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jobs_core::messages::{ErrorEntry, Stage};
+    use serde_json::json;
+
+    fn sent(id: &str, expect: JobStatus) -> Sent {
+        Sent {
+            job_id: id.to_owned(),
+            event_ids: vec![format!("evt-{id}")],
+            detail: json!({"id": id, "job_type": "data_cleanup"}),
+            expect: vec![expect],
+            strict_rejects: false,
+        }
+    }
+
+    fn rejected(id: &str, at: i64) -> (Notification, DeadLetter) {
+        let when = Timestamp::from_timestamp(1_800_000_000 + at, 0).expect("a time");
+        let error = ErrorEntry::new(Stage::Ingester, "missing_field".into(), "no", 1, when);
+        let dl = DeadLetter::new(id.into(), None, JobStatus::Rejected, error, json!({}));
+        (Notification::for_dead_letter(&dl, when), dl)
+    }
+
+    /// Checks what the topic and the DLQ got, for the jobs sent.
+    fn verdict(sent: &[Sent], notes: &[Notification], letters: &[DeadLetter]) -> Vec<String> {
+        let start = Timestamp::from_timestamp(1_800_000_000, 0).expect("a time");
+        let world = World::new(7, start, std::time::Duration::from_secs(1));
+        world.calm_down();
+        let sqs = Sqs::new(std::sync::Arc::clone(&world));
+        for dl in letters {
+            sqs.enqueue(
+                "dead-letter-queue",
+                &jobs_core::record::dead_letter_message(dl),
+            );
+        }
+        let topic = MemoryTopic::default();
+        topic
+            .published
+            .lock()
+            .expect("lock")
+            .extend(notes.iter().cloned());
+        let store = MemoryStore::default();
+        let seen = Seen {
+            world: &world,
+            sqs: &sqs,
+            topic: &topic,
+            store: &store,
+            sent,
+            strict_from: None,
+        };
+        check(&seen).violations
+    }
+
+    #[test]
+    fn one_end_with_its_one_letter_passes_and_its_copy_is_a_copy() {
+        let (n, dl) = rejected("j1", 0);
+        let jobs = [sent("j1", JobStatus::Rejected)];
+        assert_eq!(
+            verdict(&jobs, std::slice::from_ref(&n), std::slice::from_ref(&dl)),
+            Vec::<String>::new()
+        );
+        let mut copy = n.clone();
+        copy.timestamp += chrono::TimeDelta::seconds(5);
+        assert_eq!(
+            verdict(&jobs, &[n, copy], &[dl]),
+            Vec::<String>::new(),
+            "same id, same content"
+        );
+    }
+
+    #[test]
+    fn a_second_end_a_second_letter_a_wrong_status_and_an_unknown_id_are_each_named() {
+        let (n, dl) = rejected("j1", 0);
+        let (again, dl2) = rejected("j1", 60);
+        let jobs = [sent("j1", JobStatus::Rejected)];
+        let v = verdict(&jobs, &[n.clone(), again], &[dl.clone(), dl2]);
+        assert!(v.iter().any(|v| v.contains("2 end(s) for 1")), "{v:?}");
+        let v = verdict(&jobs, std::slice::from_ref(&n), &[dl.clone(), dl.clone()]);
+        assert!(
+            v.iter().any(|v| v.contains("2 dead letters of one end")),
+            "{v:?}"
+        );
+        let v = verdict(&jobs, std::slice::from_ref(&n), &[]);
+        assert!(v.iter().any(|v| v.contains("no dead letter")), "{v:?}");
+        let v = verdict(
+            &[sent("j1", JobStatus::Completed)],
+            std::slice::from_ref(&n),
+            std::slice::from_ref(&dl),
+        );
+        assert!(v.iter().any(|v| v.contains("its oracle says")), "{v:?}");
+        let (stranger, _) = rejected("msg-000001", 0);
+        let v = verdict(&jobs, &[n.clone(), stranger], std::slice::from_ref(&dl));
+        assert!(
+            v.iter().any(|v| v.contains("which no producer knows")),
+            "{v:?}"
+        );
+        let mut changed = n.clone();
+        changed.job_type = Some("other".into());
+        let v = verdict(&jobs, &[n, changed], &[dl]);
+        assert!(v.iter().any(|v| v.contains("that differ")), "{v:?}");
+        assert!(verdict(&jobs, &[], &[])
+            .iter()
+            .any(|v| v.contains("0 end(s) for 1")));
+    }
+}
