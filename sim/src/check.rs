@@ -33,13 +33,9 @@ fn letter_key(dl: &DeadLetter) -> String {
     Notification::for_dead_letter(dl, Timestamp::UNIX_EPOCH).notification_id()
 }
 
-/// A notification's content, but for the time it was built at.
-fn content(n: &Notification) -> serde_json::Value {
-    let mut v = serde_json::to_value(n).unwrap_or_default();
-    if let Some(o) = v.as_object_mut() {
-        o.remove("timestamp");
-    }
-    v
+/// A notification as its subscribers read it: its body on the topic, whole.
+fn content(n: &Notification) -> String {
+    jobs_core::record::notification_message(n).body
 }
 
 fn describe(n: &Notification) -> String {
@@ -397,8 +393,7 @@ mod tests {
             verdict(&jobs, std::slice::from_ref(&n), std::slice::from_ref(&dl)),
             Vec::<String>::new()
         );
-        let mut copy = n.clone();
-        copy.timestamp += chrono::TimeDelta::seconds(5);
+        let copy = n.clone();
         assert_eq!(
             verdict(&jobs, &[n, copy], &[dl]),
             Vec::<String>::new(),
@@ -432,6 +427,11 @@ mod tests {
             v.iter().any(|v| v.contains("which no producer knows")),
             "{v:?}"
         );
+        // A copy rebuilt later says another time: subscribers see two bodies.
+        let mut later = n.clone();
+        later.timestamp += chrono::TimeDelta::seconds(5);
+        let v = verdict(&jobs, &[n.clone(), later], std::slice::from_ref(&dl));
+        assert!(v.iter().any(|v| v.contains("that differ")), "{v:?}");
         let mut changed = n.clone();
         changed.job_type = Some("other".into());
         let v = verdict(&jobs, &[n, changed], &[dl]);

@@ -240,63 +240,28 @@ async fn schedule(seed: u64, options: &Options) -> Outcome {
     let ordered: Vec<_> = (0..3).map(|_| sandbox.processor()).collect();
     let relay = sandbox.relay();
 
-    let pollers = futures_util::future::join_all(
-        ingesters
-            .iter()
-            .enumerate()
-            .map(|(i, (lenient, strict_one))| {
-                let strict = &strict;
-                let invoke = move |event, deadline, now, inv| {
-                    let h = if strict.load(std::sync::atomic::Ordering::SeqCst) {
-                        strict_one
-                    } else {
-                        lenient
-                    };
-                    async move { h.handle_invocation(event, deadline, now, &inv).await }
-                };
-                let f: std::pin::Pin<Box<dyn Future<Output = ()> + '_>> = Box::pin(poll(
-                    &world,
-                    &sqs,
-                    "ingester-queue",
-                    10,
-                    30,
-                    format!("ingester#{i}"),
-                    invoke,
-                ));
-                f
-            })
-            .chain(processors.iter().enumerate().map(|(i, p)| {
-                let f: std::pin::Pin<Box<dyn Future<Output = ()> + '_>> = Box::pin(poll(
-                    &world,
-                    &sqs,
-                    "jobs-todo",
-                    10,
-                    900,
-                    format!("processor#{i}"),
-                    move |event, deadline, now, inv| async move {
-                        p.handle_invocation(event, deadline, now, &inv).await
-                    },
-                ));
-                f
-            }))
-            .chain(ordered.iter().enumerate().map(|(i, p)| {
-                let f: std::pin::Pin<Box<dyn Future<Output = ()> + '_>> = Box::pin(poll(
-                    &world,
-                    &sqs,
-                    "jobs-todo.fifo",
-                    1,
-                    900,
-                    format!("processor-fifo#{i}"),
-                    move |event, deadline, now, inv| async move {
-                        p.handle_invocation(event, deadline, now, &inv).await
-                    },
-                ));
-                f
-            })),
+    let strict = &strict;
+    let mut sandboxes = pollers(
+        &world,
+        &sqs,
+        &INGESTER,
+        &ingesters,
+        move |pair, e, d, n, inv| {
+            let (lenient, strict_one) = pair;
+            let h = if strict.load(std::sync::atomic::Ordering::SeqCst) {
+                strict_one
+            } else {
+                lenient
+            };
+            async move { h.handle_invocation(e, d, n, &inv).await }
+        },
     );
+    sandboxes.extend(pollers(&world, &sqs, &PROCESSOR, &processors, process));
+    sandboxes.extend(pollers(&world, &sqs, &ORDERED, &ordered, process));
+    let pollers = futures_util::future::join_all(sandboxes);
     let eventbridge = producer::EventBridge::new(Arc::clone(&world), Arc::clone(&sqs));
     let producing = producer::produce(&world, &eventbridge, options);
-    let operating = operator::operate(&world, &sqs, &store, &eventbridge, &strict, options);
+    let operating = operator::operate(&world, &sqs, &store, &eventbridge, strict, options);
     let relaying = relay_schedule(&world, &relay);
     let conducting = conduct(&world, &sqs, options);
     let (_, sent, actions, (), (), ()) = tokio::join!(
@@ -320,22 +285,86 @@ async fn schedule(seed: u64, options: &Options) -> Outcome {
     outcome
 }
 
+/// An event source mapping, as `pipeline.json` sets it: the queue, the batch size,
+/// and the consuming function's timeout.
+#[derive(Debug)]
+struct Mapping {
+    function: &'static str,
+    queue: &'static str,
+    batch: usize,
+    timeout_secs: u64,
+}
+
+const INGESTER: Mapping = Mapping {
+    function: "ingester",
+    queue: "ingester-queue",
+    batch: 10,
+    timeout_secs: 30,
+};
+const PROCESSOR: Mapping = Mapping {
+    function: "processor",
+    queue: "jobs-todo",
+    batch: 10,
+    timeout_secs: 900,
+};
+const ORDERED: Mapping = Mapping {
+    function: "processor-fifo",
+    queue: "jobs-todo.fifo",
+    batch: 1,
+    timeout_secs: 900,
+};
+
+/// One invocation of a processor sandbox.
+async fn process<Q, T, S>(
+    p: &Processor<Q, T, S>,
+    event: SqsEvent,
+    deadline: Timestamp,
+    now: Timestamp,
+    inv: Invocation,
+) -> SqsBatchResponse
+where
+    Q: jobs_core::ports::MessageQueue,
+    T: jobs_core::ports::Topic,
+    S: jobs_core::store::JobStore + jobs_core::store::Sagas,
+{
+    p.handle_invocation(event, deadline, now, &inv).await
+}
+
+type Poller<'a> = std::pin::Pin<Box<dyn Future<Output = ()> + 'a>>;
+
+/// One poller of `mapping` per sandbox, each invoking its own handler.
+fn pollers<'a, H, F, Fut>(
+    world: &'a World,
+    sqs: &'a Sqs,
+    mapping: &'static Mapping,
+    sandboxes: &'a [H],
+    invoke: F,
+) -> Vec<Poller<'a>>
+where
+    F: Fn(&'a H, SqsEvent, Timestamp, Timestamp, Invocation) -> Fut + Copy + 'a,
+    Fut: Future<Output = SqsBatchResponse> + 'a,
+{
+    sandboxes
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let name = format!("{}#{i}", mapping.function);
+            let run = move |e, d, n, inv| invoke(h, e, d, n, inv);
+            Box::pin(poll(world, sqs, mapping, name, run)) as Poller<'a>
+        })
+        .collect()
+}
+
 /// An event source mapping's poller: receives a batch, invokes the function with it
 /// under its deadline, and deletes what the function did not report as failed. An
 /// invocation may crash at any moment (its future dropped): then nothing is deleted
 /// and the batch comes back after the visibility timeout.
-async fn poll<F, Fut>(
-    world: &World,
-    sqs: &Sqs,
-    queue: &'static str,
-    batch: usize,
-    timeout_secs: u64,
-    name: String,
-    invoke: F,
-) where
+async fn poll<F, Fut>(world: &World, sqs: &Sqs, mapping: &Mapping, name: String, invoke: F)
+where
     F: Fn(SqsEvent, Timestamp, Timestamp, Invocation) -> Fut,
     Fut: Future<Output = SqsBatchResponse>,
 {
+    let (queue, batch, timeout_secs) = (mapping.queue, mapping.batch, mapping.timeout_secs);
     let mut invocations = 0u64;
     while !world.stopped() {
         let got = sqs.receive(queue, batch);

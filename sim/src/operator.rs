@@ -27,10 +27,11 @@ pub struct Actions {
     pub strict_from: Option<Timestamp>,
 }
 
-/// A dead-letter queue as `dlq` sees it, over the simulated SQS with its faults.
+/// A dead-letter queue as `dlq` sees it, over the simulated SQS: every call goes
+/// through the faults of the queue it touches, as the functions' calls do.
 struct SimMailbox<'a> {
     sqs: &'a Arc<Sqs>,
-    dlq: &'static str,
+    dlq: QueuePort,
 }
 
 fn ops_error(operation: &'static str, e: impl std::fmt::Display) -> OpsError {
@@ -41,25 +42,26 @@ fn ops_error(operation: &'static str, e: impl std::fmt::Display) -> OpsError {
 }
 
 impl SimMailbox<'_> {
-    fn check(&self, operation: &'static str) -> Result<(), OpsError> {
-        if self.sqs.world.out("sqs:dead-letter-queue") {
-            return Err(ops_error(
-                operation,
-                "the dead-letter queue is out (simulated)",
-            ));
-        }
-        Ok(())
+    /// One call on the DLQ; an answer lost after the call took effect is an error.
+    async fn on_dlq<R>(
+        &self,
+        operation: &'static str,
+        f: impl FnOnce(&Sqs, &str) -> R,
+    ) -> Result<R, OpsError> {
+        self.dlq
+            .call(operation, || f(self.sqs, self.dlq.queue))
+            .await
+            .map_err(|(e, _)| ops_error(operation, e))
     }
 }
 
 #[async_trait]
 impl Mailbox for SimMailbox<'_> {
     async fn receive(&self) -> Result<Vec<Held>, OpsError> {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        self.check("receive")?;
-        Ok(self
-            .sqs
-            .receive(self.dlq, 10)
+        let got = self
+            .on_dlq("ReceiveMessage", |sqs, q| sqs.receive(q, 10))
+            .await?;
+        Ok(got
             .into_iter()
             .map(|d| Held {
                 message_id: d.message.id.clone(),
@@ -71,16 +73,17 @@ impl Mailbox for SimMailbox<'_> {
     }
 
     async fn release(&self, held: &Held) -> Result<(), OpsError> {
-        self.check("release")?;
-        self.sqs.change_visibility(self.dlq, &held.receipt, 0);
-        Ok(())
+        self.on_dlq("ChangeMessageVisibility", |sqs, q| {
+            sqs.change_visibility(q, &held.receipt, 0)
+        })
+        .await
     }
 
     async fn delete(&self, held: &Held) -> Result<(), OpsError> {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        self.check("delete")?;
-        self.sqs.delete(self.dlq, &held.receipt);
-        Ok(())
+        self.on_dlq("DeleteMessage", |sqs, q| {
+            sqs.delete(q, &held.receipt);
+        })
+        .await
     }
 
     async fn send(
@@ -196,7 +199,10 @@ fn some_letter(world: &World, sqs: &Sqs) -> Option<String> {
 async fn redrive(world: &World, sqs: &Arc<Sqs>, store: &MemoryStore, selection: Selection) {
     world.note(format!("operator: dlq redrive {:?}", selection.job_ids));
     for dlq_name in ["dead-letter-queue", "dead-letter-queue.fifo"] {
-        let mailbox = SimMailbox { sqs, dlq: dlq_name };
+        let mailbox = SimMailbox {
+            sqs,
+            dlq: QueuePort::new(sqs, dlq_name),
+        };
         match dlq::redrive(&mailbox, store, &selection, false).await {
             Ok(report) => {
                 for line in report.lines {

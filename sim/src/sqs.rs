@@ -5,9 +5,9 @@
 //! received `max_receive` times is moved to the queue's dead-letter queue on its next
 //! receive. A receipt handle changes visibility or deletes only while it is valid.
 
-use crate::world::World;
+use crate::world::{ServiceChaos, World};
 use async_trait::async_trait;
-use jobs_core::ports::{MessageQueue, OutgoingMessage, PortError, Receipt};
+use jobs_core::ports::{Faults, MessageQueue, OutgoingMessage, PortError, Receipt};
 use jobs_core::testing::{batch_refusal, fifo_refusal, message_refusal};
 use jobs_core::Timestamp;
 use rand::Rng;
@@ -311,13 +311,14 @@ pub fn lambda_event(queue: &str, deliveries: &[Delivery]) -> Value {
     json!({ "Records": records })
 }
 
-/// One queue as the handlers see it ([`MessageQueue`]), with the faults of its
-/// service.
+/// One queue as the handlers and operators see it ([`MessageQueue`]): every call goes
+/// through the [`Faults`] of its service, decided by the schedule's seed, exactly as
+/// the in-memory topic's and table's calls do.
 #[derive(Debug, Clone)]
 pub struct QueuePort {
     pub sqs: Arc<Sqs>,
     pub queue: &'static str,
-    pub service: &'static str,
+    pub faults: Arc<Faults>,
 }
 
 impl QueuePort {
@@ -327,34 +328,31 @@ impl QueuePort {
             "dead-letter-queue" | "dead-letter-queue.fifo" => "sqs:dead-letter-queue",
             _ => "sqs:ingester-queue",
         };
+        let faults = Faults::default();
+        faults.set_chaos(Arc::new(ServiceChaos {
+            world: Arc::clone(&sqs.world),
+            service,
+        }));
         QueuePort {
             sqs: Arc::clone(sqs),
             queue,
-            service,
+            faults: Arc::new(faults),
         }
     }
 
-    async fn enter(&self, operation: &'static str) -> Result<(), PortError> {
-        match self.sqs.world.before(self.service, operation) {
-            jobs_core::ports::Before::Pass => Ok(()),
-            jobs_core::ports::Before::Slow(by) => {
-                tokio::time::sleep(by).await;
-                Ok(())
-            }
-            jobs_core::ports::Before::Refuse(message) => {
-                Err(PortError::Refused { operation, message })
-            }
+    /// A call of `operation`: its faults, then `f`, whose effect stays even when the
+    /// answer is lost.
+    pub async fn call<R>(
+        &self,
+        operation: &'static str,
+        f: impl FnOnce() -> R,
+    ) -> Result<R, (PortError, Option<R>)> {
+        self.faults.enter(operation).await.map_err(|e| (e, None))?;
+        let answer = f();
+        match self.faults.leave(operation) {
+            Ok(()) => Ok(answer),
+            Err(e) => Err((e, Some(answer))),
         }
-    }
-
-    fn lost(&self, operation: &'static str) -> Option<PortError> {
-        self.sqs
-            .world
-            .lose_answer(self.service, operation)
-            .then(|| PortError::Unreachable {
-                operation,
-                message: "the call took effect, its answer was lost (simulated)".into(),
-            })
     }
 }
 
@@ -366,50 +364,39 @@ impl MessageQueue for QueuePort {
             operation: OP,
             message: why,
         };
-        if let Err(e) = self.enter(OP).await {
-            return messages.iter().map(|_| Err(e.clone())).collect();
-        }
-        if let Some(why) = batch_refusal(messages) {
-            return messages.iter().map(|_| Err(refuse(why.clone()))).collect();
-        }
         let fifo = self.queue.ends_with(".fifo");
-        let results: Vec<Result<(), PortError>> = messages
-            .iter()
-            .map(|m| {
-                let why = message_refusal(m).or_else(|| fifo.then(|| fifo_refusal(m)).flatten());
-                if let Some(why) = why {
-                    return Err(refuse(why));
+        let sent = self
+            .call(OP, || {
+                if let Some(why) = batch_refusal(messages) {
+                    return messages.iter().map(|_| Err(refuse(why.clone()))).collect();
                 }
-                let id = self.sqs.enqueue(self.queue, m);
-                self.sqs.world.note(format!(
-                    "{} accepted {}{}",
-                    self.queue,
-                    id.as_deref().unwrap_or("(deduplicated)"),
-                    describe(&m.body)
-                ));
-                Ok(())
-            })
-            .collect();
-        match self.lost(OP) {
-            None => results,
-            Some(e) => {
-                if self.queue == "dead-letter-queue" {
-                    let mut lost = self
-                        .sqs
-                        .world
-                        .lost_letters
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner());
-                    for (m, r) in messages.iter().zip(&results) {
-                        let job = serde_json::from_str::<Value>(&m.body).ok();
-                        if let (Ok(()), Some(id)) =
-                            (r, job.as_ref().and_then(|j| j["job_id"].as_str()))
-                        {
-                            lost.push(id.to_owned());
+                messages
+                    .iter()
+                    .map(|m| {
+                        let why =
+                            message_refusal(m).or_else(|| fifo.then(|| fifo_refusal(m)).flatten());
+                        if let Some(why) = why {
+                            return Err(refuse(why));
                         }
-                    }
+                        let id = self.sqs.enqueue(self.queue, m);
+                        self.sqs.world.note(format!(
+                            "{} accepted {}{}",
+                            self.queue,
+                            id.as_deref().unwrap_or("(deduplicated)"),
+                            describe(&m.body)
+                        ));
+                        Ok(())
+                    })
+                    .collect::<Vec<Result<(), PortError>>>()
+            })
+            .await;
+        match sent {
+            Ok(results) => results,
+            Err((e, stored)) => {
+                if let Some(stored) = stored.filter(|_| self.queue == "dead-letter-queue") {
+                    self.note_lost_letters(messages, &stored);
                 }
-                results.into_iter().map(|_| Err(e.clone())).collect()
+                messages.iter().map(|_| Err(e.clone())).collect()
             }
         }
     }
@@ -419,13 +406,33 @@ impl MessageQueue for QueuePort {
     }
 
     async fn retry_later(&self, receipts: &[Receipt]) -> Result<(), PortError> {
-        const OP: &str = "ChangeMessageVisibilityBatch";
-        self.enter(OP).await?;
-        for r in receipts {
-            self.sqs
-                .change_visibility(self.queue, &r.receipt_handle, r.delay_seconds);
+        self.call("ChangeMessageVisibilityBatch", || {
+            for r in receipts {
+                self.sqs
+                    .change_visibility(self.queue, &r.receipt_handle, r.delay_seconds);
+            }
+        })
+        .await
+        .map_err(|(e, _)| e)
+    }
+}
+
+impl QueuePort {
+    /// Remembers the jobs of the dead letters SQS kept from a call whose answer was
+    /// lost: their stage stores them again (window 6), which the checker allows.
+    fn note_lost_letters(&self, messages: &[OutgoingMessage], stored: &[Result<(), PortError>]) {
+        let mut lost = self
+            .sqs
+            .world
+            .lost_letters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for (m, r) in messages.iter().zip(stored) {
+            let job = serde_json::from_str::<Value>(&m.body).ok();
+            if let (Ok(()), Some(id)) = (r, job.as_ref().and_then(|j| j["job_id"].as_str())) {
+                lost.push(id.to_owned());
+            }
         }
-        self.lost(OP).map_or(Ok(()), Err)
     }
 }
 

@@ -118,11 +118,11 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> EndPorts<'_, Q, T, S> {
                 ));
             }
             match ending.dead_letter {
-                Some(dl) => letters.push((ending.meta, dl)),
+                Some(dl) => letters.push((ending.meta, dl, ending.notification)),
                 None => completions.push((ending.meta, ending.notification)),
             }
         }
-        failed.extend(deliver_dead_letters(self.dead_letters, self.topic, letters, now).await);
+        failed.extend(deliver_dead_letters(self.dead_letters, self.topic, letters).await);
         failed.extend(publish_all(self.topic, completions).await);
         // A mark that is never written (after the SDK's own retries) leaves the end in
         // the outbox, and the relay announces it once more after the lease (window 3);
@@ -365,6 +365,15 @@ mod tests {
         let ending = Ending::new(meta("m1"), again.0, again.1, Tracking::Recorded);
         assert!(ports.end(vec![ending], at(2)).await.is_empty());
         assert_eq!(up.notifications().len(), 1);
+        assert_eq!(
+            up.notifications()[0].notification_id(),
+            note.notification_id()
+        );
+        assert_eq!(
+            up.notifications()[0].timestamp,
+            note.timestamp,
+            "the end as recorded, not rebuilt at the re-delivery: every copy says the same"
+        );
         assert!(store.get("job-1").await.expect("store")[0].announced);
     }
 

@@ -222,8 +222,14 @@ fn parse_ordering_key(obj: &Map<String, Value>) -> Result<Option<String>, Reject
     parse_name(obj, "ordering_key", ErrorCode::InvalidOrderingKey)
 }
 
-/// An optional name the sender chose (`id`, `ordering_key`): 1 to [`MAX_ID_CHARS`]
-/// characters of text, without control characters.
+/// Whether a name the sender chose (`id`, `ordering_key`) is usable: 1 to
+/// [`MAX_ID_CHARS`] characters of text, without control characters.
+pub(crate) fn usable_name(s: &str) -> bool {
+    (1..=MAX_ID_CHARS).contains(&s.chars().count()) && !s.chars().any(char::is_control)
+}
+
+/// An optional name the sender chose (`id`, `ordering_key`): [`usable_name`], else a
+/// rejection saying which rule it breaks.
 fn parse_name(
     obj: &Map<String, Value>,
     field: &str,
@@ -231,6 +237,7 @@ fn parse_name(
 ) -> Result<Option<String>, Rejection> {
     match obj.get(field) {
         None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if usable_name(s) => Ok(Some(s.clone())),
         Some(Value::String(s)) => {
             let chars = s.chars().count();
             if chars == 0 || chars > MAX_ID_CHARS {
@@ -239,14 +246,12 @@ fn parse_name(
                     Some(field),
                     format!("{field} must be 1 to {MAX_ID_CHARS} characters, got {chars}"),
                 ))
-            } else if s.chars().any(char::is_control) {
+            } else {
                 Err(Rejection::new(
                     code,
                     Some(field),
                     format!("{field} must not contain control characters"),
                 ))
-            } else {
-                Ok(Some(s.clone()))
             }
         }
         Some(other) => Err(Rejection::new(

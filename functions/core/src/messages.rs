@@ -496,12 +496,7 @@ impl Notification {
             hash.update((part.len() as u64).to_le_bytes());
             hash.update(part.as_bytes());
         }
-        hash.finalize()[..16]
-            .iter()
-            .fold(String::with_capacity(32), |mut hex, b| {
-                let _ = write!(hex, "{b:02x}");
-                hex
-            })
+        hex(&hash.finalize()[..16])
     }
 
     /// The `COMPLETED` announcement of `job` with its `result`. Only the processor
@@ -650,6 +645,16 @@ impl EventEnvelope {
             detail,
         })
     }
+}
+
+/// Bytes as lowercase hex digits, as every id and fingerprint of the pipeline is written.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut hex, b| {
+            let _ = write!(hex, "{b:02x}");
+            hex
+        })
 }
 
 /// The ids an event's text names, read without building the event: the event's own

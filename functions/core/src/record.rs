@@ -12,7 +12,6 @@ use crate::ports::{
 };
 use crate::telemetry::propagation;
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
-use chrono::{DateTime, Utc};
 use serde_json::Value;
 use tracing::field::Empty;
 use tracing::warn;
@@ -167,24 +166,25 @@ pub fn notification_message(n: &Notification) -> OutgoingMessage {
 /// The body field and SNS message attribute that carry [`Notification::notification_id`].
 pub const NOTIFICATION_ID: &str = "notification_id";
 
-/// Sends each dead letter, then announces it. Returns the message ids of records to
-/// report as failures: the dead letter was not stored, or its notification not sent.
+/// Sends each dead letter, then publishes the notification of its end (the one the end
+/// was recorded with, so every copy of one end says the same). Returns the message ids
+/// of records to report as failures: the dead letter was not stored, or its
+/// notification not sent.
 pub async fn deliver_dead_letters<Q: MessageQueue, T: Topic>(
     dead_letters: &Q,
     topic: &T,
-    letters: Vec<(RecordMeta, DeadLetter)>,
-    now: DateTime<Utc>,
+    letters: Vec<(RecordMeta, DeadLetter, Notification)>,
 ) -> Vec<String> {
     let outgoing: Vec<_> = letters
         .iter()
-        .map(|(_, dl)| dead_letter_message(dl))
+        .map(|(_, dl, _)| dead_letter_message(dl))
         .collect();
     let stored = send_all(dead_letters, &outgoing).await;
     let mut failed = Vec::new();
     let mut announcements = Vec::new();
-    for ((meta, dl), result) in letters.into_iter().zip(stored) {
+    for ((meta, dl, notification), result) in letters.into_iter().zip(stored) {
         match result {
-            Ok(()) => announcements.push((meta, Notification::for_dead_letter(&dl, now))),
+            Ok(()) => announcements.push((meta, notification)),
             Err(e) => {
                 meta.log.in_scope(|| warn!(job_id = %dl.job_id, error = %e, "could not store the dead letter; SQS will retry"));
                 failed.push(meta.message_id);

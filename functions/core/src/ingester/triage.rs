@@ -94,7 +94,7 @@ fn not_an_event(body: &str, meta: &RecordMeta, now: DateTime<Utc>) -> Verdict {
     );
     let (event_id, detail_id) = crate::messages::shallow_ids(body);
     let producers_id = detail_id
-        .filter(|id| usable_id(id))
+        .filter(|id| crate::job::usable_name(id))
         .or(event_id)
         .unwrap_or_else(|| meta.message_id.clone());
     let dl = reject(producers_id, None, raw_body(body), rejection, meta, now);
@@ -163,10 +163,5 @@ pub(super) fn reject(
 /// The sender's id when it is usable, so even a rejected job keeps the id it was sent with.
 fn valid_id(detail: &Value) -> Option<String> {
     let id = detail.get("id")?.as_str()?;
-    usable_id(id).then(|| id.to_owned())
-}
-
-fn usable_id(id: &str) -> bool {
-    (1..=crate::job::MAX_ID_CHARS).contains(&id.chars().count())
-        && !id.chars().any(char::is_control)
+    crate::job::usable_name(id).then(|| id.to_owned())
 }

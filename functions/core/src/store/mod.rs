@@ -39,7 +39,6 @@ pub use replay::{ReplayOrder, Replays, Rerun, Rerunning};
 pub use saga::Sagas;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use std::fmt::Write as _;
 
 use crate::ports::PortError;
 
@@ -618,11 +617,7 @@ pub fn fingerprint(job: &Value) -> String {
         }
         other => serde_json::to_vec(other),
     };
-    let digest = Sha256::digest(canonical.unwrap_or_default());
-    digest.iter().fold(String::with_capacity(64), |mut hex, b| {
-        let _ = write!(hex, "{b:02x}");
-        hex
-    })
+    crate::messages::hex(&Sha256::digest(canonical.unwrap_or_default()))
 }
 
 /// A new claim token (see [`Claim::token`]): 32 hex digits, unique to one claim attempt
@@ -644,12 +639,7 @@ pub fn claim_token() -> String {
     hash.update(MADE.fetch_add(1, Ordering::Relaxed).to_le_bytes());
     hash.update(nanos.to_le_bytes());
     hash.update(random.to_le_bytes());
-    hash.finalize()[..16]
-        .iter()
-        .fold(String::with_capacity(32), |mut hex, b| {
-            let _ = write!(hex, "{b:02x}");
-            hex
-        })
+    crate::messages::hex(&hash.finalize()[..16])
 }
 
 /// The fingerprint records written before SHA-256 carry: FNV-1a over the whole detail
