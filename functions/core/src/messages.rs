@@ -657,31 +657,56 @@ pub fn hex(bytes: &[u8]) -> String {
         })
 }
 
-/// The ids an event's text names, read without building the event: the event's own
-/// `id` and its detail's `id`, each only when it is a string.
+/// What an event's text says of its job, read without building the event: the event's
+/// own `id`, the detail's `id` (each only when it is a string), and the detail's text.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShallowEvent<'a> {
+    pub id: Option<String>,
+    pub detail_id: Option<String>,
+    /// The detail as it stands in the text: the same in every delivery and replay of
+    /// the event, where the envelope around it is not (a replay adds its name).
+    pub detail: Option<&'a str>,
+}
+
+impl ShallowEvent<'_> {
+    /// The id the event's producer knows: the detail's `id` when it is usable, else
+    /// the event's.
+    pub fn producers_id(&self) -> Option<String> {
+        self.detail_id
+            .clone()
+            .filter(|id| crate::job::usable_name(id))
+            .or_else(|| self.id.clone())
+    }
+}
+
+/// Reads an event's text shallowly ([`ShallowEvent`]).
 ///
 /// EventBridge accepted the event, so its text is JSON; but a parser may still refuse
 /// it (serde_json stops at 128 levels of nesting), and the event must then end under
 /// the id its producer knows, not under an SQS message id. This walks the top level and
 /// the detail's top level only, skipping every other value with a counter instead of
 /// recursion, so no depth stops it.
-pub fn shallow_ids(body: &str) -> (Option<String>, Option<String>) {
-    let mut event_id = None;
-    let mut detail_id = None;
+pub fn shallow_event(body: &str) -> ShallowEvent<'_> {
+    let mut event = ShallowEvent::default();
     let b = body.as_bytes();
     let Some(open) = skip_ws(b, 0).filter(|&i| b[i] == b'{') else {
-        return (None, None);
+        return event;
     };
     members(body, open, &mut |key, start, end| match key.as_str() {
-        "id" => event_id = json_string(body, start, end),
-        "detail" if b[start] == b'{' => members(body, start, &mut |key, start, end| {
-            if key == "id" {
-                detail_id = json_string(body, start, end);
+        "id" => event.id = json_string(body, start, end),
+        "detail" => {
+            event.detail = body.get(start..end);
+            if b[start] == b'{' {
+                members(body, start, &mut |key, start, end| {
+                    if key == "id" {
+                        event.detail_id = json_string(body, start, end);
+                    }
+                });
             }
-        }),
+        }
         _ => {}
     });
-    (event_id, detail_id)
+    event
 }
 
 /// Calls `each(key, start, end)` for every member of the object opening at `open`,
@@ -789,18 +814,32 @@ mod tests {
             serde_json::from_str::<Value>(&body).is_err(),
             "past the parser's limit"
         );
+        let event = shallow_event(&body);
         assert_eq!(
-            shallow_ids(&body),
-            (Some("evt-1".to_owned()), Some("job-7".to_owned()))
+            (event.id.as_deref(), event.detail_id.as_deref()),
+            (Some("evt-1"), Some("job-7"))
+        );
+        let detail = event.detail.expect("the detail's text");
+        assert!(detail.starts_with(r#"{"job_type":"x""#) && detail.ends_with(r#""id":"job-7"}"#));
+        let replayed = body.replace(
+            r#""source":"jobs""#,
+            r#""source":"jobs","replay-name":"r1""#,
+        );
+        assert_eq!(
+            shallow_event(&replayed).detail,
+            Some(detail),
+            "a replay's detail is the same text"
         );
         let no_detail_id = format!(r#"{{"detail":{{"m":{deep},"id":5}},"id":"e2"}}"#);
-        assert_eq!(shallow_ids(&no_detail_id), (Some("e2".to_owned()), None));
-        assert_eq!(shallow_ids("not json"), (None, None));
+        let event = shallow_event(&no_detail_id);
+        assert_eq!((event.id.as_deref(), event.detail_id), (Some("e2"), None));
+        assert_eq!(shallow_event("not json"), ShallowEvent::default());
+        let text = shallow_event(r#"{"id":"e3","detail":"s\"x"}"#);
         assert_eq!(
-            shallow_ids(r#"{"id":"e3","detail":"s\"x"}"#),
-            (Some("e3".to_owned()), None)
+            (text.id.as_deref(), text.detail),
+            (Some("e3"), Some(r#""s\"x""#))
         );
-        assert_eq!(shallow_ids(r#"{"id": "#), (None, None));
+        assert_eq!(shallow_event(r#"{"id": "#), ShallowEvent::default());
     }
 
     #[test]

@@ -53,7 +53,15 @@ impl Stranded {
         if let Ok(job) = EnrichedJob::from_body_in(body, &crate::kinds::Registry::builtin()) {
             return Some(Stranded::Job(Box::new(job)));
         }
-        let envelope = crate::messages::EventEnvelope::from_body(body)?;
+        let Some(envelope) = crate::messages::EventEnvelope::from_body(body) else {
+            // An event too deep for the parser is still one: named as the ingester
+            // names it, so `dlq` shows and sends it back under its producer's id.
+            let event = crate::messages::shallow_event(body);
+            event.detail?;
+            return Some(Stranded::Event {
+                job_id: event.producers_id(),
+            });
+        };
         let job_id = envelope
             .detail
             .get("id")
@@ -148,6 +156,13 @@ mod tests {
             "a kind this build does not know stays"
         );
         assert_eq!(Stranded::of("not json"), None);
+        let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+        let too_deep = format!(r#"{{"id":"evt-2","detail":{{"id":"job-4","m":{deep}}}}}"#);
+        assert_eq!(
+            Stranded::of(&too_deep).as_ref().and_then(Stranded::job_id),
+            Some("job-4"),
+            "an event too deep for the parser is still its producer's job"
+        );
         assert_eq!(Stranded::of(r#"{"hello":"world"}"#), None);
     }
     use crate::messages::{ErrorEntry, EventEnvelope};

@@ -1229,3 +1229,46 @@ async fn a_keys_later_job_is_not_forwarded_ahead_of_an_earlier_one_that_failed()
     assert!(response.batch_item_failures.is_empty());
     assert_eq!(ids(&ing.jobs_todo_fifo), ["b1", "b2", "a1", "a2"]);
 }
+
+/// EventBridge accepted it, so it is JSON, but too deep for the parser: it ends under
+/// the producer's id, and its replayed copy (the envelope now names the replay) is a
+/// repeat of the same end, not a second one.
+#[tokio::test]
+async fn an_event_too_deep_to_parse_ends_once_under_its_producers_id_replays_included() {
+    let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+    let detail = format!(
+        r#"{{"id":"job-deep","job_type":"report_generation","message":{{"report_name":"r","filters":{deep}}}}}"#
+    );
+    let live = format!(r#"{{"id":"evt-9","time":"2026-11-22T10:00:00Z","detail":{detail}}}"#);
+    let replayed = live.replace(r#""id":"evt-9","#, r#""id":"evt-9","replay-name":"fix-1","#);
+    assert_ne!(live, replayed);
+    let ing = ingester(
+        MemoryQueue::default(),
+        MemoryQueue::default(),
+        MemoryTopic::default(),
+    );
+    for (id, body) in [("m1", &live), ("m2", &live), ("m3", &replayed)] {
+        let response = ing
+            .handle(records(&[(id.into(), body.clone())]), now())
+            .await;
+        assert!(response.batch_item_failures.is_empty(), "{id}");
+    }
+    let notes = ing.topic.notifications();
+    let ends: Vec<_> = notes
+        .iter()
+        .map(|n| (n.job_id.as_str(), n.status, n.errors[0].code.as_str()))
+        .collect();
+    assert_eq!(
+        ends,
+        [("job-deep", JobStatus::Rejected, "malformed_envelope")]
+    );
+    let letters = ing.dead_letters.dead_letters();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].job_id, "job-deep");
+    assert_eq!(
+        letters[0].job,
+        Value::String(detail),
+        "the detail's text, as sent"
+    );
+    assert!(ing.jobs_todo.jobs().is_empty());
+}

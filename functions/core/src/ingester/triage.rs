@@ -85,19 +85,22 @@ pub(super) fn triage(
 /// A body that is not an EventBridge event the parser can read: rejected as it came,
 /// under the id its producer knows when its text names one (the detail's `id`, else
 /// the event's: EventBridge accepted it, so it is JSON, even if too deep to parse),
-/// and only else under its SQS message id.
+/// and only else under its SQS message id; its letter keeps the detail's text.
 fn not_an_event(body: &str, meta: &RecordMeta, now: DateTime<Utc>) -> Verdict {
     let rejection = Rejection::new(
         crate::job::ErrorCode::MalformedEnvelope,
         None,
         "the message is not an EventBridge event with a detail the parser can read",
     );
-    let (event_id, detail_id) = crate::messages::shallow_ids(body);
-    let producers_id = detail_id
-        .filter(|id| crate::job::usable_name(id))
-        .or(event_id)
+    let event = crate::messages::shallow_event(body);
+    let producers_id = event
+        .producers_id()
         .unwrap_or_else(|| meta.message_id.clone());
-    let dl = reject(producers_id, None, raw_body(body), rejection, meta, now);
+    // The letter keeps the detail's text, not the envelope's: its fingerprint is then
+    // the same for every delivery and replay of the event, so the rejection is claimed,
+    // and ends, once.
+    let job = raw_body(event.detail.unwrap_or(body));
+    let dl = reject(producers_id, None, job, rejection, meta, now);
     Verdict::Reject(dl, None)
 }
 
