@@ -86,8 +86,10 @@ data "aws_iam_policy_document" "ingester" {
   }
 
   # Once the ingester announced such an end it marks the stop announced, so the
-  # processor does not announce it again; the mark may touch no other attribute (it
-  # removes `outbox`, taking the stop out of the relay's index).
+  # processor does not announce it again, or marks its dead letter stored when only
+  # the publish failed; the marks may touch no other attribute (the announced mark
+  # removes `outbox`, taking the stop out of the relay's index) and name only the
+  # attributes their condition checks (`progress`, `end_id`).
   statement {
     sid       = "MarkTheStopAnnounced"
     actions   = ["dynamodb:UpdateItem", "dynamodb:PartiQLUpdate"]
@@ -102,7 +104,7 @@ data "aws_iam_policy_document" "ingester" {
     condition {
       test     = "ForAllValues:StringEquals"
       variable = "dynamodb:Attributes"
-      values   = ["pk", "announced", "updated_ms", "expires_at", "outbox"]
+      values   = ["pk", "announced", "letter_stored", "updated_ms", "expires_at", "outbox", "progress", "end_id"]
     }
   }
 

@@ -124,7 +124,7 @@ def expected_grants(function: str, source: str | list[str], sends: list[str], lo
 # processor's record when a forward failed on its last receive (PutItem), and its mark
 # of that stop as announced (an update of the mark's attributes only, `outbox` removed).
 PROCESSOR_KEYS = "ForAllValues:StringLike dynamodb:LeadingKeys processor#*"
-MARK_ONLY = "ForAllValues:StringEquals dynamodb:Attributes pk,announced,updated_ms,expires_at,outbox"
+MARK_ONLY = "ForAllValues:StringEquals dynamodb:Attributes pk,announced,letter_stored,updated_ms,expires_at,outbox,progress,end_id"
 PROCESSOR_STOP = {
     ("dynamodb:PutItem", "aws_dynamodb_table:jobs", PROCESSOR_KEYS),
     ("dynamodb:UpdateItem", "aws_dynamodb_table:jobs", f"{PROCESSOR_KEYS} {MARK_ONLY}"),
@@ -211,16 +211,21 @@ def written_by(expression: str) -> set[str]:
 
 
 def mark_attributes() -> set[str]:
-    """What the store's two announced-mark calls (UpdateItem, and the batched PartiQL
-    UPDATE) write, read from functions/core/src/store/dynamo.rs; both must agree."""
+    """What the store's marks (announced, letter stored) write and check, read from
+    functions/core/src/store/dynamo.rs: the UpdateItem expressions and their condition,
+    and the batched PartiQL UPDATEs, which must write the same attributes."""
     src = (stk.ROOT / "functions/core/src/store/dynamo.rs").read_text()
-    single = re.search(r'update_expression\(\s*"(SET announced = [^"]+)",?\s*\)', src)
-    batched = re.search(r'UPDATE \\"\{\}\\" (SET \\"announced\\".*?)WHERE', src, re.S)
-    assert single and batched, "the mark's calls were not found in dynamo.rs"
-    written_single = written_by(single.group(1))
-    written_batched = set(re.findall(r'(?:SET|REMOVE)\s+\\"(\w+)\\"', batched.group(1)))
-    assert written_single == written_batched, (written_single, written_batched)
-    return written_single
+    single = set()
+    for name in ("MARK_ANNOUNCED", "MARK_LETTER_STORED"):
+        single |= written_by(rust_str(src, name))
+    checked = named_by(rust_str(src, "MARK_IF_END"))
+    body = re.search(r"fn mark_statement\(.*?\n\}\n", src, re.S)
+    assert body, "the batched marks were not found in dynamo.rs"
+    batched = set(re.findall(r'(?:SET|REMOVE)\s+\\"(\w+)\\"', body.group(0)))
+    where = set(re.findall(r'\\"(\w+)\\" (?:=|IN)', body.group(0).split("WHERE", 1)[1]))
+    assert single == batched, (single, batched)
+    assert where - {"pk"} <= checked, (where, checked)
+    return single | checked
 
 
 def test_an_update_expression_is_read_with_its_remove_clause():

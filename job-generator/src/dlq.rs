@@ -677,7 +677,9 @@ mod tests {
     use super::*;
     use jobs_core::messages::{EnrichedJob, ErrorEntry, JobStatus};
     use jobs_core::record::dead_letter_message;
-    use jobs_core::store::{Claim, ClaimOutcome, JobState, JobStore, MemoryStore, Progress};
+    use jobs_core::store::{
+        Claim, ClaimOutcome, JobState, JobStore, Mark, Marked, MemoryStore, Progress,
+    };
 
     fn body_of(dl: &DeadLetter) -> String {
         dead_letter_message(dl).body
@@ -960,10 +962,13 @@ mod tests {
             })
             .await
             .expect("finish");
-        store
-            .announce(&dl.job_id, dl.stage, now)
-            .await
-            .expect("announce");
+        let mark = Mark::new(
+            &dl.job_id,
+            dl.stage,
+            &note.notification_id(),
+            Marked::Announced,
+        );
+        store.mark(&mark, now).await.expect("announce");
     }
 
     /// Claims `dl`'s job at `attempt` for `holder`, as a delivery of it would.
@@ -1037,10 +1042,8 @@ mod tests {
             })
             .await
             .expect("finish");
-        store
-            .announce("job-1", Stage::Processor, now)
-            .await
-            .expect("announce");
+        let mark = Mark::new("job-1", Stage::Processor, "", Marked::Announced);
+        store.mark(&mark, now).await.expect("announce");
         put_back(&q, "m0", &dl);
 
         let report = redrive(&q, &store, &all(), false).await.expect("redrive");

@@ -57,11 +57,19 @@ fn describe(n: &Notification) -> String {
 pub fn check(seen: &Seen<'_>) -> Outcome {
     let mut violations = Vec::new();
     let notes = seen.topic.notifications();
-    let letters: Vec<DeadLetter> = seen
+    let letters: Vec<(DeadLetter, Timestamp)> = seen
         .sqs
         .accepted("dead-letter-queue")
         .iter()
-        .filter_map(|m| serde_json::from_str(&m.body).ok())
+        .filter_map(|m| Some((serde_json::from_str(&m.body).ok()?, m.sent_at)))
+        .collect();
+    let end_marks: Vec<(String, Timestamp)> = seen
+        .store
+        .marks
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|(mark, at)| (mark.end.clone(), *at))
         .collect();
     // Which producer's job an id names: its own id, or one of its events' ids.
     let mut owner: HashMap<&str, usize> = HashMap::new();
@@ -146,13 +154,7 @@ pub fn check(seen: &Seen<'_>) -> Outcome {
                 said.join("; ")
             ));
         }
-        letter_copies += check_letters(
-            id,
-            &ends,
-            &letters,
-            lost_letters(seen.world, id),
-            &mut violations,
-        );
+        letter_copies += check_letters(id, &ends, &letters, &end_marks, &mut violations);
     }
     check_records(seen.store, &waiting, &mut violations);
     check_sagas(seen.store, &mut violations);
@@ -192,25 +194,16 @@ fn allowed(seen: &Seen<'_>, sent: &Sent, last: &Notification) -> bool {
     }
 }
 
-/// Letters of `id` whose `SendMessageBatch` answer was lost: SQS kept them, and the
-/// stage, not knowing, stores each again (window 6 of the design).
-fn lost_letters(world: &World, id: &str) -> usize {
-    world
-        .lost_letters
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .iter()
-        .filter(|j| *j == id)
-        .count()
-}
-
-/// Exactly one dead letter for each `FAILED` or `REJECTED` end, none for another; a
-/// second copy only where a lost answer explains it. The copies it allowed.
+/// Exactly one dead letter for each `FAILED` or `REJECTED` end, none for another. A
+/// second copy only where no mark of its end landed since the copy before: the stage
+/// could not know the first was stored (a lost `SendMessageBatch` answer, window 6; a
+/// crash or a refused mark between the letter and its mark). A copy stored after the
+/// end was marked is a violation. The copies it allowed.
 fn check_letters(
     id: &str,
     ends: &[&Notification],
-    letters: &[DeadLetter],
-    lost: usize,
+    letters: &[(DeadLetter, Timestamp)],
+    marks: &[(String, Timestamp)],
     out: &mut Vec<String>,
 ) -> usize {
     let owed: Vec<String> = ends
@@ -218,20 +211,31 @@ fn check_letters(
         .filter(|n| matches!(n.status, JobStatus::Failed | JobStatus::Rejected))
         .map(|n| n.notification_id())
         .collect();
-    let mut have: BTreeMap<String, usize> = BTreeMap::new();
-    for dl in letters.iter().filter(|dl| dl.job_id == id) {
-        *have.entry(letter_key(dl)).or_default() += 1;
+    let mut have: BTreeMap<String, Vec<Timestamp>> = BTreeMap::new();
+    for (dl, at) in letters.iter().filter(|(dl, _)| dl.job_id == id) {
+        have.entry(letter_key(dl)).or_default().push(*at);
     }
     let mut allowed = 0;
-    for (key, n) in &have {
+    for (key, times) in &mut have {
         if !owed.contains(key) {
             out.push(format!(
                 "job {id}: a dead letter of an end never announced ({key})"
             ));
-        } else if *n > 1 + lost.saturating_sub(allowed) {
-            out.push(format!("job {id}: {n} dead letters of one end ({key})"));
-        } else {
-            allowed += n - 1;
+            continue;
+        }
+        times.sort();
+        for pair in times.windows(2) {
+            let marked = marks
+                .iter()
+                .any(|(end, at)| end == key && pair[0] <= *at && *at < pair[1]);
+            if marked {
+                out.push(format!(
+                    "job {id}: its dead letter stored again at {} after its end was marked ({key})",
+                    pair[1]
+                ));
+            } else {
+                allowed += 1;
+            }
         }
     }
     for key in &owed {
@@ -336,6 +340,7 @@ fn check_sagas(store: &MemoryStore, out: &mut Vec<String>) {
 mod tests {
     use super::*;
     use jobs_core::messages::{ErrorEntry, Stage};
+    use jobs_core::store::{Mark, Marked};
     use serde_json::json;
 
     fn sent(id: &str, expect: JobStatus) -> Sent {
@@ -357,15 +362,34 @@ mod tests {
 
     /// Checks what the topic and the DLQ got, for the jobs sent.
     fn verdict(sent: &[Sent], notes: &[Notification], letters: &[DeadLetter]) -> Vec<String> {
+        verdict_marked(sent, notes, letters, false)
+    }
+
+    /// [`verdict`], with each end marked (`marked`) right after its first letter.
+    fn verdict_marked(
+        sent: &[Sent],
+        notes: &[Notification],
+        letters: &[DeadLetter],
+        marked: bool,
+    ) -> Vec<String> {
         let start = Timestamp::from_timestamp(1_800_000_000, 0).expect("a time");
         let world = World::new(7, start, std::time::Duration::from_secs(1));
         world.calm_down();
         let sqs = Sqs::new(std::sync::Arc::clone(&world));
-        for dl in letters {
+        let store = MemoryStore::default();
+        for (i, dl) in letters.iter().enumerate() {
             sqs.enqueue(
                 "dead-letter-queue",
                 &jobs_core::record::dead_letter_message(dl),
             );
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            if marked && i == 0 {
+                let end = letter_key(dl);
+                let mark = Mark::new(&dl.job_id, dl.stage, &end, Marked::LetterStored);
+                let mut marks = store.marks.lock().expect("lock");
+                marks.push((mark, jobs_core::clock::now()));
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
         }
         let topic = MemoryTopic::default();
         topic
@@ -373,7 +397,6 @@ mod tests {
             .lock()
             .expect("lock")
             .extend(notes.iter().cloned());
-        let store = MemoryStore::default();
         let seen = Seen {
             world: &world,
             sqs: &sqs,
@@ -408,9 +431,13 @@ mod tests {
         let jobs = [sent("j1", JobStatus::Rejected)];
         let v = verdict(&jobs, &[n.clone(), again], &[dl.clone(), dl2]);
         assert!(v.iter().any(|v| v.contains("2 end(s) for 1")), "{v:?}");
-        let v = verdict(&jobs, std::slice::from_ref(&n), &[dl.clone(), dl.clone()]);
+        let twice = [dl.clone(), dl.clone()];
+        let v = verdict(&jobs, std::slice::from_ref(&n), &twice);
+        assert!(v.is_empty(), "unmarked, the stage could not know: {v:?}");
+        let v = verdict_marked(&jobs, std::slice::from_ref(&n), &twice, true);
         assert!(
-            v.iter().any(|v| v.contains("2 dead letters of one end")),
+            v.iter()
+                .any(|v| v.contains("stored again") && v.contains("after its end was marked")),
             "{v:?}"
         );
         let v = verdict(&jobs, std::slice::from_ref(&n), &[]);

@@ -53,8 +53,6 @@ pub struct World {
     stopped: AtomicBool,
     /// Every call whose answer was lost: (service, operation, what it carried).
     pub lost: Mutex<Vec<(String, &'static str)>>,
-    /// The job ids of dead letters stored by a call whose answer was lost.
-    pub lost_letters: Mutex<Vec<String>>,
 }
 
 /// Services a schedule may take out.
@@ -103,7 +101,6 @@ impl World {
             calm: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
             lost: Mutex::new(Vec::new()),
-            lost_letters: Mutex::new(Vec::new()),
         })
     }
 

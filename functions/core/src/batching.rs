@@ -20,7 +20,7 @@
 
 use crate::messages::{Notification, Stage};
 use crate::ports::{send_all, MessageQueue, OutgoingMessage, PortError, Receipt, Topic};
-use crate::store::{Claim, ClaimOutcome, Finish, JobState, JobStore, Release};
+use crate::store::{Claim, ClaimOutcome, Finish, JobState, JobStore, Mark, Release};
 use crate::Timestamp;
 use async_trait::async_trait;
 use std::future::Future;
@@ -34,7 +34,7 @@ pub struct Batching<S> {
     inner: S,
     claims: Gather<OwnedClaim, Result<ClaimOutcome, PortError>>,
     finishes: Gather<Finish, Result<(), PortError>>,
-    announces: Gather<(String, Stage, Timestamp), Result<(), PortError>>,
+    marks: Gather<(Mark, Timestamp), Result<(), PortError>>,
     publishes: Gather<Notification, Result<(), PortError>>,
     sends: Gather<Vec<OutgoingMessage>, Vec<Result<(), PortError>>>,
     visibility: Gather<Vec<Receipt>, Result<(), PortError>>,
@@ -46,7 +46,7 @@ impl<S> Batching<S> {
             inner,
             claims: Gather::default(),
             finishes: Gather::default(),
-            announces: Gather::default(),
+            marks: Gather::default(),
             publishes: Gather::default(),
             sends: Gather::default(),
             visibility: Gather::default(),
@@ -310,24 +310,21 @@ impl<S: JobStore> JobStore for Batching<S> {
         answer.unwrap_or_else(|| Err(lost("finish")))
     }
 
-    async fn announce(&self, job_id: &str, stage: Stage, now: Timestamp) -> Result<(), PortError> {
-        let send = |reqs: Vec<(String, Stage, Timestamp)>| async move {
-            let now = reqs.iter().map(|r| r.2).max().unwrap_or(now);
-            let keys: Vec<String> = reqs.iter().map(|(id, s, _)| item_key(*s, id)).collect();
+    async fn mark(&self, mark: &Mark, now: Timestamp) -> Result<(), PortError> {
+        let send = |reqs: Vec<(Mark, Timestamp)>| async move {
+            let now = reqs.iter().map(|r| r.1).max().unwrap_or(now);
+            let keys: Vec<String> = reqs
+                .iter()
+                .map(|(m, _)| item_key(m.stage, &m.job_id))
+                .collect();
             let round = |calls: Vec<usize>| {
-                let jobs: Vec<(String, Stage)> = calls
-                    .iter()
-                    .map(|&i| (reqs[i].0.clone(), reqs[i].1))
-                    .collect();
-                async move { self.inner.announce_all(&jobs, now).await }
+                let marks: Vec<Mark> = calls.iter().map(|&i| reqs[i].0.clone()).collect();
+                async move { self.inner.mark_all(&marks, now).await }
             };
-            by_rounds(&keys, round, || Err(lost("announce"))).await
+            by_rounds(&keys, round, || Err(lost("mark"))).await
         };
-        let answer = self
-            .announces
-            .join((job_id.to_owned(), stage, now), send)
-            .await;
-        answer.unwrap_or_else(|| Err(lost("announce")))
+        let answer = self.marks.join((mark.clone(), now), send).await;
+        answer.unwrap_or_else(|| Err(lost("mark")))
     }
 
     async fn claim_all(
@@ -342,12 +339,8 @@ impl<S: JobStore> JobStore for Batching<S> {
         self.inner.finish_all(finishes).await
     }
 
-    async fn announce_all(
-        &self,
-        jobs: &[(String, Stage)],
-        now: Timestamp,
-    ) -> Vec<Result<(), PortError>> {
-        self.inner.announce_all(jobs, now).await
+    async fn mark_all(&self, marks: &[Mark], now: Timestamp) -> Vec<Result<(), PortError>> {
+        self.inner.mark_all(marks, now).await
     }
 
     async fn release(&self, release: &Release<'_>, now: Timestamp) -> Result<(), PortError> {
@@ -433,7 +426,7 @@ fn answers_for(
 mod tests {
     use super::*;
     use crate::messages::JobStatus;
-    use crate::store::{MemoryStore, Progress};
+    use crate::store::{Marked, MemoryStore, Progress};
     use chrono::{TimeZone, Utc};
     use futures_util::future::join_all;
     use serde_json::Value;
@@ -482,14 +475,9 @@ mod tests {
             self.single.fetch_add(1, Ordering::SeqCst);
             self.store.finish(finish).await
         }
-        async fn announce(
-            &self,
-            job_id: &str,
-            stage: Stage,
-            now: Timestamp,
-        ) -> Result<(), PortError> {
+        async fn mark(&self, mark: &Mark, now: Timestamp) -> Result<(), PortError> {
             self.single.fetch_add(1, Ordering::SeqCst);
-            self.store.announce(job_id, stage, now).await
+            self.store.mark(mark, now).await
         }
         async fn claim_all(
             &self,
@@ -509,16 +497,12 @@ mod tests {
                 .push(("finish", finishes.len()));
             self.store.finish_all(finishes).await
         }
-        async fn announce_all(
-            &self,
-            jobs: &[(String, Stage)],
-            now: Timestamp,
-        ) -> Vec<Result<(), PortError>> {
+        async fn mark_all(&self, marks: &[Mark], now: Timestamp) -> Vec<Result<(), PortError>> {
             self.batches
                 .lock()
                 .expect("lock")
-                .push(("announce", jobs.len()));
-            self.store.announce_all(jobs, now).await
+                .push(("announce", marks.len()));
+            self.store.mark_all(marks, now).await
         }
         async fn release(&self, release: &Release<'_>, now: Timestamp) -> Result<(), PortError> {
             self.store.release(release, now).await
@@ -594,11 +578,10 @@ mod tests {
             .collect();
         let finished = join_all(finishes.iter().map(|f| store.finish(f))).await;
         assert!(finished.iter().all(Result::is_ok));
-        let announced = join_all(
-            claimed
-                .iter()
-                .map(|id| store.announce(id, Stage::Processor, at(3))),
-        )
+        let announced = join_all(claimed.iter().map(|id| async {
+            let mark = Mark::new(id, Stage::Processor, "", Marked::Announced);
+            store.mark(&mark, at(3)).await
+        }))
         .await;
         assert!(announced.iter().all(Result::is_ok));
         assert_eq!(

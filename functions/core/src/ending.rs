@@ -13,7 +13,7 @@
 use crate::messages::{DeadLetter, JobStatus, Notification, Stage, TraceContext};
 use crate::ports::{MessageQueue, PortError, Topic};
 use crate::record::{deliver_dead_letters, publish_all, RecordMeta};
-use crate::store::{JobStore, Progress, Release};
+use crate::store::{JobStore, Mark, Marked, Progress, Release};
 use crate::telemetry::Instruments;
 use crate::Timestamp;
 use futures_util::future::join_all;
@@ -97,7 +97,7 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> EndPorts<'_, Q, T, S> {
         let mut failed = Vec::new();
         let mut letters = Vec::new();
         let mut completions = Vec::new();
-        let mut announced = Vec::new();
+        let mut marks = Vec::new();
         for (ending, result) in endings.into_iter().zip(recorded) {
             if let Err(e) = result {
                 ending.meta.log.in_scope(|| {
@@ -111,32 +111,59 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> EndPorts<'_, Q, T, S> {
                 continue;
             }
             if let Some(stage) = self.marked_at(ending.tracking) {
-                announced.push((
-                    ending.meta.message_id.clone(),
-                    ending.notification.job_id.clone(),
-                    stage,
-                ));
+                let end = ending.notification.notification_id();
+                let job_id = &ending.notification.job_id;
+                marks.push((ending.meta.message_id.clone(), job_id.clone(), stage, end));
             }
             match ending.dead_letter {
                 Some(dl) => letters.push((ending.meta, dl, ending.notification)),
                 None => completions.push((ending.meta, ending.notification)),
             }
         }
-        failed.extend(deliver_dead_letters(self.dead_letters, self.topic, letters).await);
+        let delivered = deliver_dead_letters(self.dead_letters, self.topic, letters).await;
+        failed.extend(delivered.failed);
         failed.extend(publish_all(self.topic, completions).await);
-        // A mark that is never written (after the SDK's own retries) leaves the end in
-        // the outbox, and the relay announces it once more after the lease (window 3);
-        // failing the record would not help, its next delivery would announce too.
-        let marks = announced
-            .iter()
-            .filter(|(message_id, ..)| !failed.contains(message_id))
-            .map(|(_, job_id, stage)| async move {
-                if let Err(e) = self.store.announce(job_id, *stage, now).await {
-                    warn!(job_id = %job_id, error = %e, "could not mark the end state announced");
-                }
-            });
-        join_all(marks).await;
+        self.mark_all(marks, &failed, &delivered.letter_only, now)
+            .await;
         failed
+    }
+
+    /// Marks each tracked end with what became of it: announced, or its letter stored
+    /// while the publish failed (so its next delivery, or the relay, does not store it
+    /// again). A mark that is never written (after the SDK's own retries) repeats the
+    /// step it marks once more: the relay announces the end again after the lease
+    /// (window 3), or its next delivery stores the letter again; failing the record
+    /// would not help, its next delivery would do the same.
+    async fn mark_all(
+        &self,
+        marks: Vec<(String, String, Stage, String)>,
+        failed: &[String],
+        letter_only: &[String],
+        now: Timestamp,
+    ) {
+        let marks = marks
+            .into_iter()
+            .filter_map(|(message_id, job_id, stage, end)| {
+                let what = if !failed.contains(&message_id) {
+                    Marked::Announced
+                } else if letter_only.contains(&message_id) {
+                    Marked::LetterStored
+                } else {
+                    return None;
+                };
+                Some(Mark {
+                    job_id,
+                    stage,
+                    end,
+                    what,
+                })
+            });
+        let calls = marks.map(|mark| async move {
+            if let Err(e) = self.store.mark(&mark, now).await {
+                warn!(job_id = %mark.job_id, mark = mark.what.as_str(), error = %e, "could not mark the end");
+            }
+        });
+        join_all(calls).await;
     }
 
     /// The stage whose record an announced ending marks, if it has one.
@@ -250,7 +277,8 @@ pub async fn give_back<S: JobStore>(
 }
 
 /// Rebuilds the ending an earlier delivery recorded but did not announce, from the
-/// notification stored as the record's detail. `job` and `trace_context` come from the
+/// notification stored as the record's detail, with its dead letter unless the record
+/// says it is stored ([`crate::store::Marked::LetterStored`]). `job` and `trace_context` come from the
 /// message at hand, which carries the same content (the fingerprints matched).
 pub async fn recorded<S: JobStore>(
     store: &S,
@@ -260,15 +288,21 @@ pub async fn recorded<S: JobStore>(
     trace_context: Option<&TraceContext>,
 ) -> Result<Option<(Notification, Option<DeadLetter>)>, PortError> {
     let records = store.get(job_id).await?;
-    let Some(stored) = records
+    let Some((stored, letter_stored)) = records
         .into_iter()
         .find(|r| r.stage == stage)
-        .and_then(|r| r.detail)
-        .and_then(|d| serde_json::from_value::<Notification>(d).ok())
+        .and_then(|r| Some((r.detail?, r.letter_stored)))
+        .and_then(|(d, letter_stored)| {
+            Some((
+                serde_json::from_value::<Notification>(d).ok()?,
+                letter_stored,
+            ))
+        })
     else {
         return Ok(None);
     };
-    let dead_letter = (stored.status != JobStatus::Completed)
+    // A letter stored by the delivery that could not publish is not stored again.
+    let dead_letter = (stored.status != JobStatus::Completed && !letter_stored)
         .then(|| DeadLetter::for_notification(&stored, trace_context.cloned(), job.clone()));
     Ok(Some((stored, dead_letter)))
 }
@@ -349,14 +383,20 @@ mod tests {
         assert_eq!(ports.end(vec![ending], at(1)).await, ["m1"]);
         let state = store.get("job-1").await.expect("store");
         assert!(!state[0].announced);
+        assert!(
+            state[0].letter_stored,
+            "the letter went out before the publish failed"
+        );
+        assert_eq!(dlq.dead_letters().len(), 1);
 
-        // The re-delivery finds the end recorded and announces it from the record.
+        // The re-delivery finds the end recorded and announces it from the record,
+        // without storing its letter a second time.
         let again = recorded(&store, Stage::Processor, "job-1", &dl.job, None)
             .await
             .expect("store")
             .expect("recorded");
         assert_eq!(again.0.errors, note.errors);
-        assert_eq!(again.1.as_ref().map(|d| d.attempts), Some(3));
+        assert!(again.1.is_none(), "the letter is stored already");
         let up = MemoryTopic::default();
         let ports = EndPorts {
             topic: &up,
@@ -374,6 +414,85 @@ mod tests {
             note.timestamp,
             "the end as recorded, not rebuilt at the re-delivery: every copy says the same"
         );
+        assert!(store.get("job-1").await.expect("store")[0].announced);
+        assert_eq!(dlq.dead_letters().len(), 1, "one letter for the one end");
+    }
+
+    #[tokio::test]
+    async fn a_letter_that_could_not_be_stored_is_stored_by_the_next_delivery() {
+        let store = MemoryStore::default();
+        claimed(&store, "job-1").await;
+        let note = failed_note("job-1");
+        let job = serde_json::json!({"job_type": "report_generation"});
+        let dl = DeadLetter::for_notification(&note, None, job);
+        let (down, topic) = (MemoryQueue::refusing("job-1"), MemoryTopic::default());
+        let ports = EndPorts {
+            stage: Stage::Processor,
+            dead_letters: &down,
+            topic: &topic,
+            store: &store,
+            telemetry: &Instruments::default(),
+        };
+        let ending = Ending::new(
+            meta("m1"),
+            note,
+            Some(dl.clone()),
+            Tracking::Finish { attempt: 3 },
+        );
+        assert_eq!(ports.end(vec![ending], at(1)).await, ["m1"]);
+        let state = store.get("job-1").await.expect("store");
+        assert!(!state[0].letter_stored && !state[0].announced);
+        assert!(
+            topic.notifications().is_empty(),
+            "no announcement before its letter"
+        );
+        let again = recorded(&store, Stage::Processor, "job-1", &dl.job, None)
+            .await
+            .expect("store")
+            .expect("recorded");
+        assert_eq!(
+            again.1.map(|d| d.attempts),
+            Some(3),
+            "the letter is rebuilt"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_mark_lands_only_on_the_end_it_names() {
+        let store = MemoryStore::default();
+        claimed(&store, "job-1").await;
+        let note = failed_note("job-1");
+        let (dlq, topic) = (MemoryQueue::default(), MemoryTopic::default());
+        let ports = EndPorts {
+            stage: Stage::Processor,
+            dead_letters: &dlq,
+            topic: &topic,
+            store: &store,
+            telemetry: &Instruments::default(),
+        };
+        ports
+            .record(
+                &Ending::new(
+                    meta("m1"),
+                    note.clone(),
+                    None,
+                    Tracking::Finish { attempt: 3 },
+                ),
+                at(1),
+            )
+            .await
+            .expect("recorded");
+        // An announcer of another end of the job (one a redrive replaced) marks nothing.
+        let other = Mark::new("job-1", Stage::Processor, "another-end", Marked::Announced);
+        store.mark(&other, at(2)).await.expect("store");
+        assert!(!store.get("job-1").await.expect("store")[0].announced);
+        let own = Mark::new(
+            "job-1",
+            Stage::Processor,
+            &note.notification_id(),
+            Marked::Announced,
+        );
+        store.mark(&own, at(3)).await.expect("store");
         assert!(store.get("job-1").await.expect("store")[0].announced);
     }
 

@@ -8,7 +8,7 @@
 //!
 //! The breaker lives as long as the wrapped client, across warm invocations.
 
-use crate::messages::{Notification, Stage};
+use crate::messages::Notification;
 use crate::ports::{MessageQueue, OutgoingMessage, PortError, Receipt, Topic};
 use crate::store::{Claim, ClaimOutcome, Finish, JobState, JobStore, Release};
 use crate::Timestamp;
@@ -320,8 +320,8 @@ impl<S: JobStore> JobStore for Guarded<S> {
         self.call("UpdateItem", call, sick, Err).await
     }
 
-    async fn announce(&self, job_id: &str, stage: Stage, now: Timestamp) -> Result<(), PortError> {
-        let call = self.inner.announce(job_id, stage, now);
+    async fn mark(&self, mark: &crate::store::Mark, now: Timestamp) -> Result<(), PortError> {
+        let call = self.inner.mark(mark, now);
         self.call("UpdateItem", call, Result::is_err, Err).await
     }
 
@@ -348,13 +348,13 @@ impl<S: JobStore> JobStore for Guarded<S> {
             .await
     }
 
-    async fn announce_all(
+    async fn mark_all(
         &self,
-        jobs: &[(String, Stage)],
+        marks: &[crate::store::Mark],
         now: Timestamp,
     ) -> Vec<Result<(), PortError>> {
-        let call = self.inner.announce_all(jobs, now);
-        self.call_batch("BatchExecuteStatement", jobs.len(), call)
+        let call = self.inner.mark_all(marks, now);
+        self.call_batch("BatchExecuteStatement", marks.len(), call)
             .await
     }
 

@@ -174,7 +174,7 @@ pub async fn deliver_dead_letters<Q: MessageQueue, T: Topic>(
     dead_letters: &Q,
     topic: &T,
     letters: Vec<(RecordMeta, DeadLetter, Notification)>,
-) -> Vec<String> {
+) -> Delivered {
     let outgoing: Vec<_> = letters
         .iter()
         .map(|(_, dl, _)| dead_letter_message(dl))
@@ -191,8 +191,21 @@ pub async fn deliver_dead_letters<Q: MessageQueue, T: Topic>(
             }
         }
     }
-    failed.extend(publish_all(topic, announcements).await);
-    failed
+    let unannounced = publish_all(topic, announcements).await;
+    Delivered {
+        letter_only: unannounced.clone(),
+        failed: failed.into_iter().chain(unannounced).collect(),
+    }
+}
+
+/// What [`deliver_dead_letters`] did.
+#[derive(Debug, Default)]
+pub struct Delivered {
+    /// The message ids of the records that must stay in SQS.
+    pub failed: Vec<String>,
+    /// Those of them whose letter was stored and only the publish failed: their end
+    /// is to be marked [`crate::store::Marked::LetterStored`].
+    pub letter_only: Vec<String>,
 }
 
 /// Publishes notifications concurrently; returns the message ids whose publish failed.

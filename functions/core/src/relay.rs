@@ -308,6 +308,8 @@ fn relayed(record: &JobState, holder: &str) -> Option<(Stage, Ending, Option<Tra
         return None;
     }
     let dead_letter = match notification.status {
+        // Stored by the delivery whose publish failed: only the announcement is left.
+        _ if record.letter_stored => None,
         JobStatus::Completed => None,
         _ => Some(serde_json::from_value::<DeadLetter>(detail.get(LETTER_FIELD)?.clone()).ok()?),
     };

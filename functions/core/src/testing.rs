@@ -8,7 +8,6 @@
 //! value. The topic checks what SNS would deliver to an SQS subscriber. Each also has
 //! [`Faults`]: refuse whole calls, lose the answer of a call that took effect, or be slow.
 
-use crate::messages::Stage;
 use crate::messages::{DeadLetter, EnrichedJob, Notification};
 use crate::ports::{
     sqs_allows, Faults, MessageQueue, OutgoingMessage, PortError, Receipt, Topic, MAX_BATCH,
@@ -378,8 +377,8 @@ impl<S: JobStore> JobStore for SdkRetry<S> {
         self.inner.finish(finish).await
     }
 
-    async fn announce(&self, job_id: &str, stage: Stage, now: Timestamp) -> Result<(), PortError> {
-        self.inner.announce(job_id, stage, now).await
+    async fn mark(&self, mark: &crate::store::Mark, now: Timestamp) -> Result<(), PortError> {
+        self.inner.mark(mark, now).await
     }
 
     async fn release(&self, release: &Release<'_>, now: Timestamp) -> Result<(), PortError> {
@@ -721,16 +720,16 @@ impl<S: JobStore> JobStore for Shared<'_, S> {
         self.0.finish_all(finishes).await
     }
 
-    async fn announce(&self, job_id: &str, stage: Stage, now: Timestamp) -> Result<(), PortError> {
-        self.0.announce(job_id, stage, now).await
+    async fn mark(&self, mark: &crate::store::Mark, now: Timestamp) -> Result<(), PortError> {
+        self.0.mark(mark, now).await
     }
 
-    async fn announce_all(
+    async fn mark_all(
         &self,
-        jobs: &[(String, Stage)],
+        marks: &[crate::store::Mark],
         now: Timestamp,
     ) -> Vec<Result<(), PortError>> {
-        self.0.announce_all(jobs, now).await
+        self.0.mark_all(marks, now).await
     }
 
     async fn release(&self, release: &Release<'_>, now: Timestamp) -> Result<(), PortError> {

@@ -19,13 +19,13 @@
 mod replay;
 mod saga;
 
-use crate::messages::Stage;
+use crate::messages::{JobStatus, Stage};
 use crate::ports::PortError;
 use crate::store::outbox::{self, Outbox, Stranded, Take};
 use crate::store::{
-    after_refused_take, decide, decide_reopen, decide_unforwarded, lost_claim, resume_take,
-    same_claim, stop_record, Claim, ClaimOutcome, Finish, Forestalled, JobState, JobStore,
-    OperatorStore, Progress, Release, Reopen, Reopened, Unforwarded, RETENTION,
+    after_refused_take, decide, decide_reopen, decide_unforwarded, end_id, lost_claim, resume_take,
+    same_claim, stop_record, Claim, ClaimOutcome, Finish, Forestalled, JobState, JobStore, Mark,
+    Marked, OperatorStore, Progress, Release, Reopen, Reopened, Unforwarded, RETENTION,
 };
 use crate::Timestamp;
 use async_trait::async_trait;
@@ -278,6 +278,15 @@ fn to_item(state: &JobState) -> Item {
     if let Some(detail) = &state.detail {
         item.insert("detail".to_owned(), s(detail.to_string()));
     }
+    if let Some(end) = is_end(state.progress)
+        .then(|| end_id(state.detail.as_ref()))
+        .flatten()
+    {
+        item.insert("end_id".to_owned(), s(end));
+    }
+    if state.letter_stored {
+        item.insert("letter_stored".to_owned(), AttributeValue::Bool(true));
+    }
     if is_end(state.progress) && !state.announced {
         item.insert("outbox".to_owned(), s(outbox_shard(&state.job_id)));
     }
@@ -301,6 +310,12 @@ fn from_item(item: &Item) -> Option<JobState> {
             .and_then(|v| v.as_n().ok())
             .and_then(|v| v.parse::<i64>().ok())
     };
+    let flag = |k: &str| {
+        item.get(k)
+            .and_then(|v| v.as_bool().ok())
+            .copied()
+            .unwrap_or(false)
+    };
     let stage = Stage::parse(text("stage")?)?;
     Some(JobState {
         job_id: text("job_id")?.clone(),
@@ -312,11 +327,8 @@ fn from_item(item: &Item) -> Option<JobState> {
         holder: text("holder").cloned().unwrap_or_default(),
         // Written before claims carried a token: it matches no claim.
         token: text("claim_token").cloned().unwrap_or_default(),
-        announced: item
-            .get("announced")
-            .and_then(|v| v.as_bool().ok())
-            .copied()
-            .unwrap_or(false),
+        announced: flag("announced"),
+        letter_stored: flag("letter_stored"),
         detail: text("detail").and_then(|d| serde_json::from_str(d).ok()),
         updated_at: Utc.timestamp_millis_opt(number("updated_ms")?).single()?,
         expires_at: Utc.timestamp_opt(number("expires_at")?, 0).single()?,
@@ -426,13 +438,14 @@ impl JobStore for DynamoStore {
         let keys: Vec<String> = finishes.iter().map(|f| key(f.stage, &f.job_id)).collect();
         // A repeat of a job in the same batch cannot hold it too: it stays a lost claim.
         let (firsts, _) = firsts_and_repeats(&keys);
-        // An end enters the outbox index; a hand-over to the next attempt does not.
+        // An end enters the outbox index, named by its id for the marks; a hand-over to
+        // the next attempt does not.
         let sql = |end: bool| {
             format!(
                 "UPDATE \"{}\" SET \"progress\" = ? SET \"detail\" = ? SET \"updated_ms\" = ? \
                  SET \"expires_at\" = ?{} WHERE \"pk\" = ? AND \"attempt\" = ? AND \"progress\" = ?",
                 self.table,
-                if end { " SET \"outbox\" = ?" } else { "" }
+                if end { " SET \"outbox\" = ? SET \"end_id\" = ?" } else { "" }
             )
         };
         let statements = firsts
@@ -452,6 +465,7 @@ impl JobStore for DynamoStore {
                 ];
                 if end {
                     params.push(s(outbox_shard(&f.job_id)));
+                    params.push(s(end_id(f.detail.as_ref()).unwrap_or_default()));
                 }
                 params.extend([
                     s(keys[i].clone()),
@@ -478,38 +492,47 @@ impl JobStore for DynamoStore {
         results
     }
 
-    async fn announce_all(
-        &self,
-        jobs: &[(String, Stage)],
-        now: Timestamp,
-    ) -> Vec<Result<(), PortError>> {
-        let sql = format!(
-            "UPDATE \"{}\" SET \"announced\" = ? SET \"updated_ms\" = ? SET \"expires_at\" = ? \
-             REMOVE \"outbox\" WHERE \"pk\" = ?",
-            self.table
-        );
-        let keys: Vec<String> = jobs.iter().map(|(id, stage)| key(*stage, id)).collect();
+    /// One PartiQL `UPDATE` per mark, on the end it names (`end_id`). A statement
+    /// whose condition failed is marked again one by one ([`JobStore::mark`]): the
+    /// record may be one written before ends had ids, or its end may be over.
+    async fn mark_all(&self, marks: &[Mark], now: Timestamp) -> Vec<Result<(), PortError>> {
+        let keys: Vec<String> = marks.iter().map(|m| key(m.stage, &m.job_id)).collect();
         let (firsts, _) = firsts_and_repeats(&keys);
         let statements = firsts
             .iter()
             .map(|&i| {
-                let params = vec![
+                let mut params = vec![
                     AttributeValue::Bool(true),
                     n(now.timestamp_millis()),
                     n(expires_at(now)),
                     s(keys[i].clone()),
+                    s(&marks[i].end),
                 ];
-                (sql.clone(), params)
+                params.extend(ENDS.map(|status| s(status.as_str())));
+                (self.mark_statement(marks[i].what), params)
             })
             .collect();
         let marked = self.execute_all(statements).await;
-        // A repeat is marked by its first.
-        let mut results: Vec<Result<(), PortError>> = jobs.iter().map(|_| Ok(())).collect();
+        let mut results: Vec<Result<(), PortError>> = marks.iter().map(|_| Ok(())).collect();
+        let mut again = Vec::new();
         for (&i, result) in firsts.iter().zip(marked) {
-            results[i] = match result {
-                Statement::Done => Ok(()),
-                Statement::Refused(_, e) | Statement::Failed(e) => Err(e),
-            };
+            match result {
+                Statement::Done => {}
+                Statement::Refused(BatchStatementErrorCodeEnum::ConditionalCheckFailed, _) => {
+                    again.push(i);
+                }
+                Statement::Refused(_, e) | Statement::Failed(e) => results[i] = Err(e),
+            }
+        }
+        let singles = join_all(again.iter().map(|&i| self.mark(&marks[i], now))).await;
+        for (i, result) in again.into_iter().zip(singles) {
+            results[i] = result;
+        }
+        // A repeat in the batch was marked by its first; a second mark of another kind
+        // on the same end goes on its own.
+        let (_, repeats) = firsts_and_repeats(&keys);
+        for i in repeats {
+            results[i] = self.mark(&marks[i], now).await;
         }
         results
     }
@@ -523,14 +546,19 @@ impl JobStore for DynamoStore {
             ref detail,
             now,
         } = *finish;
+        let end = end_id(detail.as_ref()).unwrap_or_default();
         let detail = detail
             .as_ref()
             .map_or_else(|| "null".to_owned(), Value::to_string);
-        // An end enters the outbox index; a hand-over to the next attempt does not.
+        // An end enters the outbox index, named by its id for the marks; a hand-over to
+        // the next attempt does not.
         let (expression, shard) = if is_end(progress) {
             (
-                "SET progress = :p, detail = :d, updated_ms = :u, expires_at = :x, outbox = :o",
-                Some(HashMap::from([(":o".to_owned(), s(outbox_shard(job_id)))])),
+                "SET progress = :p, detail = :d, updated_ms = :u, expires_at = :x, outbox = :o, end_id = :e",
+                Some(HashMap::from([
+                    (":o".to_owned(), s(outbox_shard(job_id))),
+                    (":e".to_owned(), s(end)),
+                ])),
             )
         } else {
             (
@@ -561,20 +589,29 @@ impl JobStore for DynamoStore {
         }
     }
 
-    async fn announce(&self, job_id: &str, stage: Stage, now: Timestamp) -> Result<(), PortError> {
-        self.client
+    async fn mark(&self, mark: &Mark, now: Timestamp) -> Result<(), PortError> {
+        let update = self
+            .client
             .update_item()
             .table_name(&self.table)
-            .key("pk", s(key(stage, job_id)))
-            .update_expression("SET announced = :t, updated_ms = :u, expires_at = :x REMOVE outbox")
-            .condition_expression("attribute_exists(pk)")
+            .key("pk", s(key(mark.stage, &mark.job_id)))
+            .update_expression(mark_expression(mark.what))
+            .condition_expression(MARK_IF_END)
             .expression_attribute_values(":t", AttributeValue::Bool(true))
             .expression_attribute_values(":u", n(now.timestamp_millis()))
             .expression_attribute_values(":x", n(expires_at(now)))
+            .expression_attribute_values(":end", s(&mark.end))
+            .expression_attribute_values(":c", s(ENDS[0].as_str()))
+            .expression_attribute_values(":fl", s(ENDS[1].as_str()))
+            .expression_attribute_values(":r", s(ENDS[2].as_str()))
             .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| PortError::from_sdk("UpdateItem", e))
+            .await;
+        match update {
+            // The record no longer holds the mark's end: nothing of it is left to mark.
+            Ok(_) => Ok(()),
+            Err(e) if is_condition_failure(&e) => Ok(()),
+            Err(e) => Err(PortError::from_sdk("UpdateItem", e)),
+        }
     }
 
     async fn release(&self, release: &Release<'_>, now: Timestamp) -> Result<(), PortError> {
@@ -648,6 +685,48 @@ impl JobStore for DynamoStore {
             found.extend(self.read(job_id, stage).await?);
         }
         Ok(found)
+    }
+}
+
+/// What a mark writes ([`JobStore::mark`]): the announced mark takes the end out of
+/// the outbox index. The ingester's grant on processor records lists exactly the
+/// attributes these write and [`MARK_IF_END`] names (terraform/iam.tf).
+pub(crate) const MARK_ANNOUNCED: &str =
+    "SET announced = :t, updated_ms = :u, expires_at = :x REMOVE outbox";
+pub(crate) const MARK_LETTER_STORED: &str =
+    "SET letter_stored = :t, updated_ms = :u, expires_at = :x";
+
+/// A mark lands only on the end it names; a record from before ends had ids
+/// (no `end_id`) is taken to hold it, as [`crate::store::holds_end`] does.
+pub(crate) const MARK_IF_END: &str =
+    "progress IN (:c, :fl, :r) AND (end_id = :end OR attribute_not_exists(end_id))";
+
+/// The progress of a record holding an end, as [`MARK_IF_END`] lists them.
+const ENDS: [JobStatus; 3] = [JobStatus::Completed, JobStatus::Failed, JobStatus::Rejected];
+
+fn mark_expression(what: Marked) -> &'static str {
+    match what {
+        Marked::Announced => MARK_ANNOUNCED,
+        Marked::LetterStored => MARK_LETTER_STORED,
+    }
+}
+
+impl DynamoStore {
+    /// The batched form of a mark: the same writes as [`mark_expression`], on the
+    /// end the record holds by id only (a record without one is marked one by one).
+    fn mark_statement(&self, what: Marked) -> String {
+        let set = match what {
+            Marked::Announced => {
+                "SET \"announced\" = ? SET \"updated_ms\" = ? SET \"expires_at\" = ? REMOVE \"outbox\""
+            }
+            Marked::LetterStored => {
+                "SET \"letter_stored\" = ? SET \"updated_ms\" = ? SET \"expires_at\" = ?"
+            }
+        };
+        format!(
+            "UPDATE \"{}\" {set} WHERE \"pk\" = ? AND \"end_id\" = ? AND \"progress\" IN [?, ?, ?]",
+            self.table
+        )
     }
 }
 
@@ -920,7 +999,12 @@ mod tests {
                 now,
             })
             .await;
-        let _ = store.announce("job-1", Stage::Processor, now).await;
+        let _ = store
+            .mark(
+                &Mark::new("job-1", Stage::Processor, "e1", Marked::Announced),
+                now,
+            )
+            .await;
         let release = Release {
             job_id: "job-1",
             stage: Stage::Processor,
@@ -939,7 +1023,15 @@ mod tests {
         };
         let _ = store.finish_all(&[finish]).await;
         let _ = store
-            .announce_all(&[("job-2".to_owned(), Stage::Processor)], now)
+            .mark_all(
+                &[Mark::new(
+                    "job-2",
+                    Stage::Processor,
+                    "e2",
+                    Marked::Announced,
+                )],
+                now,
+            )
             .await;
         let requests = captured.0.lock().expect("lock").clone();
         assert_eq!(requests.len(), 5, "{requests:?}");
@@ -1070,9 +1162,22 @@ mod tests {
             ..finish(Progress::Retrying)
         };
         let _ = store.finish_all(&[finish(done), other]).await;
-        let _ = store.announce("job-1", Stage::Processor, now).await;
         let _ = store
-            .announce_all(&[("job-1".to_owned(), Stage::Processor)], now)
+            .mark(
+                &Mark::new("job-1", Stage::Processor, "e1", Marked::Announced),
+                now,
+            )
+            .await;
+        let _ = store
+            .mark_all(
+                &[Mark::new(
+                    "job-1",
+                    Stage::Processor,
+                    "e1",
+                    Marked::Announced,
+                )],
+                now,
+            )
             .await;
         let requests = captured.0.lock().expect("lock").clone();
         let expression = |r: &Value| {

@@ -27,6 +27,9 @@ pub struct MemoryStore {
     /// Every reopen that took effect ([`Reopened::Now`]), as (job id, stage), for a
     /// checker that counts a job's lives: each one owes the job one more end.
     pub reopened: Mutex<Vec<(String, Stage)>>,
+    /// Every mark that landed, with when (the clock's time as it landed): for a checker that tells a dead letter
+    /// stored twice because its mark was lost from one stored after its mark.
+    pub marks: Mutex<Vec<(Mark, Timestamp)>>,
 }
 
 /// The saga items of the table: logs by job, effects by idempotency key.
@@ -112,6 +115,7 @@ fn claimed(claim: &Claim<'_>, now: Timestamp) -> JobState {
         holder: claim.holder.to_owned(),
         token: claim.token.to_owned(),
         announced: false,
+        letter_stored: false,
         detail: claim.history.cloned(),
         updated_at: now,
         expires_at: now + RETENTION,
@@ -150,23 +154,27 @@ fn holds(record: Option<&JobState>, attempt: u32) -> bool {
     record.is_some_and(|r| r.attempt == attempt && r.progress == Progress::InProgress)
 }
 
-fn mark_announced(
-    records: &mut Records,
-    job_id: &str,
-    stage: Stage,
-    now: Timestamp,
-) -> Result<(), PortError> {
-    let record = records
-        .get_mut(&key_of(job_id, stage))
-        .ok_or_else(|| lost_claim("announce", job_id))?;
-    record.announced = true;
-    record.updated_at = now;
-    record.expires_at = now + RETENTION;
-    Ok(())
+impl MemoryStore {
+    /// One mark, if its record still holds the mark's end ([`holds_end`]); logged in
+    /// [`MemoryStore::marks`] when it lands.
+    fn mark_one(&self, records: &mut Records, mark: &Mark, now: Timestamp) {
+        let Some(record) = records.get_mut(&key_of(&mark.job_id, mark.stage)) else {
+            return;
+        };
+        if holds_end(record, mark) {
+            apply_mark(record, mark, now);
+            // When it landed, not the `now` its caller started with.
+            self.marks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((mark.clone(), crate::clock::now()));
+        }
+    }
 }
 
 fn apply_finish(record: &mut JobState, f: &Finish) {
     record.progress = f.progress;
+    record.letter_stored = false;
     record.detail = f.detail.clone();
     record.updated_at = f.now;
     record.expires_at = f.now + RETENTION;
@@ -233,21 +241,22 @@ impl JobStore for MemoryStore {
         .await
     }
 
-    async fn announce(&self, job_id: &str, stage: Stage, now: Timestamp) -> Result<(), PortError> {
+    async fn mark(&self, mark: &Mark, now: Timestamp) -> Result<(), PortError> {
         self.call("UpdateItem", |records| {
-            mark_announced(records, job_id, stage, now)
+            self.mark_one(records, mark, now);
+            Ok(())
         })
         .await
     }
 
-    async fn announce_all(
-        &self,
-        jobs: &[(String, Stage)],
-        now: Timestamp,
-    ) -> Vec<Result<(), PortError>> {
-        self.call_all(jobs.len(), |records, _| {
-            jobs.iter()
-                .map(|(job_id, stage)| mark_announced(records, job_id, *stage, now))
+    async fn mark_all(&self, marks: &[Mark], now: Timestamp) -> Vec<Result<(), PortError>> {
+        self.call_all(marks.len(), |records, _| {
+            marks
+                .iter()
+                .map(|m| {
+                    self.mark_one(records, m, now);
+                    Ok(())
+                })
                 .collect()
         })
         .await

@@ -5,9 +5,10 @@
 //! (a valid job is forwarded without a record, and the processor's claim makes its
 //! copies end once). A claim holds a lease that ends shortly before the invocation's deadline,
 //! so an attempt that crashed can be taken over once its lease ran out. The stage then
-//! records the job's end (`finish`) and, once the end state is announced, marks it
-//! (`announce`), so a re-delivery neither repeats the work nor the notification, and a
-//! crash between the two only repeats the notification step.
+//! records the job's end (`finish`) and marks what it did of the end ([`Mark`]): its
+//! dead letter stored, the end announced. So a re-delivery repeats neither the work,
+//! nor the letter, nor the notification, and a crash between two steps repeats only
+//! the step it cut. Each mark lands only on the end it names, never on a later one.
 //!
 //! Each claim carries a token unique to its delivery ([`claim_token`]): a claim sent
 //! again after its answer was lost finds its own write and is claimed, another delivery
@@ -26,7 +27,7 @@ pub mod outbox;
 pub mod replay;
 pub mod saga;
 
-use crate::messages::{ErrorEntry, JobStatus, Stage};
+use crate::messages::{ErrorEntry, JobStatus, Notification, Stage};
 use crate::record::RecordMeta;
 use crate::telemetry::propagation;
 use crate::Timestamp;
@@ -92,6 +93,9 @@ pub struct JobState {
     /// empty for records written before claims carried one.
     pub token: String,
     pub announced: bool,
+    /// Whether the dead letter of the end it holds is stored ([`Marked::LetterStored`]):
+    /// whoever announces the end later publishes without storing the letter again.
+    pub letter_stored: bool,
     /// The result or the last error, for people looking at a job.
     pub detail: Option<Value>,
     pub updated_at: Timestamp,
@@ -206,6 +210,75 @@ pub struct Finish {
     pub now: Timestamp,
 }
 
+/// What a stage records of an end it acted on, so that no one repeats the step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Marked {
+    /// The end's dead letter is stored, its announcement not yet made (the publish
+    /// failed): the delivery or the relay that announces it later does not store it
+    /// again (an SNS outage would otherwise store one more letter per retry).
+    LetterStored,
+    /// The end was announced: it leaves the outbox.
+    Announced,
+}
+
+impl Marked {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Marked::LetterStored => "letter_stored",
+            Marked::Announced => "announced",
+        }
+    }
+}
+
+/// A mark on one end ([`JobStore::mark`]). It names the end it marks by its
+/// notification id ([`end_id`]) and lands only while the record holds that end: an
+/// announcer that was slow never marks the end a redrive or a rerun put in its place,
+/// which would leave that end unannounced for good.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mark {
+    pub job_id: String,
+    pub stage: Stage,
+    /// The marked end's [`crate::messages::Notification::notification_id`].
+    pub end: String,
+    pub what: Marked,
+}
+
+impl Mark {
+    pub fn new(job_id: &str, stage: Stage, end: &str, what: Marked) -> Mark {
+        Mark {
+            job_id: job_id.to_owned(),
+            stage,
+            end: end.to_owned(),
+            what,
+        }
+    }
+}
+
+/// The end a recorded detail holds: the notification id of the notification it is
+/// ([`crate::ending::recorded_detail`]). `None` for a detail that is no notification.
+pub fn end_id(detail: Option<&Value>) -> Option<String> {
+    let notification: Notification = serde_json::from_value(detail?.clone()).ok()?;
+    Some(notification.notification_id())
+}
+
+/// Whether `record` holds the end `mark` names. A recorded end whose detail is no
+/// notification (written by hand, or before ends had ids) is taken to be it: nothing
+/// tells them apart, and an end never marked would be announced again and again.
+pub fn holds_end(record: &JobState, mark: &Mark) -> bool {
+    matches!(record.progress, Progress::Done(Some(_)))
+        && end_id(record.detail.as_ref()).is_none_or(|end| end == mark.end)
+}
+
+/// Applies `mark` to the record it names (which [`holds_end`] the mark's end).
+pub fn apply_mark(record: &mut JobState, mark: &Mark, now: Timestamp) {
+    match mark.what {
+        Marked::LetterStored => record.letter_stored = true,
+        Marked::Announced => record.announced = true,
+    }
+    record.updated_at = now;
+    record.expires_at = now + RETENTION;
+}
+
 /// How long finished records are kept. Long enough to catch any re-delivery: SQS keeps
 /// messages 14 days at most.
 pub const RETENTION: TimeDelta = TimeDelta::days(15);
@@ -219,8 +292,10 @@ pub trait JobStore: Send + Sync {
     /// (`Progress::Retrying`). Only the holder of attempt `attempt` may do so.
     async fn finish(&self, finish: &Finish) -> Result<(), PortError>;
 
-    /// Records that the end state was announced.
-    async fn announce(&self, job_id: &str, stage: Stage, now: Timestamp) -> Result<(), PortError>;
+    /// Marks an end ([`Mark`]): only while the record still holds the end the mark
+    /// names. A record that moved on (reopened, rerun) is left as it is, and that is no
+    /// error: the mark's end is over.
+    async fn mark(&self, mark: &Mark, now: Timestamp) -> Result<(), PortError>;
 
     /// Claims several jobs: one answer per claim, in order. A store that can write
     /// in batches overrides this; by default the claims go one by one, concurrently.
@@ -237,17 +312,9 @@ pub trait JobStore: Send + Sync {
         join_all(finishes.iter().map(|f| self.finish(f))).await
     }
 
-    /// Marks several jobs announced, as [`JobStore::announce`] does each.
-    async fn announce_all(
-        &self,
-        jobs: &[(String, Stage)],
-        now: Timestamp,
-    ) -> Vec<Result<(), PortError>> {
-        join_all(
-            jobs.iter()
-                .map(|(id, stage)| self.announce(id, *stage, now)),
-        )
-        .await
+    /// Marks several ends, as [`JobStore::mark`] does each.
+    async fn mark_all(&self, marks: &[Mark], now: Timestamp) -> Vec<Result<(), PortError>> {
+        join_all(marks.iter().map(|m| self.mark(m, now))).await
     }
 
     /// Ends this attempt's lease early (at the epoch, so no clock can see it still
@@ -325,6 +392,7 @@ pub fn stop_record(end: &Unforwarded<'_>) -> JobState {
         holder: end.holder.to_owned(),
         token: end.token.to_owned(),
         announced: false,
+        letter_stored: false,
         detail: Some(end.detail.clone()),
         updated_at: end.now,
         expires_at: end.now + RETENTION,

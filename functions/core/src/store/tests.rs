@@ -59,10 +59,7 @@ async fn a_second_claim_of_a_finished_job_is_a_duplicate() {
             announced: false
         }
     );
-    store
-        .announce("job-1", Stage::Processor, at(3))
-        .await
-        .expect("store");
+    announce(&store, "job-1", at(3)).await;
     assert_eq!(
         store.claim(&claim("a", 1, 60), at(4)).await.expect("store"),
         ClaimOutcome::Duplicate {
@@ -355,10 +352,7 @@ async fn every_write_that_changes_a_record_refreshes_its_expiry() {
         .await
         .expect("store");
     assert_eq!(expiry().await.expect("store")[0].expires_at, expires(30));
-    store
-        .announce("job-1", Stage::Processor, at(40))
-        .await
-        .expect("store");
+    announce(&store, "job-1", at(40)).await;
     assert_eq!(expiry().await.expect("store")[0].expires_at, expires(40));
     let reopen = Reopen {
         job_id: "job-1",
@@ -480,10 +474,7 @@ async fn a_record_with_the_old_fingerprint_is_compared_the_old_way() {
         })
         .await
         .expect("store");
-    store
-        .announce("job-1", Stage::Processor, at(2))
-        .await
-        .expect("store");
+    announce(&store, "job-1", at(2)).await;
     let again = Claim {
         legacy_fingerprint: Some(&old),
         ..claim(&fp, 1, 60)
@@ -587,10 +578,7 @@ async fn an_unforwarded_end_stops_the_processor_and_its_lost_answer_is_found_aga
             announced: false
         }
     );
-    store
-        .announce("job-1", Stage::Processor, at(3))
-        .await
-        .expect("store");
+    announce(&store, "job-1", at(3)).await;
     assert_eq!(
         store
             .claim(&forwarded_copy("a"), at(4))
@@ -666,4 +654,16 @@ async fn a_redrive_of_the_unforwarded_letter_reopens_its_stop_once() {
         ClaimOutcome::Claimed,
         "the redriven job runs"
     );
+}
+
+/// Marks the end `job_id`'s processor record holds announced, as its announcer does.
+async fn announce(store: &MemoryStore, job_id: &str, now: Timestamp) {
+    let records = store.get(job_id).await.expect("store");
+    let record = records
+        .iter()
+        .find(|r| r.stage == Stage::Processor)
+        .expect("a processor record");
+    let end = end_id(record.detail.as_ref()).unwrap_or_default();
+    let mark = Mark::new(job_id, Stage::Processor, &end, Marked::Announced);
+    store.mark(&mark, now).await.expect("store");
 }

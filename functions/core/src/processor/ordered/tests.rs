@@ -75,8 +75,8 @@ impl JobStore for Watch {
         done
     }
 
-    async fn announce(&self, job_id: &str, stage: Stage, now: Timestamp) -> Result<(), PortError> {
-        self.inner.announce(job_id, stage, now).await
+    async fn mark(&self, mark: &crate::store::Mark, now: Timestamp) -> Result<(), PortError> {
+        self.inner.mark(mark, now).await
     }
 
     async fn release(&self, release: &Release<'_>, now: Timestamp) -> Result<(), PortError> {
@@ -421,6 +421,7 @@ fn the_attempt_after_a_record_is_the_next_only_after_a_hand_over() {
         holder: String::new(),
         token: String::new(),
         announced: false,
+        letter_stored: false,
         detail: Some(
             json!({"errors": [{"stage": "processor", "code": "injected_fault",
             "message": "x", "attempt": attempt, "timestamp": "2026-11-22T10:00:00Z"}]}),
