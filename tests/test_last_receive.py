@@ -1,7 +1,7 @@
 """A forward whose answer is lost on a record's last receive: SQS took the job, the
 ingester saw an error. Whatever the ingester then decides must agree with what the
 processor does with the copy that did reach jobs-todo: one end state, one dead letter at
-most (functions/core/src/store/mod.rs `Unforwarded`).
+most (functions/core/src/store/mod.rs `Stop`).
 
 The stack runs as `make up` runs it (telemetry on), with the functions behind
 stack/fault_proxy.py, and `ingester-queue` gives up after 2 receives instead of 5, so

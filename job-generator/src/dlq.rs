@@ -8,7 +8,7 @@
 //! twice, which its state record turns into one run.
 
 use async_trait::async_trait;
-use jobs_core::messages::{DeadLetter, Stage};
+use jobs_core::messages::{DeadLetter, JobStatus, Stage};
 use jobs_core::record::enriched_message;
 use jobs_core::redrive::{plan, Redrive, Stranded};
 use jobs_core::store::{Fingerprints, OperatorStore, Reopen, Reopened, STOP_ATTEMPT};
@@ -460,31 +460,42 @@ async fn reopen<S: OperatorStore + ?Sized>(
         operation: "reopen job state",
         message: e.to_string(),
     })?;
-    match reopened {
+    match &reopened {
         Reopened::Now | Reopened::Already | Reopened::NoRecord => {}
-        Reopened::Stale(why) => return Ok(Some(Skip::Delete(why))),
-        Reopened::Keep(why) => return Ok(Some(Skip::Keep(why))),
+        Reopened::Stale(why) => return Ok(Some(Skip::Delete(why.clone()))),
+        Reopened::Keep(why) => return Ok(Some(Skip::Keep(why.clone()))),
     }
-    // A job the ingester could not forward also stopped the processor
-    // (`JobStore::end_unforwarded`): reopen that stop too, or the redriven
-    // job would be dropped there. A stop already taken over means the job
-    // ran since; no stop at all, a letter written before stops existed.
-    if end.stage == Stage::Ingester && dl.last_error_code() == "forward_failed" {
-        let stop = Reopen {
-            stage: Stage::Processor,
-            attempt: STOP_ATTEMPT,
-            below: STOP_ATTEMPT,
-            ..request
-        };
-        let reopened = store.reopen(&stop, now).await.map_err(|e| OpsError {
-            operation: "reopen the processor's stop",
-            message: e.to_string(),
-        })?;
-        if let Reopened::Keep(why) = reopened {
-            return Ok(Some(Skip::Keep(why)));
-        }
+    // The ingester ends a job it rejects, or could not forward, on the processor's
+    // record (a stop, `JobStore::stop`): reopen that stop too, or the redriven job
+    // would be dropped there. A stop taken over since means the job ran since, and a
+    // letter with no ingester record then is a stale copy; no stop at all, a letter
+    // written before stops existed.
+    if !is_stopped(end) {
+        return Ok(None);
     }
-    Ok(None)
+    let stop = Reopen {
+        stage: Stage::Processor,
+        attempt: STOP_ATTEMPT,
+        below: STOP_ATTEMPT,
+        ..request
+    };
+    let at_stop = store.reopen(&stop, now).await.map_err(|e| OpsError {
+        operation: "reopen the processor's stop",
+        message: e.to_string(),
+    })?;
+    match at_stop {
+        Reopened::Keep(why) => Ok(Some(Skip::Keep(why))),
+        Reopened::Stale(why) if reopened == Reopened::NoRecord => Ok(Some(Skip::Delete(why))),
+        _ => Ok(None),
+    }
+}
+
+/// Whether the ingester's end a letter reports was recorded as a stop on the
+/// processor's record: a rejection, or a job it could not forward.
+fn is_stopped(end: &EndToReopen) -> bool {
+    end.stage == Stage::Ingester
+        && (end.letter.status == JobStatus::Rejected
+            || end.letter.last_error_code() == "forward_failed")
 }
 
 /// Deletes, keeps or leaves the held letter by what became of its move, and reports
@@ -678,7 +689,7 @@ mod tests {
     use jobs_core::messages::{EnrichedJob, ErrorEntry, JobStatus};
     use jobs_core::record::dead_letter_message;
     use jobs_core::store::{
-        Claim, ClaimOutcome, JobState, JobStore, Mark, Marked, MemoryStore, Progress,
+        Claim, ClaimOutcome, Forestalled, JobState, JobStore, Mark, Marked, MemoryStore, Progress,
     };
 
     fn body_of(dl: &DeadLetter) -> String {
@@ -1241,20 +1252,73 @@ mod tests {
         let store = MemoryStore::default();
         let fp = jobs_core::store::fingerprint(&dl.job);
         let note = jobs_core::messages::Notification::for_dead_letter(&dl, chrono::Utc::now());
-        let end = jobs_core::store::Unforwarded {
+        let end = jobs_core::store::Stop {
             job_id: "job-1",
             fingerprint: &fp,
             legacy_fingerprint: None,
             holder: "m-5",
             token: "t-5",
             lease_until: chrono::Utc::now(),
+            status: JobStatus::Failed,
             detail: serde_json::to_value(&note).expect("json"),
             now: chrono::Utc::now(),
         };
-        store.end_unforwarded(&end).await.expect("ended");
+        store.stop(&end).await.expect("ended");
         let q = FakeQueues::with(std::slice::from_ref(&dl));
+        // Not announced yet: the letter waits, and nothing is reopened.
+        let report = redrive(&q, &store, &all(), false).await.expect("redrive");
+        assert_eq!(
+            (report.moved, report.kept, sent(&q)),
+            (0, 1, 0),
+            "{:?}",
+            report.lines
+        );
+        let mark = Mark::new(
+            "job-1",
+            Stage::Processor,
+            &note.notification_id(),
+            Marked::Announced,
+        );
+        store
+            .mark(&mark, chrono::Utc::now())
+            .await
+            .expect("announce");
         let report = redrive(&q, &store, &all(), false).await.expect("redrive");
         assert_eq!((report.moved, sent(&q)), (1, 1), "{:?}", report.lines);
+        // Its forward fails again on the last receive (jobs-todo still refuses): the
+        // reopened stop is stopped again, a new end, not taken for a forward that got
+        // through (sequence 1).
+        let again = jobs_core::store::Stop {
+            holder: "m-6",
+            token: "t-6",
+            ..end.clone()
+        };
+        assert_eq!(store.stop(&again).await.expect("stop"), Forestalled::Ended);
+        // As a second redrive reads its letter: from the DLQ's JSON.
+        let dl: DeadLetter =
+            serde_json::from_str(&serde_json::to_string(&dl).expect("json")).expect("letter");
+        let reopened = Reopen {
+            job_id: "job-1",
+            stage: Stage::Processor,
+            fingerprint: &fp,
+            legacy_fingerprint: None,
+            status: JobStatus::Failed,
+            attempt: STOP_ATTEMPT,
+            last_error: dl.errors.last(),
+            below: STOP_ATTEMPT,
+            by: "dl-again",
+        };
+        store
+            .mark(&mark, chrono::Utc::now())
+            .await
+            .expect("announce");
+        assert_eq!(
+            store
+                .reopen(&reopened, chrono::Utc::now())
+                .await
+                .expect("reopen"),
+            Reopened::Now
+        );
         // The redriven event is forwarded again; its copy on jobs-todo must run.
         let processor = Claim {
             job_id: "job-1",

@@ -13,7 +13,7 @@
 use crate::messages::{DeadLetter, JobStatus, Notification, Stage, TraceContext};
 use crate::ports::{MessageQueue, PortError, Topic};
 use crate::record::{deliver_dead_letters, publish_all, RecordMeta};
-use crate::store::{JobStore, Mark, Marked, Progress, Release};
+use crate::store::{Fingerprints, JobStore, Mark, Marked, Progress, Release, Stop};
 use crate::telemetry::Instruments;
 use crate::Timestamp;
 use futures_util::future::join_all;
@@ -28,7 +28,7 @@ pub enum Tracking {
     /// The end state was recorded by an earlier delivery that did not announce it.
     Recorded,
     /// The ingester recorded the end on the processor's record (a job it could not
-    /// forward, [`crate::store::JobStore::end_unforwarded`]): the mark goes there.
+    /// forward, [`crate::store::JobStore::stop`]): the mark goes there.
     Stopped,
     /// The job has no record of its own (unreadable, or its id belongs to other content).
     Untracked,
@@ -191,6 +191,27 @@ impl<Q: MessageQueue, T: Topic, S: JobStore> EndPorts<'_, Q, T, S> {
                 now,
             })
             .await
+    }
+}
+
+/// The stop that records `ending` (a dead-lettered end) on the processor's record,
+/// held by the ending's delivery until `lease_until` ([`JobStore::stop`]).
+pub fn stop_of<'a>(
+    ending: &'a Ending,
+    prints: &'a Fingerprints,
+    lease_until: Timestamp,
+    now: Timestamp,
+) -> Stop<'a> {
+    Stop {
+        job_id: &ending.notification.job_id,
+        fingerprint: &prints.current,
+        legacy_fingerprint: Some(&prints.legacy),
+        holder: &ending.meta.message_id,
+        token: &ending.meta.claim_token,
+        lease_until,
+        status: ending.notification.status,
+        detail: recorded_detail(ending).unwrap_or_default(),
+        now,
     }
 }
 

@@ -363,11 +363,11 @@ impl<S: JobStore> JobStore for Guarded<S> {
         self.call("UpdateItem", call, Result::is_err, Err).await
     }
 
-    async fn end_unforwarded(
+    async fn stop(
         &self,
-        end: &crate::store::Unforwarded<'_>,
+        end: &crate::store::Stop<'_>,
     ) -> Result<crate::store::Forestalled, PortError> {
-        let call = self.inner.end_unforwarded(end);
+        let call = self.inner.stop(end);
         // A lost claim or another content's record is an answer, not a sick table.
         let sick = |r: &Result<_, PortError>| matches!(r, Err(PortError::Unreachable { .. }));
         self.call("PutItem", call, sick, Err).await

@@ -386,12 +386,12 @@ impl<S: JobStore> JobStore for SdkRetry<S> {
     }
 
     /// Sent again with the very same request when it fails, as the SDK does.
-    async fn end_unforwarded(
+    async fn stop(
         &self,
-        end: &crate::store::Unforwarded<'_>,
+        end: &crate::store::Stop<'_>,
     ) -> Result<crate::store::Forestalled, PortError> {
-        match self.inner.end_unforwarded(end).await {
-            Err(_) => self.inner.end_unforwarded(end).await,
+        match self.inner.stop(end).await {
+            Err(_) => self.inner.stop(end).await,
             answered => answered,
         }
     }
@@ -736,11 +736,11 @@ impl<S: JobStore> JobStore for Shared<'_, S> {
         self.0.release(release, now).await
     }
 
-    async fn end_unforwarded(
+    async fn stop(
         &self,
-        end: &crate::store::Unforwarded<'_>,
+        end: &crate::store::Stop<'_>,
     ) -> Result<crate::store::Forestalled, PortError> {
-        self.0.end_unforwarded(end).await
+        self.0.stop(end).await
     }
 
     async fn get(&self, job_id: &str) -> Result<Vec<JobState>, PortError> {

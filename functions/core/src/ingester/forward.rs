@@ -1,17 +1,17 @@
 //! Forwarding valid jobs to `jobs-todo` in batches, and what becomes of each record
 //! whose forward failed: back to SQS, or, on its last receive, ended `FAILED` unless the
-//! forward reached the processor after all ([`JobStore::end_unforwarded`]). A forwarded
+//! forward reached the processor after all ([`JobStore::stop`]). A forwarded
 //! job has no ingester record, so there is no claim to give back when a forward fails.
 
 use super::{Ingester, Run};
-use crate::ending::{recorded_detail, Ending, Tracking};
+use crate::ending::{recorded, stop_of, Ending, Tracking};
 use crate::job::ordering_key;
 use crate::messages::{
     DeadLetter, EnrichedJob, ErrorCode, ErrorEntry, JobStatus, Notification, Stage,
 };
 use crate::ports::{send_all, MessageGroup, MessageQueue, OutgoingMessage, PortError, Topic};
 use crate::record::{enriched_message, RecordMeta};
-use crate::store::{Fingerprints, Forestalled, JobStore, Unforwarded};
+use crate::store::{Fingerprints, Forestalled, JobStore};
 use crate::Timestamp;
 use chrono::{DateTime, Utc};
 use futures_util::future::join_all;
@@ -105,7 +105,7 @@ impl<Q: MessageQueue, T: Topic, S: JobStore + crate::store::Replays> Ingester<Q,
         let decided = join_all(
             last_chances
                 .into_iter()
-                .map(|(meta, job, e)| self.end_unforwarded(meta, job, e, deadline, now)),
+                .map(|(meta, job, e)| self.stop(meta, job, e, deadline, now)),
         )
         .await;
         for (meta, job_id, decision) in decided {
@@ -118,8 +118,19 @@ impl<Q: MessageQueue, T: Topic, S: JobStore + crate::store::Replays> Ingester<Q,
                     }
                     run.endings.extend(ending);
                 }
-                Ok((Forestalled::Taken, _)) => {
+                Ok((Forestalled::Taken | Forestalled::Unannounced, _)) => {
                     meta.log.in_scope(|| info!(job_id = %job_id, "the forward had reached jobs-todo: the processor has the job"));
+                }
+                // Not this job's record: left in SQS, and in the DLQ, for an operator.
+                Ok((Forestalled::OtherContent { fingerprint }, _)) => {
+                    meta.log.in_scope(|| warn!(job_id = %job_id, fingerprint = %fingerprint, "the job id names a processor record of other content; SQS keeps the event for an operator"));
+                    if let Some(c) = run.consumer(&meta) {
+                        c.fail(
+                            "job_id_reused",
+                            "the processor's record of this id is of other content",
+                        );
+                    }
+                    run.response.add_failure(meta.message_id);
                 }
                 Err(e) => {
                     meta.log.in_scope(|| warn!(job_id = %job_id, error = %e, "could not end the unforwarded job; SQS keeps it"));
@@ -133,9 +144,9 @@ impl<Q: MessageQueue, T: Topic, S: JobStore + crate::store::Replays> Ingester<Q,
     }
 
     /// Ends a job whose forward failed on its record's last receive, unless the forward
-    /// reached the processor after all ([`JobStore::end_unforwarded`]): the `FAILED`
+    /// reached the processor after all ([`JobStore::stop`]): the `FAILED`
     /// ending to announce, recorded already, or [`Forestalled::Taken`].
-    async fn end_unforwarded(
+    async fn stop(
         &self,
         meta: RecordMeta,
         job: EnrichedJob,
@@ -152,18 +163,30 @@ impl<Q: MessageQueue, T: Topic, S: JobStore + crate::store::Replays> Ingester<Q,
         let letter = forward_failed(job, &meta, &error, now);
         let notification = Notification::for_dead_letter(&letter, now);
         let ending = Ending::new(meta.clone(), notification, Some(letter), Tracking::Stopped);
-        let end = Unforwarded {
-            job_id: &job_id,
-            fingerprint: &prints.current,
-            legacy_fingerprint: Some(&prints.legacy),
-            holder: &meta.message_id,
-            token: &meta.claim_token,
-            lease_until: deadline,
-            detail: recorded_detail(&ending).unwrap_or_default(),
-            now,
+        let decided = self
+            .store
+            .stop(&stop_of(&ending, &prints, deadline, now))
+            .await;
+        let answer = match decided {
+            Ok(Forestalled::Ended) => Ok((Forestalled::Ended, Some(ending))),
+            // This message's own stop, left unannounced by its earlier delivery.
+            Ok(Forestalled::Unannounced) => {
+                let job = ending
+                    .dead_letter
+                    .as_ref()
+                    .map(|dl| dl.job.clone())
+                    .unwrap_or_default();
+                match recorded(&self.store, Stage::Processor, &job_id, &job, None).await {
+                    Ok(Some((n, letter))) => {
+                        let again = Ending::new(meta.clone(), n, letter, Tracking::Stopped);
+                        Ok((Forestalled::Ended, Some(again)))
+                    }
+                    Ok(None) => Ok((Forestalled::Taken, None)),
+                    Err(e) => Err(e),
+                }
+            }
+            other => other.map(|d| (d, None)),
         };
-        let decided = self.store.end_unforwarded(&end).await;
-        let answer = decided.map(|d| (d, (d == Forestalled::Ended).then_some(ending)));
         (meta, job_id, answer)
     }
 }

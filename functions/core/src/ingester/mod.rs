@@ -79,8 +79,11 @@ enum Verdict {
 enum Action {
     Forward(EnrichedJob, Option<String>),
     End(DeadLetter, Tracking, Option<String>),
+    /// A rejection recorded as a stop on the processor's record, with the notification
+    /// recorded there.
+    Stopped(DeadLetter, Notification, Option<String>),
     /// An earlier delivery recorded the end but did not announce it.
-    Announce(Notification, Option<DeadLetter>),
+    Announce(Notification, Option<DeadLetter>, Tracking),
     /// Handled before, or being handled by another delivery.
     Repeat(String, &'static str),
     /// The claim could not be decided now; the record stays in SQS.
@@ -206,22 +209,25 @@ impl<Q: MessageQueue, T: Topic, S: JobStore + Replays> Ingester<Q, T, S> {
                 run.forwards.push((meta, job, producer));
             }
             Action::End(dl, tracking, event_time) => {
-                let ending = open_ending(&consumer, meta, dl, tracking);
+                let ending = open_ending(&consumer, meta, dl, None, tracking);
                 run.spans
                     .insert(ending.meta.message_id.clone(), (consumer, event_time));
                 run.endings.push(ending);
             }
-            Action::Announce(notification, dead_letter) => {
+            Action::Stopped(dl, notification, event_time) => {
+                let ending =
+                    open_ending(&consumer, meta, dl, Some(notification), Tracking::Stopped);
+                run.spans
+                    .insert(ending.meta.message_id.clone(), (consumer, event_time));
+                run.endings.push(ending);
+            }
+            Action::Announce(notification, dead_letter, tracking) => {
                 consumer.set_job(&notification.job_id, notification.job_type.as_deref());
                 consumer.set_status(notification.status);
                 meta.identify(&notification.job_id, consumer.trace_id().as_deref());
                 run.spans.insert(meta.message_id.clone(), (consumer, None));
-                run.endings.push(Ending::new(
-                    meta,
-                    notification,
-                    dead_letter,
-                    Tracking::Recorded,
-                ));
+                run.endings
+                    .push(Ending::new(meta, notification, dead_letter, tracking));
             }
             Action::Repeat(job_id, reason) => {
                 consumer.set_job(&job_id, None);
@@ -271,7 +277,9 @@ impl<Q: MessageQueue, T: Topic, S: JobStore + Replays> Ingester<Q, T, S> {
 fn trace_parent(action: &Action, record: &SqsMessage) -> Option<Context> {
     let carried = match action {
         Action::Forward(job, _) => job.trace_context.as_ref(),
-        Action::End(dl, ..) | Action::Announce(_, Some(dl)) => dl.trace_context.as_ref(),
+        Action::End(dl, ..) | Action::Stopped(dl, ..) | Action::Announce(_, Some(dl), _) => {
+            dl.trace_context.as_ref()
+        }
         _ => None,
     };
     carried
@@ -280,11 +288,13 @@ fn trace_parent(action: &Action, record: &SqsMessage) -> Option<Context> {
 }
 
 /// A rejection's ending, its span marked with the error and its dead letter carrying
-/// the span's context.
+/// the span's context; announcing `recorded`, the notification its stop recorded, if
+/// it has one.
 fn open_ending(
     consumer: &JobSpan,
     meta: RecordMeta,
     mut dl: DeadLetter,
+    recorded: Option<Notification>,
     tracking: Tracking,
 ) -> Ending {
     consumer.set_job(&dl.job_id, dl.job_type.as_deref());
@@ -300,7 +310,8 @@ fn open_ending(
     }
     meta.log
         .in_scope(|| info!(job_id = %dl.job_id, code = dl.last_error_code(), "job rejected"));
-    let notification = Notification::for_dead_letter(&dl, crate::clock::now());
+    let notification =
+        recorded.unwrap_or_else(|| Notification::for_dead_letter(&dl, crate::clock::now()));
     Ending::new(meta, notification, Some(dl), tracking)
 }
 

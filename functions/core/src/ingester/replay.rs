@@ -11,7 +11,7 @@
 //! rerun of a rejection is validated again and claimed as a new end.
 
 use super::{Action, Ingester, Verdict};
-use crate::messages::{Replayed, Stage};
+use crate::messages::{JobStatus, Replayed, Stage};
 use crate::ports::{MessageQueue, Topic};
 use crate::record::RecordMeta;
 use crate::store::{Fingerprints, JobStore, ReplayOrder, Replays, Rerun, Rerunning};
@@ -101,7 +101,7 @@ impl<Q: MessageQueue, T: Topic, S: JobStore + Replays> Looker<'_, Q, T, S> {
     /// as the rerun's attempt if the processor's end is reopened.
     async fn forward(&self, mut job: crate::messages::EnrichedJob, t: Option<String>) -> Followed {
         let id = job.job_id.clone();
-        match self.look(Stage::Processor, &id, &job.job, true).await {
+        match self.look(Stage::Processor, &id, &job.job, all).await {
             Ok(Rerunning::Open) => {}
             Ok(Rerunning::Rerun { below, errors }) => {
                 job.attempt = below.saturating_add(1);
@@ -113,7 +113,7 @@ impl<Q: MessageQueue, T: Topic, S: JobStore + Replays> Looker<'_, Q, T, S> {
             Err(e) => return Err(Action::Later(id, e)),
         }
         // Rejected before, and valid now (the validator was fixed, say).
-        match self.look(Stage::Ingester, &id, &job.job, true).await {
+        match self.look(Stage::Ingester, &id, &job.job, all).await {
             Ok(Rerunning::Open) => Ok(Verdict::Forward(job, t)),
             Ok(Rerunning::Rerun { .. }) => {
                 mark_rerun(&mut job.replay);
@@ -126,18 +126,25 @@ impl<Q: MessageQueue, T: Topic, S: JobStore + Replays> Looker<'_, Q, T, S> {
 
     /// A rejection: a repeat if the job ended at the processor (it was valid when it
     /// came: a rule that refuses it now must not end it twice, so no processor end is
-    /// rerun from here). Else claimed as any other, after a rerun reopened its earlier
-    /// rejection (the claim then makes it a new end) or with that end still there (the
-    /// claim finds it a duplicate, or announces it if it went unannounced).
+    /// rerun from here but a rejection: the ingester's own, stopped there, or the
+    /// processor's). Else ended as any other, after a rerun reopened its earlier
+    /// rejection (the stop, or the claim of an older ingester record, then makes it a
+    /// new end) or with that end still there (found a duplicate, or announced if it
+    /// went unannounced).
     async fn reject(&self, mut dl: crate::messages::DeadLetter, t: Option<String>) -> Followed {
         let id = dl.job_id.clone();
-        match self.look(Stage::Processor, &id, &dl.job, false).await {
+        let rejections = |s: &JobStatus| *s == JobStatus::Rejected;
+        match self.look(Stage::Processor, &id, &dl.job, rejections).await {
             Ok(Rerunning::Open) => {}
+            Ok(Rerunning::Rerun { .. }) => {
+                mark_rerun(&mut dl.replay);
+                return Ok(Verdict::Reject(dl, t));
+            }
             Ok(Rerunning::Ended(_)) => return Err(Action::Repeat(id, "duplicate")),
             Ok(other) => return Err(settled(id, &other)),
             Err(e) => return Err(Action::Later(id, e)),
         }
-        match self.look(Stage::Ingester, &id, &dl.job, true).await {
+        match self.look(Stage::Ingester, &id, &dl.job, all).await {
             Ok(Rerunning::Open | Rerunning::Ended(_)) => Ok(Verdict::Reject(dl, t)),
             Ok(Rerunning::Rerun { .. }) => {
                 mark_rerun(&mut dl.replay);
@@ -148,18 +155,17 @@ impl<Q: MessageQueue, T: Topic, S: JobStore + Replays> Looker<'_, Q, T, S> {
         }
     }
 
-    /// This job's end at `stage`, reopened if `rerun` and the order asks for its status.
+    /// This job's end at `stage`, reopened if the order asks for its status and
+    /// `rerun` lets it.
     async fn look(
         &self,
         stage: Stage,
         job_id: &str,
         content: &Value,
-        rerun: bool,
+        rerun: impl Fn(&JobStatus) -> bool,
     ) -> Result<Rerunning, String> {
-        let statuses = match self.order {
-            Some(order) if rerun => order.rerun_at(stage),
-            _ => Vec::new(),
-        };
+        let mut statuses = self.order.map(|o| o.rerun_at(stage)).unwrap_or_default();
+        statuses.retain(|s| rerun(s));
         let prints = Fingerprints::of(content);
         let rerun = Rerun {
             replay: self.replay,
@@ -176,6 +182,11 @@ impl<Q: MessageQueue, T: Topic, S: JobStore + Replays> Looker<'_, Q, T, S> {
             .await
             .map_err(|e| e.to_string())
     }
+}
+
+/// Every status an order asks to rerun.
+fn all(_: &JobStatus) -> bool {
+    true
 }
 
 /// The action for an answer that settles a replayed event here.

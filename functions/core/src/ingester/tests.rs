@@ -170,37 +170,66 @@ async fn a_failed_forward_is_forwarded_when_its_record_comes_back() {
 }
 
 #[tokio::test]
-async fn a_rejection_whose_claim_could_not_be_released_waits_in_sqs() {
+async fn a_rejection_whose_stop_could_not_be_written_waits_in_sqs() {
     let ing = ingester(
         MemoryQueue::default(),
         MemoryQueue::default(),
         MemoryTopic::default(),
     );
-    // The end of one rejection cannot be written; its claim is given back.
-    ing.store.faults.only("UpdateItem");
+    ing.store.faults.only("PutItem");
     ing.store.faults.refuse_calls(1);
     let first = ing.handle(batch(), now()).await;
     assert_eq!(first.batch_item_failures.len(), 1);
-    let failed = first.batch_item_failures[0].item_identifier.clone();
-    // As if the release had been lost: the claim runs until its lease ends.
-    for held in ing.store.records.lock().expect("lock").values_mut() {
-        if held.progress == crate::store::Progress::InProgress {
-            held.lease_until = now() + TimeDelta::seconds(30);
-        }
-    }
-    let retried = failed_again(batch(), &first);
-    let again = ing
-        .handle(retried.clone(), now() + TimeDelta::seconds(15))
+    assert_eq!(
+        ing.dead_letters.dead_letters().len(),
+        4,
+        "not ended without its stop"
+    );
+    let later = ing
+        .handle(
+            failed_again(batch(), &first),
+            now() + TimeDelta::seconds(15),
+        )
         .await;
-    let held: Vec<_> = again
-        .batch_item_failures
-        .iter()
-        .map(|f| f.item_identifier.as_str())
-        .collect();
-    assert_eq!(held, [failed.as_str()], "held in SQS, not dropped");
-    let later = ing.handle(retried, now() + TimeDelta::seconds(75)).await;
     assert!(later.batch_item_failures.is_empty());
     ended_once(&ing);
+}
+
+#[tokio::test]
+async fn a_rejection_of_a_job_the_processor_has_does_not_end_it_again() {
+    use crate::store::{Claim, Fingerprints};
+    // The job was valid when it came and runs at the processor; its event comes again
+    // and is refused now (a setting tightened): its end is the processor's.
+    let ing = ingester(
+        MemoryQueue::default(),
+        MemoryQueue::default(),
+        MemoryTopic::default(),
+    );
+    let prints = Fingerprints::of(
+        &serde_json::json!({"id": "job-1", "job_type": "report_generation", "message": {}}),
+    );
+    let claim = Claim {
+        job_id: "job-1",
+        stage: Stage::Processor,
+        fingerprint: &prints.current,
+        legacy_fingerprint: None,
+        attempt: 1,
+        lease_until: now() + TimeDelta::seconds(60),
+        holder: "todo-1",
+        token: "t",
+        history: None,
+    };
+    ing.store.claim(&claim, now()).await.expect("store");
+    let refused =
+        serde_json::json!({"id": "job-1", "job_type": "report_generation", "message": {}});
+    let event = records(&[("m-again".into(), event_body("evt-again", &refused))]);
+    let response = ing.handle(event, now()).await;
+    assert!(response.batch_item_failures.is_empty());
+    assert!(
+        ing.topic.notifications().is_empty(),
+        "no REJECTED beside the processor's end"
+    );
+    assert!(ing.dead_letters.dead_letters().is_empty());
 }
 
 #[tokio::test]
@@ -838,17 +867,18 @@ fn ended_once<S: JobStore>(ing: &Ingester<MemoryQueue, MemoryTopic, S>) {
 }
 
 #[tokio::test]
-async fn a_lost_batched_claim_answer_retried_with_the_same_tokens_is_claimed() {
+async fn a_lost_stop_answer_retried_with_the_same_token_is_the_stop_s_own() {
     use crate::batching::Batching;
-    // The batch of INSERTs took effect, its answer was lost, the SDK sent it again.
+    // A rejection's stop took effect, its answer was lost, the SDK sent it again.
     let ing = ingester_over(Batching::new(crate::testing::SdkRetry {
         inner: MemoryStore::default(),
     }));
+    ing.store.inner().inner.faults.only("PutItem");
     ing.store.inner().inner.faults.lose_answers(1);
     let response = ing.handle(batch(), now()).await;
     assert!(
         response.batch_item_failures.is_empty(),
-        "claimed, not held: {:?}",
+        "its own stop, not another's: {:?}",
         response.batch_item_failures
     );
     ended_once(&ing);
@@ -858,20 +888,21 @@ async fn a_lost_batched_claim_answer_retried_with_the_same_tokens_is_claimed() {
 }
 
 #[tokio::test]
-async fn a_lost_batched_claim_answer_is_given_back_so_the_next_delivery_goes_at_once() {
+async fn a_lost_stop_answer_is_announced_by_the_next_delivery_at_once() {
     use crate::batching::Batching;
     let ing = ingester_over(Batching::new(MemoryStore::default()));
+    ing.store.inner().faults.only("PutItem");
     ing.store.inner().faults.lose_answers(1);
     let response = ing.handle(batch(), now()).await;
-    // The five rejections' claims went in that one call.
-    assert_eq!(response.batch_item_failures.len(), 5);
-    assert!(ing.dead_letters.dead_letters().is_empty() && ing.topic.notifications().is_empty());
-    // Their next deliveries, 15 s later and inside the 30 s lease.
+    // The stop took effect; its record stays in SQS, and nothing is announced.
+    assert_eq!(response.batch_item_failures.len(), 1);
+    assert_eq!(ing.dead_letters.dead_letters().len(), 4);
+    // Its next delivery, 15 s later and inside the 30 s lease, finds its own stop.
     let again = failed_again(batch(), &response);
     let response = ing.handle(again, now() + TimeDelta::seconds(15)).await;
     assert!(
         response.batch_item_failures.is_empty(),
-        "taken at once, not after the lease: {:?}",
+        "announced at once, not after the lease: {:?}",
         response.batch_item_failures
     );
     ended_once(&ing);

@@ -23,9 +23,10 @@ use crate::messages::{JobStatus, Stage};
 use crate::ports::PortError;
 use crate::store::outbox::{self, Outbox, Stranded, Take};
 use crate::store::{
-    after_refused_take, decide, decide_reopen, decide_unforwarded, end_id, lost_claim, resume_take,
-    same_claim, stop_record, Claim, ClaimOutcome, Finish, Forestalled, JobState, JobStore, Mark,
-    Marked, OperatorStore, Progress, Release, Reopen, Reopened, Unforwarded, RETENTION,
+    after_refused_take, decide, decide_reopen, decide_stop, end_id, lost_claim, may_stop,
+    resume_take, same_claim, stop_record, Claim, ClaimOutcome, Finish, Forestalled, JobState,
+    JobStore, Mark, Marked, OperatorStore, Progress, Release, Reopen, Reopened, Stop, RETENTION,
+    STOP_ATTEMPT,
 };
 use crate::Timestamp;
 use async_trait::async_trait;
@@ -656,23 +657,30 @@ impl JobStore for DynamoStore {
     /// record of the job. If the condition fails, the processor's record says why: the
     /// stop this very call wrote before its answer was lost (the SDK's retry), or the
     /// processor's own record of the job.
-    async fn end_unforwarded(&self, end: &Unforwarded<'_>) -> Result<Forestalled, PortError> {
+    async fn stop(&self, end: &Stop<'_>) -> Result<Forestalled, PortError> {
         const OP: &str = "PutItem";
         let put = self
             .client
             .put_item()
             .table_name(&self.table)
             .set_item(Some(to_item(&stop_record(end))))
-            .condition_expression("attribute_not_exists(pk)")
+            // None yet, or a stop an operator reopened (`store::may_stop`).
+            .condition_expression(
+                "attribute_not_exists(pk) OR (progress = :retrying AND attempt = :stop)",
+            )
+            .expression_attribute_values(":retrying", s(Progress::Retrying.as_str()))
+            .expression_attribute_values(":stop", n(STOP_ATTEMPT))
             .send()
             .await;
         match put {
             Ok(_) => Ok(Forestalled::Ended),
             Err(e) if is_condition_failure(&e) => {
                 match self.read(end.job_id, Stage::Processor).await? {
-                    Some(processor) => decide_unforwarded(&processor, end),
-                    // Deleted in between (its TTL): nothing to decide on yet.
-                    None => Err(lost_claim(OP, end.job_id)),
+                    Some(processor) if !may_stop(Some(&processor)) => {
+                        Ok(decide_stop(&processor, end))
+                    }
+                    // Deleted (its TTL) or reopened in between: decided on a retry.
+                    _ => Err(lost_claim(OP, end.job_id)),
                 }
             }
             Err(e) => Err(PortError::from_sdk(OP, e)),

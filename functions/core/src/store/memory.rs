@@ -280,12 +280,13 @@ impl JobStore for MemoryStore {
         .await
     }
 
-    async fn end_unforwarded(&self, end: &Unforwarded<'_>) -> Result<Forestalled, PortError> {
+    async fn stop(&self, end: &Stop<'_>) -> Result<Forestalled, PortError> {
         self.call("PutItem", |records| {
-            if let Some(processor) = records.get(&key_of(end.job_id, Stage::Processor)) {
-                return decide_unforwarded(processor, end);
+            let key = key_of(end.job_id, Stage::Processor);
+            if let Some(processor) = records.get(&key).filter(|r| !may_stop(Some(r))) {
+                return Ok(decide_stop(processor, end));
             }
-            records.insert(key_of(end.job_id, Stage::Processor), stop_record(end));
+            records.insert(key, stop_record(end));
             Ok(Forestalled::Ended)
         })
         .await

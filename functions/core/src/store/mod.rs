@@ -327,29 +327,32 @@ pub trait JobStore: Send + Sync {
 
     /// Ends a job the ingester could not forward on its record's last receive, on the
     /// processor's record and only if the processor has none yet, so the job cannot end
-    /// twice if the forward did reach `jobs-todo` (its answer lost): see [`Unforwarded`].
-    async fn end_unforwarded(&self, end: &Unforwarded<'_>) -> Result<Forestalled, PortError>;
+    /// twice if the forward did reach `jobs-todo` (its answer lost): see [`Stop`].
+    async fn stop(&self, end: &Stop<'_>) -> Result<Forestalled, PortError>;
 
     /// Every stage's record of a job, for operators.
     async fn get(&self, job_id: &str) -> Result<Vec<JobState>, PortError>;
 }
 
-/// The ingester's end of a job it could not forward on its record's last receive
-/// ([`JobStore::end_unforwarded`]).
+/// An end the ingester records on the processor's record, a *stop* ([`JobStore::stop`]):
+/// a job it rejected, or one it could not forward on its record's last receive.
 ///
-/// A failed forward may still have reached `jobs-todo` (the answer lost after SQS took
-/// the message, or the call cut off by the invocation's end), so announcing `FAILED`
-/// alone could contradict a `COMPLETED` from the processor later. So the end is written
-/// as the processor's record (a *stop*: ended `FAILED` at attempt 0), and only if the
-/// processor has no record of the job yet: a forwarded copy that arrives later finds
-/// the job ended. While the ingester's lease lasts the copy is dropped (the ingester
-/// is announcing); after it, the copy announces the end if the ingester could not (its
-/// record went to the DLQ). If the processor has a record, the forward reached it and
-/// the processor ends the job ([`Forestalled::Taken`]). The ingester has no record of
-/// a job it forwards, so this is the job's only record, and a redrive of its dead
-/// letter reopens it.
+/// The processor may hold the job already, or get a copy of it later: a failed forward
+/// may still have reached `jobs-todo` (the answer lost after SQS took the message, or
+/// the call cut off by the invocation's end), and a job's event may come again (a
+/// re-send, a replay) after a copy of it was forwarded, and be rejected this time (a
+/// setting tightened, a longer trace context past the size limit). Announcing the
+/// ingester's end on a record of its own could then contradict the processor's. So
+/// the end is written as the processor's record (ended at attempt 0), and only if the
+/// processor has no record of the job yet (or only a stop an operator reopened): the
+/// job's end is decided on one record. A forwarded copy that arrives later finds the
+/// job ended. While the ingester's lease lasts the copy is dropped (the ingester is
+/// announcing); after it, the copy announces the end if the ingester could not (its
+/// record went to the DLQ). If the processor has a record, the processor ends the job
+/// ([`Forestalled::Taken`]). A redrive of the stop's dead letter, or a replay's
+/// rerun, reopens it.
 #[derive(Debug, Clone)]
-pub struct Unforwarded<'a> {
+pub struct Stop<'a> {
     pub job_id: &'a str,
     /// [`fingerprint`] of the job's content, and its [`legacy_fingerprint`].
     pub fingerprint: &'a str,
@@ -361,31 +364,46 @@ pub struct Unforwarded<'a> {
     /// Until when the ingester announces the end (its invocation's deadline): a
     /// forwarded copy arriving before then is dropped, not announced a second time.
     pub lease_until: Timestamp,
-    /// The end (the `FAILED` notification).
+    /// The end: `REJECTED`, or `FAILED` for a job that could not be forwarded.
+    pub status: JobStatus,
+    /// The end's notification, as recorded ([`crate::ending::recorded_detail`]).
     pub detail: Value,
     pub now: Timestamp,
 }
 
-/// What [`JobStore::end_unforwarded`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What [`JobStore::stop`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Forestalled {
-    /// The processor's record holds the `FAILED` end: announce it.
+    /// The processor's record holds the ingester's end: announce it.
     Ended,
-    /// The processor already has a record of the job (the forward reached it): the
-    /// processor ends the job, and the ingester's record of the event is done.
+    /// The processor already has a record of the job (a copy reached it, or another
+    /// delivery stopped it): the processor's record decides the job's end, and this
+    /// delivery of the event is done.
     Taken,
+    /// The processor's record holds this job's stop, recorded by another delivery of
+    /// the same message, or by one whose lease ran out, and not announced: announce it
+    /// from the record.
+    Unannounced,
+    /// The processor's record is of other content under the same id.
+    OtherContent { fingerprint: String },
 }
 
-/// The attempt a processor stop ([`Unforwarded`]) is written at: below any real one.
+/// Whether a stop may be written over the processor's record as it is: none yet, or a
+/// stop an operator reopened (a redrive or a rerun) that nothing claimed since.
+pub fn may_stop(current: Option<&JobState>) -> bool {
+    current.is_none_or(|r| r.progress == Progress::Retrying && r.attempt == STOP_ATTEMPT)
+}
+
+/// The attempt a processor stop ([`Stop`]) is written at: below any real one.
 pub const STOP_ATTEMPT: u32 = 0;
 
-/// The processor's record an [`Unforwarded`] end writes: not yet announced, and held
-/// by the ingester's delivery until it has announced.
-pub fn stop_record(end: &Unforwarded<'_>) -> JobState {
+/// The processor's record a [`Stop`] writes: not yet announced, and held by the
+/// ingester's delivery until it has announced.
+pub fn stop_record(end: &Stop<'_>) -> JobState {
     JobState {
         job_id: end.job_id.to_owned(),
         stage: Stage::Processor,
-        progress: Progress::Done(Some(JobStatus::Failed)),
+        progress: Progress::Done(Some(end.status)),
         fingerprint: end.fingerprint.to_owned(),
         attempt: STOP_ATTEMPT,
         lease_until: end.lease_until,
@@ -399,36 +417,37 @@ pub fn stop_record(end: &Unforwarded<'_>) -> JobState {
     }
 }
 
-/// Decides an [`Unforwarded`] end against the processor's record, when one exists
-/// (the conditional put wrote nothing): this very end's own stop (written by an earlier
-/// send of the same call whose answer was lost) is [`Forestalled::Ended`]; any record
-/// of the same job means the processor took it. A record of other content under the
-/// id is no sign of this job: refused, so the record stays in SQS untouched.
-pub fn decide_unforwarded(
-    processor: &JobState,
-    end: &Unforwarded<'_>,
-) -> Result<Forestalled, PortError> {
+/// Decides a [`Stop`] against the processor's record, when the stop may not be
+/// written over it ([`may_stop`]): this very stop (written by an earlier send of the
+/// same call whose answer was lost) is [`Forestalled::Ended`]; a stop of the same job
+/// left unannounced by this message's earlier delivery, or by one whose lease ran out,
+/// is [`Forestalled::Unannounced`]; any other record of the same job means the
+/// processor, or another delivery's stop, has it; a record of other content under the
+/// id is no sign of this job.
+pub fn decide_stop(processor: &JobState, end: &Stop<'_>) -> Forestalled {
     let own = !end.token.is_empty()
         && processor.attempt == STOP_ATTEMPT
         && processor.holder == end.holder
         && processor.token == end.token;
     if own {
-        return Ok(Forestalled::Ended);
+        return Forestalled::Ended;
     }
-    if same_content(
+    if !same_content(
         &processor.fingerprint,
         end.fingerprint,
         end.legacy_fingerprint,
     ) {
-        return Ok(Forestalled::Taken);
+        return Forestalled::OtherContent {
+            fingerprint: processor.fingerprint.clone(),
+        };
     }
-    Err(PortError::Refused {
-        operation: "PutItem",
-        message: format!(
-            "job {} has a processor record of other content (fingerprint {}); left for an operator",
-            end.job_id, processor.fingerprint
-        ),
-    })
+    let stopped =
+        processor.attempt == STOP_ATTEMPT && matches!(processor.progress, Progress::Done(Some(_)));
+    let free = processor.holder == end.holder || processor.lease_until <= end.now;
+    if stopped && !processor.announced && free {
+        return Forestalled::Unannounced;
+    }
+    Forestalled::Taken
 }
 
 /// What only operators do to the job state table, apart from what the functions do:
@@ -638,6 +657,16 @@ pub fn decide_reopen(current: Option<&JobState>, reopen: &Reopen<'_>) -> Reopene
     // A detail that cannot be read says nothing against the letter.
     let same_end = stored_last_error.is_none_or(|last| last.as_ref() == reopen.last_error);
     if cur.progress == Progress::Done(Some(reopen.status)) && cur.attempt == reopen.attempt {
+        // Its announcement is still to come (a publish failing, the relay's next
+        // sweep): reopened now, that end would never be announced, and its letter
+        // would stand for an end no one heard of. The letter waits for it.
+        if same_end && !cur.announced {
+            return Reopened::Keep(format!(
+                "job {} ended {} but its end is not announced yet; redrive it once it is",
+                reopen.job_id,
+                reopen.status.as_str()
+            ));
+        }
         if same_end {
             return Reopened::Now;
         }

@@ -517,14 +517,15 @@ fn progress_round_trips_through_its_name() {
     }
 }
 
-fn unforwarded<'a>(fp: &'a str, token: &'a str) -> Unforwarded<'a> {
-    Unforwarded {
+fn unforwarded<'a>(fp: &'a str, token: &'a str) -> Stop<'a> {
+    Stop {
         job_id: "job-1",
         fingerprint: fp,
         legacy_fingerprint: None,
         holder: "m1",
         token,
         lease_until: at(30),
+        status: JobStatus::Failed,
         detail: json!({"status": "FAILED"}),
         now: at(1),
     }
@@ -542,12 +543,9 @@ fn forwarded_copy(fp: &str) -> Claim<'_> {
 async fn an_unforwarded_end_stops_the_processor_and_its_lost_answer_is_found_again() {
     let store = MemoryStore::default();
     store.faults.lose_answers(1);
-    assert!(store
-        .end_unforwarded(&unforwarded("a", "t1"))
-        .await
-        .is_err());
+    assert!(store.stop(&unforwarded("a", "t1")).await.is_err());
     // The SDK's retry finds its own stop, not a processor that took the job.
-    let again = store.end_unforwarded(&unforwarded("a", "t1")).await;
+    let again = store.stop(&unforwarded("a", "t1")).await;
     assert_eq!(again.expect("store"), Forestalled::Ended);
     let ended = Progress::Done(Some(JobStatus::Failed));
     let records = store.get("job-1").await.expect("store");
@@ -596,7 +594,7 @@ async fn an_unforwarded_end_stops_the_processor_and_its_lost_answer_is_found_aga
 async fn an_unforwarded_end_leaves_a_job_the_processor_holds_to_the_processor() {
     let store = MemoryStore::default();
     store.claim(&claim("a", 1, 60), at(0)).await.expect("store");
-    let answer = store.end_unforwarded(&unforwarded("a", "t1")).await;
+    let answer = store.stop(&unforwarded("a", "t1")).await;
     assert_eq!(answer.expect("store"), Forestalled::Taken);
     let records = store.get("job-1").await.expect("store");
     assert_eq!(
@@ -604,14 +602,16 @@ async fn an_unforwarded_end_leaves_a_job_the_processor_holds_to_the_processor() 
         (1, Progress::InProgress),
         "untouched: {records:?}"
     );
-    // Another content's processor record says nothing of this job: refused, and
+    // Another content's processor record says nothing of this job: named, and
     // nothing written.
     let other = MemoryStore::default();
     other.claim(&claim("b", 1, 60), at(0)).await.expect("store");
-    assert!(other
-        .end_unforwarded(&unforwarded("a", "t1"))
-        .await
-        .is_err());
+    assert_eq!(
+        other.stop(&unforwarded("a", "t1")).await.expect("store"),
+        Forestalled::OtherContent {
+            fingerprint: "b".into()
+        }
+    );
     let kept = other.get("job-1").await.expect("store");
     assert_eq!(
         (kept.len(), kept[0].fingerprint.as_str()),
@@ -626,7 +626,7 @@ async fn a_redrive_of_the_unforwarded_letter_reopens_its_stop_once() {
     let mut end = unforwarded("a", "t1");
     let error = ErrorEntry::new(Stage::Ingester, "forward_failed".into(), "lost", 5, at(1));
     end.detail = json!({"errors": [error]});
-    store.end_unforwarded(&end).await.expect("store");
+    store.stop(&end).await.expect("store");
     let reopen = Reopen {
         job_id: "job-1",
         stage: Stage::Processor,
@@ -666,4 +666,57 @@ async fn announce(store: &MemoryStore, job_id: &str, now: Timestamp) {
     let end = end_id(record.detail.as_ref()).unwrap_or_default();
     let mark = Mark::new(job_id, Stage::Processor, &end, Marked::Announced);
     store.mark(&mark, now).await.expect("store");
+}
+
+#[tokio::test]
+async fn a_stop_reopened_by_an_operator_may_be_stopped_again_and_a_stop_left_unannounced_is_resumed(
+) {
+    let store = MemoryStore::default();
+    let first = unforwarded("a", "t1");
+    assert_eq!(store.stop(&first).await.expect("store"), Forestalled::Ended);
+    // The same message delivered again (another token) finds its own stop to announce;
+    // another message, while the first delivery's lease lasts, finds it taken.
+    let again = Stop {
+        token: "t2",
+        ..first.clone()
+    };
+    assert_eq!(
+        store.stop(&again).await.expect("store"),
+        Forestalled::Unannounced
+    );
+    let copy = Stop {
+        holder: "m2",
+        token: "t3",
+        ..first.clone()
+    };
+    assert_eq!(store.stop(&copy).await.expect("store"), Forestalled::Taken);
+    let late = Stop {
+        now: at(31),
+        ..copy.clone()
+    };
+    assert_eq!(
+        store.stop(&late).await.expect("store"),
+        Forestalled::Unannounced
+    );
+    // A redrive reopens the stop: the redriven event may stop the job again.
+    store
+        .records
+        .lock()
+        .expect("lock")
+        .values_mut()
+        .for_each(|r| r.progress = Progress::Retrying);
+    let redriven = Stop {
+        holder: "dl-1",
+        token: "t4",
+        ..first
+    };
+    assert_eq!(
+        store.stop(&redriven).await.expect("store"),
+        Forestalled::Ended
+    );
+    let records = store.get("job-1").await.expect("store");
+    assert_eq!(
+        (records[0].holder.as_str(), records[0].progress),
+        ("dl-1", Progress::Done(Some(JobStatus::Failed)))
+    );
 }

@@ -8,7 +8,7 @@ use super::super::*;
 use crate::messages::{JobStatus, Notification, Stage};
 use crate::ports::{PortError, Receipt};
 use crate::store::{
-    Claim, ClaimOutcome, Finish, Forestalled, JobState, MemoryStore, Progress, Release, Unforwarded,
+    Claim, ClaimOutcome, Finish, Forestalled, JobState, MemoryStore, Progress, Release, Stop,
 };
 use crate::testing::{MemoryQueue, MemoryTopic};
 use crate::Timestamp;
@@ -84,8 +84,8 @@ impl JobStore for Watch {
         self.inner.release(release, now).await
     }
 
-    async fn end_unforwarded(&self, end: &Unforwarded<'_>) -> Result<Forestalled, PortError> {
-        self.inner.end_unforwarded(end).await
+    async fn stop(&self, end: &Stop<'_>) -> Result<Forestalled, PortError> {
+        self.inner.stop(end).await
     }
 
     async fn get(&self, job_id: &str) -> Result<Vec<JobState>, PortError> {
