@@ -90,7 +90,7 @@ def test_ends_whose_messages_were_purged_are_announced_once_by_the_relay(relayed
     ])
     put_jobs(stack, [onboarding(valid), bad_detail])
     wait_for("both ends recorded and unannounced", lambda: unannounced_end(stack, "processor", valid, "COMPLETED")
-             and unannounced_end(stack, "ingester", bad, "REJECTED"), timeout=90)
+             and unannounced_end(stack, "processor", bad, "REJECTED"), timeout=90)
     lose_messages(stack, INGESTER_QUEUE, JOBS_TODO)
     proxy.clear()
 
@@ -102,7 +102,7 @@ def test_ends_whose_messages_were_purged_are_announced_once_by_the_relay(relayed
     ], notes
     letters = dead_letters_of(stack, {valid, bad})
     assert [(d["job_id"], d["status"], d["job"]) for d in letters] == [(bad, "REJECTED", bad_detail)], letters
-    for stage, job_id in (("processor", valid), ("ingester", bad)):
+    for stage, job_id in (("processor", valid), ("processor", bad)):
         record = state_record(stack, stage, job_id)
         assert record["announced"] is True and "outbox" not in record, record
 

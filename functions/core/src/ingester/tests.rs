@@ -1303,3 +1303,27 @@ async fn an_event_too_deep_to_parse_ends_once_under_its_producers_id_replays_inc
     );
     assert!(ing.jobs_todo.jobs().is_empty());
 }
+
+#[tokio::test]
+async fn a_rejected_job_sent_again_corrected_under_its_id_runs() {
+    // A rejection does not own its id: once it is announced, the producer may send
+    // the job again, fixed, under the same id.
+    let store = MemoryStore::default();
+    let ing = ingester_over(crate::testing::Shared(&store));
+    let mut broken = onboarding("job-fix");
+    broken["message"] = serde_json::json!({});
+    ing.handle(records(&[("m1".into(), event_body("e1", &broken))]), now())
+        .await;
+    assert_eq!(ing.topic.notifications()[0].status, JobStatus::Rejected);
+    let fixed = onboarding("job-fix");
+    let later = now() + TimeDelta::seconds(60);
+    ing.handle(records(&[("m2".into(), event_body("e2", &fixed))]), later)
+        .await;
+    let ends = process_forwarded(&ing, crate::testing::Shared(&store), 0, later).await;
+    assert_eq!(
+        ends.iter()
+            .map(|n| (n.job_id.as_str(), n.status))
+            .collect::<Vec<_>>(),
+        [("job-fix", JobStatus::Completed)]
+    );
+}

@@ -357,8 +357,15 @@ impl JobStore for DynamoStore {
                  ((progress = :in_progress AND lease_until <= :now) OR \
                   (progress = :retrying AND attempt < :attempt) OR \
                   (progress = :in_progress AND attempt = :attempt AND holder = :holder AND \
-                   claim_token = :token)))",
+                   claim_token = :token))) OR \
+                 (progress = :rejected AND attempt = :stop AND announced = :t AND \
+                  fingerprint <> :fp AND fingerprint <> :legacy_fp)",
             )
+            // An announced rejection of other content does not own the id
+            // (`store::decide`).
+            .expression_attribute_values(":rejected", s(JobStatus::Rejected.as_str()))
+            .expression_attribute_values(":stop", n(STOP_ATTEMPT))
+            .expression_attribute_values(":t", AttributeValue::Bool(true))
             .expression_attribute_values(":holder", s(claim.holder))
             // No token (none given) must match no item: no token is ever `-`.
             .expression_attribute_values(
@@ -664,11 +671,21 @@ impl JobStore for DynamoStore {
             .put_item()
             .table_name(&self.table)
             .set_item(Some(to_item(&stop_record(end))))
-            // None yet, or a stop an operator reopened (`store::may_stop`).
+            // None yet, a stop an operator reopened, or the announced rejection of
+            // other content (`store::may_stop`).
             .condition_expression(
-                "attribute_not_exists(pk) OR (progress = :retrying AND attempt = :stop)",
+                "attribute_not_exists(pk) OR (progress = :retrying AND attempt = :stop) OR \
+                 (progress = :rejected AND attempt = :stop AND announced = :t AND \
+                  fingerprint <> :fp AND fingerprint <> :legacy_fp)",
             )
             .expression_attribute_values(":retrying", s(Progress::Retrying.as_str()))
+            .expression_attribute_values(":rejected", s(JobStatus::Rejected.as_str()))
+            .expression_attribute_values(":t", AttributeValue::Bool(true))
+            .expression_attribute_values(":fp", s(end.fingerprint))
+            .expression_attribute_values(
+                ":legacy_fp",
+                s(end.legacy_fingerprint.unwrap_or(end.fingerprint)),
+            )
             .expression_attribute_values(":stop", n(STOP_ATTEMPT))
             .send()
             .await;
@@ -676,7 +693,7 @@ impl JobStore for DynamoStore {
             Ok(_) => Ok(Forestalled::Ended),
             Err(e) if is_condition_failure(&e) => {
                 match self.read(end.job_id, Stage::Processor).await? {
-                    Some(processor) if !may_stop(Some(&processor)) => {
+                    Some(processor) if !may_stop(Some(&processor), end) => {
                         Ok(decide_stop(&processor, end))
                     }
                     // Deleted (its TTL) or reopened in between: decided on a retry.

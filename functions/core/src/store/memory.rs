@@ -283,7 +283,7 @@ impl JobStore for MemoryStore {
     async fn stop(&self, end: &Stop<'_>) -> Result<Forestalled, PortError> {
         self.call("PutItem", |records| {
             let key = key_of(end.job_id, Stage::Processor);
-            if let Some(processor) = records.get(&key).filter(|r| !may_stop(Some(r))) {
+            if let Some(processor) = records.get(&key).filter(|r| !may_stop(Some(r), end)) {
                 return Ok(decide_stop(processor, end));
             }
             records.insert(key, stop_record(end));

@@ -388,10 +388,21 @@ pub enum Forestalled {
     OtherContent { fingerprint: String },
 }
 
-/// Whether a stop may be written over the processor's record as it is: none yet, or a
-/// stop an operator reopened (a redrive or a rerun) that nothing claimed since.
-pub fn may_stop(current: Option<&JobState>) -> bool {
-    current.is_none_or(|r| r.progress == Progress::Retrying && r.attempt == STOP_ATTEMPT)
+/// Whether a stop may be written over the processor's record as it is: none yet, a
+/// stop an operator reopened (a redrive or a rerun) that nothing claimed since, or
+/// the announced rejection of other content under the id (a rejection does not own
+/// its id).
+pub fn may_stop(current: Option<&JobState>, end: &Stop<'_>) -> bool {
+    current.is_none_or(|r| {
+        let reopened = r.progress == Progress::Retrying && r.attempt == STOP_ATTEMPT;
+        let other = !same_content(&r.fingerprint, end.fingerprint, end.legacy_fingerprint);
+        reopened || (is_rejection_stop(r) && r.announced && other)
+    })
+}
+
+/// Whether `record` is a rejection's stop: the end of a job that never ran.
+pub fn is_rejection_stop(record: &JobState) -> bool {
+    record.attempt == STOP_ATTEMPT && record.progress == Progress::Done(Some(JobStatus::Rejected))
 }
 
 /// The attempt a processor stop ([`Stop`]) is written at: below any real one.
@@ -476,6 +487,17 @@ pub fn decide(current: Option<&JobState>, claim: &Claim<'_>, now: Timestamp) -> 
         claim.fingerprint,
         claim.legacy_fingerprint,
     ) {
+        // A rejection does not own its id: a job of other content may take it, once
+        // the rejection was announced (its announcer may still need the record).
+        if is_rejection_stop(cur) {
+            return if cur.announced {
+                ClaimOutcome::Claimed
+            } else {
+                ClaimOutcome::Busy {
+                    until: cur.lease_until.max(now),
+                }
+            };
+        }
         return ClaimOutcome::Conflict {
             fingerprint: cur.fingerprint.clone(),
         };

@@ -298,6 +298,7 @@ async fn a_reopened_job_is_claimed_by_a_later_attempt_only() {
         })
         .await
         .expect("store");
+    announce(&store, "job-1", at(1)).await;
     let reopen = Reopen {
         job_id: "job-1",
         stage: Stage::Processor,
@@ -627,6 +628,23 @@ async fn a_redrive_of_the_unforwarded_letter_reopens_its_stop_once() {
     let error = ErrorEntry::new(Stage::Ingester, "forward_failed".into(), "lost", 5, at(1));
     end.detail = json!({"errors": [error]});
     store.stop(&end).await.expect("store");
+    // Not announced yet: the letter waits for its end's announcement.
+    let early = Reopen {
+        job_id: "job-1",
+        stage: Stage::Processor,
+        fingerprint: "a",
+        legacy_fingerprint: None,
+        status: JobStatus::Failed,
+        attempt: STOP_ATTEMPT,
+        last_error: Some(&error),
+        below: STOP_ATTEMPT,
+        by: "dl-1",
+    };
+    assert!(matches!(
+        store.reopen(&early, at(2)).await.expect("store"),
+        Reopened::Keep(_)
+    ));
+    announce(&store, "job-1", at(2)).await;
     let reopen = Reopen {
         job_id: "job-1",
         stage: Stage::Processor,
