@@ -78,10 +78,18 @@ lint: ## rustfmt and clippy, warnings as errors
 test-rust: ## Unit tests of the library, the functions and the generator
 	$(CARGO) test --locked --workspace
 
+# The regression corpus (every seed that ever found a violation), then about two
+# minutes of fresh seeds; one schedule per core.
+SIM_FRESH_SECONDS ?= 120
+test-sim: ## The simulator's regression seeds (sim/corpus.txt) and SIM_FRESH_SECONDS of fresh ones
+	$(CARGO) build --locked -p sim
+	./target/debug/sim --corpus sim/corpus.txt
+	./target/debug/sim --seconds $(SIM_FRESH_SECONDS)
+
 test-stack: venv checkov tools build ## Stack, Terraform and compose tests (each stack test starts its own MiniStack)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
-test: lint test-rust test-stack ## Every test
+test: lint test-rust test-sim test-stack ## Every test
 
 bench: venv ## Cold start, per-job CPU, size, and AWS requests and cost per job, next to their references (not in make test)
 	$(CARGO) build --release --locked -p ingester -p processor -p relay -p job-generator -p hello -p noop

@@ -157,6 +157,18 @@ pub fn check(seen: &Seen<'_>) -> Outcome {
         letter_copies += check_letters(id, &ends, &letters, &end_marks, &mut violations);
     }
     check_records(seen.store, &waiting, &mut violations);
+    for (job, stage) in seen
+        .store
+        .stale_claims
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+    {
+        violations.push(format!(
+            "job {job}: claimed at the {} twice at once (two copies in one batch)",
+            stage.as_str()
+        ));
+    }
     check_sagas(seen.store, &mut violations);
     Outcome {
         seed: 0,

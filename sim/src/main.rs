@@ -36,6 +36,9 @@ struct Args {
     /// Stop at the first failing schedule.
     #[arg(long)]
     fail_fast: bool,
+    /// Schedules run side by side, one per thread (default: one per core).
+    #[arg(long)]
+    workers: Option<usize>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -57,11 +60,12 @@ fn main() -> std::process::ExitCode {
             }
         }
     }
+    let workers = args.workers.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
     let mut totals = Totals::default();
-    for &seed in &seeds {
-        if totals.record(run(seed, &options), args.trace) && args.fail_fast {
-            return totals.finish();
-        }
+    if in_parallel(seeds.into_iter(), workers, &options, &args, &mut totals) {
+        return totals.finish();
     }
     if args.seconds > 0 {
         let first = args.first_seed.unwrap_or_else(|| {
@@ -71,12 +75,47 @@ fn main() -> std::process::ExitCode {
         });
         println!("fresh seeds from {first}");
         let until = Instant::now() + Duration::from_secs(args.seconds);
-        let mut seed = first;
-        while Instant::now() < until {
-            if totals.record(run(seed, &options), args.trace) && args.fail_fast {
-                break;
+        let fresh = (first..).take_while(move |_| Instant::now() < until);
+        in_parallel(fresh, workers, &options, &args, &mut totals);
+    }
+    totals.finish()
+}
+
+/// Runs the seeds on `workers` threads (each schedule is deterministic on its own
+/// thread: its clock and generator are its own), recording each outcome as it comes;
+/// whether it stopped at a failure (`--fail-fast`).
+fn in_parallel(
+    seeds: impl Iterator<Item = u64> + Send,
+    workers: usize,
+    options: &Options,
+    args: &Args,
+    totals: &mut Totals,
+) -> bool {
+    let seeds = std::sync::Mutex::new(seeds);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (tx, rx) = std::sync::mpsc::channel::<Outcome>();
+    std::thread::scope(|scope| {
+        for _ in 0..workers.max(1) {
+            let tx = tx.clone();
+            let (seeds, stop) = (&seeds, &stop);
+            scope.spawn(move || loop {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
+                let next = seeds.lock().unwrap_or_else(|e| e.into_inner()).next();
+                let Some(seed) = next else { return };
+                if tx.send(run(seed, options)).is_err() {
+                    return;
+                }
+            });
+        }
+        drop(tx);
+        let mut failed = false;
+        for outcome in rx {
+            if totals.record(outcome, args.trace) && args.fail_fast {
+                failed = true;
+                stop.store(true, std::sync::atomic::Ordering::SeqCst);
             }
-            seed += 1;
             if totals.schedules % 25 == 0 {
                 println!(
                     "  {} schedules, {} violations so far",
@@ -85,8 +124,8 @@ fn main() -> std::process::ExitCode {
                 let _ = std::io::stdout().flush();
             }
         }
-    }
-    totals.finish()
+        failed
+    })
 }
 
 fn corpus(text: &str) -> Vec<u64> {

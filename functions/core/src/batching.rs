@@ -152,6 +152,8 @@ struct OwnedClaim {
     lease_until: Timestamp,
     holder: String,
     token: String,
+    /// The error history the claim writes into the record (a keyed job's attempts).
+    history: Option<serde_json::Value>,
     now: Timestamp,
 }
 
@@ -166,6 +168,7 @@ impl OwnedClaim {
             lease_until: claim.lease_until,
             holder: claim.holder.to_owned(),
             token: claim.token.to_owned(),
+            history: claim.history.cloned(),
             now,
         }
     }
@@ -180,7 +183,7 @@ impl OwnedClaim {
             lease_until: self.lease_until,
             holder: &self.holder,
             token: &self.token,
-            history: None,
+            history: self.history.as_ref(),
         }
     }
 }
@@ -879,5 +882,27 @@ mod tests {
         let refused = join_all(receipts.iter().map(|r| queue.retry_later(r))).await;
         assert!(refused.iter().all(Result::is_err));
         assert_eq!(released(), each, "a refused call changes nothing");
+    }
+
+    #[tokio::test]
+    async fn a_claim_keeps_its_error_history_through_the_batch() {
+        // A keyed job's attempts are read back from its record: the claim carries them.
+        let store = Batching::new(MemoryStore::default());
+        let history = serde_json::json!({"errors": [{"code": "injected_fault"}]});
+        let claim = Claim {
+            job_id: "job-k",
+            stage: Stage::Processor,
+            fingerprint: "fp",
+            legacy_fingerprint: None,
+            attempt: 2,
+            lease_until: at(60),
+            holder: "m1",
+            token: "t1",
+            history: Some(&history),
+        };
+        let answer = store.claim(&claim, at(0)).await.expect("store");
+        assert_eq!(answer, ClaimOutcome::Claimed);
+        let records = store.inner().get("job-k").await.expect("store");
+        assert_eq!(records[0].detail.as_ref(), Some(&history), "sequence 5");
     }
 }

@@ -30,6 +30,10 @@ pub struct MemoryStore {
     /// Every mark that landed, with when (the clock's time as it landed): for a checker that tells a dead letter
     /// stored twice because its mark was lost from one stored after its mark.
     pub marks: Mutex<Vec<(Mark, Timestamp)>>,
+    /// Claims a batch judged against its snapshot granted, that the table as it was
+    /// then would not have (a second copy of a job in one batch): each is a job held
+    /// twice at once, which [`crate::batching`] is there to prevent.
+    pub stale_claims: Mutex<Vec<(String, Stage)>>,
 }
 
 /// The saga items of the table: logs by job, effects by idempotency key.
@@ -198,7 +202,17 @@ impl JobStore for MemoryStore {
             let before = snapshot.then(|| records.clone());
             claims
                 .iter()
-                .map(|claim| Ok(claim_one(records, before.as_ref(), claim, now)))
+                .map(|claim| {
+                    let live = decide(records.get(&key_of(claim.job_id, claim.stage)), claim, now);
+                    let outcome = claim_one(records, before.as_ref(), claim, now);
+                    if outcome == ClaimOutcome::Claimed && live != ClaimOutcome::Claimed {
+                        self.stale_claims
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push((claim.job_id.to_owned(), claim.stage));
+                    }
+                    Ok(outcome)
+                })
                 .collect()
         })
         .await
