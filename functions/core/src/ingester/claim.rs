@@ -73,20 +73,8 @@ impl<Q: MessageQueue, T: Topic, S: JobStore + crate::store::Replays> Ingester<Q,
         match stopped {
             Ok(Forestalled::Ended) => Action::Stopped(dl, notification, event_time),
             Ok(Forestalled::Unannounced) => {
-                let trace_context = dl.trace_context.as_ref();
-                match recorded(
-                    &self.store,
-                    Stage::Processor,
-                    &job_id,
-                    &dl.job,
-                    trace_context,
-                )
-                .await
-                {
-                    Ok(Some((n, letter))) => Action::Announce(n, letter, Tracking::Stopped),
-                    Ok(None) => Action::Repeat(job_id, "duplicate"),
-                    Err(e) => Action::Later(job_id, e.to_string()),
-                }
+                self.announce_recorded(Stage::Processor, &dl, Tracking::Stopped)
+                    .await
             }
             Ok(Forestalled::Taken) => Action::Repeat(job_id, "duplicate"),
             // Another job owns the id: this rejection ends without touching its record.
@@ -126,20 +114,8 @@ impl<Q: MessageQueue, T: Topic, S: JobStore + crate::store::Replays> Ingester<Q,
                 progress: Progress::Done(Some(_)),
                 announced: false,
             } => {
-                let trace_context = dl.trace_context.as_ref();
-                match recorded(
-                    &self.store,
-                    Stage::Ingester,
-                    &job_id,
-                    &dl.job,
-                    trace_context,
-                )
-                .await
-                {
-                    Ok(Some((n, letter))) => Action::Announce(n, letter, Tracking::Recorded),
-                    Ok(None) => Action::Repeat(job_id, "duplicate"),
-                    Err(e) => Action::Later(job_id, e.to_string()),
-                }
+                self.announce_recorded(Stage::Ingester, &dl, Tracking::Recorded)
+                    .await
             }
             ClaimOutcome::Duplicate { .. } => Action::Repeat(job_id, "duplicate"),
             ClaimOutcome::Stale => Action::Repeat(job_id, "stale"),
@@ -153,6 +129,18 @@ impl<Q: MessageQueue, T: Topic, S: JobStore + crate::store::Replays> Ingester<Q,
             ),
             // Another job owns the id: this rejection ends without touching its record.
             ClaimOutcome::Conflict { .. } => Action::End(dl, Tracking::Untracked, event_time),
+        }
+    }
+
+    /// The end `stage`'s record holds for the rejection `dl`, recorded by an earlier
+    /// delivery and not announced: announced now, marked as `tracking` says.
+    async fn announce_recorded(&self, stage: Stage, dl: &DeadLetter, tracking: Tracking) -> Action {
+        let job_id = dl.job_id.clone();
+        let trace_context = dl.trace_context.as_ref();
+        match recorded(&self.store, stage, &job_id, &dl.job, trace_context).await {
+            Ok(Some((n, letter))) => Action::Announce(n, letter, tracking),
+            Ok(None) => Action::Repeat(job_id, "duplicate"),
+            Err(e) => Action::Later(job_id, e.to_string()),
         }
     }
 }

@@ -148,6 +148,10 @@ impl<Q: MessageQueue, T: Topic, S: JobStore + Sagas> Processor<Q, T, S> {
         if !same_content(&state.fingerprint, &prints.current, Some(&prints.legacy)) {
             return Ok(());
         }
+        // Reopened by a replay's rerun: that rerun's own copy runs it, not this one.
+        if crate::store::replay::rerun_of_another(state, job.replay.as_ref()) {
+            return Ok(());
+        }
         let attempt = attempt_after(state);
         if attempt > job.attempt {
             job.attempt = attempt;

@@ -186,7 +186,7 @@ pub fn decide_rerun(
         seen: cur.clone(),
         mark: RerunMark {
             stage: rerun.stage,
-            holder: rerun.holder.to_owned(),
+            holder: rerun_holder(rerun.replay, rerun.holder),
             below: rerun_below(rerun.stage, cur.attempt),
             errors: recorded_errors(cur),
         },
@@ -258,6 +258,31 @@ pub fn reopened(record: &mut JobState, mark: &RerunMark, now: Timestamp) {
     record.expires_at = now + super::RETENTION;
 }
 
+/// The holder a rerun leaves on the record it reopens: the replay's name and the
+/// delivery that reopened it. Only that replay's rerun may run it: a keyed job's plain
+/// copy, which reads its attempt from the record ([`crate::processor`]), must not
+/// carry out another replay's rerun under its own name.
+pub fn rerun_holder(replay: &str, message_id: &str) -> String {
+    format!("{RERUN_HOLDER}{replay}:{message_id}")
+}
+
+/// What a rerun's holder starts with ([`rerun_holder`]).
+pub const RERUN_HOLDER: &str = "rerun:";
+
+/// Whether `record` was reopened by a replay's rerun, and may be run only by that
+/// replay's rerun (`replay`: the name and rerun flag of the copy at hand).
+pub fn rerun_of_another(record: &JobState, replay: Option<&crate::messages::Replayed>) -> bool {
+    let Some(name) = record
+        .holder
+        .strip_prefix(RERUN_HOLDER)
+        .and_then(|rest| rest.split_once(':'))
+        .map(|(name, _)| name)
+    else {
+        return false;
+    };
+    record.progress == Progress::Retrying && !replay.is_some_and(|r| r.rerun && r.name == name)
+}
+
 /// What the ingester needs of the table to follow a replay.
 #[async_trait]
 pub trait Replays: Send + Sync {
@@ -291,6 +316,50 @@ mod tests {
         assert_eq!(
             ReplayOrder::new("r", vec![], Some(many)),
             Err(OrderError::TooManyIds(MAX_JOB_IDS + 1))
+        );
+    }
+
+    #[test]
+    fn a_record_reopened_by_a_rerun_is_that_rerun_s_only() {
+        let record = JobState {
+            job_id: "job-k".into(),
+            stage: Stage::Processor,
+            progress: Progress::Retrying,
+            fingerprint: "fp".into(),
+            attempt: 2,
+            lease_until: crate::Timestamp::UNIX_EPOCH,
+            holder: rerun_holder("replay-b", "msg:1"),
+            token: String::new(),
+            announced: false,
+            letter_stored: false,
+            detail: None,
+            updated_at: crate::Timestamp::UNIX_EPOCH,
+            expires_at: crate::Timestamp::UNIX_EPOCH,
+        };
+        let replayed = |name: &str, rerun| crate::messages::Replayed {
+            name: name.into(),
+            rerun,
+        };
+        assert!(!rerun_of_another(
+            &record,
+            Some(&replayed("replay-b", true))
+        ));
+        assert!(
+            rerun_of_another(&record, Some(&replayed("replay-b", false))),
+            "a plain copy (sequence 8)"
+        );
+        assert!(
+            rerun_of_another(&record, Some(&replayed("replay-a", true))),
+            "another replay's rerun"
+        );
+        assert!(rerun_of_another(&record, None), "the live event");
+        let in_place = JobState {
+            holder: "fifo-msg-1".into(),
+            ..record
+        };
+        assert!(
+            !rerun_of_another(&in_place, None),
+            "the processor's own retry in place"
         );
     }
 
