@@ -5,8 +5,9 @@
 //! A valid job is forwarded without a state record of its own: however often it is
 //! forwarded (an event delivered again, or published twice with the same job id), the
 //! processor's claim runs it and ends it once, and rejects a job id reused for
-//! different content as `job_id_reused`. A rejection is claimed here first, so it is
-//! dead-lettered and announced once.
+//! different content as `job_id_reused`. A rejection is written as a stop on the
+//! processor's record first ([`crate::store::Stop`]), so it is dead-lettered and
+//! announced once, and never beside an end of the processor's.
 //!
 //! Only records whose downstream calls failed are reported as batch item failures,
 //! so SQS retries them alone and the rest of the batch is neither lost nor repeated.

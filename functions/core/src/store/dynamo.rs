@@ -24,9 +24,9 @@ use crate::ports::PortError;
 use crate::store::outbox::{self, Outbox, Stranded, Take};
 use crate::store::{
     after_refused_take, decide, decide_reopen, decide_stop, end_id, lost_claim, may_stop,
-    resume_take, same_claim, stop_record, Claim, ClaimOutcome, Finish, Forestalled, JobState,
-    JobStore, Mark, Marked, OperatorStore, Progress, Release, Reopen, Reopened, Stop, RETENTION,
-    STOP_ATTEMPT,
+    resume_take, same_claim, stop_record, stop_take, Claim, ClaimOutcome, Finish, Forestalled,
+    JobState, JobStore, Mark, Marked, OperatorStore, Progress, Release, Reopen, Reopened, Stop,
+    RETENTION, STOP_ATTEMPT,
 };
 use crate::Timestamp;
 use async_trait::async_trait;
@@ -694,7 +694,17 @@ impl JobStore for DynamoStore {
             Err(e) if is_condition_failure(&e) => {
                 match self.read(end.job_id, Stage::Processor).await? {
                     Some(processor) if !may_stop(Some(&processor), end) => {
-                        Ok(decide_stop(&processor, end))
+                        match decide_stop(&processor, end) {
+                            // Held while this delivery announces it, unless taken first.
+                            Forestalled::Unannounced => {
+                                let take = stop_take(&processor, end);
+                                Ok(match self.take(&take, end.now).await? {
+                                    Some(_) => Forestalled::Unannounced,
+                                    None => Forestalled::Taken,
+                                })
+                            }
+                            other => Ok(other),
+                        }
                     }
                     // Deleted (its TTL) or reopened in between: decided on a retry.
                     _ => Err(lost_claim(OP, end.job_id)),

@@ -297,8 +297,17 @@ impl JobStore for MemoryStore {
     async fn stop(&self, end: &Stop<'_>) -> Result<Forestalled, PortError> {
         self.call("PutItem", |records| {
             let key = key_of(end.job_id, Stage::Processor);
-            if let Some(processor) = records.get(&key).filter(|r| !may_stop(Some(r), end)) {
-                return Ok(decide_stop(processor, end));
+            if let Some(processor) = records.get_mut(&key).filter(|r| !may_stop(Some(r), end)) {
+                let decided = decide_stop(processor, end);
+                if decided != Forestalled::Unannounced {
+                    return Ok(decided);
+                }
+                let take = stop_take(processor, end);
+                if !outbox::may_take(processor, &take) {
+                    return Ok(Forestalled::Taken);
+                }
+                outbox::taken(processor, &take, end.now);
+                return Ok(decided);
             }
             records.insert(key, stop_record(end));
             Ok(Forestalled::Ended)

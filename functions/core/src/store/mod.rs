@@ -461,6 +461,21 @@ pub fn decide_stop(processor: &JobState, end: &Stop<'_>) -> Forestalled {
     Forestalled::Taken
 }
 
+/// The take ([`Take`]) by which a stop's delivery that found the stop
+/// [`Forestalled::Unannounced`] holds it while it announces it, as a claim's resume
+/// does ([`resume_take`]): the relay, or another delivery, then leaves it alone, and
+/// a relay taking it first makes this take fail (the end is the relay's to announce).
+pub fn stop_take<'a>(processor: &JobState, end: &Stop<'a>) -> Take<'a> {
+    Take {
+        job_id: end.job_id,
+        stage: Stage::Processor,
+        seen: processor.lease_until,
+        until: end.lease_until,
+        holder: end.holder,
+        token: end.token,
+    }
+}
+
 /// What only operators do to the job state table, apart from what the functions do:
 /// the functions' stores (behind their breakers and batching) do not offer it at all.
 #[async_trait]

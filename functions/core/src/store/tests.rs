@@ -708,6 +708,10 @@ async fn a_stop_reopened_by_an_operator_may_be_stopped_again_and_a_stop_left_una
         ..first.clone()
     };
     assert_eq!(store.stop(&copy).await.expect("store"), Forestalled::Taken);
+    // Found unannounced, the stop is taken by the delivery that announces it: a
+    // relay's take of the lease it saw then fails.
+    let held = store.get("job-1").await.expect("store");
+    assert_eq!(held[0].token, "t2", "taken by the announcing delivery");
     let late = Stop {
         now: at(31),
         ..copy.clone()
