@@ -59,17 +59,17 @@ impl<Q: MessageQueue, T: Topic, S: JobStore + crate::store::Replays> Ingester<Q,
         let job_id = dl.job_id.clone();
         let notification = Notification::for_dead_letter(&dl, now);
         let prints = Fingerprints::of(&dl.job);
-        let ending = Ending::new(meta.clone(), notification, Some(dl), Tracking::Stopped);
+        let ending = Ending::new(
+            meta.clone(),
+            notification,
+            Some(dl.clone()),
+            Tracking::Stopped,
+        );
         let stopped = self
             .store
             .stop(&stop_of(&ending, &prints, deadline, now))
             .await;
-        let Ending {
-            notification,
-            dead_letter,
-            ..
-        } = ending;
-        let dl = dead_letter.expect("a rejection has its dead letter");
+        let notification = ending.notification;
         match stopped {
             Ok(Forestalled::Ended) => Action::Stopped(dl, notification, event_time),
             Ok(Forestalled::Unannounced) => {

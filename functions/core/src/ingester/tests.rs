@@ -864,6 +864,28 @@ fn ended_once<S: JobStore>(ing: &Ingester<MemoryQueue, MemoryTopic, S>) {
     );
     assert_eq!(ing.dead_letters.dead_letters().len(), 5);
     assert_eq!(ing.topic.notifications().len(), 5);
+    // Each rejection once, under its own id, with its letter.
+    let rejected = ["evt-0004", "evt-0005", "evt-0007", "evt-0009", "msg-0008"];
+    let mut announced: Vec<_> = ing
+        .topic
+        .notifications()
+        .into_iter()
+        .map(|n| (n.job_id, n.status))
+        .collect();
+    announced.sort_by(|a, b| a.0.cmp(&b.0));
+    let expected: Vec<_> = rejected
+        .iter()
+        .map(|id| (id.to_string(), JobStatus::Rejected))
+        .collect();
+    assert_eq!(announced, expected);
+    let mut lettered: Vec<_> = ing
+        .dead_letters
+        .dead_letters()
+        .into_iter()
+        .map(|d| d.job_id)
+        .collect();
+    lettered.sort();
+    assert_eq!(lettered, rejected);
 }
 
 #[tokio::test]
